@@ -1,0 +1,246 @@
+//! The TOML configuration of `dispatcher run`.
+//!
+//! ```toml
+//! [service]
+//! addresses = ["10.0.0.1"]   # the VIPs clients send requests to
+//! port = 7770                # default 7770
+//!
+//! [[functions]]
+//! id = 1
+//! policy = "round-robin"     # round-robin | least-loaded | p2c | hash
+//! workers = [
+//!   { addr = "10.0.0.10:9000", mac = "02:00:00:00:00:0a" },
+//! ]
+//! ```
+
+use std::{
+    collections::HashSet,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+};
+
+use anyhow::{bail, Context as _, Result};
+use dispatcher_common::{
+    maps::{family, policy, worker_state, Worker, MAX_FUNCTIONS, MAX_SERVICES, MAX_WORKERS_PER_FUNCTION},
+    protocol::DEFAULT_SERVICE_PORT,
+};
+use macaddr::MacAddr6;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub service: Service,
+    #[serde(default)]
+    pub functions: Vec<FunctionConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// Service addresses (VIPs), IPv4 or IPv6.
+    #[serde(default)]
+    pub addresses: Vec<IpAddr>,
+    #[serde(default = "default_port")]
+    pub port: u16,
+}
+
+fn default_port() -> u16 {
+    DEFAULT_SERVICE_PORT
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionConfig {
+    pub id: u32,
+    #[serde(default)]
+    pub policy: Policy,
+    #[serde(default)]
+    pub workers: Vec<WorkerConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    #[default]
+    RoundRobin,
+    LeastLoaded,
+    P2c,
+    Hash,
+}
+
+impl Policy {
+    pub fn to_map(self) -> u8 {
+        match self {
+            Policy::RoundRobin => policy::ROUND_ROBIN,
+            Policy::LeastLoaded => policy::LEAST_LOADED,
+            Policy::P2c => policy::P2C,
+            Policy::Hash => policy::HASH,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// `IP:PORT`, or `[IPv6]:PORT`.
+    pub addr: SocketAddr,
+    /// The worker's MAC (or its gateway's). Required until the daemon
+    /// learns MACs from the neighbour table. Written "02:00:00:00:00:0a".
+    #[serde(default, deserialize_with = "mac_from_str")]
+    pub mac: Option<MacAddr6>,
+    #[serde(default = "default_weight")]
+    pub weight: u16,
+}
+
+/// MACs as people write them; macaddr's own serde form is a byte array.
+fn mac_from_str<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<MacAddr6>, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse()
+        .map(Some)
+        .map_err(|_| serde::de::Error::custom(format!("`{text}` is not a MAC address (write it as 02:00:00:00:00:0a)")))
+}
+
+fn default_weight() -> u16 {
+    1
+}
+
+impl WorkerConfig {
+    /// The `WORKERS` map value for this worker, up.
+    pub fn to_map(&self, function_id: u32) -> Result<Worker> {
+        let Some(mac) = self.mac else {
+            bail!(
+                "functions.workers: worker {} of function {function_id} has no `mac`: \
+                 add mac = \"xx:xx:xx:xx:xx:xx\" (the worker's MAC, or its gateway's)",
+                self.addr
+            );
+        };
+        let mut w = Worker {
+            mac: mac.into_array(),
+            port: self.addr.port().to_be_bytes(),
+            weight: self.weight,
+            state: worker_state::UP,
+            ..Default::default()
+        };
+        match self.addr.ip() {
+            IpAddr::V4(a) => {
+                w.addr[..4].copy_from_slice(&a.octets());
+                w.family = family::IPV4;
+            }
+            IpAddr::V6(a) => {
+                w.addr = a.octets();
+                w.family = family::IPV6;
+            }
+        }
+        Ok(w)
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        Config::parse(&text).with_context(|| format!("invalid config {}", path.display()))
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Config> {
+        let config: Config = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what the types cannot: limits, duplicates, required fields.
+    pub fn validate(&self) -> Result<()> {
+        if self.service.addresses.is_empty() {
+            bail!("service.addresses is empty: list at least one service address (VIP), or pass --vip");
+        }
+        if self.service.addresses.len() > MAX_SERVICES as usize {
+            bail!("service.addresses: at most {MAX_SERVICES} addresses are supported");
+        }
+        if self.service.port == 0 {
+            bail!("service.port: 0 is not a usable port (the default is {DEFAULT_SERVICE_PORT})");
+        }
+        if self.functions.len() > MAX_FUNCTIONS as usize {
+            bail!("functions: at most {MAX_FUNCTIONS} functions are supported, found {}", self.functions.len());
+        }
+        let mut ids = HashSet::new();
+        for f in &self.functions {
+            if !ids.insert(f.id) {
+                bail!("functions: id {} is listed twice", f.id);
+            }
+            if f.workers.len() > MAX_WORKERS_PER_FUNCTION as usize {
+                bail!(
+                    "functions.workers: function {} has {} workers, at most {MAX_WORKERS_PER_FUNCTION} are supported",
+                    f.id,
+                    f.workers.len()
+                );
+            }
+            let mut addrs = HashSet::new();
+            for w in &f.workers {
+                if !addrs.insert(w.addr) {
+                    bail!("functions.workers: worker {} is listed twice for function {}", w.addr, f.id);
+                }
+                if w.weight == 0 {
+                    bail!("functions.workers: worker {} of function {} has weight 0: use 1 or more (or leave it out)", w.addr, f.id);
+                }
+                w.to_map(f.id)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [service]
+        addresses = ["10.0.0.1", "fd00::1"]
+
+        [[functions]]
+        id = 7
+        policy = "p2c"
+        workers = [
+          { addr = "10.0.0.10:9000", mac = "02:00:00:00:00:0a" },
+          { addr = "[fd00::10]:9000", mac = "02:00:00:00:00:0b", weight = 3 },
+        ]
+    "#;
+
+    #[test]
+    fn parses_a_full_config() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.service.port, 7770);
+        assert_eq!(c.functions[0].policy, Policy::P2c);
+        let w = c.functions[0].workers[1].to_map(7).unwrap();
+        assert_eq!(w.family, family::IPV6);
+        assert_eq!(w.weight, 3);
+        assert_eq!(w.port, 9000u16.to_be_bytes());
+        assert_eq!(w.mac, [2, 0, 0, 0, 0, 0x0b]);
+        let w = c.functions[0].workers[0].to_map(7).unwrap();
+        assert_eq!(&w.addr[..4], &[10, 0, 0, 10]);
+        assert_eq!(&w.addr[4..], &[0; 12]);
+    }
+
+    fn err(text: &str) -> String {
+        format!("{:#}", Config::parse(text).unwrap_err())
+    }
+
+    #[test]
+    fn errors_name_the_field_and_the_fix() {
+        assert!(err("[service]\naddresses = []").contains("service.addresses is empty"));
+        assert!(err("[service]\naddresses = [\"10.0.0.1\"]\nport = 0").contains("service.port"));
+        assert!(err("[service]\naddresses = [\"10.0.0.1\"]\nbogus = 1").contains("unknown field `bogus`"));
+        assert!(err("[service]\naddresses = [\"nope\"]").contains("invalid IP address"));
+        let dup = "[service]\naddresses = [\"10.0.0.1\"]\n[[functions]]\nid = 1\n[[functions]]\nid = 1";
+        assert!(err(dup).contains("id 1 is listed twice"));
+        let no_mac = "[service]\naddresses = [\"10.0.0.1\"]\n[[functions]]\nid = 1\nworkers = [{ addr = \"10.0.0.2:1\" }]";
+        assert!(err(no_mac).contains("has no `mac`"));
+        let bad_policy = "[service]\naddresses = [\"10.0.0.1\"]\n[[functions]]\nid = 1\npolicy = \"random\"";
+        assert!(err(bad_policy).contains("unknown variant `random`"));
+        let bad_mac = "[service]\naddresses = [\"10.0.0.1\"]\n[[functions]]\nid = 1\nworkers = [{ addr = \"10.0.0.2:1\", mac = \"02:00\" }]";
+        assert!(err(bad_mac).contains("`02:00` is not a MAC address"));
+    }
+}

@@ -1,0 +1,81 @@
+//! `dispatcher run`: attach the data plane, configure it, and keep it
+//! running until SIGINT or SIGTERM, then detach cleanly.
+
+use std::{net::IpAddr, path::PathBuf};
+
+use anyhow::Result;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::info;
+
+use crate::{
+    bpffs,
+    config::{Config, Service},
+    data_plane::{interface_mac, Attached, Mode},
+    privileges,
+};
+
+/// Everything `dispatcher run` is told on its command line.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub iface: String,
+    pub mode: Mode,
+    pub config: Option<PathBuf>,
+    /// Service addresses added to the config's.
+    pub vips: Vec<IpAddr>,
+    /// Overrides the config's service port.
+    pub port: Option<u16>,
+    pub bpffs: PathBuf,
+}
+
+/// The config file (if any) with the command line's additions, validated.
+pub fn effective_config(opts: &RunOptions) -> Result<Config> {
+    let mut config = match &opts.config {
+        Some(path) => Config::load(path)?,
+        None => Config {
+            service: Service {
+                addresses: Vec::new(),
+                port: dispatcher_common::protocol::DEFAULT_SERVICE_PORT,
+            },
+            functions: Vec::new(),
+        },
+    };
+    for vip in &opts.vips {
+        if !config.service.addresses.contains(vip) {
+            config.service.addresses.push(*vip);
+        }
+    }
+    if let Some(port) = opts.port {
+        config.service.port = port;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+pub async fn run(opts: RunOptions) -> Result<()> {
+    let config = effective_config(&opts)?;
+    interface_mac(&opts.iface)?;
+    privileges::require_bpf_admin("dispatcher run")?;
+    bpffs::ensure_mounted(&opts.bpffs)?;
+    let pin_dir = bpffs::pin_dir(&opts.bpffs, &opts.iface);
+
+    let attached = Attached::attach(&opts.iface, opts.mode, &pin_dir, &config)?;
+    info!(
+        services = ?config.service.addresses,
+        port = config.service.port,
+        functions = config.functions.len(),
+        "dispatching; SIGINT or SIGTERM detaches"
+    );
+    wait_for_shutdown().await?;
+    info!("shutting down");
+    attached.detach()
+}
+
+async fn wait_for_shutdown() -> Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,336 @@
+//! The XDP data plane seen from user space: the embedded object, loading and
+//! attaching it, pinning its maps, and typed access to them.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use aya::{
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    programs::{xdp::XdpLinkId, ProgramError, Xdp, XdpMode},
+    Ebpf,
+};
+use dispatcher_common::{
+    maps::{names, Function, ServiceKey, ServiceValue, Settings, Worker, WorkerKey},
+    stats::Counter,
+};
+use tracing::{info, warn};
+
+use crate::config::Config;
+
+/// Name of the XDP program in the object.
+pub const PROGRAM: &str = "dispatch";
+
+/// The compiled data plane, embedded so that the binary runs on its own.
+pub fn object() -> &'static [u8] {
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dispatcher-ebpf"))
+}
+
+/// Attach modes `dispatcher run --mode` accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Generic XDP in the kernel's network stack: works on every interface.
+    Skb,
+    /// Native XDP in the driver (the default); falls back to skb with a
+    /// warning when the driver has none.
+    Drv,
+}
+
+/// Typed handles on every map of one data plane.
+pub struct Maps {
+    pub services: HashMap<MapData, ServiceKey, ServiceValue>,
+    pub settings: Array<MapData, Settings>,
+    pub functions: HashMap<MapData, u32, Function>,
+    pub workers: HashMap<MapData, WorkerKey, Worker>,
+    pub stats: PerCpuArray<MapData, u64>,
+}
+
+impl Maps {
+    /// Takes the maps out of a loaded object, pinning each under `pin_dir`
+    /// when given.
+    fn take(ebpf: &mut Ebpf, pin_dir: Option<&Path>) -> Result<Maps> {
+        let mut take = |name: &str| -> Result<Map> {
+            let map = ebpf
+                .take_map(name)
+                .ok_or_else(|| anyhow!("the eBPF object has no map {name}: rebuild the dispatcher"))?;
+            if let Some(dir) = pin_dir {
+                let path = dir.join(name);
+                map.pin(&path)
+                    .with_context(|| format!("cannot pin map {name} at {}", path.display()))?;
+            }
+            Ok(map)
+        };
+        Ok(Maps {
+            services: HashMap::try_from(take(names::SERVICES)?)?,
+            settings: Array::try_from(take(names::SETTINGS)?)?,
+            functions: HashMap::try_from(take(names::FUNCTIONS)?)?,
+            workers: HashMap::try_from(take(names::WORKERS)?)?,
+            stats: PerCpuArray::try_from(take(names::STATS)?)?,
+        })
+    }
+
+    /// Opens the maps a running data plane pinned in `pin_dir`.
+    pub fn from_pins(pin_dir: &Path) -> Result<Maps> {
+        let open = |name: &str| -> Result<Map> {
+            let path = pin_dir.join(name);
+            let data = MapData::from_pin(&path)
+                .with_context(|| format!("cannot open pinned map {}", path.display()))?;
+            Ok(Map::from_map_data(data)?)
+        };
+        Ok(Maps {
+            services: HashMap::try_from(open(names::SERVICES)?)?,
+            settings: Array::try_from(open(names::SETTINGS)?)?,
+            functions: HashMap::try_from(open(names::FUNCTIONS)?)?,
+            workers: HashMap::try_from(open(names::WORKERS)?)?,
+            stats: PerCpuArray::try_from(open(names::STATS)?)?,
+        })
+    }
+
+    /// Writes the interface MAC: the source MAC of every dispatched frame.
+    pub fn set_iface_mac(&mut self, mac: [u8; 6]) -> Result<()> {
+        let settings = Settings {
+            iface_mac: mac,
+            ..Default::default()
+        };
+        self.settings.set(0, settings, 0)?;
+        Ok(())
+    }
+
+    /// Adds a service address and port (a VIP).
+    pub fn add_service(&mut self, addr: IpAddr, port: u16) -> Result<()> {
+        self.services
+            .insert(service_key(addr, port), ServiceValue::default(), 0)
+            .with_context(|| format!("cannot add service {addr} port {port}"))?;
+        Ok(())
+    }
+
+    /// Writes every service, function and worker of `config`. The function
+    /// entry is written after its workers, so a packet never finds a
+    /// function whose slots are not filled yet.
+    pub fn apply(&mut self, config: &Config) -> Result<()> {
+        for addr in &config.service.addresses {
+            self.add_service(*addr, config.service.port)?;
+        }
+        for f in &config.functions {
+            for (slot, w) in f.workers.iter().enumerate() {
+                let key = WorkerKey {
+                    function_id: f.id,
+                    slot: slot as u32,
+                };
+                self.workers
+                    .insert(key, w.to_map(f.id)?, 0)
+                    .with_context(|| format!("cannot write worker {} of function {}", w.addr, f.id))?;
+            }
+            let function = Function {
+                worker_count: f.workers.len() as u32,
+                policy: f.policy.to_map(),
+                ..Default::default()
+            };
+            self.functions
+                .insert(f.id, function, 0)
+                .with_context(|| format!("cannot write function {}", f.id))?;
+        }
+        Ok(())
+    }
+
+    /// Every counter, summed over CPUs, in `Counter` order.
+    pub fn counters(&self) -> Result<Vec<(Counter, u64)>> {
+        Counter::ALL
+            .iter()
+            .map(|&c| {
+                let per_cpu = self.stats.get(&(c as u32), 0)?;
+                Ok((c, per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+}
+
+/// The `SERVICES` key for `addr:port` (IPv4 stored IPv4-mapped).
+pub fn service_key(addr: IpAddr, port: u16) -> ServiceKey {
+    let v6 = match addr {
+        IpAddr::V4(a) => a.to_ipv6_mapped(),
+        IpAddr::V6(a) => a,
+    };
+    ServiceKey {
+        addr: v6.octets(),
+        port: port.to_be_bytes(),
+        _pad: [0; 2],
+    }
+}
+
+/// Loads the object into the kernel (verifying the program) without
+/// attaching it: what BPF_PROG_TEST_RUN tests and `run` start from.
+pub fn load() -> Result<Ebpf> {
+    let mut ebpf = Ebpf::load(object()).context("cannot load the eBPF object")?;
+    let program: &mut Xdp = ebpf
+        .program_mut(PROGRAM)
+        .ok_or_else(|| anyhow!("the eBPF object has no program {PROGRAM}"))?
+        .try_into()?;
+    program.load().map_err(explain_load_error)?;
+    Ok(ebpf)
+}
+
+/// A loaded program that is not attached, with its maps: for tests.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub maps: Maps,
+}
+
+impl Loaded {
+    pub fn new() -> Result<Loaded> {
+        let mut ebpf = load()?;
+        let maps = Maps::take(&mut ebpf, None)?;
+        Ok(Loaded { ebpf, maps })
+    }
+
+    pub fn program(&self) -> &Xdp {
+        self.ebpf
+            .program(PROGRAM)
+            .expect("loaded with the program")
+            .try_into()
+            .expect("an XDP program")
+    }
+}
+
+/// A data plane attached to an interface, its maps pinned. Dropping it
+/// detaches the program and removes the pins.
+pub struct Attached {
+    ebpf: Ebpf,
+    link: Option<XdpLinkId>,
+    pub maps: Maps,
+    pub iface: String,
+    pub mode: XdpMode,
+    pub pin_dir: PathBuf,
+}
+
+impl Attached {
+    /// Loads the program, writes `config` into its maps, attaches it to
+    /// `iface` in `mode`, and pins the maps in `pin_dir`.
+    ///
+    /// The maps are pinned into a staging directory first and renamed to
+    /// `pin_dir` once the program is configured and attached, so the pin
+    /// directory appears complete in one step: its existence means "running".
+    pub fn attach(iface: &str, mode: Mode, pin_dir: &Path, config: &Config) -> Result<Attached> {
+        let mac = interface_mac(iface)?;
+        if pin_dir.exists() {
+            bail!(
+                "a data plane is already pinned at {}: is another `dispatcher run --iface {iface}` running? \
+                 If not, a previous one died: remove that directory and start again",
+                pin_dir.display()
+            );
+        }
+        let parent = pin_dir.parent().context("pin directory has no parent")?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+        let staging = parent.join(format!(".{iface}.staging-{}", std::process::id()));
+        std::fs::create_dir_all(&staging)
+            .with_context(|| format!("cannot create {}", staging.display()))?;
+
+        let attached = Self::attach_staged(iface, mode, &staging, config, mac).and_then(|mut a| {
+            std::fs::rename(&staging, pin_dir)
+                .with_context(|| format!("cannot move pins to {}", pin_dir.display()))?;
+            a.pin_dir = pin_dir.to_path_buf();
+            Ok(a)
+        });
+        if attached.is_err() {
+            // Dropping the half-built data plane detached it; the pins go by hand.
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        let attached = attached?;
+        info!(iface, mode = ?attached.mode, pins = %pin_dir.display(), "data plane attached");
+        Ok(attached)
+    }
+
+    fn attach_staged(
+        iface: &str,
+        mode: Mode,
+        staging: &Path,
+        config: &Config,
+        mac: [u8; 6],
+    ) -> Result<Attached> {
+        let mut ebpf = load()?;
+        let mut maps = Maps::take(&mut ebpf, Some(staging))?;
+        maps.set_iface_mac(mac)?;
+        maps.apply(config)?;
+
+        let program: &mut Xdp = ebpf.program_mut(PROGRAM).expect("loaded").try_into()?;
+        let (link, mode) = match mode {
+            Mode::Skb => (program.attach(iface, XdpMode::Skb), XdpMode::Skb),
+            Mode::Drv => match program.attach(iface, XdpMode::Driver) {
+                Ok(link) => (Ok(link), XdpMode::Driver),
+                Err(e) => {
+                    warn!("native XDP is not available on {iface} ({e}); falling back to skb mode");
+                    (program.attach(iface, XdpMode::Skb), XdpMode::Skb)
+                }
+            },
+        };
+        let link = link.map_err(|e| explain_attach_error(e, iface))?;
+        Ok(Attached {
+            ebpf,
+            link: Some(link),
+            maps,
+            iface: iface.to_string(),
+            mode,
+            pin_dir: staging.to_path_buf(),
+        })
+    }
+
+    /// Detaches the program and removes the pins.
+    pub fn detach(mut self) -> Result<()> {
+        self.detach_and_unpin()
+    }
+
+    fn detach_and_unpin(&mut self) -> Result<()> {
+        if let Some(link) = self.link.take() {
+            let program: &mut Xdp = self.ebpf.program_mut(PROGRAM).expect("loaded").try_into()?;
+            program
+                .detach(link)
+                .with_context(|| format!("cannot detach from {}", self.iface))?;
+            std::fs::remove_dir_all(&self.pin_dir)
+                .with_context(|| format!("cannot remove pins at {}", self.pin_dir.display()))?;
+            info!(iface = %self.iface, "data plane detached, pins removed");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        if let Err(e) = self.detach_and_unpin() {
+            warn!("{e:#}");
+        }
+    }
+}
+
+/// The MAC address of `iface`, which also proves it exists.
+pub fn interface_mac(iface: &str) -> Result<[u8; 6]> {
+    let path = format!("/sys/class/net/{iface}/address");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|_| anyhow!("interface {iface} not found (`ip link` shows the names)"))?;
+    let mac: macaddr::MacAddr6 = text
+        .trim()
+        .parse()
+        .with_context(|| format!("interface {iface} has no Ethernet address ({})", text.trim()))?;
+    Ok(mac.into_array())
+}
+
+fn explain_load_error(e: ProgramError) -> anyhow::Error {
+    let text = format!("{e:#}");
+    if text.contains("Operation not permitted") || text.contains("EPERM") {
+        return anyhow!("the kernel refused to load the XDP program: permission denied (run as root, or with CAP_BPF and CAP_NET_ADMIN)\n{text}");
+    }
+    anyhow!(e).context("the kernel refused to load the XDP program (verifier log above)")
+}
+
+fn explain_attach_error(e: ProgramError, iface: &str) -> anyhow::Error {
+    match e {
+        ProgramError::UnknownInterface { .. } => {
+            anyhow!("interface {iface} not found (`ip link` shows the names)")
+        }
+        e => anyhow!(e).context(format!(
+            "cannot attach to {iface}: is another XDP program attached? (`ip link show {iface}` shows it)"
+        )),
+    }
+}
