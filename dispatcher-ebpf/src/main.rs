@@ -34,6 +34,14 @@ pub fn dispatch(ctx: XdpContext) -> u32 {
     action
 }
 
+/// Passes every frame. Testbeds attach it to the switch side of the
+/// dispatcher's veth: a veth only wakes its peer for XDP_TX frames when the
+/// peer runs an XDP program of its own (GRO alone queues them unseen).
+#[xdp]
+pub fn pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 #[inline(always)]
 fn try_dispatch(ctx: &XdpContext) -> Result<(), Counter> {
     let pkt = Packet::parse(ctx)?;

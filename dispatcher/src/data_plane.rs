@@ -22,6 +22,8 @@ use crate::config::Config;
 
 /// Name of the XDP program in the object.
 pub const PROGRAM: &str = "dispatch";
+/// A program that passes every frame (for veth testbeds; see its source).
+pub const PASS_PROGRAM: &str = "pass";
 
 /// The compiled data plane, embedded so that the binary runs on its own.
 pub fn object() -> &'static [u8] {
@@ -224,7 +226,11 @@ impl Attached {
         let parent = pin_dir.parent().context("pin directory has no parent")?;
         std::fs::create_dir_all(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
-        let staging = parent.join(format!(".{iface}.staging-{}", std::process::id()));
+        // A sibling of `dispatcher/` (bpffs reserves names with dots, and an
+        // interface could be called anything), on the same bpffs for rename.
+        let staging = parent
+            .with_file_name("dispatcher-staging")
+            .join(format!("{iface}-{}", std::process::id()));
         std::fs::create_dir_all(&staging)
             .with_context(|| format!("cannot create {}", staging.display()))?;
 
@@ -237,6 +243,9 @@ impl Attached {
         if attached.is_err() {
             // Dropping the half-built data plane detached it; the pins go by hand.
             let _ = std::fs::remove_dir_all(&staging);
+        }
+        if let Some(staging_root) = staging.parent() {
+            let _ = std::fs::remove_dir(staging_root); // only if empty
         }
         let attached = attached?;
         info!(iface, mode = ?attached.mode, pins = %pin_dir.display(), "data plane attached");

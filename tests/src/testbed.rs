@@ -1,1 +1,302 @@
-pub fn _todo() {}
+//! Network-namespace testbeds: hosts on one L2 segment (a bridge in a
+//! "switch" namespace), each in its own namespace with one veth `eth0`.
+//!
+//! Every name is unique per testbed (process id + counter), so tests run
+//! side by side. Dropping a `Testbed` stops its processes, removes its
+//! namespaces (and with them every veth and the bridge) and unmounts its
+//! bpffs, even when the test panicked.
+
+use std::{
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use aya::programs::{Xdp, XdpMode};
+use nix::{
+    mount::{umount2, MntFlags},
+    sched::{setns, CloneFlags},
+    sys::signal::{kill, Signal},
+    unistd::Pid,
+};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// The /24 every testbed uses inside its own namespaces.
+pub const SUBNET: [u8; 3] = [10, 99, 0];
+
+/// One host of a testbed.
+#[derive(Clone, Debug)]
+pub struct Host {
+    pub role: String,
+    pub ns: String,
+    pub ip: Ipv4Addr,
+    pub mac: [u8; 6],
+}
+
+impl Host {
+    pub fn mac_string(&self) -> String {
+        self.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    }
+}
+
+/// A process started in a host's namespace.
+pub struct Process {
+    pub name: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Process {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// What the process printed so far (stdout and stderr).
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Panics, showing the log, if the process has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            panic!("{} exited early ({status}); its output:\n{}", self.name, self.log());
+        }
+    }
+
+    /// SIGTERM, then wait up to 5 s (SIGKILL after that). Returns whether
+    /// it exited successfully.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else { return false };
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return status.success(),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub struct Testbed {
+    pub name: String,
+    pub dir: PathBuf,
+    pub bpffs: PathBuf,
+    switch_ns: String,
+    hosts: Vec<Host>,
+    /// XDP programs the testbed attached itself (detached on drop).
+    attached: Vec<aya::Ebpf>,
+}
+
+/// Runs a command; panics with its output if it fails.
+pub fn sh(program: &str, args: &[&str]) -> Output {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e} (is it installed? `cargo xtask test` installs it)"));
+    if !out.status.success() {
+        panic!(
+            "`{program} {}` failed ({}):\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+impl Testbed {
+    /// An empty testbed: the switch namespace with its bridge, a scratch
+    /// directory and a private bpffs (which `ip netns exec` cannot hide,
+    /// unlike /sys/fs/bpf).
+    pub fn new(label: &str) -> Testbed {
+        let name = format!("fd{}{}{label}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let dir = PathBuf::from("/run").join(&name);
+        let bpffs = dir.join("bpffs");
+        let switch_ns = format!("{name}-sw");
+        // Built as a value first, so that a failure below still cleans up.
+        let tb = Testbed {
+            name,
+            dir,
+            bpffs,
+            switch_ns,
+            hosts: Vec::new(),
+            attached: Vec::new(),
+        };
+        fs::create_dir_all(&tb.bpffs).expect("create testbed directory");
+        dispatcher::bpffs::ensure_mounted(&tb.bpffs).expect("mount the testbed's bpffs");
+        sh("ip", &["netns", "add", &tb.switch_ns]);
+        sh("ip", &["-n", &tb.switch_ns, "link", "add", "br0", "type", "bridge"]);
+        sh("ip", &["-n", &tb.switch_ns, "link", "set", "br0", "up"]);
+        tb
+    }
+
+    /// A host `role` at 10.99.0.`n`, wired to the switch.
+    pub fn add_host(&mut self, role: &str, n: u8) -> Host {
+        assert!(role.len() <= 12, "role names become interface names: 12 characters at most");
+        let host = Host {
+            role: role.to_string(),
+            ns: format!("{}-{role}", self.name),
+            ip: Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], n),
+            mac: [0x02, 0xfd, 0, 0, 0, n],
+        };
+        self.hosts.push(host.clone());
+        let ns = host.ns.as_str();
+        let port = format!("p-{role}");
+        sh("ip", &["netns", "add", ns]);
+        sh("ip", &["-n", &self.switch_ns, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", ns]);
+        sh("ip", &["-n", ns, "link", "set", "eth0", "address", &host.mac_string()]);
+        sh("ip", &["-n", ns, "addr", "add", &format!("{}/24", host.ip), "dev", "eth0"]);
+        sh("ip", &["-n", ns, "link", "set", "lo", "up"]);
+        sh("ip", &["-n", ns, "link", "set", "eth0", "up"]);
+        sh("ip", &["-n", &self.switch_ns, "link", "set", &port, "master", "br0", "up"]);
+        // Senders must put full UDP checksums on the wire: with transmit
+        // offload a veth leaves a partial one, which a rewrite cannot fix.
+        sh("ip", &["netns", "exec", ns, "ethtool", "-K", "eth0", "tx", "off"]);
+        // Frames sent to a veth by XDP (redirect, or XDP_TX from its peer)
+        // are dropped unless it has NAPI: GRO on, once both ends are up.
+        sh("ip", &["netns", "exec", &self.switch_ns, "ethtool", "-K", &port, "gro", "on"]);
+        host
+    }
+
+    /// Makes XDP_TX work from `host`'s eth0: a veth delivers XDP_TX frames
+    /// to its peer but wakes the peer only if the peer runs an XDP program,
+    /// so the switch-side port gets one that passes everything.
+    pub fn enable_xdp_tx(&mut self, host: &Host) {
+        let port = format!("p-{}", host.role);
+        let ns_path = PathBuf::from("/run/netns").join(&self.switch_ns);
+        // setns changes only the calling thread's namespace: use a fresh one.
+        let ebpf = thread::spawn(move || {
+            let ns = fs::File::open(&ns_path).expect("open switch namespace");
+            setns(ns, CloneFlags::CLONE_NEWNET).expect("enter switch namespace");
+            let mut ebpf = aya::Ebpf::load(dispatcher::data_plane::object()).expect("load object");
+            let prog: &mut Xdp = ebpf
+                .program_mut(dispatcher::data_plane::PASS_PROGRAM)
+                .expect("pass program")
+                .try_into()
+                .expect("XDP");
+            prog.load().expect("load pass program");
+            prog.attach(&port, XdpMode::Driver).expect("attach pass program");
+            ebpf
+        })
+        .join()
+        .expect("attach thread");
+        self.attached.push(ebpf);
+    }
+
+    /// Starts `program args` inside `host`'s namespace; output goes to a log.
+    pub fn spawn(&self, host: &Host, name: &str, program: &Path, args: &[&str]) -> Process {
+        let log = self.dir.join(format!("{name}.log"));
+        let file = fs::File::create(&log).expect("create log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &host.ns])
+            .arg(program)
+            .args(args)
+            .env("DISPATCHER_BPFFS", &self.bpffs)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn in namespace");
+        Process {
+            name: name.to_string(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// Runs `program args` in `host`'s namespace to completion.
+    pub fn exec(&self, host: &Host, program: &Path, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &host.ns])
+            .arg(program)
+            .args(args)
+            .env("DISPATCHER_BPFFS", &self.bpffs)
+            .output()
+            .expect("run in namespace")
+    }
+
+    /// Waits until something in `host` listens on UDP `port`.
+    pub fn wait_for_udp_port(&self, host: &Host, port: u16, timeout: Duration) {
+        let needle = format!(":{port:04X} ");
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let out = self.exec(host, Path::new("cat"), &["/proc/net/udp", "/proc/net/udp6"]);
+            if String::from_utf8_lossy(&out.stdout).contains(&needle) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        panic!("nothing listens on UDP port {port} in {} after {timeout:?}", host.role);
+    }
+
+    /// The pin directory of the data plane attached to `host`'s eth0.
+    pub fn pin_dir(&self, _host: &Host) -> PathBuf {
+        self.bpffs.join("dispatcher").join("eth0")
+    }
+
+    /// Waits for `dispatcher run` on `host` to be attached and configured
+    /// (its pin directory appears in one step once it is).
+    pub fn wait_for_data_plane(&self, host: &Host, process: &mut Process, timeout: Duration) {
+        let dir = self.pin_dir(host);
+        let deadline = Instant::now() + timeout;
+        while !dir.exists() {
+            process.assert_running();
+            if Instant::now() > deadline {
+                panic!("the data plane did not come up in {timeout:?}; its output:\n{}", process.log());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Writes a file into the testbed's scratch directory.
+    pub fn write_file(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        fs::write(&path, contents).expect("write file");
+        path
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        for ns in self.hosts.iter().map(|h| h.ns.clone()).chain([self.switch_ns.clone()]) {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        }
+        let _ = umount2(&self.bpffs, MntFlags::MNT_DETACH);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The `dispatcher` binary: $DISPATCHER_BIN, or the one cargo built next
+/// to this test binary.
+pub fn dispatcher_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("DISPATCHER_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let bin = profile_dir.join("dispatcher");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (`cargo build -p dispatcher`; `cargo xtask test` does)",
+        bin.display()
+    );
+    bin
+}
