@@ -1,1 +1,113 @@
-fn main() {}
+//! Developer tasks: `cargo xtask <task>`.
+//!
+//! - `bootstrap`: install what the eBPF build needs (rust-src for the
+//!   nightly, bpf-linker built against the nightly's own LLVM);
+//! - `build`: bootstrap, then build the `dispatcher` binary (the XDP object
+//!   is built by its build.rs and embedded);
+//! - `test`: everything above, the system tools the testbeds use, then
+//!   every test (needs root);
+//! - `run`: with `--iface`, `dispatcher run ARGS`; without, a demo on a
+//!   namespace testbed.
+
+mod bootstrap;
+mod cmd;
+
+use std::{ffi::OsString, path::PathBuf};
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install rust-src for the nightly and bpf-linker, if missing.
+    Bootstrap,
+    /// Build the dispatcher (and the XDP object it embeds).
+    Build,
+    /// Run every test: unit, BPF_PROG_TEST_RUN and namespace testbeds (root).
+    Test {
+        /// Extra arguments for `cargo test` (a test name filter, --nocapture, ...).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// `dispatcher run ARGS` with the privileges it needs; with no --iface,
+    /// a demo on a namespace testbed.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.task {
+        Task::Bootstrap => bootstrap::ensure_toolchain(),
+        Task::Build => build(),
+        Task::Test { args } => test(args),
+        Task::Run { args } => run_dispatcher(args),
+    }
+}
+
+/// The workspace root (xtask lives one below it).
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+fn dispatcher_bin() -> PathBuf {
+    workspace_root().join("target/debug/dispatcher")
+}
+
+fn build() -> Result<()> {
+    bootstrap::ensure_toolchain()?;
+    cmd::step("building the dispatcher and its XDP object");
+    cmd::cargo(&["build", "--package", "dispatcher"])
+}
+
+fn require_root(task: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("`cargo xtask {task}` loads XDP programs and creates network namespaces: run it as root (sudo -E cargo xtask {task})");
+    }
+    Ok(())
+}
+
+fn test(args: Vec<OsString>) -> Result<()> {
+    require_root("test")?;
+    build()?;
+    bootstrap::ensure_system_tools()?;
+    cmd::step("running every test");
+    let mut cargo_args: Vec<OsString> = vec!["test".into()];
+    cargo_args.extend(args);
+    cmd::cargo_with_env(&cargo_args, &[("DISPATCHER_BIN", dispatcher_bin().into_os_string())])
+}
+
+fn run_dispatcher(args: Vec<OsString>) -> Result<()> {
+    require_root("run")?;
+    build()?;
+    if args.iter().any(|a| a == "--iface" || a.to_string_lossy().starts_with("--iface=")) {
+        let mut full: Vec<OsString> = vec!["run".into()];
+        full.extend(args);
+        return cmd::exec(&dispatcher_bin(), &full);
+    }
+    if !args.is_empty() {
+        bail!("without --iface, `cargo xtask run` runs the demo and takes no arguments (got {args:?})");
+    }
+    bootstrap::ensure_system_tools()?;
+    cmd::step("building and running the demo testbed");
+    cmd::cargo_with_env(
+        &["run", "--quiet", "--package", "tests", "--bin", "demo"],
+        &[("DISPATCHER_BIN", dispatcher_bin().into_os_string())],
+    )
+}

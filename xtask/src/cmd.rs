@@ -1,0 +1,68 @@
+//! Running commands with a clear account of what failed.
+
+use std::{
+    ffi::{OsStr, OsString},
+    path::Path,
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+
+/// Announces a step, so a long first run says what it is doing.
+pub fn step(what: &str) {
+    eprintln!("xtask: {what}");
+}
+
+/// PATH with cargo's bin directory first, where bpf-linker is installed.
+pub fn path_with_cargo_bin() -> OsString {
+    let mut paths = vec![crate::bootstrap::cargo_bin_dir()];
+    if let Some(path) = std::env::var_os("PATH") {
+        paths.extend(std::env::split_paths(&path));
+    }
+    std::env::join_paths(paths).expect("PATH entries without ':'")
+}
+
+/// Runs `program args` to completion; an error names the command.
+pub fn run<S: AsRef<OsStr>>(program: &str, args: &[S], envs: &[(&str, OsString)]) -> Result<()> {
+    let mut cmd = Command::new(program);
+    cmd.args(args).env("PATH", path_with_cargo_bin());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start `{program}` (is it installed?)"))?;
+    if !status.success() {
+        let shown: Vec<String> = args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect();
+        bail!("`{program} {}` failed ({status})", shown.join(" "));
+    }
+    Ok(())
+}
+
+pub fn cargo<S: AsRef<OsStr>>(args: &[S]) -> Result<()> {
+    run(&cargo_program(), args, &[])
+}
+
+pub fn cargo_with_env<S: AsRef<OsStr>>(args: &[S], envs: &[(&str, OsString)]) -> Result<()> {
+    run(&cargo_program(), args, envs)
+}
+
+/// The cargo that runs this xtask (so the same toolchain builds everything).
+fn cargo_program() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+/// Runs `program args` and exits with its status (for `run`: signals reach it).
+pub fn exec(program: &Path, args: &[OsString]) -> Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let err = Command::new(program).args(args).env("PATH", path_with_cargo_bin()).exec();
+    Err(err).with_context(|| format!("cannot run {}", program.display()))
+}
+
+/// Runs a command and returns its trimmed stdout, or None if it failed.
+pub fn output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).env("PATH", path_with_cargo_bin()).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
