@@ -47,6 +47,44 @@ pub fn cargo_with_env<S: AsRef<OsStr>>(args: &[S], envs: &[(&str, OsString)]) ->
     run(&cargo_program(), args, envs)
 }
 
+/// `cargo test ARGS`, echoing its output, then one closing line that sums
+/// every test binary's result: `N passed, N failed`.
+pub fn cargo_test<S: AsRef<OsStr>>(args: &[S], envs: &[(&str, OsString)]) -> Result<()> {
+    use std::io::{BufRead as _, BufReader};
+    let mut cmd = Command::new(cargo_program());
+    cmd.args(args).env("PATH", path_with_cargo_bin()).stdout(std::process::Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().context("cannot start cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            passed += count_before(rest, " passed");
+            failed += count_before(rest, " failed");
+        }
+    }
+    let status = child.wait()?;
+    println!("{passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    if passed == 0 {
+        bail!("cargo test ran no test");
+    }
+    Ok(())
+}
+
+/// The number just before `label` in "ok. 6 passed; 0 failed; ...".
+fn count_before(text: &str, label: &str) -> u64 {
+    text.split(';')
+        .find_map(|part| part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(label.trim_start()).map(str::trim))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// The cargo that runs this xtask (so the same toolchain builds everything).
 fn cargo_program() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())

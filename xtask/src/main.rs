@@ -90,7 +90,7 @@ fn test(args: Vec<OsString>) -> Result<()> {
     cmd::step("running every test");
     let mut cargo_args: Vec<OsString> = vec!["test".into()];
     cargo_args.extend(args);
-    cmd::cargo_with_env(&cargo_args, &[("DISPATCHER_BIN", dispatcher_bin().into_os_string())])
+    cmd::cargo_test(&cargo_args, &[("DISPATCHER_BIN", dispatcher_bin().into_os_string())])
 }
 
 fn run_dispatcher(args: Vec<OsString>) -> Result<()> {
