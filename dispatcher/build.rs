@@ -1,25 +1,62 @@
-//! Builds the XDP object (dispatcher-ebpf) with the nightly toolchain and
-//! bpf-linker, into OUT_DIR, where `data_plane::object()` embeds it.
+//! Builds the XDP object (the `dispatcher-ebpf` crate) with the nightly
+//! toolchain and bpf-linker into OUT_DIR, where `data_plane::object()`
+//! embeds it, so the `dispatcher` binary runs on its own.
+//!
+//! This is aya-build's job, done by hand for one reason: the object needs
+//! `-C target-cpu=v3` (fetch-and-add for round-robin turns, 32-bit ALU and
+//! jumps), and aya-build replaces all RUSTFLAGS with its own.
 
-use std::process::Command;
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
-use anyhow::{anyhow, Context as _};
+use anyhow::{anyhow, bail, Context as _};
+
+const PACKAGE: &str = "dispatcher-ebpf";
+const TARGET: &str = "bpfel-unknown-none";
 
 fn main() -> anyhow::Result<()> {
     check_toolchain()?;
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("workspace root")?
-        .join("dispatcher-ebpf");
-    let root = root.to_str().context("non-UTF-8 path")?;
-    aya_build::build_ebpf(
-        [aya_build::Package {
-            name: "dispatcher-ebpf",
-            root_dir: root,
-            ..Default::default()
-        }],
-        aya_build::Toolchain::default(),
-    )
+    let ebpf_dir = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?.join(PACKAGE);
+    let common_dir = ebpf_dir.with_file_name("dispatcher-common");
+    println!("cargo:rerun-if-changed={}", ebpf_dir.display());
+    println!("cargo:rerun-if-changed={}", common_dir.display());
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR not set")?);
+    // A target directory of its own: cargo would otherwise wait on the lock
+    // of the build that runs this script.
+    let target_dir = out_dir.join("ebpf-target");
+
+    let rustflags = [
+        "--cfg=bpf_target_arch=\"x86_64\"",
+        "-Cdebuginfo=2",
+        "-Clink-arg=--btf",
+        "-Ctarget-cpu=v3",
+    ]
+    .join("\x1f");
+    let output = Command::new("rustup")
+        .args(["run", "nightly", "cargo", "build", "--package", PACKAGE, "--bins", "--release"])
+        .args(["--target", TARGET, "-Z", "build-std=core", "--target-dir"])
+        .arg(&target_dir)
+        .current_dir(&ebpf_dir)
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
+        // The outer build's compiler settings must not leak into the nightly one.
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("RUSTFLAGS")
+        .output()
+        .context("cannot run `rustup run nightly cargo build` for the eBPF object")?;
+    if !output.status.success() {
+        bail!(
+            "building the eBPF object failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let built = target_dir.join(TARGET).join("release").join(PACKAGE);
+    std::fs::copy(&built, out_dir.join(PACKAGE))
+        .with_context(|| format!("cannot copy {}", built.display()))?;
+    Ok(())
 }
 
 /// Fails early, naming the fix, instead of deep inside a nested cargo run.
@@ -38,7 +75,7 @@ fn check_toolchain() -> anyhow::Result<()> {
         return Err(anyhow!("the nightly toolchain is not installed: {fix}"));
     }
     let sysroot = String::from_utf8_lossy(&sysroot.stdout);
-    let core_src = std::path::Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library/core");
+    let core_src = Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library/core");
     if !core_src.exists() {
         return Err(anyhow!("rust-src for the nightly toolchain is missing: {fix}"));
     }

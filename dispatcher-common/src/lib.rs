@@ -12,6 +12,7 @@
 #![no_std]
 
 pub mod checksum;
+pub mod hash;
 pub mod maps;
 pub mod protocol;
 pub mod stats;

@@ -1,92 +1,101 @@
 //! Named counters of the data plane: every packet the program sees lands in
 //! exactly one of them, so `sum(counters) == packets seen`.
 //!
-//! The `STATS` map is a per-CPU array indexed by [`Counter`]; user space sums
-//! the CPUs and prints [`Counter::name`].
+//! The `STATS` map is an array indexed by [`Counter`] (per-CPU in the host
+//! variant); user space sums the CPUs and prints [`Counter::name`].
 
-/// What happened to a packet. `#[repr(u32)]`: the value is the `STATS` index.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Counter {
-    /// A REQUEST rewritten toward a worker and transmitted.
-    Dispatched = 0,
+/// Defines `Counter` with its index order, `ALL` and the operator-facing
+/// names from one list, so the three can never disagree.
+macro_rules! counters {
+    ($($(#[$doc:meta])* $variant:ident => $name:literal,)+) => {
+        /// What happened to a packet. `#[repr(u32)]`: the value is the index.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum Counter {
+            $($(#[$doc])* $variant,)+
+        }
+
+        impl Counter {
+            /// Every counter, in index order.
+            pub const ALL: &'static [Counter] = &[$(Counter::$variant,)+];
+            /// Number of counters: the size of the `STATS` maps.
+            pub const COUNT: u32 = Counter::ALL.len() as u32;
+
+            /// The name operators see (`dispatcher stats`).
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Counter::$variant => $name,)+
+                }
+            }
+        }
+    };
+}
+
+counters! {
+    /// A REQUEST for a function, rewritten toward a worker and transmitted.
+    DispatchedRequest => "dispatched_request",
+    /// A REQUEST for a workflow: step 0 dispatched with reply_* filled in.
+    DispatchedWorkflow => "dispatched_workflow",
+    /// A STEP from a registered worker, dispatched to the step's function.
+    DispatchedStep => "dispatched_step",
+    /// A BUSY from a registered worker, re-steered to another worker.
+    Resteered => "resteered",
     /// Not IPv4 or IPv6 (ARP, LLDP, ...): passed.
-    PassNotIp,
+    PassNotIp => "pass_not_ip",
     /// IP, but not UDP: passed.
-    PassNotUdp,
+    PassNotUdp => "pass_not_udp",
     /// UDP, but not to a service address and port: passed.
-    PassNotService,
-    /// An IPv4 fragment or an IPv6 fragment header: passed
-    /// to the host stack, which reassembles (the slow path).
-    PassFragment,
-    /// An IPv6 packet with extension headers before UDP: passed.
-    PassIpv6ExtHeader,
-    /// Headers that do not parse within the packet (truncated, bad IHL,
-    /// bad lengths): passed untouched.
-    PassMalformed,
+    PassNotService => "pass_not_service",
+    /// An IPv4 fragment or an IPv6 fragment header: passed to the host
+    /// stack, which reassembles; the daemon dispatches it (the slow path).
+    PassFragment => "pass_fragment",
+    /// IPv6 extension headers the program does not walk (routing with
+    /// segments left, AH, ESP) or a chain longer than its bound: passed.
+    PassIpv6ExtHeader => "pass_ipv6_ext_header",
+    /// Headers that do not parse within the frame (truncated, bad IHL):
+    /// passed untouched.
+    PassMalformed => "pass_malformed",
     /// To the service, but shorter than UDP + the 48-byte FaaS header.
-    PassShort,
-    /// To the service, but the magic is wrong.
-    PassBadMagic,
-    /// To the service, but an unsupported protocol version: the host answers
-    /// with ERROR 3.
-    PassBadVersion,
-    /// A FaaS kind the data plane does not dispatch (yet): passed to the host.
-    PassNotRequest,
-    /// A REQUEST for a function id that is not configured: the host answers
-    /// with ERROR 1.
-    PassUnknownFunction,
-    /// A REQUEST for a function with no usable worker: the host answers with
-    /// ERROR 2.
-    PassNoWorker,
-    /// The chosen worker's address family differs from the packet's: passed.
-    PassFamilyMismatch,
-    /// The map of settings is missing its entry (not loaded correctly).
-    PassNotConfigured,
+    PassShort => "pass_short",
+    /// To the service, but the magic is wrong: not a FaaS packet.
+    PassBadMagic => "pass_bad_magic",
+    /// Unsupported protocol version: the host answers with ERROR 3.
+    PassBadVersion => "pass_bad_version",
+    /// A kind the data plane does not dispatch (RESPONSE, ERROR, reserved).
+    PassNotRequest => "pass_not_request",
+    /// A REQUEST for an id that is neither a function nor a workflow: the
+    /// host answers with ERROR 1.
+    PassUnknownFunction => "pass_unknown_function",
+    /// No up worker for the function: the host answers with ERROR 2.
+    PassNoWorker => "pass_no_worker",
+    /// The chosen worker's address family differs from the packet's.
+    PassFamilyMismatch => "pass_family_mismatch",
+    /// A STEP (or workflow packet) for an unknown workflow or a step out of
+    /// range: the host answers with ERROR 4.
+    PassBadStep => "pass_bad_step",
+    /// A BUSY after 3 re-steers, or with no other up worker: the host
+    /// answers with ERROR 7.
+    PassBusyExhausted => "pass_busy_exhausted",
+    /// The settings entry is missing (the loader did not configure it).
+    PassNotConfigured => "pass_not_configured",
+    /// A STEP or BUSY whose source is not a registered worker: dropped.
+    DropNotRegistered => "drop_not_registered",
+    /// Two-arm egress is configured but the redirect failed: dropped.
+    DropEgressFailed => "drop_egress_failed",
 }
 
 impl Counter {
-    /// Number of counters: the `STATS` map's size.
-    pub const COUNT: u32 = Counter::PassNotConfigured as u32 + 1;
+    /// Did the data plane dispatch the packet itself?
+    pub const fn is_dispatch(self) -> bool {
+        matches!(
+            self,
+            Counter::DispatchedRequest | Counter::DispatchedWorkflow | Counter::DispatchedStep | Counter::Resteered
+        )
+    }
 
-    /// Every counter, in index order.
-    pub const ALL: [Counter; Counter::COUNT as usize] = [
-        Counter::Dispatched,
-        Counter::PassNotIp,
-        Counter::PassNotUdp,
-        Counter::PassNotService,
-        Counter::PassFragment,
-        Counter::PassIpv6ExtHeader,
-        Counter::PassMalformed,
-        Counter::PassShort,
-        Counter::PassBadMagic,
-        Counter::PassBadVersion,
-        Counter::PassNotRequest,
-        Counter::PassUnknownFunction,
-        Counter::PassNoWorker,
-        Counter::PassFamilyMismatch,
-        Counter::PassNotConfigured,
-    ];
-
-    /// The name operators see (`dispatcher stats`).
-    pub const fn name(self) -> &'static str {
-        match self {
-            Counter::Dispatched => "dispatched",
-            Counter::PassNotIp => "pass_not_ip",
-            Counter::PassNotUdp => "pass_not_udp",
-            Counter::PassNotService => "pass_not_service",
-            Counter::PassFragment => "pass_fragment",
-            Counter::PassIpv6ExtHeader => "pass_ipv6_ext_header",
-            Counter::PassMalformed => "pass_malformed",
-            Counter::PassShort => "pass_short",
-            Counter::PassBadMagic => "pass_bad_magic",
-            Counter::PassBadVersion => "pass_bad_version",
-            Counter::PassNotRequest => "pass_not_request",
-            Counter::PassUnknownFunction => "pass_unknown_function",
-            Counter::PassNoWorker => "pass_no_worker",
-            Counter::PassFamilyMismatch => "pass_family_mismatch",
-            Counter::PassNotConfigured => "pass_not_configured",
-        }
+    /// Is the packet dropped (rather than passed or dispatched)?
+    pub const fn is_drop(self) -> bool {
+        matches!(self, Counter::DropNotRegistered | Counter::DropEgressFailed)
     }
 }
 

@@ -1,37 +1,50 @@
 //! The XDP data plane of the FaaS dispatcher.
 //!
-//! One pass over each frame, in the order the entry point reads:
-//! parse (Ethernet, VLANs, IP, UDP) -> is it for a service address? ->
-//! FaaS header -> look the function up -> choose a worker -> rewrite toward
-//! it -> count -> XDP_TX. Anything that is not a dispatchable REQUEST leaves
-//! through `Err(counter)`: it is counted under its reason and passed to the
-//! host stack untouched (PROTOCOL.md: attaching must never cut a host off).
+//! One pass over each frame, in the order `try_dispatch` reads: parse
+//! (Ethernet, VLANs, IP, UDP) -> for a service address? -> FaaS header ->
+//! decide what to run (a function, a workflow step, a re-steer) -> choose a
+//! worker by the function's policy -> rewrite toward it -> count -> transmit.
+//! Anything that is not dispatched leaves through `Err(counter)`: it is
+//! counted under its reason and passed to the host stack untouched (or, for
+//! STEP/BUSY from strangers, dropped).
+//!
+//! Two entry points share that code: `dispatch` for the host (skb/drv) and
+//! `dispatch_hw`, which stays within what the Netronome NFP offloads
+//! (see `variant.rs` and ../shared/design/OFFLOAD.md).
 #![no_std]
 #![no_main]
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod maps;
 mod parse;
 mod rewrite;
 mod select;
-mod stats;
+mod variant;
+mod yardsticks;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use dispatcher_common::{
-    protocol::{self, kind},
+    maps::{worker_index, Function, MAX_RESTEERS, MAX_WORKFLOW_STEPS},
+    protocol::{self, flags, kind, FaasHdr},
     stats::Counter,
 };
 
-use crate::parse::Packet;
+use crate::{
+    parse::Packet,
+    rewrite::HeaderEdit,
+    variant::{Host, Hw, Variant},
+};
 
 #[xdp]
 pub fn dispatch(ctx: XdpContext) -> u32 {
-    // The failure verdict is decided here, once: count the reason, pass.
-    let (counter, action) = match try_dispatch(&ctx) {
-        Ok(()) => (Counter::Dispatched, xdp_action::XDP_TX),
-        Err(reason) => (reason, xdp_action::XDP_PASS),
-    };
-    stats::count(counter);
-    action
+    run::<Host>(&ctx)
+}
+
+/// The offloadable variant: XDP_TX only, counters by XADD.
+#[xdp]
+pub fn dispatch_hw(ctx: XdpContext) -> u32 {
+    run::<Hw>(&ctx)
 }
 
 /// Passes every frame. Testbeds attach it to the switch side of the
@@ -42,27 +55,140 @@ pub fn pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// The verdict is decided here, once: count the outcome; pass, drop or send.
 #[inline(always)]
-fn try_dispatch(ctx: &XdpContext) -> Result<(), Counter> {
+fn run<V: Variant>(ctx: &XdpContext) -> u32 {
+    match try_dispatch::<V>(ctx) {
+        Ok((counter, action)) => {
+            V::count(counter);
+            action
+        }
+        Err(reason) => {
+            V::count(reason);
+            if reason.is_drop() {
+                xdp_action::XDP_DROP
+            } else {
+                xdp_action::XDP_PASS
+            }
+        }
+    }
+}
+
+/// What to run for a packet, decided before anything is written.
+struct Decision {
+    function: &'static Function,
+    edit: HeaderEdit,
+    counter: Counter,
+}
+
+#[inline(always)]
+fn try_dispatch<V: Variant>(ctx: &XdpContext) -> Result<(Counter, u32), Counter> {
     let pkt = Packet::parse(ctx)?;
-    maps::service(&pkt)?;
-    let faas = pkt.faas_header(ctx)?;
+    if !maps::is_service(&pkt.dst) {
+        return Err(Counter::PassNotService);
+    }
+    let hdr_ptr = pkt.faas_header(ctx)?;
     // SAFETY: `faas_header` bounds-checked all 48 bytes against data_end.
-    let hdr = unsafe { &*faas };
+    let hdr = unsafe { &*hdr_ptr };
     if hdr.magic() != protocol::MAGIC {
         return Err(Counter::PassBadMagic);
     }
     if hdr.version != protocol::VERSION {
         return Err(Counter::PassBadVersion);
     }
-    if hdr.kind != kind::REQUEST {
-        return Err(Counter::PassNotRequest);
+
+    let decision = match hdr.kind {
+        kind::REQUEST => request(hdr)?,
+        kind::STEP => {
+            registered(&pkt)?;
+            step(hdr)?
+        }
+        kind::BUSY => {
+            registered(&pkt)?;
+            busy(hdr)?
+        }
+        _ => return Err(Counter::PassNotRequest),
+    };
+    let function = decision.function;
+    let slot = match decision.edit {
+        HeaderEdit::Resteer { .. } => select::other_than::<V>(function, &pkt.src)?,
+        _ => select::by_policy::<V>(function, hdr.key(), &pkt)?,
+    };
+    let index = worker_index(function.index, slot);
+    let worker = maps::worker(index).ok_or(Counter::PassNoWorker)?;
+    if worker.family != pkt.family {
+        return Err(Counter::PassFamilyMismatch);
     }
-    let function_id = hdr.function_id();
-    let function = maps::function(function_id)?;
-    let worker = select::worker(function_id, function)?;
     let settings = maps::settings()?;
-    rewrite::toward_worker(&pkt, worker, &settings.iface_mac)
+
+    // Every check is done: from here on the packet is written.
+    rewrite::toward_worker(ctx, &pkt, hdr_ptr, &decision.edit, worker, &settings.src_mac)?;
+    select::charge(function, slot);
+    let action = V::transmit(settings)?;
+    V::traffic(function.index, index, pkt.len);
+    Ok((decision.counter, action))
+}
+
+/// STEP and BUSY are accepted only from registered workers.
+#[inline(always)]
+fn registered(pkt: &Packet) -> Result<(), Counter> {
+    if maps::is_registered(&pkt.src) {
+        Ok(())
+    } else {
+        Err(Counter::DropNotRegistered)
+    }
+}
+
+/// A REQUEST names a function, or a workflow (whose step 0 it starts).
+#[inline(always)]
+fn request(hdr: &FaasHdr) -> Result<Decision, Counter> {
+    let id = hdr.function_id();
+    if let Some(function) = maps::function(id) {
+        return Ok(Decision { function, edit: HeaderEdit::None, counter: Counter::DispatchedRequest });
+    }
+    let workflow = maps::workflow(id).ok_or(Counter::PassUnknownFunction)?;
+    let steps = workflow.step_count;
+    if steps == 0 || steps as usize > MAX_WORKFLOW_STEPS {
+        return Err(Counter::PassBadStep);
+    }
+    let function_id = workflow.functions[0];
+    Ok(Decision {
+        function: maps::function(function_id).ok_or(Counter::PassUnknownFunction)?,
+        edit: HeaderEdit::StartWorkflow { workflow_id: id, function_id, last: steps == 1 },
+        counter: Counter::DispatchedWorkflow,
+    })
+}
+
+/// A STEP invokes step `step` of `workflow_id`.
+#[inline(always)]
+fn step(hdr: &FaasHdr) -> Result<Decision, Counter> {
+    let workflow = maps::workflow(hdr.workflow_id()).ok_or(Counter::PassBadStep)?;
+    let step = hdr.step as usize;
+    if step >= MAX_WORKFLOW_STEPS || step as u32 >= workflow.step_count {
+        return Err(Counter::PassBadStep);
+    }
+    let function_id = workflow.functions[step];
+    Ok(Decision {
+        function: maps::function(function_id).ok_or(Counter::PassUnknownFunction)?,
+        edit: HeaderEdit::Step { function_id, last: step as u32 + 1 == workflow.step_count },
+        counter: Counter::DispatchedStep,
+    })
+}
+
+/// A BUSY goes to another worker of the same function, at most
+/// MAX_RESTEERS times.
+#[inline(always)]
+fn busy(hdr: &FaasHdr) -> Result<Decision, Counter> {
+    let resteers = (hdr.flags & flags::RESTEER_MASK) >> flags::RESTEER_SHIFT;
+    if resteers >= MAX_RESTEERS {
+        return Err(Counter::PassBusyExhausted);
+    }
+    let kind = if hdr.workflow_id() == 0 { kind::REQUEST } else { kind::STEP };
+    Ok(Decision {
+        function: maps::function(hdr.function_id()).ok_or(Counter::PassUnknownFunction)?,
+        edit: HeaderEdit::Resteer { kind, resteers: resteers + 1 },
+        counter: Counter::Resteered,
+    })
 }
 
 #[cfg(not(test))]

@@ -1,91 +1,126 @@
 //! The data plane's maps. Each says what its key means, who writes it and
 //! who reads it. Names are the pin names (dispatcher_common::maps::names).
 //!
-//! All are legacy (non-BTF) ARRAY/HASH maps with flags 0, plus one per-CPU
-//! array for statistics; the offload variant will swap that one out.
+//! Only legacy (non-BTF) ARRAY and HASH maps with flags 0 are shared by both
+//! variants, so the offload variant can use them; the host variant adds
+//! per-CPU statistics and a devmap (see `variant.rs`).
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, DevMap, HashMap, PerCpuArray},
 };
 use dispatcher_common::{
     maps::{
-        Function, ServiceKey, ServiceValue, Settings, Worker, WorkerKey, MAX_FUNCTIONS,
-        MAX_SERVICES, MAX_WORKERS_PER_FUNCTION,
+        Endpoint, Function, ServiceValue, Settings, TableChunk, Traffic, Worker, Workflow,
+        MAGLEV_CHUNKS, MAX_FUNCTIONS, MAX_SERVICES, MAX_WORKER_SLOTS, MAX_WORKFLOWS, RING_CHUNKS,
     },
     stats::Counter,
 };
 
-use crate::parse::{Ip, Packet};
-
-/// Service addresses and ports (VIPs). Key: IPv4-mapped or IPv6 address and
-/// UDP port as on the wire. Written by user space from the config; read per
-/// packet. 64 VIPs are plenty for one interface.
+/// Service addresses and ports (VIPs), IPv4-mapped or IPv6. Written by user
+/// space from the config; read per packet. 64 VIPs per interface.
 #[map]
-pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
-    HashMap::with_max_entries(MAX_SERVICES, 0);
+pub static SERVICES: HashMap<Endpoint, ServiceValue> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
-/// Per-interface settings (one entry, index 0): the interface's MAC.
-/// Written by the loader at attach; read per dispatched packet.
+/// Per-interface settings (one entry): source MAC, egress mode. Written by
+/// the loader; read per dispatched packet.
 #[map]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 
-/// Functions by id (host order): policy and worker count. Written by user
-/// space; read per REQUEST. 1,024 functions per interface.
+/// Functions by id: dense index, policy, live table generation, up count,
+/// least-loaded candidates. Replaced whole by user space; read per request.
 #[map]
 pub static FUNCTIONS: HashMap<u32, Function> = HashMap::with_max_entries(MAX_FUNCTIONS, 0);
 
-/// Worker slots: (function id, slot) -> address, MAC, port, state. Written by
-/// user space (config, CLI, health checks); read per REQUEST. Sized for every
-/// function holding its 64 slots.
+/// Workers at `worker_index(function index, slot)`: address, MAC, port.
+/// Written by user space; read per dispatch.
 #[map]
-pub static WORKERS: HashMap<WorkerKey, Worker> =
-    HashMap::with_max_entries(MAX_FUNCTIONS * MAX_WORKERS_PER_FUNCTION, 0);
+pub static WORKERS: Array<Worker> = Array::with_max_entries(MAX_WORKER_SLOTS, 0);
 
-/// Packet counters by reason, indexed by `Counter`. Written per packet by
-/// the kernel (per-CPU, so without atomics); summed and read by user space.
+/// Estimated in-flight requests per worker slot: user space writes the
+/// reported value; the data plane adds 1 per request it sends there under
+/// least-loaded and p2c, so bursts between reports spread out.
+#[map]
+pub static LOADS: Array<u64> = Array::with_max_entries(MAX_WORKER_SLOTS, 0);
+
+/// Rings: per function and generation, RING_SIZE worker slots in smooth
+/// weighted round-robin order. Written by user space (the idle generation,
+/// then a FUNCTIONS flip); read by round-robin, p2c and BUSY re-steering.
+#[map]
+pub static RING: Array<TableChunk> = Array::with_max_entries(MAX_FUNCTIONS * 2 * RING_CHUNKS, 0);
+
+/// Maglev lookup tables: per function and generation, MAGLEV_SIZE worker
+/// slots. Written like RING; read by the hash policy. 32 MiB in all.
+#[map]
+pub static MAGLEV: Array<TableChunk> = Array::with_max_entries(MAX_FUNCTIONS * 2 * MAGLEV_CHUNKS, 0);
+
+/// Round-robin turn counter per function index. Incremented atomically by
+/// the data plane; user space only creates the entries.
+#[map]
+pub static RR_CURSORS: Array<u64> = Array::with_max_entries(MAX_FUNCTIONS, 0);
+
+/// Workflows by id: the function of each step. Written by user space; read
+/// per workflow REQUEST and STEP.
+#[map]
+pub static WORKFLOWS: HashMap<u32, Workflow> = HashMap::with_max_entries(MAX_WORKFLOWS, 0);
+
+/// Registered workers by address and port (value: how many function slots
+/// use that endpoint). Only they may send STEP and BUSY. Written by user
+/// space; read per STEP and BUSY.
+#[map]
+pub static REGISTERED: HashMap<Endpoint, u32> = HashMap::with_max_entries(MAX_WORKER_SLOTS, 0);
+
+/// Two-arm egress: slot 0 holds the interface to redirect to. Written by
+/// the loader; host variant only (the NFP has no devmaps).
+#[map]
+pub static EGRESS: DevMap = DevMap::with_max_entries(1, 0);
+
+/// Host variant statistics: per-CPU, so incremented without atomics.
+/// Packets by `Counter`; packets and bytes per function index and per
+/// worker slot. Read and summed by user space.
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+#[map]
+pub static FUNCTION_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_FUNCTIONS, 0);
+#[map]
+pub static WORKER_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_WORKER_SLOTS, 0);
 
-/// Is the packet addressed to one of our service address:port pairs?
+/// Offload variant statistics: the same, in plain arrays updated with XADD
+/// (the NFP offloads no per-CPU maps).
+#[map]
+pub static STATS_HW: Array<u64> = Array::with_max_entries(Counter::COUNT, 0);
+#[map]
+pub static FUNCTION_STATS_HW: Array<Traffic> = Array::with_max_entries(MAX_FUNCTIONS, 0);
+#[map]
+pub static WORKER_STATS_HW: Array<Traffic> = Array::with_max_entries(MAX_WORKER_SLOTS, 0);
+
+// SAFETY (all getters below): map values live as long as the program runs;
+// user space replaces whole values, and only plain integers and byte arrays
+// are read from them.
+
 #[inline(always)]
-pub fn service(pkt: &Packet) -> Result<(), Counter> {
-    // Each byte written explicitly: a partial array fill compiles to a
-    // memset call in BPF.
-    let addr = match pkt.ip {
-        Ip::V4(ip) => {
-            // SAFETY: `ip` was bounds-checked by the parser.
-            let d = unsafe { (*ip).dst_addr };
-            // IPv4-mapped: ::ffff:a.b.c.d
-            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, d[0], d[1], d[2], d[3]]
-        }
-        // SAFETY: as above.
-        Ip::V6(ip) => unsafe { (*ip).dst_addr },
-    };
-    let key = ServiceKey {
-        addr,
-        port: pkt.dst_port(),
-        _pad: [0; 2],
-    };
-    // SAFETY: a lookup only; the value is not dereferenced.
-    match unsafe { SERVICES.get(&key) } {
-        Some(_) => Ok(()),
-        None => Err(Counter::PassNotService),
-    }
+pub fn is_service(key: &Endpoint) -> bool {
+    unsafe { SERVICES.get(key) }.is_some()
 }
 
 #[inline(always)]
-pub fn function(function_id: u32) -> Result<&'static Function, Counter> {
-    // SAFETY: map values live as long as the program runs; user space
-    // replaces whole values, and the fields read are plain integers.
-    unsafe { FUNCTIONS.get(&function_id) }.ok_or(Counter::PassUnknownFunction)
+pub fn is_registered(key: &Endpoint) -> bool {
+    unsafe { REGISTERED.get(key) }.is_some()
 }
 
 #[inline(always)]
-pub fn worker(function_id: u32, slot: u32) -> Option<&'static Worker> {
-    let key = WorkerKey { function_id, slot };
-    // SAFETY: as for `function`.
-    unsafe { WORKERS.get(&key) }
+pub fn function(function_id: u32) -> Option<&'static Function> {
+    unsafe { FUNCTIONS.get(&function_id) }
+}
+
+#[inline(always)]
+pub fn workflow(workflow_id: u32) -> Option<&'static Workflow> {
+    unsafe { WORKFLOWS.get(&workflow_id) }
+}
+
+#[inline(always)]
+pub fn worker(index: u32) -> Option<&'static Worker> {
+    WORKERS.get(index)
 }
 
 #[inline(always)]

@@ -1,11 +1,16 @@
 //! Header parsing: Ethernet, up to two VLAN tags, IPv4 (with options) or
-//! IPv6, UDP, then the FaaS header. Every access goes through `ptr_at`, the
-//! one bounds check the verifier and the reader need to see.
+//! IPv6 (with a bounded walk over extension headers), UDP, then the FaaS
+//! header. Every access goes through `ptr_at`, the one bounds check the
+//! verifier and the reader need to see.
 
 use core::mem;
 
 use aya_ebpf::programs::XdpContext;
-use dispatcher_common::{protocol::FaasHdr, stats::Counter};
+use dispatcher_common::{
+    maps::{family, Endpoint},
+    protocol::FaasHdr,
+    stats::Counter,
+};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -13,16 +18,25 @@ use network_types::{
     vlan::VlanHdr,
 };
 
-// EtherTypes and IP protocol numbers as the raw (network-order) values read
-// from the packet, so comparisons need no byte swap.
+// EtherTypes as the raw (network-order) values read from the packet, so
+// comparisons need no byte swap.
 const ETH_P_IP: u16 = 0x0800u16.to_be();
 const ETH_P_IPV6: u16 = 0x86DDu16.to_be();
 const ETH_P_8021Q: u16 = 0x8100u16.to_be();
 const ETH_P_8021AD: u16 = 0x88A8u16.to_be();
 const IPPROTO_UDP: u8 = 17;
-const IPV6_FRAGMENT: u8 = 44;
 /// "More fragments" flag and fragment offset of the IPv4 `frags` field.
 const IPV4_MF_OR_OFFSET: u16 = 0x3FFF;
+
+/// IPv6 extension headers the parser walks over.
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_DEST_OPTS: u8 = 60;
+const IPV6_ESP: u8 = 50;
+const IPV6_AH: u8 = 51;
+/// At most this many extension headers before UDP; a longer chain passes.
+pub const MAX_IPV6_EXT_HEADERS: usize = 4;
 
 /// A pointer to a `T` at `offset` into the packet, if the whole `T` lies
 /// before `data_end`.
@@ -36,20 +50,35 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     Some((start + offset) as *mut T)
 }
 
-/// The network header of a parsed packet.
-#[derive(Clone, Copy)]
-pub enum Ip {
-    V4(*mut Ipv4Hdr),
-    V6(*mut Ipv6Hdr),
+/// A parsed UDP packet: where its headers are, and its addresses.
+///
+/// Offsets, not pointers: a struct of packet pointers moved through a
+/// `Result` gets split into 32-bit halves by LLVM, which the verifier
+/// rejects ("pointer arithmetic with >>= operator prohibited"). Users
+/// re-derive pointers with `ptr_at`, one compare each.
+pub struct Packet {
+    /// Offset of the IP header.
+    pub l3_offset: usize,
+    /// Offset of the UDP header.
+    pub l4_offset: usize,
+    /// One of `family`.
+    pub family: u8,
+    /// Source and destination address (IPv4-mapped for IPv4) and port.
+    pub src: Endpoint,
+    pub dst: Endpoint,
+    /// Length of the whole frame, for byte counters.
+    pub len: u64,
 }
 
-/// A UDP packet, with pointers to each header (all bounds-checked).
-pub struct Packet {
-    pub eth: *mut EthHdr,
-    pub ip: Ip,
-    pub udp: *mut UdpHdr,
-    /// Offset of the UDP header from the start of the frame.
-    l4_offset: usize,
+/// `::ffff:a.b.c.d`, every byte written (a partial fill compiles to a
+/// memset call in BPF).
+#[inline(always)]
+fn mapped(a: [u8; 4], port: [u8; 2]) -> Endpoint {
+    Endpoint {
+        addr: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]],
+        port,
+        _pad: [0; 2],
+    }
 }
 
 impl Packet {
@@ -76,7 +105,8 @@ impl Packet {
             offset += VlanHdr::LEN;
         }
 
-        let (ip, l4_offset) = if ether_type == ETH_P_IP {
+        let l3_offset = offset;
+        let (family, l4_offset) = if ether_type == ETH_P_IP {
             let ip: *mut Ipv4Hdr = ptr_at(ctx, offset).ok_or(Counter::PassMalformed)?;
             let vihl = unsafe { (*ip).vihl };
             let header_len = ((vihl & 0x0F) as usize) * 4;
@@ -89,46 +119,83 @@ impl Packet {
             if u16::from_be_bytes(unsafe { (*ip).frags }) & IPV4_MF_OR_OFFSET != 0 {
                 return Err(Counter::PassFragment);
             }
-            (Ip::V4(ip), offset + header_len)
+            (family::IPV4, offset + header_len)
         } else if ether_type == ETH_P_IPV6 {
             let ip: *mut Ipv6Hdr = ptr_at(ctx, offset).ok_or(Counter::PassMalformed)?;
-            match unsafe { (*ip).next_hdr } {
-                IPPROTO_UDP => {}
-                IPV6_FRAGMENT => return Err(Counter::PassFragment),
-                // Hop-by-hop, routing, destination options: not walked yet.
-                0 | 43 | 60 => return Err(Counter::PassIpv6ExtHeader),
-                _ => return Err(Counter::PassNotUdp),
-            }
-            (Ip::V6(ip), offset + Ipv6Hdr::LEN)
+            let l4 = skip_ipv6_extensions(ctx, unsafe { (*ip).next_hdr }, offset + Ipv6Hdr::LEN)?;
+            (family::IPV6, l4)
         } else {
             return Err(Counter::PassNotIp);
         };
 
         let udp: *mut UdpHdr = ptr_at(ctx, l4_offset).ok_or(Counter::PassMalformed)?;
+        let (src_port, dst_port) = unsafe { ((*udp).src, (*udp).dst) };
+        let (src, dst) = if family == family::IPV4 {
+            let ip: *mut Ipv4Hdr = ptr_at(ctx, l3_offset).ok_or(Counter::PassMalformed)?;
+            unsafe { (mapped((*ip).src_addr, src_port), mapped((*ip).dst_addr, dst_port)) }
+        } else {
+            let ip: *mut Ipv6Hdr = ptr_at(ctx, l3_offset).ok_or(Counter::PassMalformed)?;
+            unsafe {
+                (
+                    Endpoint { addr: (*ip).src_addr, port: src_port, _pad: [0; 2] },
+                    Endpoint { addr: (*ip).dst_addr, port: dst_port, _pad: [0; 2] },
+                )
+            }
+        };
         Ok(Packet {
-            eth,
-            ip,
-            udp,
+            l3_offset,
+            family,
+            src,
+            dst,
+            len: (ctx.data_end() - ctx.data()) as u64,
             l4_offset,
         })
-    }
-
-    /// The UDP destination port as on the wire.
-    #[inline(always)]
-    pub fn dst_port(&self) -> [u8; 2] {
-        // SAFETY: bounds-checked in `parse`.
-        unsafe { (*self.udp).dst }
     }
 
     /// The FaaS header after the UDP header. A datagram too short to hold
     /// one is not a FaaS packet.
     #[inline(always)]
     pub fn faas_header(&self, ctx: &XdpContext) -> Result<*mut FaasHdr, Counter> {
-        // SAFETY: bounds-checked in `parse`.
-        let udp_len = u16::from_be_bytes(unsafe { (*self.udp).len }) as usize;
+        let udp: *mut UdpHdr = ptr_at(ctx, self.l4_offset).ok_or(Counter::PassMalformed)?;
+        // SAFETY: bounds-checked just above.
+        let udp_len = u16::from_be_bytes(unsafe { (*udp).len }) as usize;
         if udp_len < UdpHdr::LEN + FaasHdr::LEN {
             return Err(Counter::PassShort);
         }
         ptr_at(ctx, self.l4_offset + UdpHdr::LEN).ok_or(Counter::PassShort)
+    }
+}
+
+/// Walks up to MAX_IPV6_EXT_HEADERS hop-by-hop, routing (with no segments
+/// left: the destination is final) and destination-options headers, and
+/// returns the offset of the UDP header.
+#[inline(always)]
+fn skip_ipv6_extensions(ctx: &XdpContext, mut next: u8, mut offset: usize) -> Result<usize, Counter> {
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        match next {
+            IPPROTO_UDP => return Ok(offset),
+            IPV6_FRAGMENT => return Err(Counter::PassFragment),
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => {}
+            // ESP, AH: not walked.
+            IPV6_ESP | IPV6_AH => return Err(Counter::PassIpv6ExtHeader),
+            _ => return Err(Counter::PassNotUdp),
+        }
+        // Next header, length in 8-octet units beyond the first 8, and for a
+        // routing header: type, segments left.
+        let ext: *const [u8; 4] = ptr_at(ctx, offset).ok_or(Counter::PassMalformed)?;
+        // SAFETY: bounds-checked just above.
+        let ext = unsafe { *ext };
+        if next == IPV6_ROUTING && ext[3] != 0 {
+            return Err(Counter::PassIpv6ExtHeader);
+        }
+        next = ext[0];
+        offset += (ext[1] as usize + 1) * 8;
+    }
+    match next {
+        IPPROTO_UDP => Ok(offset),
+        IPV6_FRAGMENT => Err(Counter::PassFragment),
+        // A chain longer than the bound.
+        IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_ESP | IPV6_AH => Err(Counter::PassIpv6ExtHeader),
+        _ => Err(Counter::PassNotUdp),
     }
 }

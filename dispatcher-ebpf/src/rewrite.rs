@@ -1,66 +1,139 @@
-//! Rewriting a REQUEST toward its worker: destination MAC, IP and UDP port,
-//! source MAC; IPv4 header and UDP checksums patched incrementally.
-//! The source IP and port stay the client's, so the worker answers it
-//! directly.
+//! Writing the decision into the packet: FaaS header edits (workflow and
+//! re-steering fields), then destination MAC, IP and UDP port toward the
+//! worker and the source MAC, with the IPv4 header and UDP checksums patched
+//! incrementally. The source IP and port stay the client's (or the
+//! sending worker's), so the worker answers them directly.
+//!
+//! Every check happened before the first write, so a packet that is not
+//! dispatched leaves untouched.
 
+use aya_ebpf::programs::XdpContext;
 use dispatcher_common::{
     checksum::Patch,
     maps::{family, Worker},
+    protocol::{flags, FaasHdr},
     stats::Counter,
 };
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    udp::UdpHdr,
+};
 
-use crate::parse::{Ip, Packet};
+use crate::parse::{ptr_at, Packet};
+
+/// Changes to the FaaS header decided for this packet.
+pub enum HeaderEdit {
+    /// A plain REQUEST: the header is forwarded as it came.
+    None,
+    /// A REQUEST for a workflow becomes step 0 of it.
+    StartWorkflow { workflow_id: u32, function_id: u32, last: bool },
+    /// A STEP gets the step's function and the last-step flag.
+    Step { function_id: u32, last: bool },
+    /// A BUSY becomes a REQUEST (or STEP) again, re-steered once more.
+    Resteer { kind: u8, resteers: u8 },
+}
+
+/// Sets a header field, patching the UDP checksum for the change.
+#[inline(always)]
+fn set<const N: usize>(patch: &mut Patch, field: &mut [u8; N], new: [u8; N]) {
+    *patch = patch.bytes(field, &new);
+    *field = new;
+}
 
 #[inline(always)]
-pub fn toward_worker(pkt: &Packet, worker: &Worker, iface_mac: &[u8; 6]) -> Result<(), Counter> {
-    // SAFETY (every deref here): the parser bounds-checked each header
-    // pointer, and nothing has resized the packet since.
-    let udp = unsafe { &mut *pkt.udp };
-    let old_port = udp.dst;
-    let new_port = worker.port;
-    let udp_check = u16::from_be_bytes(udp.check);
+fn edit_header(hdr: &mut FaasHdr, edit: &HeaderEdit, pkt: &Packet, mut patch: Patch) -> Patch {
+    // Fields are edited in 16-bit words at even offsets: the FaaS header
+    // starts at an even offset from the UDP header, so each word is a word
+    // of the checksum. `step` and `flags` share one; `version` and `kind`.
+    match *edit {
+        HeaderEdit::None => {}
+        HeaderEdit::StartWorkflow { workflow_id, function_id, last } => {
+            set(&mut patch, &mut hdr.function_id, function_id.to_be_bytes());
+            set(&mut patch, &mut hdr.workflow_id, workflow_id.to_be_bytes());
+            let f = flags::REPLY_SET | if last { flags::LAST_STEP } else { 0 };
+            let mut step_flags = [hdr.step, hdr.flags];
+            set(&mut patch, &mut step_flags, [0, f]);
+            hdr.step = 0;
+            hdr.flags = f;
+            set(&mut patch, &mut hdr.reply_port, pkt.src.port);
+            set(&mut patch, &mut hdr.reply_addr, pkt.src.addr);
+        }
+        HeaderEdit::Step { function_id, last } => {
+            set(&mut patch, &mut hdr.function_id, function_id.to_be_bytes());
+            let f = (hdr.flags & !flags::LAST_STEP) | if last { flags::LAST_STEP } else { 0 };
+            let mut step_flags = [hdr.step, hdr.flags];
+            set(&mut patch, &mut step_flags, [hdr.step, f]);
+            hdr.flags = f;
+        }
+        HeaderEdit::Resteer { kind, resteers } => {
+            let mut version_kind = [hdr.version, hdr.kind];
+            set(&mut patch, &mut version_kind, [hdr.version, kind]);
+            hdr.kind = kind;
+            let f = (hdr.flags & !flags::RESTEER_MASK) | (resteers << flags::RESTEER_SHIFT);
+            let mut step_flags = [hdr.step, hdr.flags];
+            set(&mut patch, &mut step_flags, [hdr.step, f]);
+            hdr.flags = f;
+        }
+    }
+    patch
+}
 
-    match pkt.ip {
-        Ip::V4(ip) => {
-            if worker.family != family::IPV4 {
-                return Err(Counter::PassFamilyMismatch);
-            }
+/// Rewrites the packet toward `worker`. The parser already checked every
+/// bound; the pointers are re-derived (see `Packet`) before the first write,
+/// so a failure here (which cannot happen) would leave the packet untouched.
+#[inline(always)]
+pub fn toward_worker(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    hdr: *mut FaasHdr,
+    edit: &HeaderEdit,
+    worker: &Worker,
+    src_mac: &[u8; 6],
+) -> Result<(), Counter> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Counter::PassMalformed)?;
+    let udp: *mut UdpHdr = ptr_at(ctx, pkt.l4_offset).ok_or(Counter::PassMalformed)?;
+    let ip4: Option<*mut Ipv4Hdr> = if pkt.family == family::IPV4 { ptr_at(ctx, pkt.l3_offset) } else { None };
+    let ip6: Option<*mut Ipv6Hdr> = if pkt.family == family::IPV6 { ptr_at(ctx, pkt.l3_offset) } else { None };
+    if ip4.is_none() && ip6.is_none() {
+        return Err(Counter::PassMalformed);
+    }
+    // SAFETY (every deref here): each pointer came from `ptr_at`.
+    let udp = unsafe { &mut *udp };
+    let hdr = unsafe { &mut *hdr };
+    let udp_check = u16::from_be_bytes(udp.check);
+    let mut patch = edit_header(hdr, edit, pkt, Patch::new(udp_check));
+    set(&mut patch, &mut udp.dst, worker.port);
+
+    match (ip4, ip6) {
+        (Some(ip), _) => {
             let ip = unsafe { &mut *ip };
-            let old_addr = ip.dst_addr;
             let new_addr = [worker.addr[0], worker.addr[1], worker.addr[2], worker.addr[3]];
-            let ip_check = Patch::new(u16::from_be_bytes(ip.check)).bytes(&old_addr, &new_addr);
-            ip.check = ip_check.finish().to_be_bytes();
-            ip.dst_addr = new_addr;
+            let mut ip_patch = Patch::new(u16::from_be_bytes(ip.check));
+            // The UDP pseudo-header holds the destination address too.
+            patch = patch.bytes(&ip.dst_addr, &new_addr);
+            set(&mut ip_patch, &mut ip.dst_addr, new_addr);
+            ip.check = ip_patch.finish().to_be_bytes();
             // A zero UDP checksum over IPv4 means "none": it stays zero.
             if udp_check != 0 {
-                let patch = Patch::new(udp_check)
-                    .bytes(&old_addr, &new_addr)
-                    .bytes(&old_port, &new_port);
                 udp.check = patch.finish_udp().to_be_bytes();
             }
         }
-        Ip::V6(ip) => {
-            if worker.family != family::IPV6 {
-                return Err(Counter::PassFamilyMismatch);
-            }
+        (None, Some(ip)) => {
             let ip = unsafe { &mut *ip };
-            let old_addr = ip.dst_addr;
-            let patch = Patch::new(udp_check)
-                .bytes(&old_addr, &worker.addr)
-                .bytes(&old_port, &new_port);
+            set(&mut patch, &mut ip.dst_addr, worker.addr);
             // IPv6 forbids a zero UDP checksum; a sender that sent one sent
             // an invalid packet, which is forwarded as it came.
             if udp_check != 0 {
                 udp.check = patch.finish_udp().to_be_bytes();
             }
-            ip.dst_addr = worker.addr;
         }
+        (None, None) => {}
     }
-    udp.dst = new_port;
 
-    let eth = unsafe { &mut *pkt.eth };
+    let eth = unsafe { &mut *eth };
     copy_mac(&mut eth.dst_addr, &worker.mac);
-    copy_mac(&mut eth.src_addr, iface_mac);
+    copy_mac(&mut eth.src_addr, src_mac);
     Ok(())
 }
 

@@ -1,24 +1,144 @@
-//! Choosing the worker for a REQUEST.
-//!
-//! The walking skeleton serves each function from its first slot; the
-//! per-function policies (round-robin, least-loaded, p2c, hash) come next
-//! and plug in here.
+//! Choosing a worker slot for a function, by its policy. Every policy costs
+//! a bounded, worker-count-independent number of lookups: user space keeps
+//! the tables (the ring, the Maglev table, the least-loaded candidates)
+//! so the data plane never scans workers.
 
+use aya_ebpf::helpers::bpf_get_prandom_u32;
 use dispatcher_common::{
-    maps::{worker_state, Function, Worker},
+    hash,
+    maps::{
+        maglev_chunk_index, policy, ring_chunk_index, worker_index, Endpoint, Function,
+        LL_CANDIDATES, MAGLEV_SIZE, RESTEER_TRIES, RING_SIZE, TABLE_CHUNK,
+    },
     stats::Counter,
 };
 
-use crate::maps;
+use crate::{
+    maps::{self, LOADS, MAGLEV, RING},
+    parse::Packet,
+    variant::Variant,
+};
+
+/// Slot at `position` of a function's live ring.
+#[inline(always)]
+fn ring_slot(function: &Function, position: u32) -> Option<u32> {
+    let position = position & (RING_SIZE - 1);
+    let chunk = RING.get(ring_chunk_index(function.index, function.generation, position / TABLE_CHUNK))?;
+    Some(chunk[(position % TABLE_CHUNK) as usize] as u32)
+}
+
+/// Slot at `position` of a function's live Maglev table.
+#[inline(always)]
+fn maglev_slot(function: &Function, position: u32) -> Option<u32> {
+    let chunk = MAGLEV.get(maglev_chunk_index(function.index, function.generation, position / TABLE_CHUNK))?;
+    Some(chunk[(position % TABLE_CHUNK) as usize] as u32)
+}
 
 #[inline(always)]
-pub fn worker(function_id: u32, function: &Function) -> Result<&'static Worker, Counter> {
-    if function.worker_count == 0 {
+fn load(function: &Function, slot: u32) -> u64 {
+    LOADS.get(worker_index(function.index, slot)).copied().unwrap_or(u64::MAX)
+}
+
+/// Counts a request sent to `slot` into its load estimate, for the
+/// policies that read loads (an XADD: no direct store into a map value).
+#[inline(always)]
+pub fn charge(function: &Function, slot: u32) {
+    if function.policy == policy::LEAST_LOADED || function.policy == policy::P2C {
+        if let Some(p) = LOADS.get_ptr_mut(worker_index(function.index, slot)) {
+            crate::variant::xadd(p, 1);
+        }
+    }
+}
+
+/// The affinity hash of a packet: its key, or its client address and port.
+#[inline(always)]
+pub fn affinity_hash(key: u64, pkt: &Packet) -> u32 {
+    if key != 0 {
+        hash::key_hash(key)
+    } else {
+        hash::client_hash(hash::fold_address(&pkt.src.addr), u16::from_be_bytes(pkt.src.port))
+    }
+}
+
+/// The slot the function's policy picks for this packet.
+#[inline(always)]
+pub fn by_policy<V: Variant>(function: &Function, key: u64, pkt: &Packet) -> Result<u32, Counter> {
+    if function.up_count == 0 {
         return Err(Counter::PassNoWorker);
     }
-    let worker = maps::worker(function_id, 0).ok_or(Counter::PassNoWorker)?;
-    if worker.state != worker_state::UP {
-        return Err(Counter::PassNoWorker);
+    let slot = match function.policy {
+        policy::HASH => maglev_slot(function, hash::reduce(affinity_hash(key, pkt), MAGLEV_SIZE)),
+        policy::P2C => {
+            // SAFETY: a helper without preconditions.
+            let r = unsafe { bpf_get_prandom_u32() };
+            match (ring_slot(function, r), ring_slot(function, r >> 8)) {
+                (Some(a), Some(b)) => Some(if load(function, b) < load(function, a) { b } else { a }),
+                _ => None,
+            }
+        }
+        policy::LEAST_LOADED => least_loaded(function),
+        _ => ring_slot(function, V::next_turn(function.index)),
+    };
+    slot.ok_or(Counter::PassNoWorker)
+}
+
+/// The least loaded of the (up to four) candidates user space ranked;
+/// the first on a tie.
+#[inline(always)]
+fn least_loaded(function: &Function) -> Option<u32> {
+    let count = function.ll_count as usize;
+    if count == 0 {
+        return None;
     }
-    Ok(worker)
+    let mut best = function.ll_slots[0] as u32;
+    let mut best_load = load(function, best);
+    for i in 1..LL_CANDIDATES {
+        if i < count {
+            let slot = function.ll_slots[i] as u32;
+            let l = load(function, slot);
+            if l < best_load {
+                best = slot;
+                best_load = l;
+            }
+        }
+    }
+    Some(best)
+}
+
+/// For a BUSY: the next ring positions from a round-robin turn, until one
+/// holds a worker other than `busy` (RESTEER_TRIES at most).
+#[inline(always)]
+pub fn other_than<V: Variant>(function: &Function, busy: &Endpoint) -> Result<u32, Counter> {
+    if function.up_count == 0 {
+        return Err(Counter::PassBusyExhausted);
+    }
+    let turn = V::next_turn(function.index);
+    for i in 0..RESTEER_TRIES {
+        let slot = ring_slot(function, turn.wrapping_add(i)).ok_or(Counter::PassBusyExhausted)?;
+        let w = maps::worker(worker_index(function.index, slot)).ok_or(Counter::PassBusyExhausted)?;
+        let same = w.port == busy.port && same_address(w.family, &w.addr, &busy.addr);
+        if !same {
+            return Ok(slot);
+        }
+    }
+    Err(Counter::PassBusyExhausted)
+}
+
+/// Does a worker's address (IPv4 in 4 bytes, or IPv6) equal an endpoint's
+/// (IPv4-mapped, or IPv6)? Compared in 32-bit words: an array `==`
+/// compiles to a memcmp call in BPF.
+#[inline(always)]
+fn same_address(family: u8, worker: &[u8; 16], endpoint: &[u8; 16]) -> bool {
+    let word = |a: &[u8; 16], i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+    if family == dispatcher_common::maps::family::IPV4 {
+        word(endpoint, 0) == 0
+            && word(endpoint, 4) == 0
+            && word(endpoint, 8) == u32::from_be(0xffff)
+            && word(endpoint, 12) == word(worker, 0)
+    } else {
+        word(endpoint, 0) == word(worker, 0)
+            && word(endpoint, 4) == word(worker, 4)
+            && word(endpoint, 8) == word(worker, 8)
+            && word(endpoint, 12) == word(worker, 12)
+    }
 }

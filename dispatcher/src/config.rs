@@ -9,8 +9,15 @@
 //! id = 1
 //! policy = "round-robin"     # round-robin | least-loaded | p2c | hash
 //! workers = [
-//!   { addr = "10.0.0.10:9000", mac = "02:00:00:00:00:0a" },
+//!   { addr = "10.0.0.10:9000", mac = "02:00:00:00:00:0a", weight = 1 },
 //! ]
+//!
+//! [[workflows]]              # REQUEST for id 100 runs function 1, then 2
+//! id = 100
+//! steps = [1, 2]
+//!
+//! [egress]                   # optional: two-arm, out of another interface
+//! redirect_to = "eth1"
 //! ```
 
 use std::{
@@ -21,7 +28,10 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use dispatcher_common::{
-    maps::{family, policy, worker_state, Worker, MAX_FUNCTIONS, MAX_SERVICES, MAX_WORKERS_PER_FUNCTION},
+    maps::{
+        family, policy, worker_state, Worker, MAX_FUNCTIONS, MAX_SERVICES, MAX_WORKERS_PER_FUNCTION,
+        MAX_WORKFLOWS, MAX_WORKFLOW_STEPS,
+    },
     protocol::DEFAULT_SERVICE_PORT,
 };
 use macaddr::MacAddr6;
@@ -33,6 +43,28 @@ pub struct Config {
     pub service: Service,
     #[serde(default)]
     pub functions: Vec<FunctionConfig>,
+    #[serde(default)]
+    pub workflows: Vec<WorkflowConfig>,
+    #[serde(default)]
+    pub egress: Egress,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Egress {
+    /// Send dispatched requests out of this interface (XDP_REDIRECT)
+    /// instead of back out of the receiving one (XDP_TX).
+    pub redirect_to: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowConfig {
+    /// The id clients invoke (in the FaaS header's function_id); distinct
+    /// from every function id.
+    pub id: u32,
+    /// Function ids of the steps, in order.
+    pub steps: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -188,6 +220,24 @@ impl Config {
                 w.to_map(f.id)?;
             }
         }
+        if self.workflows.len() > MAX_WORKFLOWS as usize {
+            bail!("workflows: at most {MAX_WORKFLOWS} workflows are supported");
+        }
+        let mut workflow_ids = HashSet::new();
+        for w in &self.workflows {
+            if ids.contains(&w.id) {
+                bail!("workflows: id {} is also a function id: workflow and function ids share one space (clients send either in function_id)", w.id);
+            }
+            if !workflow_ids.insert(w.id) {
+                bail!("workflows: id {} is listed twice", w.id);
+            }
+            if w.steps.is_empty() || w.steps.len() > MAX_WORKFLOW_STEPS {
+                bail!("workflows: workflow {} has {} steps; give 1 to {MAX_WORKFLOW_STEPS}", w.id, w.steps.len());
+            }
+            if let Some(missing) = w.steps.iter().find(|s| !ids.contains(s)) {
+                bail!("workflows: workflow {} runs function {missing}, which is not in [[functions]]", w.id);
+            }
+        }
         Ok(())
     }
 }
@@ -240,6 +290,12 @@ mod tests {
         assert!(err(no_mac).contains("has no `mac`"));
         let bad_policy = "[service]\naddresses = [\"10.0.0.1\"]\n[[functions]]\nid = 1\npolicy = \"random\"";
         assert!(err(bad_policy).contains("unknown variant `random`"));
+        let clash = "[service]\naddresses = [\"10.0.0.1\"]\n[[functions]]\nid = 1\n[[workflows]]\nid = 1\nsteps = [1]";
+        assert!(err(clash).contains("also a function id"));
+        let missing = "[service]\naddresses = [\"10.0.0.1\"]\n[[functions]]\nid = 1\n[[workflows]]\nid = 9\nsteps = [1, 2]";
+        assert!(err(missing).contains("runs function 2, which is not in [[functions]]"));
+        let long = "[service]\naddresses = [\"10.0.0.1\"]\n[[functions]]\nid = 1\n[[workflows]]\nid = 9\nsteps = [1,1,1,1,1,1,1,1,1]";
+        assert!(err(long).contains("has 9 steps"));
         let bad_mac = "[service]\naddresses = [\"10.0.0.1\"]\n[[functions]]\nid = 1\nworkers = [{ addr = \"10.0.0.2:1\", mac = \"02:00\" }]";
         assert!(err(bad_mac).contains("`02:00` is not a MAC address"));
     }

@@ -37,6 +37,8 @@ pub fn effective_config(opts: &RunOptions) -> Result<Config> {
                 port: dispatcher_common::protocol::DEFAULT_SERVICE_PORT,
             },
             functions: Vec::new(),
+            workflows: Vec::new(),
+            egress: Default::default(),
         },
     };
     for vip in &opts.vips {

@@ -8,12 +8,14 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
-    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    maps::{Array, DevMap, HashMap, Map, MapData, PerCpuArray},
     programs::{xdp::XdpLinkId, ProgramError, Xdp, XdpMode},
     Ebpf,
 };
 use dispatcher_common::{
-    maps::{names, Function, ServiceKey, ServiceValue, Settings, Worker, WorkerKey},
+    maps::{
+        names, Endpoint, Function, ServiceValue, Settings, TableChunk, Traffic, Worker, Workflow,
+    },
     stats::Counter,
 };
 use tracing::{info, warn};
@@ -40,20 +42,57 @@ pub enum Mode {
     Drv,
 }
 
-/// Typed handles on every map of one data plane.
+/// Typed handles on every map of one data plane (see dispatcher-ebpf's
+/// maps.rs for what each holds and who writes it).
 pub struct Maps {
-    pub services: HashMap<MapData, ServiceKey, ServiceValue>,
+    pub services: HashMap<MapData, Endpoint, ServiceValue>,
     pub settings: Array<MapData, Settings>,
     pub functions: HashMap<MapData, u32, Function>,
-    pub workers: HashMap<MapData, WorkerKey, Worker>,
+    pub workers: Array<MapData, Worker>,
+    pub loads: Array<MapData, u64>,
+    pub ring: Array<MapData, TableChunk>,
+    pub maglev: Array<MapData, TableChunk>,
+    pub rr_cursors: Array<MapData, u64>,
+    pub workflows: HashMap<MapData, u32, Workflow>,
+    pub registered: HashMap<MapData, Endpoint, u32>,
+    pub egress: DevMap<MapData>,
     pub stats: PerCpuArray<MapData, u64>,
+    pub function_stats: PerCpuArray<MapData, Traffic>,
+    pub worker_stats: PerCpuArray<MapData, Traffic>,
+    /// The offload variant's counters (plain arrays).
+    pub stats_hw: Array<MapData, u64>,
+    pub function_stats_hw: Array<MapData, Traffic>,
+    pub worker_stats_hw: Array<MapData, Traffic>,
 }
 
 impl Maps {
+    /// Builds the handles from a function that yields each map by name.
+    fn build(mut get: impl FnMut(&str) -> Result<Map>) -> Result<Maps> {
+        Ok(Maps {
+            services: HashMap::try_from(get(names::SERVICES)?)?,
+            settings: Array::try_from(get(names::SETTINGS)?)?,
+            functions: HashMap::try_from(get(names::FUNCTIONS)?)?,
+            workers: Array::try_from(get(names::WORKERS)?)?,
+            loads: Array::try_from(get(names::LOADS)?)?,
+            ring: Array::try_from(get(names::RING)?)?,
+            maglev: Array::try_from(get(names::MAGLEV)?)?,
+            rr_cursors: Array::try_from(get(names::RR_CURSORS)?)?,
+            workflows: HashMap::try_from(get(names::WORKFLOWS)?)?,
+            registered: HashMap::try_from(get(names::REGISTERED)?)?,
+            egress: DevMap::try_from(get(names::EGRESS)?)?,
+            stats: PerCpuArray::try_from(get(names::STATS)?)?,
+            function_stats: PerCpuArray::try_from(get(names::FUNCTION_STATS)?)?,
+            worker_stats: PerCpuArray::try_from(get(names::WORKER_STATS)?)?,
+            stats_hw: Array::try_from(get(names::STATS_HW)?)?,
+            function_stats_hw: Array::try_from(get(names::FUNCTION_STATS_HW)?)?,
+            worker_stats_hw: Array::try_from(get(names::WORKER_STATS_HW)?)?,
+        })
+    }
+
     /// Takes the maps out of a loaded object, pinning each under `pin_dir`
     /// when given.
     fn take(ebpf: &mut Ebpf, pin_dir: Option<&Path>) -> Result<Maps> {
-        let mut take = |name: &str| -> Result<Map> {
+        Maps::build(|name| {
             let map = ebpf
                 .take_map(name)
                 .ok_or_else(|| anyhow!("the eBPF object has no map {name}: rebuild the dispatcher"))?;
@@ -63,77 +102,24 @@ impl Maps {
                     .with_context(|| format!("cannot pin map {name} at {}", path.display()))?;
             }
             Ok(map)
-        };
-        Ok(Maps {
-            services: HashMap::try_from(take(names::SERVICES)?)?,
-            settings: Array::try_from(take(names::SETTINGS)?)?,
-            functions: HashMap::try_from(take(names::FUNCTIONS)?)?,
-            workers: HashMap::try_from(take(names::WORKERS)?)?,
-            stats: PerCpuArray::try_from(take(names::STATS)?)?,
         })
     }
 
     /// Opens the maps a running data plane pinned in `pin_dir`.
     pub fn from_pins(pin_dir: &Path) -> Result<Maps> {
-        let open = |name: &str| -> Result<Map> {
+        Maps::build(|name| {
             let path = pin_dir.join(name);
             let data = MapData::from_pin(&path)
                 .with_context(|| format!("cannot open pinned map {}", path.display()))?;
             Ok(Map::from_map_data(data)?)
-        };
-        Ok(Maps {
-            services: HashMap::try_from(open(names::SERVICES)?)?,
-            settings: Array::try_from(open(names::SETTINGS)?)?,
-            functions: HashMap::try_from(open(names::FUNCTIONS)?)?,
-            workers: HashMap::try_from(open(names::WORKERS)?)?,
-            stats: PerCpuArray::try_from(open(names::STATS)?)?,
         })
     }
 
-    /// Writes the interface MAC: the source MAC of every dispatched frame.
-    pub fn set_iface_mac(&mut self, mac: [u8; 6]) -> Result<()> {
-        let settings = Settings {
-            iface_mac: mac,
-            ..Default::default()
-        };
+    /// Writes the per-interface settings: the source MAC of every
+    /// dispatched frame and how frames leave.
+    pub fn set_settings(&mut self, src_mac: [u8; 6], egress_mode: u8) -> Result<()> {
+        let settings = Settings { src_mac, egress: egress_mode, _pad: 0 };
         self.settings.set(0, settings, 0)?;
-        Ok(())
-    }
-
-    /// Adds a service address and port (a VIP).
-    pub fn add_service(&mut self, addr: IpAddr, port: u16) -> Result<()> {
-        self.services
-            .insert(service_key(addr, port), ServiceValue::default(), 0)
-            .with_context(|| format!("cannot add service {addr} port {port}"))?;
-        Ok(())
-    }
-
-    /// Writes every service, function and worker of `config`. The function
-    /// entry is written after its workers, so a packet never finds a
-    /// function whose slots are not filled yet.
-    pub fn apply(&mut self, config: &Config) -> Result<()> {
-        for addr in &config.service.addresses {
-            self.add_service(*addr, config.service.port)?;
-        }
-        for f in &config.functions {
-            for (slot, w) in f.workers.iter().enumerate() {
-                let key = WorkerKey {
-                    function_id: f.id,
-                    slot: slot as u32,
-                };
-                self.workers
-                    .insert(key, w.to_map(f.id)?, 0)
-                    .with_context(|| format!("cannot write worker {} of function {}", w.addr, f.id))?;
-            }
-            let function = Function {
-                worker_count: f.workers.len() as u32,
-                policy: f.policy.to_map(),
-                ..Default::default()
-            };
-            self.functions
-                .insert(f.id, function, 0)
-                .with_context(|| format!("cannot write function {}", f.id))?;
-        }
         Ok(())
     }
 
@@ -147,34 +133,60 @@ impl Maps {
             })
             .collect()
     }
+
+    /// The offload variant's counters, in `Counter` order.
+    pub fn counters_hw(&self) -> Result<Vec<(Counter, u64)>> {
+        Counter::ALL.iter().map(|&c| Ok((c, self.stats_hw.get(&(c as u32), 0)?))).collect()
+    }
+
+    /// Packets and bytes at `index` of a per-CPU traffic map, summed.
+    pub fn traffic(map: &PerCpuArray<MapData, Traffic>, index: u32) -> Result<Traffic> {
+        let per_cpu = map.get(&index, 0)?;
+        Ok(per_cpu.iter().fold(Traffic::default(), |a, t| Traffic {
+            packets: a.packets + t.packets,
+            bytes: a.bytes + t.bytes,
+        }))
+    }
 }
 
-/// The `SERVICES` key for `addr:port` (IPv4 stored IPv4-mapped).
-pub fn service_key(addr: IpAddr, port: u16) -> ServiceKey {
+/// The map key for `addr:port` (IPv4 stored IPv4-mapped), as in SERVICES
+/// and REGISTERED.
+pub fn endpoint(addr: IpAddr, port: u16) -> Endpoint {
     let v6 = match addr {
         IpAddr::V4(a) => a.to_ipv6_mapped(),
         IpAddr::V6(a) => a,
     };
-    ServiceKey {
+    Endpoint {
         addr: v6.octets(),
         port: port.to_be_bytes(),
         _pad: [0; 2],
     }
 }
 
-/// Loads the object into the kernel (verifying the program) without
-/// attaching it: what BPF_PROG_TEST_RUN tests and `run` start from.
-pub fn load() -> Result<Ebpf> {
+/// XDP programs in the object.
+pub const PROGRAMS: [&str; 5] = [PROGRAM, HW_PROGRAM, PASS_PROGRAM, YARDSTICK_FLOOR, YARDSTICK_ONE_LOOKUP];
+/// The variant that obeys the NFP's offload rules (same behaviour).
+pub const HW_PROGRAM: &str = "dispatch_hw";
+/// Benchmark yardsticks: a minimal L3 forwarder and a one-lookup dispatcher.
+pub const YARDSTICK_FLOOR: &str = "yardstick_floor";
+pub const YARDSTICK_ONE_LOOKUP: &str = "yardstick_one_lookup";
+
+/// Loads the object and the named programs into the kernel (verifying
+/// them) without attaching anything.
+pub fn load(programs: &[&str]) -> Result<Ebpf> {
     let mut ebpf = Ebpf::load(object()).context("cannot load the eBPF object")?;
-    let program: &mut Xdp = ebpf
-        .program_mut(PROGRAM)
-        .ok_or_else(|| anyhow!("the eBPF object has no program {PROGRAM}"))?
-        .try_into()?;
-    program.load().map_err(explain_load_error)?;
+    for name in programs {
+        let program: &mut Xdp = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?
+            .try_into()?;
+        program.load().map_err(|e| explain_load_error(e, name))?;
+    }
     Ok(ebpf)
 }
 
-/// A loaded program that is not attached, with its maps: for tests.
+/// Every program loaded but not attached, with the maps: for
+/// BPF_PROG_TEST_RUN tests and `cargo xtask bench-xdp`.
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub maps: Maps,
@@ -182,15 +194,20 @@ pub struct Loaded {
 
 impl Loaded {
     pub fn new() -> Result<Loaded> {
-        let mut ebpf = load()?;
+        let mut ebpf = load(&PROGRAMS)?;
         let maps = Maps::take(&mut ebpf, None)?;
         Ok(Loaded { ebpf, maps })
     }
 
+    /// The host program, `dispatch`.
     pub fn program(&self) -> &Xdp {
+        self.named(PROGRAM)
+    }
+
+    pub fn named(&self, name: &str) -> &Xdp {
         self.ebpf
-            .program(PROGRAM)
-            .expect("loaded with the program")
+            .program(name)
+            .expect("loaded with every program")
             .try_into()
             .expect("an XDP program")
     }
@@ -259,10 +276,10 @@ impl Attached {
         config: &Config,
         mac: [u8; 6],
     ) -> Result<Attached> {
-        let mut ebpf = load()?;
+        let mut ebpf = load(&[PROGRAM])?;
         let mut maps = Maps::take(&mut ebpf, Some(staging))?;
-        maps.set_iface_mac(mac)?;
-        maps.apply(config)?;
+        crate::control::configure_interface(&mut maps, mac, &config.egress)?;
+        crate::control::apply(&mut maps, config)?;
 
         let program: &mut Xdp = ebpf.program_mut(PROGRAM).expect("loaded").try_into()?;
         let (link, mode) = match mode {
@@ -325,12 +342,12 @@ pub fn interface_mac(iface: &str) -> Result<[u8; 6]> {
     Ok(mac.into_array())
 }
 
-fn explain_load_error(e: ProgramError) -> anyhow::Error {
+fn explain_load_error(e: ProgramError, name: &str) -> anyhow::Error {
     let text = format!("{e:#}");
     if text.contains("Operation not permitted") || text.contains("EPERM") {
-        return anyhow!("the kernel refused to load the XDP program: permission denied (run as root, or with CAP_BPF and CAP_NET_ADMIN)\n{text}");
+        return anyhow!("the kernel refused to load the XDP program {name}: permission denied (run as root, or with CAP_BPF and CAP_NET_ADMIN)\n{text}");
     }
-    anyhow!(e).context("the kernel refused to load the XDP program (verifier log above)")
+    anyhow!(e).context(format!("the kernel refused to load the XDP program {name} (verifier log above)"))
 }
 
 fn explain_attach_error(e: ProgramError, iface: &str) -> anyhow::Error {

@@ -14,9 +14,11 @@
 pub mod bpffs;
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod data_plane;
 pub mod privileges;
 pub mod stats;
+pub mod tables;
 pub mod worker;
 pub mod wire;

@@ -90,3 +90,29 @@ pub fn assert_checksums_verify(frame: &[u8], allow_zero_udp: bool) {
         NetHeaders::Arp(_) => panic!("not IP"),
     }
 }
+
+/// Inserts IPv6 extension headers (8 bytes each, types from `chain`, in
+/// order) between the IPv6 header and UDP of an IPv6 `frame` without VLAN
+/// tags. A routing header (43) gets `segments_left`. The UDP checksum stays
+/// valid: the pseudo-header does not cover extension headers.
+pub fn ipv6_with_extension_headers(frame: &[u8], chain: &[u8], segments_left: u8) -> Vec<u8> {
+    const IP: usize = 14;
+    const UDP: usize = IP + 40;
+    let mut out = frame[..UDP].to_vec();
+    let first = out[IP + 6];
+    out[IP + 6] = chain[0];
+    for (i, kind) in chain.iter().enumerate() {
+        let next = chain.get(i + 1).copied().unwrap_or(first);
+        let ext = if *kind == 43 {
+            [next, 0, 0, segments_left, 0, 0, 0, 0]
+        } else {
+            // PadN option: type 1, 4 bytes of padding.
+            [next, 0, 1, 4, 0, 0, 0, 0]
+        };
+        out.extend_from_slice(&ext);
+    }
+    out.extend_from_slice(&frame[UDP..]);
+    let payload_len = u16::from_be_bytes([out[IP + 4], out[IP + 5]]) + 8 * chain.len() as u16;
+    out[IP + 4..IP + 6].copy_from_slice(&payload_len.to_be_bytes());
+    out
+}

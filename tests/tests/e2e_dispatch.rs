@@ -47,13 +47,13 @@ fn request_is_dispatched_by_xdp_and_answered_directly_by_the_worker() {
 
     // Every request went through the XDP program.
     let stats = Snapshot::read(&tb.pin_dir(&dsp)).expect("read pinned stats");
-    assert_eq!(stats.get(Counter::Dispatched), 5, "{stats:?}");
+    assert_eq!(stats.get(Counter::DispatchedRequest), 5, "{stats:?}");
 
     // The CLI reads the same counters.
     let out = tb.exec(&dsp, &bin, &["stats", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(json["counters"].as_array().unwrap().iter().any(|c| c[0] == "dispatched" && c[1] == 5), "{json}");
+    assert!(json["counters"].as_array().unwrap().iter().any(|c| c[0] == "dispatched_request" && c[1] == 5), "{json}");
 
     // SIGTERM detaches and removes the pins.
     assert!(dispatcher.stop(), "dispatcher did not exit cleanly:\n{}", dispatcher.log());

@@ -6,19 +6,16 @@
 
 use std::net::SocketAddr;
 
-use aya::programs::{TestRun, TestRunOptions};
-use dispatcher::{config::Config, data_plane::Loaded};
+use dispatcher::{config::Config, control, data_plane::Loaded};
 use dispatcher_common::{
-    maps::{worker_state, WorkerKey},
+    maps::{egress, policy, worker_state},
     protocol::{kind, FaasHdr},
     stats::Counter,
 };
-use tests::packets::{
-    assert_checksums_verify, faas_payload, udp_frame, zero_udp_checksum, CLIENT_MAC, IFACE_MAC,
+use tests::{
+    packets::{assert_checksums_verify, faas_payload, ipv6_with_extension_headers, udp_frame, zero_udp_checksum, CLIENT_MAC, IFACE_MAC},
+    xdp::{assert_counted, XDP_PASS, XDP_TX},
 };
-
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
 
 const WORKER4_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
 const WORKER6_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
@@ -53,37 +50,50 @@ fn addr(s: &str) -> SocketAddr {
 /// A loaded (not attached) data plane configured with `CONFIG`.
 fn data_plane() -> Loaded {
     let mut dp = Loaded::new().expect("load the data plane (are you root?)");
-    dp.maps.set_iface_mac(IFACE_MAC).unwrap();
-    dp.maps.apply(&Config::parse(CONFIG).unwrap()).unwrap();
-    let key = WorkerKey { function_id: 4, slot: 0 };
-    let mut down = dp.maps.workers.get(&key, 0).unwrap();
+    dp.maps.set_settings(IFACE_MAC, egress::TX).unwrap();
+    let config = Config::parse(CONFIG).unwrap();
+    control::apply(&mut dp.maps, &config).unwrap();
+    let mut down = config.functions[3].workers[0].to_map(4).unwrap();
     down.state = worker_state::DOWN;
-    dp.maps.workers.insert(key, down, 0).unwrap();
+    control::set_function(&mut dp.maps, 4, policy::ROUND_ROBIN, &[down]).unwrap();
     dp
 }
 
-/// Runs `frame` through the program once: (verdict, output frame).
-fn run(dp: &Loaded, frame: &[u8]) -> (u32, Vec<u8>) {
-    let mut out = vec![0u8; frame.len() + 256];
-    let opts = TestRunOptions {
-        data_in: Some(frame),
-        data_out: Some(&mut out),
-        ..Default::default()
+/// Which program runs, and where its counters are: the host variant
+/// (`dispatch`) and the offload variant (`dispatch_hw`) must behave the
+/// same on every case here.
+#[derive(Clone, Copy, Debug)]
+enum Variant {
+    Host,
+    Hw,
+}
+
+const VARIANTS: [Variant; 2] = [Variant::Host, Variant::Hw];
+
+fn run(dp: &Loaded, v: Variant, frame: &[u8]) -> (u32, Vec<u8>) {
+    let name = match v {
+        Variant::Host => dispatcher::data_plane::PROGRAM,
+        Variant::Hw => dispatcher::data_plane::HW_PROGRAM,
     };
-    let result = dp.program().test_run(opts).expect("BPF_PROG_TEST_RUN");
-    out.truncate(result.data_size_out as usize);
-    (result.return_value, out)
+    tests::xdp::run(dp.named(name), frame)
 }
 
-fn counters(dp: &Loaded) -> Vec<(Counter, u64)> {
-    dp.maps.counters().unwrap()
+fn counters(dp: &Loaded, v: Variant) -> Vec<(Counter, u64)> {
+    match v {
+        Variant::Host => dp.maps.counters().unwrap(),
+        Variant::Hw => dp.maps.counters_hw().unwrap(),
+    }
 }
 
-/// Asserts that exactly `counter` went up by one between two snapshots.
-fn assert_counted(before: &[(Counter, u64)], after: &[(Counter, u64)], counter: Counter, case: &str) {
-    for ((c, b), (_, a)) in before.iter().zip(after) {
-        let want = if *c == counter { b + 1 } else { *b };
-        assert_eq!(*a, want, "{case}: counter {} went from {b} to {a}", c.name());
+/// Runs `frame` through both variants; asserts verdict, output and the
+/// one counter that must move, for each.
+fn check(dp: &Loaded, case: &str, frame: &[u8], verdict: u32, expected: &[u8], counter: Counter) {
+    for v in VARIANTS {
+        let before = counters(dp, v);
+        let (got, out) = run(dp, v, frame);
+        assert_eq!(got, verdict, "{case} ({v:?}): verdict");
+        assert_eq!(out, expected, "{case} ({v:?}): output bytes");
+        assert_counted(&before, &counters(dp, v), counter, &format!("{case} ({v:?})"));
     }
 }
 
@@ -104,24 +114,35 @@ fn request_and_expected(vlans: &[u16], client: &str, vip: &str, worker: &str, wo
 fn ipv4_request_is_rewritten_toward_its_worker_and_transmitted() {
     let dp = data_plane();
     let (input, expected) = request_and_expected(&[], "10.0.0.2:40000", "10.0.0.1:7770", "10.0.0.10:9000", WORKER4_MAC, 1);
-    let before = counters(&dp);
-    let (verdict, out) = run(&dp, &input);
-    assert_eq!(verdict, XDP_TX);
-    assert_eq!(out, expected, "output bytes");
-    assert_checksums_verify(&out, false);
-    assert_counted(&before, &counters(&dp), Counter::Dispatched, "ipv4 request");
+    assert_checksums_verify(&expected, false);
+    check(&dp, "ipv4 request", &input, XDP_TX, &expected, Counter::DispatchedRequest);
 }
 
 #[test]
 fn ipv6_request_is_rewritten_toward_its_worker_and_transmitted() {
     let dp = data_plane();
     let (input, expected) = request_and_expected(&[], "[fd00::2]:40000", "[fd00::1]:7770", "[fd00::10]:9001", WORKER6_MAC, 2);
-    let before = counters(&dp);
-    let (verdict, out) = run(&dp, &input);
-    assert_eq!(verdict, XDP_TX);
-    assert_eq!(out, expected, "output bytes");
-    assert_checksums_verify(&out, false);
-    assert_counted(&before, &counters(&dp), Counter::Dispatched, "ipv6 request");
+    assert_checksums_verify(&expected, false);
+    check(&dp, "ipv6 request", &input, XDP_TX, &expected, Counter::DispatchedRequest);
+}
+
+#[test]
+fn ipv6_extension_headers_are_walked() {
+    let dp = data_plane();
+    let (input, expected) = request_and_expected(&[], "[fd00::2]:40000", "[fd00::1]:7770", "[fd00::10]:9001", WORKER6_MAC, 2);
+    // Hop-by-hop, destination options, routing with no segments left.
+    let chain = [0u8, 60, 43];
+    let input = ipv6_with_extension_headers(&input, &chain, 0);
+    let expected = ipv6_with_extension_headers(&expected, &chain, 0);
+    assert_checksums_verify(&expected, false);
+    check(&dp, "three extension headers", &input, XDP_TX, &expected, Counter::DispatchedRequest);
+    let (plain, _) = request_and_expected(&[], "[fd00::2]:40000", "[fd00::1]:7770", "[fd00::10]:9001", WORKER6_MAC, 2);
+    let too_long = ipv6_with_extension_headers(&plain, &[0, 60, 60, 60, 60], 0);
+    check(&dp, "five extension headers", &too_long, XDP_PASS, &too_long, Counter::PassIpv6ExtHeader);
+    let routed = ipv6_with_extension_headers(&plain, &[43], 1);
+    check(&dp, "routing header with a segment left", &routed, XDP_PASS, &routed, Counter::PassIpv6ExtHeader);
+    let fragment = ipv6_with_extension_headers(&plain, &[0, 44], 0);
+    check(&dp, "fragment header", &fragment, XDP_PASS, &fragment, Counter::PassFragment);
 }
 
 #[test]
@@ -129,10 +150,8 @@ fn vlan_tagged_requests_keep_their_tags() {
     let dp = data_plane();
     for vlans in [&[100u16][..], &[200, 100][..]] {
         let (input, expected) = request_and_expected(vlans, "10.0.0.2:40000", "10.0.0.1:7770", "10.0.0.10:9000", WORKER4_MAC, 1);
-        let (verdict, out) = run(&dp, &input);
-        assert_eq!(verdict, XDP_TX, "vlans {vlans:?}");
-        assert_eq!(out, expected, "vlans {vlans:?}");
-        assert_checksums_verify(&out, false);
+        assert_checksums_verify(&expected, false);
+        check(&dp, &format!("vlans {vlans:?}"), &input, XDP_TX, &expected, Counter::DispatchedRequest);
     }
 }
 
@@ -142,10 +161,8 @@ fn zero_udp_checksum_stays_zero() {
     let (mut input, mut expected) = request_and_expected(&[], "10.0.0.2:40000", "10.0.0.1:7770", "10.0.0.10:9000", WORKER4_MAC, 1);
     zero_udp_checksum(&mut input);
     zero_udp_checksum(&mut expected);
-    let (verdict, out) = run(&dp, &input);
-    assert_eq!(verdict, XDP_TX);
-    assert_eq!(out, expected);
-    assert_checksums_verify(&out, true);
+    assert_checksums_verify(&expected, true);
+    check(&dp, "zero UDP checksum", &input, XDP_TX, &expected, Counter::DispatchedRequest);
 }
 
 #[test]
@@ -159,9 +176,7 @@ fn checksums_stay_right_for_many_addresses_and_ports() {
         let payload = faas_payload(&FaasHdr::new(kind::REQUEST, 1, i as u64), &body);
         let input = udp_frame(CLIENT_MAC, IFACE_MAC, &[], addr(&client), addr("10.0.0.1:7770"), &payload);
         let expected = udp_frame(IFACE_MAC, WORKER4_MAC, &[], addr(&client), addr("10.0.0.10:9000"), &payload);
-        let (verdict, out) = run(&dp, &input);
-        assert_eq!(verdict, XDP_TX, "case {i}");
-        assert_eq!(out, expected, "case {i}");
+        check(&dp, &format!("case {i}"), &input, XDP_TX, &expected, Counter::DispatchedRequest);
     }
 }
 
@@ -199,9 +214,9 @@ fn everything_else_passes_untouched_and_is_counted() {
         f[14] = 0x44; // IHL 4: shorter than an IPv4 header
         f
     };
-    let ipv6_hop_by_hop = {
+    let ipv6_esp = {
         let mut f = udp_frame(CLIENT_MAC, IFACE_MAC, &[], addr("[fd00::2]:4000"), addr("[fd00::1]:7770"), &request(2));
-        f[14 + 6] = 0; // next header: hop-by-hop options
+        f[14 + 6] = 50; // next header: ESP
         f
     };
     let truncated_vlan = {
@@ -216,7 +231,7 @@ fn everything_else_passes_untouched_and_is_counted() {
         ("other port", udp_frame(CLIENT_MAC, IFACE_MAC, &[], addr(client), addr("10.0.0.1:53"), &request(1)), Counter::PassNotService),
         ("other address", udp_frame(CLIENT_MAC, IFACE_MAC, &[], addr(client), addr("10.0.0.9:7770"), &request(1)), Counter::PassNotService),
         ("IPv4 fragment", fragment, Counter::PassFragment),
-        ("IPv6 extension header", ipv6_hop_by_hop, Counter::PassIpv6ExtHeader),
+        ("IPv6 ESP", ipv6_esp, Counter::PassIpv6ExtHeader),
         ("bad IHL", bad_ihl, Counter::PassMalformed),
         // (A frame shorter than an Ethernet header never reaches XDP: the
         // kernel, and BPF_PROG_TEST_RUN, refuse it.)
@@ -233,10 +248,6 @@ fn everything_else_passes_untouched_and_is_counted() {
         ("IPv6 request to an IPv4 worker", udp_frame(CLIENT_MAC, IFACE_MAC, &[], addr("[fd00::2]:4000"), addr("[fd00::1]:7770"), &request(1)), Counter::PassFamilyMismatch),
     ];
     for (case, frame, counter) in cases {
-        let before = counters(&dp);
-        let (verdict, out) = run(&dp, &frame);
-        assert_eq!(verdict, XDP_PASS, "{case}: verdict");
-        assert_eq!(out, frame, "{case}: the frame must pass untouched");
-        assert_counted(&before, &counters(&dp), counter, case);
+        check(&dp, case, &frame, XDP_PASS, &frame, counter);
     }
 }

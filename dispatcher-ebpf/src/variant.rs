@@ -1,0 +1,143 @@
+//! What differs between the host program (`dispatch`) and the one that can
+//! be offloaded to a Netronome NFP (`dispatch_hw`): how counters are kept,
+//! how a round-robin turn is taken, and how the frame leaves. Everything
+//! else is the same code, monomorphised twice.
+
+use aya_ebpf::bindings::xdp_action;
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+use dispatcher_common::{
+    maps::{egress, Settings, Traffic},
+    stats::Counter,
+};
+
+use crate::maps::{
+    EGRESS, FUNCTION_STATS, FUNCTION_STATS_HW, RR_CURSORS, STATS, STATS_HW, WORKER_STATS,
+    WORKER_STATS_HW,
+};
+
+pub trait Variant {
+    /// One more packet for `counter`.
+    fn count(counter: Counter);
+    /// A dispatched packet of `bytes` for a function index and worker index.
+    fn traffic(function_index: u32, worker_index: u32, bytes: u64);
+    /// The next round-robin turn of a function.
+    fn next_turn(function_index: u32) -> u32;
+    /// Sends the rewritten frame; `Err` if it cannot leave.
+    fn transmit(settings: &Settings) -> Result<u32, Counter>;
+}
+
+/// Adds `n` to `*p` atomically: an XADD, which the NFP also accepts.
+#[inline(always)]
+pub fn xadd(p: *mut u64, n: u64) {
+    // SAFETY: `p` points into a map value, valid and aligned for u64.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, n) };
+}
+
+#[inline(always)]
+fn add_traffic(p: *mut Traffic, bytes: u64) {
+    // SAFETY: this CPU's slot of a per-CPU map value.
+    unsafe {
+        (*p).packets += 1;
+        (*p).bytes += bytes;
+    }
+}
+
+#[inline(always)]
+fn xadd_traffic(p: *mut Traffic, bytes: u64) {
+    // SAFETY: fields of a map value, valid and aligned for u64.
+    unsafe {
+        xadd(core::ptr::addr_of_mut!((*p).packets), 1);
+        xadd(core::ptr::addr_of_mut!((*p).bytes), bytes);
+    }
+}
+
+/// The host variant: per-CPU counters, atomic fetch-add turns, XDP_TX or
+/// XDP_REDIRECT.
+pub struct Host;
+
+impl Variant for Host {
+    #[inline(always)]
+    fn count(counter: Counter) {
+        if let Some(p) = STATS.get_ptr_mut(counter as u32) {
+            // SAFETY: this CPU's slot; XDP programs do not preempt each other.
+            unsafe { *p += 1 };
+        }
+    }
+
+    #[inline(always)]
+    fn traffic(function_index: u32, worker_index: u32, bytes: u64) {
+        // Two separate lookups, each checked on its own: LLVM merges the
+        // null checks of a loop over both into `p1 | p2`, which the
+        // verifier rejects.
+        if let Some(p) = FUNCTION_STATS.get_ptr_mut(function_index) {
+            add_traffic(p, bytes);
+        }
+        if let Some(p) = WORKER_STATS.get_ptr_mut(worker_index) {
+            add_traffic(p, bytes);
+        }
+    }
+
+    #[inline(always)]
+    fn next_turn(function_index: u32) -> u32 {
+        match RR_CURSORS.get_ptr_mut(function_index) {
+            // SAFETY: a map value, valid and aligned. Fetch-add: every CPU
+            // gets a turn of its own, none lost, none repeated.
+            Some(p) => unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, 1) as u32 },
+            None => 0,
+        }
+    }
+
+    #[inline(always)]
+    fn transmit(settings: &Settings) -> Result<u32, Counter> {
+        if settings.egress != egress::REDIRECT {
+            return Ok(xdp_action::XDP_TX);
+        }
+        match EGRESS.redirect(0, 0) {
+            Ok(action) => Ok(action),
+            Err(_) => Err(Counter::DropEgressFailed),
+        }
+    }
+}
+
+/// The offload variant: plain arrays with XADD (no per-CPU maps, no fetch
+/// atomics, no redirect on the NFP).
+pub struct Hw;
+
+impl Variant for Hw {
+    #[inline(always)]
+    fn count(counter: Counter) {
+        if let Some(p) = STATS_HW.get_ptr_mut(counter as u32) {
+            xadd(p, 1);
+        }
+    }
+
+    #[inline(always)]
+    fn traffic(function_index: u32, worker_index: u32, bytes: u64) {
+        if let Some(p) = FUNCTION_STATS_HW.get_ptr_mut(function_index) {
+            xadd_traffic(p, bytes);
+        }
+        if let Some(p) = WORKER_STATS_HW.get_ptr_mut(worker_index) {
+            xadd_traffic(p, bytes);
+        }
+    }
+
+    #[inline(always)]
+    fn next_turn(function_index: u32) -> u32 {
+        match RR_CURSORS.get_ptr_mut(function_index) {
+            Some(p) => {
+                // The NFP has no fetch-add: read, then add. Concurrent
+                // packets may share a turn; no increment is lost.
+                // SAFETY: a map value, valid and aligned.
+                let turn = unsafe { core::ptr::read_volatile(p) };
+                xadd(p, 1);
+                turn as u32
+            }
+            None => 0,
+        }
+    }
+
+    #[inline(always)]
+    fn transmit(_settings: &Settings) -> Result<u32, Counter> {
+        Ok(xdp_action::XDP_TX)
+    }
+}

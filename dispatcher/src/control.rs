@@ -1,0 +1,281 @@
+//! The control logic: turning configuration into map contents, in an order
+//! that keeps every packet's view consistent.
+//!
+//! A function's worker set changes in one step. Its selection tables are
+//! double-buffered: new workers are written to free slots, the new ring and
+//! Maglev table go into the idle generation, and only then is the
+//! FUNCTIONS entry replaced (one update, atomic for readers) to point at
+//! them. Slots that left the set are cleared after the flip. A packet thus
+//! sees the old set or the new one, never a mix.
+
+use std::{collections::HashMap as StdHashMap, net::SocketAddr};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use dispatcher_common::maps::{
+    egress, family, maglev_chunk_index, policy, ring_chunk_index, worker_index, worker_state, Endpoint,
+    Function, ServiceValue, TableChunk, Worker, Workflow, LL_CANDIDATES, MAGLEV_CHUNKS, MAX_FUNCTIONS,
+    MAX_WORKERS_PER_FUNCTION, MAX_WORKFLOW_STEPS, RING_CHUNKS, TABLE_CHUNK,
+};
+
+use crate::{
+    config::{self, Config},
+    data_plane::{endpoint, interface_mac, Maps},
+    tables::{self, Member},
+};
+
+/// Writes the per-interface settings: source MAC and egress (XDP_TX out of
+/// the attached interface, or XDP_REDIRECT to `egress.redirect_to`).
+pub fn configure_interface(maps: &mut Maps, iface_mac: [u8; 6], egress_config: &config::Egress) -> Result<()> {
+    match &egress_config.redirect_to {
+        None => maps.set_settings(iface_mac, egress::TX),
+        Some(target) => {
+            let mac = interface_mac(target).context("egress.redirect_to")?;
+            let ifindex = nix::net::if_::if_nametoindex(target.as_str())
+                .map_err(|_| anyhow!("egress.redirect_to: interface {target} not found (`ip link` shows the names)"))?;
+            maps.egress
+                .set(0, ifindex, None, 0)
+                .with_context(|| format!("egress.redirect_to: cannot use {target} as a redirect target"))?;
+            maps.set_settings(mac, egress::REDIRECT)
+        }
+    }
+}
+
+/// Writes a whole config: services, functions with their workers, workflows.
+pub fn apply(maps: &mut Maps, config: &Config) -> Result<()> {
+    for addr in &config.service.addresses {
+        maps.services
+            .insert(endpoint(*addr, config.service.port), ServiceValue::default(), 0)
+            .with_context(|| format!("cannot add service {addr} port {}", config.service.port))?;
+    }
+    for f in &config.functions {
+        let workers: Vec<Worker> = f.workers.iter().map(|w| w.to_map(f.id)).collect::<Result<_>>()?;
+        set_function(maps, f.id, f.policy.to_map(), &workers)?;
+    }
+    for w in &config.workflows {
+        set_workflow(maps, w.id, &w.steps)?;
+    }
+    Ok(())
+}
+
+/// A worker's identity: its address and port.
+fn worker_endpoint(w: &Worker) -> Endpoint {
+    let ip: std::net::IpAddr = if w.family == family::IPV4 {
+        std::net::Ipv4Addr::new(w.addr[0], w.addr[1], w.addr[2], w.addr[3]).into()
+    } else {
+        std::net::Ipv6Addr::from(w.addr).into()
+    };
+    endpoint(ip, u16::from_be_bytes(w.port))
+}
+
+/// The worker's `address:port`, as people (and Maglev permutations) name it.
+pub fn worker_name(w: &Worker) -> String {
+    let e = worker_endpoint(w);
+    let v6 = std::net::Ipv6Addr::from(e.addr);
+    let ip: std::net::IpAddr = v6.to_ipv4_mapped().map_or(v6.into(), Into::into);
+    SocketAddr::new(ip, u16::from_be_bytes(e.port)).to_string()
+}
+
+/// The occupied slots of a function: slot -> worker.
+pub fn function_workers(maps: &Maps, index: u32) -> Result<Vec<(u8, Worker)>> {
+    let mut out = Vec::new();
+    for slot in 0..MAX_WORKERS_PER_FUNCTION {
+        let w = maps.workers.get(&worker_index(index, slot), 0)?;
+        if w.family != 0 {
+            out.push((slot as u8, w));
+        }
+    }
+    Ok(out)
+}
+
+/// The smallest function index no function uses.
+fn free_index(maps: &Maps) -> Result<u32> {
+    let mut used = vec![false; MAX_FUNCTIONS as usize];
+    for entry in maps.functions.iter() {
+        let (_, f) = entry?;
+        used[f.index as usize] = true;
+    }
+    used.iter()
+        .position(|u| !u)
+        .map(|i| i as u32)
+        .ok_or_else(|| anyhow!("all {MAX_FUNCTIONS} function slots are in use: remove a function first"))
+}
+
+fn add_registration(maps: &mut Maps, e: Endpoint) -> Result<()> {
+    let count = maps.registered.get(&e, 0).unwrap_or(0);
+    maps.registered.insert(e, count + 1, 0)?;
+    Ok(())
+}
+
+fn drop_registration(maps: &mut Maps, e: Endpoint) -> Result<()> {
+    match maps.registered.get(&e, 0) {
+        Ok(n) if n > 1 => maps.registered.insert(e, n - 1, 0)?,
+        Ok(_) => maps.registered.remove(&e)?,
+        Err(_) => {}
+    }
+    Ok(())
+}
+
+/// Sets function `id` to `policy` with exactly `workers` (state UP ones
+/// get requests), creating it if needed. See the module comment for the
+/// order of writes.
+pub fn set_function(maps: &mut Maps, id: u32, policy: u8, workers: &[Worker]) -> Result<()> {
+    if workers.len() > MAX_WORKERS_PER_FUNCTION as usize {
+        bail!("function {id}: {} workers, at most {MAX_WORKERS_PER_FUNCTION}", workers.len());
+    }
+    let existing = maps.functions.get(&id, 0).ok();
+    let (index, generation) = match existing {
+        Some(f) => (f.index, 1 - f.generation),
+        None => {
+            let index = free_index(maps)?;
+            maps.rr_cursors.set(index, 0, 0)?;
+            (index, 0)
+        }
+    };
+
+    // 1. Slots: a worker keeps its slot; a new one takes the lowest free one.
+    let current = match existing {
+        Some(_) => function_workers(maps, index)?,
+        None => Vec::new(),
+    };
+    let by_endpoint: StdHashMap<Endpoint, u8> = current.iter().map(|(s, w)| (worker_endpoint(w), *s)).collect();
+    let mut taken = [false; MAX_WORKERS_PER_FUNCTION as usize];
+    let mut placed: Vec<(u8, Worker)> = Vec::with_capacity(workers.len());
+    let mut fresh = Vec::new();
+    for w in workers {
+        match by_endpoint.get(&worker_endpoint(w)) {
+            Some(&slot) if !taken[slot as usize] => {
+                taken[slot as usize] = true;
+                placed.push((slot, *w));
+            }
+            _ => fresh.push(*w),
+        }
+    }
+    let occupied: Vec<u8> = current.iter().map(|(s, _)| *s).collect();
+    for w in fresh {
+        let slot = (0..MAX_WORKERS_PER_FUNCTION as u8)
+            .find(|s| !taken[*s as usize] && !occupied.contains(s))
+            .or_else(|| (0..MAX_WORKERS_PER_FUNCTION as u8).find(|s| !taken[*s as usize]))
+            .expect("at most MAX_WORKERS_PER_FUNCTION workers");
+        taken[slot as usize] = true;
+        placed.push((slot, w));
+    }
+
+    // 2. Worker entries, load counters and registrations for new slots.
+    for (slot, w) in &placed {
+        let i = worker_index(index, *slot as u32);
+        let previous = current.iter().find(|(s, _)| s == slot).map(|(_, w)| worker_endpoint(w));
+        if previous != Some(worker_endpoint(w)) {
+            // A slot changing hands (or new): its counters start afresh.
+            maps.loads.set(i, 0, 0)?;
+            add_registration(maps, worker_endpoint(w))?;
+            if let Some(old) = previous {
+                drop_registration(maps, old)?;
+            }
+        }
+        maps.workers.set(i, *w, 0)?;
+    }
+
+    // 3. Tables of the idle generation.
+    let mut up: Vec<&(u8, Worker)> = placed.iter().filter(|(_, w)| w.state == worker_state::UP).collect();
+    up.sort_by_key(|(s, _)| *s);
+    let members: Vec<Member> = up
+        .iter()
+        .map(|(slot, w)| Member { slot: *slot, weight: w.weight.max(1), name: worker_name(w) })
+        .collect();
+    write_table(&mut maps.ring, &tables::ring(&members), |c| ring_chunk_index(index, generation, c), RING_CHUNKS)?;
+    if policy == policy::HASH {
+        write_table(&mut maps.maglev, &tables::maglev(&members), |c| maglev_chunk_index(index, generation, c), MAGLEV_CHUNKS)?;
+    }
+    let loads: Vec<(u8, u64)> = up
+        .iter()
+        .map(|(slot, _)| Ok((*slot, maps.loads.get(&worker_index(index, *slot as u32), 0)?)))
+        .collect::<Result<_>>()?;
+
+    // 4. The flip.
+    maps.functions.insert(id, function_entry(index, policy, generation, members.len(), &loads), 0)?;
+
+    // 5. Slots that left the set.
+    for (slot, w) in &current {
+        if !placed.iter().any(|(s, _)| s == slot) {
+            maps.workers.set(worker_index(index, *slot as u32), Worker::default(), 0)?;
+            drop_registration(maps, worker_endpoint(w))?;
+        }
+    }
+    Ok(())
+}
+
+fn function_entry(index: u32, policy: u8, generation: u8, up_count: usize, loads: &[(u8, u64)]) -> Function {
+    let ranked = tables::least_loaded(loads);
+    let mut ll_slots = [0u8; LL_CANDIDATES];
+    ll_slots[..ranked.len()].copy_from_slice(&ranked);
+    Function {
+        index,
+        policy,
+        generation,
+        up_count: up_count as u8,
+        ll_count: ranked.len() as u8,
+        ll_slots,
+    }
+}
+
+fn write_table(
+    map: &mut aya::maps::Array<aya::maps::MapData, TableChunk>,
+    table: &[u8],
+    index: impl Fn(u32) -> u32,
+    chunks: u32,
+) -> Result<()> {
+    for c in 0..chunks {
+        let mut chunk = [0u8; TABLE_CHUNK as usize];
+        let start = (c * TABLE_CHUNK) as usize;
+        let end = table.len().min(start + TABLE_CHUNK as usize);
+        chunk[..end - start].copy_from_slice(&table[start..end]);
+        map.set(index(c), chunk, 0)?;
+    }
+    Ok(())
+}
+
+/// Writes the load a worker reported (its in-flight requests) and re-ranks
+/// the function's least-loaded candidates.
+pub fn set_load(maps: &mut Maps, id: u32, slot: u8, load: u64) -> Result<()> {
+    let f = maps.functions.get(&id, 0).with_context(|| format!("no function {id}"))?;
+    maps.loads.set(worker_index(f.index, slot as u32), load, 0)?;
+    refresh_least_loaded(maps, id)
+}
+
+/// Re-ranks the least-loaded candidates of function `id` from LOADS.
+pub fn refresh_least_loaded(maps: &mut Maps, id: u32) -> Result<()> {
+    let f = maps.functions.get(&id, 0).with_context(|| format!("no function {id}"))?;
+    let up: Vec<(u8, u64)> = function_workers(maps, f.index)?
+        .into_iter()
+        .filter(|(_, w)| w.state == worker_state::UP)
+        .map(|(slot, _)| Ok((slot, maps.loads.get(&worker_index(f.index, slot as u32), 0)?)))
+        .collect::<Result<_>>()?;
+    let entry = function_entry(f.index, f.policy, f.generation, f.up_count as usize, &up);
+    maps.functions.insert(id, entry, 0)?;
+    Ok(())
+}
+
+/// Removes function `id`: first from FUNCTIONS (no new packet finds it),
+/// then its workers.
+pub fn remove_function(maps: &mut Maps, id: u32) -> Result<()> {
+    let f = maps.functions.get(&id, 0).with_context(|| format!("no function {id}"))?;
+    maps.functions.remove(&id)?;
+    for (slot, w) in function_workers(maps, f.index)? {
+        maps.workers.set(worker_index(f.index, slot as u32), Worker::default(), 0)?;
+        drop_registration(maps, worker_endpoint(&w))?;
+    }
+    Ok(())
+}
+
+/// Sets workflow `id` to run `steps` (function ids) in order.
+pub fn set_workflow(maps: &mut Maps, id: u32, steps: &[u32]) -> Result<()> {
+    if steps.is_empty() || steps.len() > MAX_WORKFLOW_STEPS {
+        bail!("workflow {id}: {} steps; give 1 to {MAX_WORKFLOW_STEPS}", steps.len());
+    }
+    let mut functions = [0u32; MAX_WORKFLOW_STEPS];
+    functions[..steps.len()].copy_from_slice(steps);
+    maps.workflows
+        .insert(id, Workflow { step_count: steps.len() as u32, functions }, 0)
+        .with_context(|| format!("cannot write workflow {id}"))?;
+    Ok(())
+}

@@ -1,0 +1,183 @@
+//! The selection tables user space computes for the data plane, so that no
+//! policy scans workers per packet:
+//!
+//! - the *ring*: RING_SIZE slots in smooth weighted round-robin order
+//!   (nginx's algorithm), walked by round-robin and sampled by p2c;
+//! - the *Maglev table* (Eisenbud et al., NSDI'16): MAGLEV_SIZE slots where
+//!   every worker fills positions in the order of its own permutation, in
+//!   proportion to its weight, so that adding or removing one worker moves
+//!   only about 1/N of the keys;
+//! - the *least-loaded candidates*: the LL_CANDIDATES least loaded workers.
+
+use dispatcher_common::maps::{LL_CANDIDATES, MAGLEV_SIZE, RING_SIZE};
+
+/// An up worker as the tables see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub slot: u8,
+    pub weight: u16,
+    /// A stable name (the worker's address and port): its Maglev
+    /// permutation depends only on this, not on the slot or the others.
+    pub name: String,
+}
+
+/// Smooth weighted round-robin over `members`, RING_SIZE long. Each
+/// member appears about RING_SIZE * weight / total times, spread out.
+pub fn ring(members: &[Member]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(RING_SIZE as usize);
+    if members.is_empty() {
+        out.resize(RING_SIZE as usize, 0);
+        return out;
+    }
+    let total: i64 = members.iter().map(|m| m.weight as i64).sum();
+    let mut current = vec![0i64; members.len()];
+    for _ in 0..RING_SIZE {
+        for (c, m) in current.iter_mut().zip(members) {
+            *c += m.weight as i64;
+        }
+        let best = (0..members.len()).max_by_key(|&i| (current[i], std::cmp::Reverse(i))).expect("non-empty");
+        current[best] -= total;
+        out.push(members[best].slot);
+    }
+    out
+}
+
+/// 64-bit FNV-1a with a seed: stable across runs and machines, so a
+/// restarted daemon computes the same tables.
+fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// The Maglev lookup table over `members`, MAGLEV_SIZE long. Weighted: in
+/// every round each member claims `weight` positions.
+pub fn maglev(members: &[Member]) -> Vec<u8> {
+    let m = MAGLEV_SIZE as u64;
+    let mut table = vec![u8::MAX; MAGLEV_SIZE as usize];
+    if members.is_empty() {
+        table.fill(0);
+        return table;
+    }
+    let perms: Vec<(u64, u64)> = members
+        .iter()
+        .map(|w| {
+            let offset = fnv1a(0x5eed_0001, w.name.as_bytes()) % m;
+            let skip = fnv1a(0x5eed_0002, w.name.as_bytes()) % (m - 1) + 1;
+            (offset, skip)
+        })
+        .collect();
+    let mut next = vec![0u64; members.len()];
+    let mut filled = 0u64;
+    'fill: loop {
+        for (i, member) in members.iter().enumerate() {
+            for _ in 0..member.weight.max(1) {
+                let (offset, skip) = perms[i];
+                let mut pos = (offset + next[i] * skip) % m;
+                while table[pos as usize] != u8::MAX {
+                    next[i] += 1;
+                    pos = (offset + next[i] * skip) % m;
+                }
+                table[pos as usize] = member.slot;
+                next[i] += 1;
+                filled += 1;
+                if filled == m {
+                    break 'fill;
+                }
+            }
+        }
+    }
+    table
+}
+
+/// The least loaded slots, least loaded first (slot order on ties), at
+/// most LL_CANDIDATES of them.
+pub fn least_loaded(loads: &[(u8, u64)]) -> Vec<u8> {
+    let mut sorted = loads.to_vec();
+    sorted.sort_by_key(|&(slot, load)| (load, slot));
+    sorted.into_iter().take(LL_CANDIDATES).map(|(slot, _)| slot).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members(n: u8) -> Vec<Member> {
+        (0..n).map(|i| Member { slot: i, weight: 1, name: format!("10.0.{}.{}:9000", i / 200, i % 200 + 1) }).collect()
+    }
+
+    fn share(table: &[u8], slot: u8) -> f64 {
+        table.iter().filter(|&&s| s == slot).count() as f64 / table.len() as f64
+    }
+
+    #[test]
+    fn ring_is_weighted_and_spread() {
+        let mut m = members(3);
+        m[2].weight = 2;
+        let r = ring(&m);
+        assert_eq!(r.len(), RING_SIZE as usize);
+        assert!((share(&r, 2) - 0.5).abs() < 0.01, "{}", share(&r, 2));
+        assert!((share(&r, 0) - 0.25).abs() < 0.01);
+        // Spread: the heavy worker never takes three turns in a row.
+        assert!(r.windows(3).all(|w| !(w[0] == 2 && w[1] == 2 && w[2] == 2)));
+        // Equal weights: strict rotation.
+        let r = ring(&members(4));
+        assert_eq!(&r[..8], &[0, 1, 2, 3, 0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn maglev_is_balanced() {
+        for n in [1u8, 2, 7, 64] {
+            let t = maglev(&members(n));
+            assert!(t.iter().all(|&s| s < n));
+            for s in 0..n {
+                let expected = 1.0 / n as f64;
+                assert!((share(&t, s) - expected).abs() < expected * 0.1 + 0.002, "n={n} slot {s}: {}", share(&t, s));
+            }
+        }
+    }
+
+    #[test]
+    fn maglev_honours_weights() {
+        let mut m = members(4);
+        m[0].weight = 3;
+        let t = maglev(&m);
+        assert!((share(&t, 0) - 0.5).abs() < 0.02, "{}", share(&t, 0));
+    }
+
+    /// Removing or adding one of N workers moves about 1/N of the keys: the
+    /// Maglev property the hash policy relies on.
+    #[test]
+    fn one_worker_change_moves_about_one_nth_of_the_keys() {
+        for n in [5u8, 10, 32, 64] {
+            let all = members(n);
+            let before = maglev(&all);
+            // Remove the middle worker.
+            let removed: Vec<Member> = all.iter().filter(|m| m.slot != n / 2).cloned().collect();
+            let after = maglev(&removed);
+            let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count() as f64 / before.len() as f64;
+            let ideal = 1.0 / n as f64;
+            println!("n={n}: removing one moved {:.2}% of keys (ideal {:.2}%)", moved * 100.0, ideal * 100.0);
+            assert!(moved >= ideal * 0.95 && moved <= ideal * 1.6, "n={n} moved {moved}");
+            // Adding it back restores the table exactly.
+            assert_eq!(maglev(&all), before);
+            // Adding a new worker: about 1/(N+1) move.
+            let mut grown = all.clone();
+            grown.push(Member { slot: n, weight: 1, name: "10.9.9.9:9000".into() });
+            let after = maglev(&grown);
+            let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count() as f64 / before.len() as f64;
+            let ideal = 1.0 / (n as f64 + 1.0);
+            println!("n={n}: adding one moved {:.2}% of keys (ideal {:.2}%)", moved * 100.0, ideal * 100.0);
+            assert!(moved >= ideal * 0.95 && moved <= ideal * 1.6, "n={n} moved {moved}");
+        }
+    }
+
+    #[test]
+    fn least_loaded_ranks_by_load_then_slot() {
+        assert_eq!(least_loaded(&[(0, 5), (1, 2), (2, 9), (3, 2), (4, 0)]), vec![4, 1, 3, 0]);
+        assert_eq!(least_loaded(&[(7, 1)]), vec![7]);
+    }
+}

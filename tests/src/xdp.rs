@@ -1,0 +1,29 @@
+//! Running the data plane with BPF_PROG_TEST_RUN.
+
+use aya::programs::{TestRun, TestRunOptions, Xdp};
+use dispatcher_common::stats::Counter;
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+
+/// Runs `frame` through `program` once: (verdict, output frame).
+pub fn run(program: &Xdp, frame: &[u8]) -> (u32, Vec<u8>) {
+    let mut out = vec![0u8; frame.len() + 256];
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ..Default::default()
+    };
+    let result = program.test_run(opts).expect("BPF_PROG_TEST_RUN");
+    out.truncate(result.data_size_out as usize);
+    (result.return_value, out)
+}
+
+/// Asserts that exactly `counter` went up by one between two snapshots.
+pub fn assert_counted(before: &[(Counter, u64)], after: &[(Counter, u64)], counter: Counter, case: &str) {
+    for ((c, b), (_, a)) in before.iter().zip(after) {
+        let want = if *c == counter { b + 1 } else { *b };
+        assert_eq!(*a, want, "{case}: counter {} went from {b} to {a}", c.name());
+    }
+}
