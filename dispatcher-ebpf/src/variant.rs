@@ -81,8 +81,10 @@ impl Variant for Host {
     fn next_turn(function_index: u32) -> u32 {
         match RR_CURSORS.get_ptr_mut(function_index) {
             // SAFETY: a map value, valid and aligned. Fetch-add: every CPU
-            // gets a turn of its own, none lost, none repeated.
-            Some(p) => unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, 1) as u32 },
+            // gets a turn of its own, none lost, none repeated. SeqCst: with
+            // a relaxed ordering LLVM 22 emits a plain XADD (no fetch) and
+            // uses its operand as the "old value".
+            Some(p) => unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(p, 1) as u32 },
             None => 0,
         }
     }

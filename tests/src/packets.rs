@@ -116,3 +116,17 @@ pub fn ipv6_with_extension_headers(frame: &[u8], chain: &[u8], segments_left: u8
     out[IP + 4..IP + 6].copy_from_slice(&payload_len.to_be_bytes());
     out
 }
+
+/// Where a frame is addressed (destination IP and UDP port), and its FaaS
+/// header, for checking dispatch decisions.
+pub fn destination_and_header(frame: &[u8]) -> (SocketAddr, FaasHdr) {
+    let headers = PacketHeaders::from_ethernet_slice(frame).expect("parsable frame");
+    let Some(TransportHeader::Udp(udp)) = headers.transport else { panic!("not UDP") };
+    let ip: IpAddr = match headers.net.expect("IP") {
+        NetHeaders::Ipv4(h, _) => h.destination.into(),
+        NetHeaders::Ipv6(h, _) => h.destination.into(),
+        NetHeaders::Arp(_) => panic!("not IP"),
+    };
+    let hdr = FaasHdr::from_bytes(headers.payload.slice()).expect("FaaS header");
+    (SocketAddr::new(ip, udp.destination_port), hdr)
+}

@@ -1,0 +1,354 @@
+//! Policies, workflows and re-steering in the kernel (BPF_PROG_TEST_RUN):
+//! which worker each request goes to, and what the FaaS header says when it
+//! leaves. Needs root: run through `cargo xtask test`.
+
+use std::{collections::HashMap, net::SocketAddr};
+
+use dispatcher::{
+    config::Config,
+    control,
+    data_plane::{Loaded, HW_PROGRAM, PROGRAM},
+    tables::{self, Member},
+};
+use dispatcher_common::{
+    hash,
+    maps::{egress, MAGLEV_SIZE},
+    protocol::{flags, kind, FaasHdr},
+    stats::Counter,
+};
+use tests::{
+    packets::{assert_checksums_verify, destination_and_header, faas_payload, udp_frame, CLIENT_MAC, IFACE_MAC},
+    xdp::{assert_counted, run, XDP_DROP, XDP_PASS, XDP_TX},
+};
+
+const CONFIG: &str = r#"
+    [service]
+    addresses = ["10.0.0.1"]
+
+    [[functions]]
+    id = 10
+    policy = "round-robin"
+    workers = [
+      { addr = "10.0.0.10:9000", mac = "02:00:00:00:00:10" },
+      { addr = "10.0.0.11:9000", mac = "02:00:00:00:00:11" },
+      { addr = "10.0.0.12:9000", mac = "02:00:00:00:00:12", weight = 2 },
+    ]
+
+    [[functions]]
+    id = 11
+    policy = "hash"
+    workers = [
+      { addr = "10.0.1.1:9000", mac = "02:00:00:00:01:01" },
+      { addr = "10.0.1.2:9000", mac = "02:00:00:00:01:02" },
+      { addr = "10.0.1.3:9000", mac = "02:00:00:00:01:03" },
+      { addr = "10.0.1.4:9000", mac = "02:00:00:00:01:04" },
+      { addr = "10.0.1.5:9000", mac = "02:00:00:00:01:05" },
+    ]
+
+    [[functions]]
+    id = 12
+    policy = "least-loaded"
+    workers = [
+      { addr = "10.0.0.10:9000", mac = "02:00:00:00:00:10" },
+      { addr = "10.0.0.11:9000", mac = "02:00:00:00:00:11" },
+      { addr = "10.0.0.12:9000", mac = "02:00:00:00:00:12" },
+    ]
+
+    [[functions]]
+    id = 13
+    policy = "p2c"
+    workers = [
+      { addr = "10.0.0.10:9000", mac = "02:00:00:00:00:10" },
+      { addr = "10.0.0.11:9000", mac = "02:00:00:00:00:11" },
+      { addr = "10.0.0.12:9000", mac = "02:00:00:00:00:12" },
+    ]
+
+    [[functions]]
+    id = 1
+    workers = [{ addr = "10.0.0.21:9000", mac = "02:00:00:00:00:21" }]
+
+    [[functions]]
+    id = 2
+    workers = [{ addr = "10.0.0.22:9000", mac = "02:00:00:00:00:22" }]
+
+    [[functions]]
+    id = 20
+    workers = [
+      { addr = "10.0.0.31:9000", mac = "02:00:00:00:00:31" },
+      { addr = "10.0.0.32:9000", mac = "02:00:00:00:00:32" },
+    ]
+
+    [[functions]]
+    id = 21
+    workers = [{ addr = "10.0.0.33:9000", mac = "02:00:00:00:00:33" }]
+
+    [[workflows]]
+    id = 100
+    steps = [1, 2]
+
+    [[workflows]]
+    id = 101
+    steps = [2]
+"#;
+
+const VIP: &str = "10.0.0.1:7770";
+const CLIENT: &str = "10.0.0.2:40000";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn data_plane() -> Loaded {
+    let mut dp = Loaded::new().expect("load the data plane (are you root?)");
+    dp.maps.set_settings(IFACE_MAC, egress::TX).unwrap();
+    control::apply(&mut dp.maps, &Config::parse(CONFIG).unwrap()).unwrap();
+    dp
+}
+
+/// A frame from `from` to the VIP carrying `hdr` and a small payload.
+fn frame(from: &str, hdr: &FaasHdr) -> Vec<u8> {
+    udp_frame(CLIENT_MAC, IFACE_MAC, &[], addr(from), addr(VIP), &faas_payload(hdr, b"input"))
+}
+
+/// Sends a frame through `dispatch`; returns where it went and its header.
+fn dispatch(dp: &Loaded, frame: &[u8]) -> (SocketAddr, FaasHdr) {
+    let (verdict, out) = run(dp.named(PROGRAM), frame);
+    assert_eq!(verdict, XDP_TX, "not dispatched");
+    assert_checksums_verify(&out, false);
+    destination_and_header(&out)
+}
+
+fn count_by_worker(results: impl Iterator<Item = SocketAddr>) -> HashMap<SocketAddr, usize> {
+    let mut counts = HashMap::new();
+    for r in results {
+        *counts.entry(r).or_default() += 1;
+    }
+    counts
+}
+
+#[test]
+fn round_robin_takes_turns_by_weight() {
+    let dp = data_plane();
+    // 256 requests walk the ring once: exact shares 1:1:2.
+    let counts = count_by_worker((0..256u64).map(|i| dispatch(&dp, &frame(CLIENT, &FaasHdr::new(kind::REQUEST, 10, i))).0));
+    assert_eq!(counts[&addr("10.0.0.10:9000")], 64);
+    assert_eq!(counts[&addr("10.0.0.11:9000")], 64);
+    assert_eq!(counts[&addr("10.0.0.12:9000")], 128);
+    // Consecutive turns go to different workers (smooth weighting).
+    let order: Vec<_> = (0..8u64).map(|i| dispatch(&dp, &frame(CLIENT, &FaasHdr::new(kind::REQUEST, 10, i))).0).collect();
+    assert!(order.windows(3).all(|w| !(w[0] == w[1] && w[1] == w[2])), "{order:?}");
+}
+
+#[test]
+fn round_robin_in_the_offload_variant_takes_the_same_turns() {
+    let dp = data_plane();
+    let counts = count_by_worker((0..256u64).map(|i| {
+        let (verdict, out) = run(dp.named(HW_PROGRAM), &frame(CLIENT, &FaasHdr::new(kind::REQUEST, 10, i)));
+        assert_eq!(verdict, XDP_TX);
+        destination_and_header(&out).0
+    }));
+    assert_eq!(counts[&addr("10.0.0.12:9000")], 128);
+    assert_eq!(counts[&addr("10.0.0.10:9000")], 64);
+}
+
+#[test]
+fn hash_policy_follows_the_maglev_table_user_space_computed() {
+    let dp = data_plane();
+    let workers: Vec<String> = (1..=5).map(|i| format!("10.0.1.{i}:9000")).collect();
+    let members: Vec<Member> = workers
+        .iter()
+        .enumerate()
+        .map(|(slot, name)| Member { slot: slot as u8, weight: 1, name: name.clone() })
+        .collect();
+    let table = tables::maglev(&members);
+    let mut seen = HashMap::new();
+    for key in 1..=500u64 {
+        let mut hdr = FaasHdr::new(kind::REQUEST, 11, key);
+        hdr.key = (key * 7919).to_be_bytes();
+        let (to, _) = dispatch(&dp, &frame(CLIENT, &hdr));
+        let slot = table[hash::reduce(hash::key_hash(key * 7919), MAGLEV_SIZE) as usize];
+        assert_eq!(to, addr(&workers[slot as usize]), "key {key}");
+        // The same key always lands on the same worker.
+        assert_eq!(dispatch(&dp, &frame("10.0.0.99:1234", &hdr)).0, to);
+        *seen.entry(to).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 5, "every worker gets keys: {seen:?}");
+    // Key 0: the client's address and port decide.
+    let hdr = FaasHdr::new(kind::REQUEST, 11, 1);
+    let first = dispatch(&dp, &frame(CLIENT, &hdr)).0;
+    for _ in 0..10 {
+        assert_eq!(dispatch(&dp, &frame(CLIENT, &hdr)).0, first);
+    }
+    let spread = count_by_worker((0..200u16).map(|p| dispatch(&dp, &frame(&format!("10.0.0.2:{}", 20000 + p), &hdr)).0));
+    assert_eq!(spread.len(), 5, "client ports spread over workers: {spread:?}");
+}
+
+#[test]
+fn least_loaded_sends_to_the_least_loaded_and_counts_what_it_sent() {
+    let mut dp = data_plane();
+    // Reported loads: A 5, B 0, C 2.
+    for (slot, load) in [(0u8, 5u64), (1, 0), (2, 2)] {
+        control::set_load(&mut dp.maps, 12, slot, load).unwrap();
+    }
+    let go = |dp: &Loaded, i: u64| dispatch(dp, &frame(CLIENT, &FaasHdr::new(kind::REQUEST, 12, i))).0;
+    // B until it catches up with C (its load grows by one per request) ...
+    assert_eq!(go(&dp, 1), addr("10.0.0.11:9000"));
+    assert_eq!(go(&dp, 2), addr("10.0.0.11:9000"));
+    // ... B=2, C=2: the tie goes to the better-ranked, B; then C.
+    assert_eq!(go(&dp, 3), addr("10.0.0.11:9000"));
+    assert_eq!(go(&dp, 4), addr("10.0.0.12:9000"));
+    // Over many, A (loaded 5) gets fewest.
+    let counts = count_by_worker((0..30).map(|i| go(&dp, i)));
+    assert!(counts.get(&addr("10.0.0.10:9000")).copied().unwrap_or(0) < counts[&addr("10.0.0.11:9000")], "{counts:?}");
+}
+
+#[test]
+fn p2c_avoids_the_loaded_worker() {
+    let mut dp = data_plane();
+    control::set_load(&mut dp.maps, 13, 0, 1_000_000).unwrap();
+    let counts = count_by_worker((0..900u64).map(|i| dispatch(&dp, &frame(CLIENT, &FaasHdr::new(kind::REQUEST, 13, i))).0));
+    // A wins only when both samples hit it: about 1/9 of the time.
+    let a = counts.get(&addr("10.0.0.10:9000")).copied().unwrap_or(0);
+    assert!(a < 180, "the loaded worker got {a} of 900: {counts:?}");
+    assert!(counts[&addr("10.0.0.11:9000")] > 250 && counts[&addr("10.0.0.12:9000")] > 250, "{counts:?}");
+}
+
+#[test]
+fn a_workflow_request_starts_step_zero_with_reply_fields_filled() {
+    let dp = data_plane();
+    let mut hdr = FaasHdr::new(kind::REQUEST, 100, 77);
+    hdr.key = 5u64.to_be_bytes();
+    let before = dp.maps.counters().unwrap();
+    let (to, out) = dispatch(&dp, &frame(CLIENT, &hdr));
+    assert_counted(&before, &dp.maps.counters().unwrap(), Counter::DispatchedWorkflow, "workflow request");
+    assert_eq!(to, addr("10.0.0.21:9000"), "step 0 runs function 1");
+    assert_eq!(out.kind, kind::REQUEST);
+    assert_eq!(out.function_id(), 1);
+    assert_eq!(out.workflow_id(), 100);
+    assert_eq!(out.step, 0);
+    assert_eq!(out.flags, flags::REPLY_SET, "not the last step");
+    assert_eq!(out.reply_port(), 40000);
+    assert_eq!(out.reply_addr, std::net::Ipv4Addr::new(10, 0, 0, 2).to_ipv6_mapped().octets());
+    assert_eq!(out.request_id(), 77);
+    assert_eq!(out.key(), 5);
+
+    // A one-step workflow is also its last step.
+    let (to, out) = dispatch(&dp, &frame(CLIENT, &FaasHdr::new(kind::REQUEST, 101, 1)));
+    assert_eq!(to, addr("10.0.0.22:9000"));
+    assert_eq!(out.flags, flags::REPLY_SET | flags::LAST_STEP);
+}
+
+/// What the step-0 worker sends back to the service address.
+fn step_from_worker(step: u8) -> FaasHdr {
+    let mut hdr = FaasHdr::new(kind::STEP, 1, 77);
+    hdr.workflow_id = 100u32.to_be_bytes();
+    hdr.step = step;
+    hdr.flags = flags::REPLY_SET;
+    hdr.reply_port = 40000u16.to_be_bytes();
+    hdr.reply_addr = std::net::Ipv4Addr::new(10, 0, 0, 2).to_ipv6_mapped().octets();
+    hdr
+}
+
+#[test]
+fn a_step_from_a_registered_worker_goes_to_the_next_function() {
+    let dp = data_plane();
+    let before = dp.maps.counters().unwrap();
+    let (to, out) = dispatch(&dp, &frame("10.0.0.21:9000", &step_from_worker(1)));
+    assert_counted(&before, &dp.maps.counters().unwrap(), Counter::DispatchedStep, "step");
+    assert_eq!(to, addr("10.0.0.22:9000"), "step 1 runs function 2");
+    assert_eq!(out.kind, kind::STEP);
+    assert_eq!(out.function_id(), 2);
+    assert_eq!(out.flags, flags::REPLY_SET | flags::LAST_STEP, "step 1 is the last");
+    assert_eq!(out.reply_port(), 40000);
+}
+
+#[test]
+fn steps_from_strangers_are_dropped_and_bad_steps_passed() {
+    let dp = data_plane();
+    for (case, from, hdr, verdict, counter) in [
+        ("STEP from a stranger", CLIENT, step_from_worker(1), XDP_DROP, Counter::DropNotRegistered),
+        ("STEP past the last step", "10.0.0.21:9000", step_from_worker(2), XDP_PASS, Counter::PassBadStep),
+        ("STEP from the right address, wrong port", "10.0.0.21:9001", step_from_worker(1), XDP_DROP, Counter::DropNotRegistered),
+    ] {
+        let input = frame(from, &hdr);
+        let before = dp.maps.counters().unwrap();
+        let (got, out) = run(dp.named(PROGRAM), &input);
+        assert_eq!(got, verdict, "{case}");
+        if verdict == XDP_PASS {
+            assert_eq!(out, input, "{case}: untouched");
+        }
+        assert_counted(&before, &dp.maps.counters().unwrap(), counter, case);
+    }
+}
+
+fn busy_from(worker: &str, function_id: u32, resteers: u8) -> Vec<u8> {
+    let mut hdr = FaasHdr::new(kind::BUSY, function_id, 9);
+    hdr.flags = flags::REPLY_SET | (resteers << flags::RESTEER_SHIFT);
+    hdr.reply_port = 40000u16.to_be_bytes();
+    hdr.reply_addr = std::net::Ipv4Addr::new(10, 0, 0, 2).to_ipv6_mapped().octets();
+    frame(worker, &hdr)
+}
+
+#[test]
+fn busy_is_resteered_to_another_worker_and_counted() {
+    let dp = data_plane();
+    for i in 0..20 {
+        let before = dp.maps.counters().unwrap();
+        let (to, out) = dispatch(&dp, &busy_from("10.0.0.31:9000", 20, 0));
+        assert_counted(&before, &dp.maps.counters().unwrap(), Counter::Resteered, "busy");
+        assert_eq!(to, addr("10.0.0.32:9000"), "round {i}: never back to the busy worker");
+        assert_eq!(out.kind, kind::REQUEST);
+        assert_eq!((out.flags & flags::RESTEER_MASK) >> flags::RESTEER_SHIFT, 1);
+        assert_eq!(out.flags & flags::REPLY_SET, flags::REPLY_SET);
+    }
+    let (_, out) = dispatch(&dp, &busy_from("10.0.0.32:9000", 20, 2));
+    assert_eq!((out.flags & flags::RESTEER_MASK) >> flags::RESTEER_SHIFT, 3);
+
+    for (case, input, counter) in [
+        ("after three re-steers", busy_from("10.0.0.31:9000", 20, 3), Counter::PassBusyExhausted),
+        ("no other worker", busy_from("10.0.0.33:9000", 21, 0), Counter::PassBusyExhausted),
+    ] {
+        let before = dp.maps.counters().unwrap();
+        let (verdict, out) = run(dp.named(PROGRAM), &input);
+        assert_eq!(verdict, XDP_PASS, "{case}");
+        assert_eq!(out, input, "{case}: untouched, for the host to answer ERROR 7");
+        assert_counted(&before, &dp.maps.counters().unwrap(), counter, case);
+    }
+}
+
+#[test]
+fn traffic_is_counted_per_function_and_worker() {
+    let dp = data_plane();
+    let input = frame(CLIENT, &FaasHdr::new(kind::REQUEST, 1, 1));
+    for _ in 0..3 {
+        dispatch(&dp, &input);
+    }
+    let f = dp.maps.functions.get(&1, 0).unwrap();
+    let by_function = dispatcher::data_plane::Maps::traffic(&dp.maps.function_stats, f.index).unwrap();
+    assert_eq!((by_function.packets, by_function.bytes), (3, 3 * input.len() as u64));
+    let by_worker = dispatcher::data_plane::Maps::traffic(&dp.maps.worker_stats, dispatcher_common::maps::worker_index(f.index, 0)).unwrap();
+    assert_eq!(by_worker.packets, 3);
+}
+
+#[test]
+fn a_new_worker_set_takes_effect_in_one_step() {
+    let mut dp = data_plane();
+    let config = Config::parse(CONFIG).unwrap();
+    let rr = &config.functions[0];
+    // Replace the three workers of function 10 with two new ones.
+    let new: Vec<_> = ["10.0.9.1:9000", "10.0.9.2:9000"]
+        .iter()
+        .map(|a| dispatcher::config::WorkerConfig { addr: addr(a), mac: rr.workers[0].mac, weight: 1 }.to_map(10).unwrap())
+        .collect();
+    control::set_function(&mut dp.maps, 10, dispatcher_common::maps::policy::ROUND_ROBIN, &new).unwrap();
+    let counts = count_by_worker((0..10u64).map(|i| dispatch(&dp, &frame(CLIENT, &FaasHdr::new(kind::REQUEST, 10, i))).0));
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    assert_eq!(counts[&addr("10.0.9.1:9000")], 5);
+    // Workers that left every function are no longer registered: they may
+    // not send STEP or BUSY any more. (10.0.0.10 still serves 12 and 13.)
+    control::set_function(&mut dp.maps, 20, dispatcher_common::maps::policy::ROUND_ROBIN, &new).unwrap();
+    let (verdict, _) = run(dp.named(PROGRAM), &busy_from("10.0.0.31:9000", 20, 0));
+    assert_eq!(verdict, XDP_DROP);
+    let (to, _) = dispatch(&dp, &busy_from("10.0.0.10:9000", 10, 0));
+    assert!(to == addr("10.0.9.1:9000") || to == addr("10.0.9.2:9000"), "{to}");
+}
