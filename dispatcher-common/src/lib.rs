@@ -14,5 +14,6 @@
 pub mod checksum;
 pub mod hash;
 pub mod maps;
+pub mod model;
 pub mod protocol;
 pub mod stats;

@@ -14,7 +14,8 @@ use aya::{
 };
 use dispatcher_common::{
     maps::{
-        names, Endpoint, Function, ServiceValue, Settings, TableChunk, Traffic, Worker, Workflow,
+        maglev_chunk_index, names, ring_chunk_index, Endpoint, Function, ServiceValue, Settings, TableChunk,
+        Traffic, Worker, Workflow, TABLE_CHUNK,
     },
     stats::Counter,
 };
@@ -358,5 +359,41 @@ fn explain_attach_error(e: ProgramError, iface: &str) -> anyhow::Error {
         e => anyhow!(e).context(format!(
             "cannot attach to {iface}: is another XDP program attached? (`ip link show {iface}` shows it)"
         )),
+    }
+}
+
+/// The reference model reads the same maps the kernel program does.
+impl dispatcher_common::model::View for Maps {
+    fn is_service(&self, e: &Endpoint) -> bool {
+        self.services.get(e, 0).is_ok()
+    }
+    fn is_registered(&self, e: &Endpoint) -> bool {
+        self.registered.get(e, 0).is_ok()
+    }
+    fn function(&self, id: u32) -> Option<Function> {
+        self.functions.get(&id, 0).ok()
+    }
+    fn workflow(&self, id: u32) -> Option<Workflow> {
+        self.workflows.get(&id, 0).ok()
+    }
+    fn worker(&self, index: u32) -> Option<Worker> {
+        self.workers.get(&index, 0).ok()
+    }
+    fn ring_slot(&self, f: &Function, position: u32) -> Option<u8> {
+        let chunk = self.ring.get(&ring_chunk_index(f.index, f.generation, position / TABLE_CHUNK), 0).ok()?;
+        Some(chunk[(position % TABLE_CHUNK) as usize])
+    }
+    fn maglev_slot(&self, f: &Function, position: u32) -> Option<u8> {
+        let chunk = self.maglev.get(&maglev_chunk_index(f.index, f.generation, position / TABLE_CHUNK), 0).ok()?;
+        Some(chunk[(position % TABLE_CHUNK) as usize])
+    }
+    fn load(&self, worker_index: u32) -> Option<u64> {
+        self.loads.get(&worker_index, 0).ok()
+    }
+    fn settings(&self) -> Option<Settings> {
+        self.settings.get(&0, 0).ok()
+    }
+    fn turn(&self, function_index: u32) -> u32 {
+        self.rr_cursors.get(&function_index, 0).unwrap_or(0) as u32
     }
 }
