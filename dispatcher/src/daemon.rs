@@ -11,7 +11,7 @@ use crate::{
     bpffs,
     config::{Config, Service},
     data_plane::{interface_mac, Attached, Mode},
-    privileges,
+    privileges, service,
 };
 
 /// Everything `dispatcher run` is told on its command line.
@@ -67,7 +67,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         functions = config.functions.len(),
         "dispatching; SIGINT or SIGTERM detaches"
     );
-    wait_for_shutdown().await?;
+    tokio::select! {
+        r = wait_for_shutdown() => r?,
+        r = service::run(config.service.port, &pin_dir) => r?,
+    }
     info!("shutting down");
     attached.detach()
 }

@@ -18,6 +18,7 @@ pub mod control;
 pub mod daemon;
 pub mod data_plane;
 pub mod privileges;
+pub mod service;
 pub mod stats;
 pub mod tables;
 pub mod worker;

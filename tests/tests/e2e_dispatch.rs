@@ -61,3 +61,51 @@ fn request_is_dispatched_by_xdp_and_answered_directly_by_the_worker() {
     let link = tb.exec(&dsp, std::path::Path::new("ip"), &["link", "show", "eth0"]);
     assert!(!String::from_utf8_lossy(&link.stdout).contains("xdp"), "XDP still attached after SIGTERM");
 }
+
+/// What the data plane passes up gets the answer PROTOCOL.md promises:
+/// ERRORs for requests nobody can serve, and a dispatch of a fragmented
+/// (reassembled) request through the daemon's slow path.
+#[test]
+fn the_slow_path_answers_errors_and_dispatches_fragmented_requests() {
+    let bin = dispatcher_bin();
+    let mut tb = Testbed::new("slow");
+    let dsp = tb.add_host("dsp", 1);
+    let client = tb.add_host("client", 2);
+    let worker = tb.add_host("worker", 10);
+    tb.enable_xdp_tx(&dsp);
+    let config = tb.write_file(
+        "dispatcher.toml",
+        &format!(
+            "[service]\naddresses = [\"{}\"]\n\n[[functions]]\nid = 1\nworkers = [{{ addr = \"{}:9000\", mac = \"{}\" }}]\n\n[[functions]]\nid = 3\n",
+            dsp.ip,
+            worker.ip,
+            worker.mac_string()
+        ),
+    );
+    let _worker_proc = tb.spawn(&worker, "worker", &bin, &["serve", "--listen", &format!("{}:9000", worker.ip), "--functions", "echo"]);
+    let mut dispatcher = tb.spawn(&dsp, "dispatcher", &bin, &["run", "--iface", "eth0", "--config", config.to_str().unwrap()]);
+    tb.wait_for_udp_port(&worker, 9000, Duration::from_secs(10));
+    tb.wait_for_data_plane(&dsp, &mut dispatcher, Duration::from_secs(20));
+    tb.wait_for_udp_port(&dsp, 7770, Duration::from_secs(10));
+    let to = format!("{}:7770", dsp.ip);
+
+    for (function, expected) in [("99", "ERROR 1 "), ("3", "ERROR 2 ")] {
+        let out = tb.exec(&client, &bin, &["invoke", "--to", &to, function, "x"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "function {function}: {stderr}\n{}", dispatcher.log());
+        assert!(stderr.contains(expected), "function {function}: {stderr}");
+    }
+
+    // 4,000 bytes do not fit a 1,500-byte MTU: the request arrives in
+    // fragments, which XDP passes up and the host reassembles.
+    let big = "f".repeat(4000);
+    let out = tb.exec(&client, &bin, &["invoke", "--to", &to, "1", &big]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}\n{}", dispatcher.log());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), big);
+    assert!(stderr.contains(&format!("RESPONSE from {}:9000", worker.ip)), "{stderr}");
+    let stats = Snapshot::read(&tb.pin_dir(&dsp)).expect("read pinned stats");
+    assert!(stats.get(Counter::PassFragment) >= 3, "{stats:?}");
+    assert_eq!(stats.get(Counter::PassUnknownFunction), 1, "{stats:?}");
+    assert_eq!(stats.get(Counter::PassNoWorker), 1, "{stats:?}");
+}

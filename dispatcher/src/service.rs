@@ -1,0 +1,183 @@
+//! The daemon's own socket on the service port: the slow path.
+//!
+//! The data plane passes up what it cannot dispatch itself: requests for
+//! unknown ids or without an up worker, wrong versions, exhausted BUSYs,
+//! and IP fragments (which the host stack reassembles). Here they get what
+//! PROTOCOL.md promises: an ERROR to whoever waits for the answer, or, for
+//! a reassembled request, a dispatch by the same decision code the kernel
+//! is tested against (dispatcher_common::model), forwarded from this
+//! socket with `reply_*` set so the worker answers the client directly.
+
+use std::{
+    hash::{BuildHasher, RandomState},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    path::Path,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{Context as _, Result};
+use dispatcher_common::{
+    maps::{family, Endpoint, Function, Settings, Worker, Workflow},
+    model::{self, View},
+    protocol::{error_code, flags, kind, FaasHdr},
+    stats::Counter,
+};
+use tokio::net::UdpSocket;
+use tracing::{debug, info, warn};
+
+use crate::{
+    data_plane::{endpoint, Maps},
+    wire::{Message, ParseError},
+};
+
+/// The largest UDP payload an IPv4 datagram can carry.
+const MAX_DATAGRAM: usize = 65_507;
+
+/// The pinned maps, with round-robin turns of the slow path's own (it does
+/// not touch the kernel's cursors).
+struct SlowPathView<'a> {
+    maps: &'a Maps,
+    turn: u32,
+}
+
+impl View for SlowPathView<'_> {
+    fn is_service(&self, e: &Endpoint) -> bool {
+        self.maps.is_service(e)
+    }
+    fn is_registered(&self, e: &Endpoint) -> bool {
+        self.maps.is_registered(e)
+    }
+    fn function(&self, id: u32) -> Option<Function> {
+        self.maps.function(id)
+    }
+    fn workflow(&self, id: u32) -> Option<Workflow> {
+        self.maps.workflow(id)
+    }
+    fn worker(&self, index: u32) -> Option<Worker> {
+        self.maps.worker(index)
+    }
+    fn ring_slot(&self, f: &Function, position: u32) -> Option<u8> {
+        self.maps.ring_slot(f, position)
+    }
+    fn maglev_slot(&self, f: &Function, position: u32) -> Option<u8> {
+        self.maps.maglev_slot(f, position)
+    }
+    fn load(&self, index: u32) -> Option<u64> {
+        self.maps.load(index)
+    }
+    fn settings(&self) -> Option<Settings> {
+        self.maps.settings()
+    }
+    fn turn(&self, _function_index: u32) -> u32 {
+        self.turn
+    }
+}
+
+/// What to do with one datagram that reached the service socket.
+#[derive(Debug, PartialEq)]
+pub enum Answer {
+    /// Send this message to this address.
+    Send(Message, SocketAddr),
+    /// Nothing to answer (not FaaS, not a request, or from a stranger).
+    Ignore(&'static str),
+}
+
+/// The slow path's decision for one datagram from `source`.
+pub fn answer(maps: &Maps, datagram: &[u8], source: SocketAddr, turn: u32, random: u32) -> Answer {
+    let message = match Message::parse(datagram) {
+        Ok(m) => m,
+        Err(ParseError::BadVersion(v)) => {
+            // Answer in version 1, which is all this side speaks.
+            let mut hdr = FaasHdr::from_bytes(datagram).expect("long enough to have a version");
+            hdr.version = dispatcher_common::protocol::VERSION;
+            let m = Message { hdr, payload: Vec::new() };
+            let to = m.reply_target(source);
+            return Answer::Send(m.error(error_code::UNSUPPORTED_VERSION, &format!("unsupported protocol version {v}: this dispatcher speaks 1")), to);
+        }
+        Err(_) => return Answer::Ignore("not a FaaS message"),
+    };
+    if !matches!(message.hdr.kind, kind::REQUEST | kind::STEP | kind::BUSY) {
+        return Answer::Ignore("not a request");
+    }
+    let src = endpoint(source.ip(), source.port());
+    let packet_family = if source.ip().to_canonical().is_ipv4() { family::IPV4 } else { family::IPV6 };
+    let view = SlowPathView { maps, turn };
+    let to = message.reply_target(source);
+    let id = message.hdr.function_id();
+    let error = |code, text: String| Answer::Send(message.error(code, &text), to);
+    match model::decide(&message.hdr, &src, packet_family, &view, random) {
+        Ok(d) => {
+            let mut hdr = message.hdr;
+            model::edit_header(&mut hdr, &d.edit, &src);
+            // This socket, not the client, sends the forwarded request: make
+            // sure the worker answers the client.
+            if hdr.flags & flags::REPLY_SET == 0 {
+                hdr.flags |= flags::REPLY_SET;
+                hdr.reply_port = src.port;
+                hdr.reply_addr = src.addr;
+            }
+            if FaasHdr::LEN + message.payload.len() > MAX_DATAGRAM {
+                return error(error_code::PAYLOAD_TOO_LARGE, format!("the request is larger than one datagram ({MAX_DATAGRAM} bytes)"));
+            }
+            let worker = worker_socket_addr(&d.worker);
+            Answer::Send(Message { hdr, payload: message.payload.clone() }, worker)
+        }
+        Err(Counter::PassUnknownFunction) => error(error_code::UNKNOWN_FUNCTION, format!("unknown function or workflow {id}")),
+        Err(Counter::PassNoWorker) => error(error_code::NO_UP_WORKER, format!("no up worker for function {id}")),
+        Err(Counter::PassFamilyMismatch) => error(error_code::NO_UP_WORKER, format!("no worker of function {id} in the client's address family")),
+        Err(Counter::PassBadStep) => error(
+            error_code::MALFORMED_REQUEST,
+            format!("step {} of workflow {} does not exist", message.hdr.step, message.hdr.workflow_id()),
+        ),
+        Err(Counter::PassBusyExhausted) => error(error_code::OVERLOADED, format!("function {id} is overloaded: every worker is busy")),
+        Err(Counter::DropNotRegistered) => Answer::Ignore("STEP or BUSY from an address that is not a registered worker"),
+        Err(_) => Answer::Ignore("not dispatchable"),
+    }
+}
+
+fn worker_socket_addr(w: &Worker) -> SocketAddr {
+    let ip: IpAddr = if w.family == family::IPV4 {
+        std::net::Ipv4Addr::new(w.addr[0], w.addr[1], w.addr[2], w.addr[3]).into()
+    } else {
+        Ipv6Addr::from(w.addr).into()
+    };
+    SocketAddr::new(ip, u16::from_be_bytes(w.port))
+}
+
+/// Serves the service port on every address until cancelled.
+pub async fn run(port: u16, pin_dir: &Path) -> Result<()> {
+    let maps = Maps::from_pins(pin_dir)?;
+    // One dual-stack socket: IPv4 sources arrive IPv4-mapped.
+    let socket = UdpSocket::bind(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port))
+        .await
+        .with_context(|| format!("cannot bind the service port {port} (is another process using it?)"))?;
+    info!(port, "slow path listening: errors for undispatchable requests, reassembled fragments");
+    let turns = AtomicU32::new(0);
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (n, from) = socket.recv_from(&mut buf).await?;
+        let from = SocketAddr::new(from.ip().to_canonical(), from.port());
+        let turn = turns.fetch_add(1, Ordering::Relaxed);
+        let random = RandomState::new().hash_one(turn) as u32;
+        match answer(&maps, &buf[..n], from, turn, random) {
+            Answer::Send(m, to) => {
+                debug!(%from, %to, kind = m.hdr.kind, "slow path");
+                if let Err(e) = socket.send_to(&m.to_bytes(), to).await {
+                    warn!(%to, "slow path cannot send: {e}");
+                }
+            }
+            Answer::Ignore(why) => debug!(%from, "slow path ignored a datagram: {why}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_addresses_convert_back() {
+        let w = Worker { addr: [10, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], port: 9000u16.to_be_bytes(), family: family::IPV4, ..Default::default() };
+        assert_eq!(worker_socket_addr(&w), "10.0.0.9:9000".parse().unwrap());
+    }
+}
