@@ -11,16 +11,17 @@ use aya_ebpf::{
 };
 use dispatcher_common::{
     maps::{
-        Endpoint, Function, ServiceValue, Settings, TableChunk, Traffic, Worker, Workflow,
-        MAGLEV_CHUNKS, MAX_FUNCTIONS, MAX_SERVICES, MAX_WORKER_SLOTS, MAX_WORKFLOWS, RING_CHUNKS,
+        service_slots, Endpoint, Function, ServiceSlot, Settings, TableChunk, Traffic, Worker, Workflow,
+        MAGLEV_CHUNKS, MAX_FUNCTIONS, MAX_WORKER_SLOTS, MAX_WORKFLOWS, RING_CHUNKS, SERVICE_SLOTS,
     },
     stats::Counter,
 };
 
-/// Service addresses and ports (VIPs), IPv4-mapped or IPv6. Written by user
-/// space from the config; read per packet. 64 VIPs per interface.
+/// Service addresses and ports (VIPs), IPv4-mapped or IPv6: a two-choice
+/// hash table in an array (see `service_slots`). Written by user space from
+/// the config; read per packet.
 #[map]
-pub static SERVICES: HashMap<Endpoint, ServiceValue> = HashMap::with_max_entries(MAX_SERVICES, 0);
+pub static SERVICES: Array<ServiceSlot> = Array::with_max_entries(SERVICE_SLOTS, 0);
 
 /// Per-interface settings (one entry): source MAC, egress mode. Written by
 /// the loader; read per dispatched packet.
@@ -99,8 +100,10 @@ pub static WORKER_STATS_HW: Array<Traffic> = Array::with_max_entries(MAX_WORKER_
 // are read from them.
 
 #[inline(always)]
-pub fn is_service(key: &Endpoint) -> bool {
-    unsafe { SERVICES.get(key) }.is_some()
+pub fn is_service(e: &Endpoint) -> bool {
+    let (a, b) = service_slots(e);
+    let holds = |i: u32| SERVICES.get(i).is_some_and(|s| s.in_use != 0 && s.endpoint.same(e));
+    holds(a) || holds(b)
 }
 
 #[inline(always)]

@@ -13,7 +13,7 @@ use std::{collections::HashMap as StdHashMap, net::SocketAddr};
 use anyhow::{anyhow, bail, Context as _, Result};
 use dispatcher_common::maps::{
     egress, family, maglev_chunk_index, policy, ring_chunk_index, worker_index, worker_state, Endpoint,
-    Function, ServiceValue, TableChunk, Worker, Workflow, LL_CANDIDATES, MAGLEV_CHUNKS, MAX_FUNCTIONS,
+    Function, ServiceSlot, TableChunk, Worker, Workflow, LL_CANDIDATES, MAGLEV_CHUNKS, MAX_FUNCTIONS,
     MAX_WORKERS_PER_FUNCTION, MAX_WORKFLOW_STEPS, RING_CHUNKS, TABLE_CHUNK,
 };
 
@@ -43,8 +43,7 @@ pub fn configure_interface(maps: &mut Maps, iface_mac: [u8; 6], egress_config: &
 /// Writes a whole config: services, functions with their workers, workflows.
 pub fn apply(maps: &mut Maps, config: &Config) -> Result<()> {
     for addr in &config.service.addresses {
-        maps.services
-            .insert(endpoint(*addr, config.service.port), ServiceValue::default(), 0)
+        add_service(maps, endpoint(*addr, config.service.port))
             .with_context(|| format!("cannot add service {addr} port {}", config.service.port))?;
     }
     for f in &config.functions {
@@ -55,6 +54,25 @@ pub fn apply(maps: &mut Maps, config: &Config) -> Result<()> {
         set_workflow(maps, w.id, &w.steps)?;
     }
     Ok(())
+}
+
+/// Adds a service address and port to SERVICES, in the first free of its
+/// two slots (see `service_slots`).
+pub fn add_service(maps: &mut Maps, e: Endpoint) -> Result<()> {
+    let (a, b) = dispatcher_common::maps::service_slots(&e);
+    for i in [a, b] {
+        let slot = maps.services.get(&i, 0)?;
+        if slot.in_use != 0 && slot.endpoint == e {
+            return Ok(());
+        }
+    }
+    for i in [a, b] {
+        if maps.services.get(&i, 0)?.in_use == 0 {
+            maps.services.set(i, ServiceSlot { endpoint: e, in_use: 1 }, 0)?;
+            return Ok(());
+        }
+    }
+    bail!("both table slots of this service address are taken by others: use another address (this is rare)")
 }
 
 /// A worker's identity: its address and port.

@@ -14,7 +14,7 @@ use aya::{
 };
 use dispatcher_common::{
     maps::{
-        maglev_chunk_index, names, ring_chunk_index, Endpoint, Function, ServiceValue, Settings, TableChunk,
+        maglev_chunk_index, names, ring_chunk_index, Endpoint, Function, ServiceSlot, Settings, TableChunk,
         Traffic, Worker, Workflow, TABLE_CHUNK,
     },
     stats::Counter,
@@ -46,7 +46,7 @@ pub enum Mode {
 /// Typed handles on every map of one data plane (see dispatcher-ebpf's
 /// maps.rs for what each holds and who writes it).
 pub struct Maps {
-    pub services: HashMap<MapData, Endpoint, ServiceValue>,
+    pub services: Array<MapData, ServiceSlot>,
     pub settings: Array<MapData, Settings>,
     pub functions: HashMap<MapData, u32, Function>,
     pub workers: Array<MapData, Worker>,
@@ -70,7 +70,7 @@ impl Maps {
     /// Builds the handles from a function that yields each map by name.
     fn build(mut get: impl FnMut(&str) -> Result<Map>) -> Result<Maps> {
         Ok(Maps {
-            services: HashMap::try_from(get(names::SERVICES)?)?,
+            services: Array::try_from(get(names::SERVICES)?)?,
             settings: Array::try_from(get(names::SETTINGS)?)?,
             functions: HashMap::try_from(get(names::FUNCTIONS)?)?,
             workers: Array::try_from(get(names::WORKERS)?)?,
@@ -365,7 +365,8 @@ fn explain_attach_error(e: ProgramError, iface: &str) -> anyhow::Error {
 /// The reference model reads the same maps the kernel program does.
 impl dispatcher_common::model::View for Maps {
     fn is_service(&self, e: &Endpoint) -> bool {
-        self.services.get(e, 0).is_ok()
+        let (a, b) = dispatcher_common::maps::service_slots(e);
+        [a, b].iter().any(|i| self.services.get(i, 0).is_ok_and(|s| s.in_use != 0 && s.endpoint == *e))
     }
     fn is_registered(&self, e: &Endpoint) -> bool {
         self.registered.get(e, 0).is_ok()

@@ -36,6 +36,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Benchmark the data plane in the kernel: ns per packet per policy
+    /// beside yardsticks, and how it scales (root; a benchmark, not a test).
+    BenchXdp,
     /// `dispatcher run ARGS` with the privileges it needs; with no --iface,
     /// a demo on a namespace testbed.
     Run {
@@ -57,6 +60,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Build => build(),
         Task::Test { args } => test(args),
         Task::Run { args } => run_dispatcher(args),
+        Task::BenchXdp => bench_xdp(),
     }
 }
 
@@ -110,4 +114,11 @@ fn run_dispatcher(args: Vec<OsString>) -> Result<()> {
         &["run", "--quiet", "--package", "tests", "--bin", "demo"],
         &[("DISPATCHER_BIN", dispatcher_bin().into_os_string())],
     )
+}
+
+fn bench_xdp() -> Result<()> {
+    require_root("bench-xdp")?;
+    build()?;
+    cmd::step("benchmarking the data plane (BPF_PROG_TEST_RUN); takes about a minute");
+    cmd::cargo(&["run", "--quiet", "--package", "tests", "--bin", "bench_xdp"])
 }
