@@ -110,7 +110,12 @@ fn main() {
     println!("# bench-xdp: ns per packet, BPF_PROG_TEST_RUN, {REPEAT} repetitions x {ROUNDS} interleaved rounds");
     println!("# kernel {uname}, {cpu}, {} CPUs; median [min-max]\n", std::thread::available_parallelism().map_or(0, |n| n.get()));
 
+    // BENCH_XDP_QUICK=1: IPv4 policies only, for trying out changes.
+    let quick = std::env::var_os("BENCH_XDP_QUICK").is_some();
     for v6 in [false, true] {
+        if quick && v6 {
+            break;
+        }
         let family = if v6 { "IPv6" } else { "IPv4" };
         // One data plane per policy (1 function, 4 workers), all measured
         // in the same rounds with the yardsticks.
@@ -142,6 +147,9 @@ fn main() {
         println!();
     }
 
+    if quick {
+        return;
+    }
     // Scaling: functions (4 workers each) and workers (1 function).
     for (what, points) in [("functions (4 workers each)", [1usize, 16, 256, 1024]), ("workers (1 function)", [1usize, 4, 16, 64])] {
         println!("## IPv4 cost by number of {what}");
