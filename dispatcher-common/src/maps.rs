@@ -125,7 +125,11 @@ pub mod egress {
 /// source (key of `REGISTERED`). An IPv4
 /// address is stored IPv4-mapped (`::ffff:a.b.c.d`), as in the FaaS header's
 /// `reply_addr`, so one key type serves both families.
-#[repr(C)]
+///
+/// Aligned to 4 (its size, 20, needs no padding for that): with alignment
+/// 1, every move of a struct holding endpoints compiled to byte-by-byte
+/// copies in BPF.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Endpoint {
     pub addr: [u8; 16],
