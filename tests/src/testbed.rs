@@ -176,6 +176,21 @@ impl Testbed {
         host
     }
 
+    /// A second interface `name` for `host`, on the same bridge (for
+    /// two-arm egress). Frames redirected to it reach the switch only with
+    /// NAPI on its peer, so GRO is turned on there.
+    pub fn add_interface(&mut self, host: &Host, name: &str) {
+        let port = format!("p-{}-{name}", host.role);
+        assert!(port.len() <= 15, "interface name too long: {port}");
+        sh("ip", &["-n", &self.switch_ns, "link", "add", &port, "type", "veth", "peer", "name", name, "netns", &host.ns]);
+        sh("ip", &["-n", &host.ns, "link", "set", name, "up"]);
+        sh("ip", &["-n", &self.switch_ns, "link", "set", &port, "master", "br0", "up"]);
+        sh("ip", &["netns", "exec", &self.switch_ns, "ethtool", "-K", &port, "gro", "on"]);
+        // Two interfaces on one segment: only the one holding an address
+        // may answer ARP for it, or clients learn the wrong MAC.
+        sh("ip", &["netns", "exec", &host.ns, "sysctl", "-q", "-w", "net.ipv4.conf.all.arp_ignore=1"]);
+    }
+
     /// Makes XDP_TX work from `host`'s eth0: a veth delivers XDP_TX frames
     /// to its peer but wakes the peer only if the peer runs an XDP program,
     /// so the switch-side port gets one that passes everything.

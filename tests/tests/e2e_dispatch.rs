@@ -109,3 +109,40 @@ fn the_slow_path_answers_errors_and_dispatches_fragmented_requests() {
     assert_eq!(stats.get(Counter::PassUnknownFunction), 1, "{stats:?}");
     assert_eq!(stats.get(Counter::PassNoWorker), 1, "{stats:?}");
 }
+
+/// Two-arm egress: requests arrive on eth0 and leave, redirected by XDP
+/// through a devmap, on eth1.
+#[test]
+fn two_arm_egress_redirects_out_of_another_interface() {
+    let bin = dispatcher_bin();
+    let mut tb = Testbed::new("twoarm");
+    let dsp = tb.add_host("dsp", 1);
+    let client = tb.add_host("client", 2);
+    let worker = tb.add_host("worker", 10);
+    tb.add_interface(&dsp, "eth1");
+    let config = tb.write_file(
+        "dispatcher.toml",
+        &format!(
+            "[service]\naddresses = [\"{}\"]\n\n[egress]\nredirect_to = \"eth1\"\n\n[[functions]]\nid = 1\nworkers = [{{ addr = \"{}:9000\", mac = \"{}\" }}]\n",
+            dsp.ip,
+            worker.ip,
+            worker.mac_string()
+        ),
+    );
+    let _worker_proc = tb.spawn(&worker, "worker", &bin, &["serve", "--listen", &format!("{}:9000", worker.ip), "--functions", "echo"]);
+    let mut dispatcher = tb.spawn(&dsp, "dispatcher", &bin, &["run", "--iface", "eth0", "--config", config.to_str().unwrap()]);
+    tb.wait_for_udp_port(&worker, 9000, Duration::from_secs(10));
+    tb.wait_for_data_plane(&dsp, &mut dispatcher, Duration::from_secs(20));
+
+    let before = tb.exec(&dsp, std::path::Path::new("cat"), &["/sys/class/net/eth1/statistics/tx_packets"]);
+    let to = format!("{}:7770", dsp.ip);
+    for i in 0..3 {
+        let out = tb.exec(&client, &bin, &["invoke", "--to", &to, "1", &format!("two-arm {i}")]);
+        assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), dispatcher.log());
+    }
+    let stats = Snapshot::read(&tb.pin_dir(&dsp)).expect("read pinned stats");
+    assert_eq!(stats.get(Counter::DispatchedRequest), 3, "{stats:?}");
+    let after = tb.exec(&dsp, std::path::Path::new("cat"), &["/sys/class/net/eth1/statistics/tx_packets"]);
+    let n = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).trim().parse::<u64>().unwrap_or(0);
+    assert!(n(&after) >= n(&before) + 3, "eth1 sent {} -> {}", n(&before), n(&after));
+}
