@@ -26,7 +26,7 @@ use dispatcher_common::{
 use tests::packets::{faas_payload, udp_frame, CLIENT_MAC, IFACE_MAC};
 
 const REPEAT: u32 = 200_000;
-const ROUNDS: usize = 7;
+const ROUNDS: usize = 11;
 const SERVICE_PORT: u16 = 7770;
 
 fn worker_ip(v6: bool, k: usize) -> IpAddr {
@@ -152,12 +152,12 @@ fn main() {
     }
     // Scaling: functions (4 workers each) and workers (1 function).
     for (what, points) in [("functions (4 workers each)", [1usize, 16, 256, 1024]), ("workers (1 function)", [1usize, 4, 16, 64])] {
-        println!("## IPv4 cost by number of {what}");
+        println!("## IPv4 cost by number of {what}: median (min) ns; max/min of medians / of minima");
         print!("| policy |");
         for p in points {
             print!(" {p} |");
         }
-        println!(" max/min |");
+        println!(" growth |");
         println!("|---|{}---:|", "---:|".repeat(points.len()));
         for (name, policy) in POLICIES {
             let planes: Vec<(Loaded, Vec<u8>)> = points
@@ -173,14 +173,13 @@ fn main() {
                     samples[i].push(measure(dp, PROGRAM, frame, true));
                 }
             }
-            let medians: Vec<f64> = samples.into_iter().map(|s| median_and_range(s).0).collect();
+            let stats: Vec<(f64, f64, f64)> = samples.into_iter().map(median_and_range).collect();
             print!("| {name} |");
-            for m in &medians {
-                print!(" {m:.1} |");
+            for (m, lo, _) in &stats {
+                print!(" {m:.0} ({lo:.0}) |");
             }
-            let max = medians.iter().cloned().fold(f64::MIN, f64::max);
-            let min = medians.iter().cloned().fold(f64::MAX, f64::min);
-            println!(" {:.2} |", max / min);
+            let spread = |xs: Vec<f64>| xs.iter().cloned().fold(f64::MIN, f64::max) / xs.iter().cloned().fold(f64::MAX, f64::min);
+            println!(" {:.2} / {:.2} |", spread(stats.iter().map(|s| s.0).collect()), spread(stats.iter().map(|s| s.1).collect()));
         }
         println!();
     }
