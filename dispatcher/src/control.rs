@@ -290,10 +290,89 @@ pub fn set_workflow(maps: &mut Maps, id: u32, steps: &[u32]) -> Result<()> {
     if steps.is_empty() || steps.len() > MAX_WORKFLOW_STEPS {
         bail!("workflow {id}: {} steps; give 1 to {MAX_WORKFLOW_STEPS}", steps.len());
     }
+    if maps.functions.get(&id, 0).is_ok() {
+        bail!("{id} is a function id: function and workflow ids share one space");
+    }
+    if let Some(missing) = steps.iter().find(|s| maps.functions.get(s, 0).is_err()) {
+        bail!("workflow {id} runs function {missing}, which does not exist (add it first)");
+    }
     let mut functions = [0u32; MAX_WORKFLOW_STEPS];
     functions[..steps.len()].copy_from_slice(steps);
     maps.workflows
         .insert(id, Workflow { step_count: steps.len() as u32, functions }, 0)
         .with_context(|| format!("cannot write workflow {id}"))?;
+    Ok(())
+}
+
+/// The workers of function `id`, as `set_function` takes them.
+fn current_workers(maps: &Maps, id: u32) -> Result<(Function, Vec<Worker>)> {
+    let f = maps
+        .functions
+        .get(&id, 0)
+        .map_err(|_| anyhow!("no function {id} (`dispatcher functions list` shows them)"))?;
+    let workers = function_workers(maps, f.index)?.into_iter().map(|(_, w)| w).collect();
+    Ok((f, workers))
+}
+
+/// Creates function `id` with `policy` (no workers), or changes the policy
+/// of an existing one, keeping its workers.
+pub fn add_function(maps: &mut Maps, id: u32, policy: u8) -> Result<()> {
+    if maps.workflows.get(&id, 0).is_ok() {
+        bail!("{id} is a workflow id: function and workflow ids share one space");
+    }
+    let workers = match maps.functions.get(&id, 0) {
+        Ok(_) => current_workers(maps, id)?.1,
+        Err(_) => Vec::new(),
+    };
+    set_function(maps, id, policy, &workers)
+}
+
+/// Adds a worker to function `id` (or updates it, if already there), up.
+pub fn add_worker(maps: &mut Maps, id: u32, worker: Worker) -> Result<()> {
+    let (f, mut workers) = current_workers(maps, id)?;
+    let e = worker_endpoint(&worker);
+    match workers.iter_mut().find(|w| worker_endpoint(w) == e) {
+        Some(w) => *w = worker,
+        None => {
+            if workers.len() >= MAX_WORKERS_PER_FUNCTION as usize {
+                bail!("function {id} has {MAX_WORKERS_PER_FUNCTION} workers already, the most it can have");
+            }
+            workers.push(worker);
+        }
+    }
+    set_function(maps, id, f.policy, &workers)
+}
+
+/// Removes the worker at `addr` from function `id`.
+pub fn remove_worker(maps: &mut Maps, id: u32, addr: SocketAddr) -> Result<()> {
+    let (f, mut workers) = current_workers(maps, id)?;
+    let e = endpoint(addr.ip(), addr.port());
+    let before = workers.len();
+    workers.retain(|w| worker_endpoint(w) != e);
+    if workers.len() == before {
+        bail!("function {id} has no worker {addr} (`dispatcher workers list --function {id}` shows them)");
+    }
+    set_function(maps, id, f.policy, &workers)
+}
+
+/// Sets the state of the worker at `addr` of function `id`: DRAINING (and
+/// DOWN) workers leave the live tables, so they get no new requests, while
+/// requests already sent to them finish.
+pub fn set_worker_state(maps: &mut Maps, id: u32, addr: SocketAddr, state: u8) -> Result<()> {
+    let (f, mut workers) = current_workers(maps, id)?;
+    let e = endpoint(addr.ip(), addr.port());
+    let w = workers
+        .iter_mut()
+        .find(|w| worker_endpoint(w) == e)
+        .ok_or_else(|| anyhow!("function {id} has no worker {addr} (`dispatcher workers list --function {id}` shows them)"))?;
+    w.state = state;
+    set_function(maps, id, f.policy, &workers)
+}
+
+/// Removes workflow `id`.
+pub fn remove_workflow(maps: &mut Maps, id: u32) -> Result<()> {
+    maps.workflows
+        .remove(&id)
+        .map_err(|_| anyhow!("no workflow {id} (`dispatcher workflows list` shows them)"))?;
     Ok(())
 }

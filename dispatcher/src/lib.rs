@@ -16,6 +16,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod inspect;
 pub mod data_plane;
 pub mod privileges;
 pub mod service;

@@ -1,12 +1,20 @@
 //! The `dispatcher` command line (../shared/design/CLI.md). Each command
 //! parses its arguments, calls the library, and renders a table or JSON.
 
-use std::{net::IpAddr, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use dispatcher::{
     bpffs, client,
+    config::WorkerConfig,
+    control, inspect,
+    data_plane::Maps,
     daemon::{self, RunOptions},
     data_plane::Mode,
     stats::Snapshot,
@@ -58,6 +66,26 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
+    /// Functions of a running data plane: list, add (or change policy), rm.
+    Functions {
+        #[command(subcommand)]
+        action: FunctionsCmd,
+    },
+    /// Workers of a function: list, add, rm, drain.
+    Workers {
+        #[command(subcommand)]
+        action: WorkersCmd,
+    },
+    /// Workflows: list, add, rm.
+    Workflows {
+        #[command(subcommand)]
+        action: WorkflowsCmd,
+    },
+    /// Typed dump of the pinned maps of a running data plane.
+    Maps {
+        #[command(subcommand)]
+        action: MapsCmd,
+    },
     /// The reference worker runtime: serve functions over UDP.
     Serve {
         /// Address and port to receive requests on.
@@ -81,6 +109,135 @@ enum Command {
         /// How long to wait for the answer, in milliseconds.
         #[arg(long, default_value_t = 1000)]
         timeout_ms: u64,
+    },
+}
+
+/// Where a command finds its data plane.
+#[derive(clap::Args, Clone)]
+struct Target {
+    /// The interface whose data plane to act on (default: the only one).
+    #[arg(long)]
+    iface: Option<String>,
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum FunctionsCmd {
+    /// List functions with their policy, worker counts and traffic.
+    List(Target),
+    /// Add a function (no workers yet), or change an existing one's policy.
+    Add {
+        id: u32,
+        #[arg(long, value_enum, default_value = "round-robin")]
+        policy: PolicyArg,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Remove a function and its workers.
+    Rm {
+        id: u32,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PolicyArg {
+    RoundRobin,
+    LeastLoaded,
+    P2c,
+    Hash,
+}
+
+impl From<PolicyArg> for dispatcher::config::Policy {
+    fn from(p: PolicyArg) -> Self {
+        use dispatcher::config::Policy;
+        match p {
+            PolicyArg::RoundRobin => Policy::RoundRobin,
+            PolicyArg::LeastLoaded => Policy::LeastLoaded,
+            PolicyArg::P2c => Policy::P2c,
+            PolicyArg::Hash => Policy::Hash,
+        }
+    }
+}
+
+#[derive(clap::Args, Clone)]
+struct WorkerAddr {
+    /// The function the worker serves.
+    #[arg(long)]
+    function: u32,
+    /// The worker's IP:PORT ([IPv6]:PORT).
+    #[arg(long)]
+    addr: SocketAddr,
+}
+
+#[derive(Subcommand)]
+enum WorkersCmd {
+    /// List workers (of one function, or all) with state, load and traffic.
+    List {
+        #[arg(long)]
+        function: Option<u32>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Add a worker to a function (or update it); it is up at once.
+    Add {
+        #[command(flatten)]
+        worker: WorkerAddr,
+        /// The worker's MAC, or its gateway's (required for now).
+        #[arg(long)]
+        mac: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        weight: u16,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Remove a worker from a function.
+    Rm {
+        #[command(flatten)]
+        worker: WorkerAddr,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Stop new requests to a worker; requests it has finish.
+    Drain {
+        #[command(flatten)]
+        worker: WorkerAddr,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+enum WorkflowsCmd {
+    /// List workflows and their steps.
+    List(Target),
+    /// Add (or replace) a workflow: `add ID --steps F1,F2,...`.
+    Add {
+        id: u32,
+        #[arg(long, value_delimiter = ',', required = true)]
+        steps: Vec<u32>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Remove a workflow.
+    Rm {
+        id: u32,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+enum MapsCmd {
+    /// Dump every pinned map, or the one named (functions, workers,
+    /// workflows, counters).
+    Dump {
+        name: Option<String>,
+        #[command(flatten)]
+        target: Target,
     },
 }
 
@@ -122,6 +279,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
+        Command::Functions { action } => functions_cmd(&cli.bpffs, action)?,
+        Command::Workers { action } => workers_cmd(&cli.bpffs, action)?,
+        Command::Workflows { action } => workflows_cmd(&cli.bpffs, action)?,
+        Command::Maps { action: MapsCmd::Dump { name, target } } => maps_dump(&cli.bpffs, name.as_deref(), &target)?,
         Command::Serve { listen, functions } => {
             tokio_runtime()?.block_on(async {
                 tokio::select! {
@@ -146,4 +307,94 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
+fn open(bpffs: &Path, target: &Target) -> Result<Maps> {
+    let dir = bpffs::find_pin_dir(bpffs, target.iface.as_deref())?;
+    Maps::from_pins(&dir)
+}
+
+fn render<T: serde::Serialize>(rows: &[T], json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(rows)?);
+    } else {
+        print!("{}", inspect::table(rows));
+    }
+    Ok(())
+}
+
+fn functions_cmd(bpffs: &Path, action: FunctionsCmd) -> Result<()> {
+    match action {
+        FunctionsCmd::List(target) => render(&inspect::functions(&open(bpffs, &target)?)?, target.json),
+        FunctionsCmd::Add { id, policy, target } => {
+            control::add_function(&mut open(bpffs, &target)?, id, dispatcher::config::Policy::from(policy).to_map())
+        }
+        FunctionsCmd::Rm { id, target } => control::remove_function(&mut open(bpffs, &target)?, id),
+    }
+}
+
+fn workers_cmd(bpffs: &Path, action: WorkersCmd) -> Result<()> {
+    match action {
+        WorkersCmd::List { function, target } => render(&inspect::workers(&open(bpffs, &target)?, function)?, target.json),
+        WorkersCmd::Add { worker, mac, weight, target } => {
+            let mac = match mac {
+                Some(m) => Some(m.parse().map_err(|_| anyhow::anyhow!("--mac {m}: not a MAC address (write it as 02:00:00:00:00:0a)"))?),
+                None => None,
+            };
+            let w = WorkerConfig { addr: worker.addr, mac, weight }.to_map(worker.function)?;
+            if weight == 0 {
+                anyhow::bail!("--weight 0: use 1 or more (drain a worker to stop its requests)");
+            }
+            control::add_worker(&mut open(bpffs, &target)?, worker.function, w)
+        }
+        WorkersCmd::Rm { worker, target } => control::remove_worker(&mut open(bpffs, &target)?, worker.function, worker.addr),
+        WorkersCmd::Drain { worker, target } => control::set_worker_state(
+            &mut open(bpffs, &target)?,
+            worker.function,
+            worker.addr,
+            dispatcher_common::maps::worker_state::DRAINING,
+        ),
+    }
+}
+
+fn workflows_cmd(bpffs: &Path, action: WorkflowsCmd) -> Result<()> {
+    match action {
+        WorkflowsCmd::List(target) => render(&inspect::workflows(&open(bpffs, &target)?)?, target.json),
+        WorkflowsCmd::Add { id, steps, target } => control::set_workflow(&mut open(bpffs, &target)?, id, &steps),
+        WorkflowsCmd::Rm { id, target } => control::remove_workflow(&mut open(bpffs, &target)?, id),
+    }
+}
+
+fn maps_dump(bpffs: &Path, name: Option<&str>, target: &Target) -> Result<()> {
+    let maps = open(bpffs, target)?;
+    let all = ["functions", "workers", "workflows", "counters"];
+    let names: Vec<&str> = match name {
+        Some(n) if all.contains(&n) => vec![n],
+        Some(n) => anyhow::bail!("no map view {n}: choose one of {}", all.join(", ")),
+        None => all.to_vec(),
+    };
+    let mut doc = serde_json::Map::new();
+    for n in names {
+        let value = match n {
+            "functions" => serde_json::to_value(inspect::functions(&maps)?)?,
+            "workers" => serde_json::to_value(inspect::workers(&maps, None)?)?,
+            "workflows" => serde_json::to_value(inspect::workflows(&maps)?)?,
+            _ => serde_json::Value::Array(
+                maps.counters()?
+                    .into_iter()
+                    .map(|(c, v)| serde_json::json!({ "counter": c.name(), "packets": v }))
+                    .collect(),
+            ),
+        };
+        if !target.json {
+            println!("== {n}");
+            let rows: Vec<serde_json::Value> = value.as_array().cloned().unwrap_or_default();
+            print!("{}", inspect::table(&rows));
+        }
+        doc.insert(n.to_string(), value);
+    }
+    if target.json {
+        println!("{}", serde_json::Value::Object(doc));
+    }
+    Ok(())
 }

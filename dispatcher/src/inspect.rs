@@ -1,0 +1,154 @@
+//! Reading a data plane's state back out of its maps, for `functions list`,
+//! `workers list`, `workflows list` and `maps dump`: plain values that
+//! render as tables for people and JSON for scripts.
+
+use std::fmt::Write as _;
+
+use anyhow::Result;
+use dispatcher_common::maps::{policy, worker_index, worker_state, MAX_WORKFLOW_STEPS};
+use serde::Serialize;
+
+use crate::{control, data_plane::Maps};
+
+#[derive(Debug, Serialize)]
+pub struct FunctionInfo {
+    pub id: u32,
+    pub index: u32,
+    pub policy: &'static str,
+    pub workers: usize,
+    pub up: u8,
+    pub generation: u8,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WorkerInfo {
+    pub function: u32,
+    pub slot: u8,
+    pub addr: String,
+    pub mac: String,
+    pub weight: u16,
+    pub state: &'static str,
+    pub load: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WorkflowInfo {
+    pub id: u32,
+    pub steps: Vec<u32>,
+}
+
+pub fn policy_name(p: u8) -> &'static str {
+    match p {
+        policy::ROUND_ROBIN => "round-robin",
+        policy::LEAST_LOADED => "least-loaded",
+        policy::P2C => "p2c",
+        policy::HASH => "hash",
+        _ => "unknown",
+    }
+}
+
+pub fn state_name(s: u8) -> &'static str {
+    match s {
+        worker_state::UP => "up",
+        worker_state::DRAINING => "draining",
+        _ => "down",
+    }
+}
+
+pub fn functions(maps: &Maps) -> Result<Vec<FunctionInfo>> {
+    let mut out = Vec::new();
+    for entry in maps.functions.iter() {
+        let (id, f) = entry?;
+        let traffic = Maps::traffic(&maps.function_stats, f.index)?;
+        out.push(FunctionInfo {
+            id,
+            index: f.index,
+            policy: policy_name(f.policy),
+            workers: control::function_workers(maps, f.index)?.len(),
+            up: f.up_count,
+            generation: f.generation,
+            packets: traffic.packets,
+            bytes: traffic.bytes,
+        });
+    }
+    out.sort_by_key(|f| f.id);
+    Ok(out)
+}
+
+pub fn workers(maps: &Maps, function: Option<u32>) -> Result<Vec<WorkerInfo>> {
+    let mut out = Vec::new();
+    for f in functions(maps)? {
+        if function.is_some_and(|id| id != f.id) {
+            continue;
+        }
+        for (slot, w) in control::function_workers(maps, f.index)? {
+            let i = worker_index(f.index, slot as u32);
+            let traffic = Maps::traffic(&maps.worker_stats, i)?;
+            out.push(WorkerInfo {
+                function: f.id,
+                slot,
+                addr: control::worker_name(&w),
+                mac: w.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+                weight: w.weight,
+                state: state_name(w.state),
+                load: maps.loads.get(&i, 0)?,
+                packets: traffic.packets,
+                bytes: traffic.bytes,
+            });
+        }
+    }
+    Ok(out)
+}
+
+pub fn workflows(maps: &Maps) -> Result<Vec<WorkflowInfo>> {
+    let mut out = Vec::new();
+    for entry in maps.workflows.iter() {
+        let (id, w) = entry?;
+        let n = (w.step_count as usize).min(MAX_WORKFLOW_STEPS);
+        out.push(WorkflowInfo { id, steps: w.functions[..n].to_vec() });
+    }
+    out.sort_by_key(|w| w.id);
+    Ok(out)
+}
+
+/// Renders rows of `Serialize` values as an aligned text table, columns
+/// in field order.
+pub fn table<T: Serialize>(rows: &[T]) -> String {
+    let values: Vec<serde_json::Map<String, serde_json::Value>> = rows
+        .iter()
+        .filter_map(|r| serde_json::to_value(r).ok()?.as_object().cloned())
+        .collect();
+    let Some(first) = values.first() else {
+        return "(none)\n".to_string();
+    };
+    let headers: Vec<String> = first.keys().cloned().collect();
+    let cell = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(a) => a.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    };
+    let cells: Vec<Vec<String>> = values.iter().map(|row| headers.iter().map(|h| cell(&row[h])).collect()).collect();
+    let widths: Vec<usize> = headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| cells.iter().map(|r| r[i].len()).chain([h.len()]).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for (i, h) in headers.iter().enumerate() {
+        let _ = write!(out, "{h:<w$}  ", w = widths[i]);
+    }
+    out = out.trim_end().to_string() + "\n";
+    for row in cells {
+        let mut line = String::new();
+        for (i, c) in row.iter().enumerate() {
+            let _ = write!(line, "{c:<w$}  ", w = widths[i]);
+        }
+        out += line.trim_end();
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,114 @@
+//! The operator's CLI against a running data plane on a namespace testbed:
+//! functions, workers (add, drain, rm), workflows, maps dump, each taking
+//! effect on the very next request. Needs root: run through
+//! `cargo xtask test`.
+
+use std::{collections::HashMap, time::Duration};
+
+use tests::testbed::{dispatcher_bin, Host, Testbed};
+
+struct Bed {
+    tb: Testbed,
+    dsp: Host,
+    client: Host,
+    bin: std::path::PathBuf,
+}
+
+impl Bed {
+    /// `dispatcher ARGS` in the dispatcher's namespace: (success, stdout, stderr).
+    fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = self.tb.exec(&self.dsp, &self.bin, args);
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, stdout, stderr) = self.cli(args);
+        assert!(ok, "dispatcher {args:?} failed: {stderr}");
+        stdout
+    }
+
+    /// Sends `n` requests for `function`; counts answers by worker address.
+    fn invoke(&self, function: u32, n: usize) -> HashMap<String, usize> {
+        let mut by = HashMap::new();
+        for i in 0..n {
+            let out = self.tb.exec(&self.client, &self.bin, &["invoke", "--to", &format!("{}:7770", self.dsp.ip), &function.to_string(), &format!("r{i}")]);
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(out.status.success(), "invoke: {stderr}");
+            let from = stderr.split_whitespace().nth(2).unwrap_or_default().to_string();
+            *by.entry(from).or_default() += 1;
+        }
+        by
+    }
+}
+
+#[test]
+fn cli_changes_workers_functions_and_workflows_of_a_running_data_plane() {
+    let bin = dispatcher_bin();
+    let mut tb = Testbed::new("cli");
+    let dsp = tb.add_host("dsp", 1);
+    let client = tb.add_host("client", 2);
+    let w1 = tb.add_host("w1", 10);
+    let w2 = tb.add_host("w2", 11);
+    tb.enable_xdp_tx(&dsp);
+    let config = tb.write_file(
+        "dispatcher.toml",
+        &format!(
+            "[service]\naddresses = [\"{}\"]\n\n[[functions]]\nid = 1\nworkers = [{{ addr = \"{}:9000\", mac = \"{}\" }}]\n",
+            dsp.ip,
+            w1.ip,
+            w1.mac_string()
+        ),
+    );
+    let _workers: Vec<_> = [&w1, &w2]
+        .iter()
+        .map(|w| tb.spawn(w, &w.role, &bin, &["serve", "--listen", &format!("{}:9000", w.ip), "--functions", "echo"]))
+        .collect();
+    let mut dispatcher = tb.spawn(&dsp, "dispatcher", &bin, &["run", "--iface", "eth0", "--config", config.to_str().unwrap()]);
+    for w in [&w1, &w2] {
+        tb.wait_for_udp_port(w, 9000, Duration::from_secs(10));
+    }
+    tb.wait_for_data_plane(&dsp, &mut dispatcher, Duration::from_secs(20));
+    let bed = Bed { tb, dsp, client, bin };
+    let a1 = format!("{}:9000", w1.ip);
+    let a2 = format!("{}:9000", w2.ip);
+
+    assert_eq!(bed.invoke(1, 4), HashMap::from([(a1.clone(), 4)]));
+
+    // Add a second worker: round-robin over both from the next request.
+    bed.ok(&["workers", "add", "--function", "1", "--addr", &a2, "--mac", &w2.mac_string()]);
+    assert_eq!(bed.invoke(1, 4), HashMap::from([(a1.clone(), 2), (a2.clone(), 2)]));
+
+    let list: serde_json::Value = serde_json::from_str(&bed.ok(&["workers", "list", "--function", "1", "--json"])).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    assert!(list.as_array().unwrap().iter().all(|w| w["state"] == "up" && w["packets"].as_u64().unwrap() >= 2), "{list}");
+
+    // Drain the first: no new requests to it, and the list says so.
+    bed.ok(&["workers", "drain", "--function", "1", "--addr", &a1]);
+    assert_eq!(bed.invoke(1, 4), HashMap::from([(a2.clone(), 4)]));
+    assert!(bed.ok(&["workers", "list"]).contains("draining"));
+
+    // Remove it; a second removal is a clear error.
+    bed.ok(&["workers", "rm", "--function", "1", "--addr", &a1]);
+    let (ok, _, stderr) = bed.cli(&["workers", "rm", "--function", "1", "--addr", &a1]);
+    assert!(!ok && stderr.contains("has no worker"), "{stderr}");
+
+    // Functions and workflows.
+    bed.ok(&["functions", "add", "2", "--policy", "hash"]);
+    bed.ok(&["workers", "add", "--function", "2", "--addr", &a1, "--mac", &w1.mac_string()]);
+    bed.ok(&["workflows", "add", "100", "--steps", "1,2"]);
+    let functions: serde_json::Value = serde_json::from_str(&bed.ok(&["functions", "list", "--json"])).unwrap();
+    assert_eq!(functions.as_array().unwrap().iter().map(|f| f["id"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(functions[1]["policy"], "hash");
+    let (ok, _, stderr) = bed.cli(&["workflows", "add", "101", "--steps", "1,7"]);
+    assert!(!ok && stderr.contains("function 7, which does not exist"), "{stderr}");
+    let dump: serde_json::Value = serde_json::from_str(&bed.ok(&["maps", "dump", "--json"])).unwrap();
+    assert_eq!(dump["workflows"][0]["steps"], serde_json::json!([1, 2]), "{dump}");
+    assert!(dump["counters"].as_array().unwrap().iter().any(|c| c["counter"] == "dispatched_request" && c["packets"] == 12), "{dump}");
+
+    // A workflow invoked through XDP: step 0 on function 1 (w2); echo is
+    // not a workflow-aware worker, so it answers the client at once.
+    assert_eq!(bed.invoke(100, 1), HashMap::from([(a2.clone(), 1)]));
+    bed.ok(&["workflows", "rm", "100"]);
+    bed.ok(&["functions", "rm", "2"]);
+    assert!(!bed.ok(&["functions", "list"]).contains("hash"));
+}
