@@ -92,9 +92,12 @@ enum Command {
         #[arg(long)]
         listen: SocketAddr,
         /// Functions to serve: NAME (every function id) or ID=NAME, comma-separated.
-        /// Functions: echo.
+        /// Functions: echo, static, upper, reverse.
         #[arg(long)]
         functions: FunctionTable,
+        /// The dispatcher's service address: where workflow steps go on.
+        #[arg(long)]
+        dispatcher: Option<SocketAddr>,
     },
     /// Send one request and print the answer and its latency.
     Invoke {
@@ -283,10 +286,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Workers { action } => workers_cmd(&cli.bpffs, action)?,
         Command::Workflows { action } => workflows_cmd(&cli.bpffs, action)?,
         Command::Maps { action: MapsCmd::Dump { name, target } } => maps_dump(&cli.bpffs, name.as_deref(), &target)?,
-        Command::Serve { listen, functions } => {
+        Command::Serve { listen, functions, dispatcher } => {
             tokio_runtime()?.block_on(async {
                 tokio::select! {
-                    r = worker::serve(listen, functions) => r,
+                    r = worker::serve(listen, functions, dispatcher) => r,
                     _ = tokio::signal::ctrl_c() => Ok(()),
                 }
             })?;

@@ -1,11 +1,12 @@
 //! `dispatcher serve`: the reference worker runtime. It answers each
-//! REQUEST it receives straight to the client (or to `reply_*`), never
-//! through the dispatcher.
+//! request it receives straight to the client (or to `reply_*`), never
+//! through the dispatcher; inside a workflow it hands its output on to the
+//! next step by sending a STEP to the dispatcher's service address.
 
 use std::{collections::HashMap, net::SocketAddr, str::FromStr};
 
 use anyhow::{bail, Context as _, Result};
-use dispatcher_common::protocol::{error_code, kind};
+use dispatcher_common::protocol::{error_code, flags, kind};
 use tokio::net::UdpSocket;
 use tracing::{debug, info, warn};
 
@@ -16,14 +17,28 @@ use crate::wire::Message;
 pub enum FunctionKind {
     /// Answers with its input.
     Echo,
+    /// Answers with a fixed small HTML page, whatever the input.
+    Static,
+    /// Upper-cases UTF-8 text; fails (ERROR 6) on anything else.
+    Upper,
+    /// Reverses UTF-8 text by characters; fails on anything else.
+    Reverse,
 }
+
+const NAMES: &str = "echo, static, upper, reverse";
+
+/// The page `static` serves.
+pub const STATIC_PAGE: &str = "<!doctype html><html><head><title>faas</title></head><body><h1>Hello from a FaaS worker</h1></body></html>";
 
 impl FromStr for FunctionKind {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "echo" => Ok(FunctionKind::Echo),
-            other => bail!("unknown function `{other}`: this runtime serves: echo"),
+            "static" => Ok(FunctionKind::Static),
+            "upper" => Ok(FunctionKind::Upper),
+            "reverse" => Ok(FunctionKind::Reverse),
+            other => bail!("unknown function `{other}`: this runtime serves: {NAMES}"),
         }
     }
 }
@@ -69,16 +84,31 @@ impl FunctionTable {
     }
 }
 
-/// Runs a function on `input`.
-fn invoke(function: FunctionKind, input: &[u8]) -> Vec<u8> {
+/// Runs a function on `input`; `Err` is a function failure (ERROR 6).
+fn invoke(function: FunctionKind, input: &[u8]) -> Result<Vec<u8>, String> {
+    let text = || std::str::from_utf8(input).map_err(|e| format!("input is not UTF-8 text ({e})"));
     match function {
-        FunctionKind::Echo => input.to_vec(),
+        FunctionKind::Echo => Ok(input.to_vec()),
+        FunctionKind::Static => Ok(STATIC_PAGE.as_bytes().to_vec()),
+        FunctionKind::Upper => Ok(text()?.to_uppercase().into_bytes()),
+        FunctionKind::Reverse => Ok(text()?.chars().rev().collect::<String>().into_bytes()),
     }
 }
 
 /// The answer to one datagram, and where it goes; `None` for datagrams that
 /// get no answer (not FaaS, or not a request).
-pub fn handle(table: &FunctionTable, datagram: &[u8], source: SocketAddr) -> Option<(Message, SocketAddr)> {
+///
+/// A request that is a workflow step other than the last (workflow_id set,
+/// flag bit 1 clear) continues the workflow: its output goes to the
+/// dispatcher's `service` address as a STEP for `step + 1`, keeping
+/// workflow_id, request_id, key and reply_*. Otherwise the RESPONSE (or
+/// ERROR) goes to `reply_*`, or the source.
+pub fn handle(
+    table: &FunctionTable,
+    service: Option<SocketAddr>,
+    datagram: &[u8],
+    source: SocketAddr,
+) -> Option<(Message, SocketAddr)> {
     let msg = match Message::parse(datagram) {
         Ok(m) => m,
         Err(e) => {
@@ -86,23 +116,38 @@ pub fn handle(table: &FunctionTable, datagram: &[u8], source: SocketAddr) -> Opt
             return None;
         }
     };
-    if msg.hdr.kind != kind::REQUEST {
+    if !matches!(msg.hdr.kind, kind::REQUEST | kind::STEP) {
         debug!(%source, kind = msg.hdr.kind, "ignored non-request");
         return None;
     }
     let to = msg.reply_target(source);
-    let answer = match table.lookup(msg.hdr.function_id()) {
-        Some(f) => msg.response(invoke(f, &msg.payload)),
-        None => msg.error(
-            error_code::UNKNOWN_FUNCTION,
-            &format!("this worker does not serve function {}", msg.hdr.function_id()),
-        ),
+    let id = msg.hdr.function_id();
+    let Some(function) = table.lookup(id) else {
+        return Some((msg.error(error_code::UNKNOWN_FUNCTION, &format!("this worker does not serve function {id}")), to));
     };
-    Some((answer, to))
+    let output = match invoke(function, &msg.payload) {
+        Ok(output) => output,
+        Err(why) => return Some((msg.error(error_code::WORKER_FAILURE, &format!("function {id} failed: {why}")), to)),
+    };
+    let in_workflow = msg.hdr.workflow_id() != 0 && msg.hdr.flags & flags::LAST_STEP == 0;
+    match (in_workflow, service) {
+        (true, Some(service)) => {
+            let mut hdr = msg.hdr;
+            hdr.kind = kind::STEP;
+            hdr.step = hdr.step.wrapping_add(1);
+            Some((Message { hdr, payload: output }, service))
+        }
+        (true, None) => Some((
+            msg.error(error_code::WORKER_FAILURE, "this worker cannot continue workflows: start it with --dispatcher VIP:PORT"),
+            to,
+        )),
+        (false, _) => Some((msg.response(output), to)),
+    }
 }
 
-/// Serves until the task is cancelled.
-pub async fn serve(listen: SocketAddr, table: FunctionTable) -> Result<()> {
+/// Serves until the task is cancelled. `service` is the dispatcher's
+/// address, where workflow steps go on.
+pub async fn serve(listen: SocketAddr, table: FunctionTable, service: Option<SocketAddr>) -> Result<()> {
     let socket = UdpSocket::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (is the address on an interface, the port free?)"))?;
@@ -110,7 +155,7 @@ pub async fn serve(listen: SocketAddr, table: FunctionTable) -> Result<()> {
     let mut buf = vec![0u8; 65536];
     loop {
         let (n, source) = socket.recv_from(&mut buf).await?;
-        if let Some((answer, to)) = handle(&table, &buf[..n], source) {
+        if let Some((answer, to)) = handle(&table, service, &buf[..n], source) {
             if let Err(e) = socket.send_to(&answer.to_bytes(), to).await {
                 warn!(%to, "cannot send answer: {e}");
             }
@@ -138,13 +183,45 @@ mod tests {
     fn echo_answers_the_source_with_the_same_request_id() {
         let t: FunctionTable = "1=echo".parse().unwrap();
         let src: SocketAddr = "10.0.0.2:4000".parse().unwrap();
-        let (answer, to) = handle(&t, &Message::request(1, 99, b"ping").to_bytes(), src).unwrap();
+        let (answer, to) = handle(&t, None, &Message::request(1, 99, b"ping").to_bytes(), src).unwrap();
         assert_eq!(to, src);
         assert_eq!(answer.hdr.kind, kind::RESPONSE);
         assert_eq!(answer.hdr.request_id(), 99);
         assert_eq!(answer.payload, b"ping");
-        let (answer, _) = handle(&t, &Message::request(2, 5, b"").to_bytes(), src).unwrap();
+        let (answer, _) = handle(&t, None, &Message::request(2, 5, b"").to_bytes(), src).unwrap();
         assert_eq!(answer.error_parts().unwrap().0, error_code::UNKNOWN_FUNCTION);
-        assert!(handle(&t, b"junk", src).is_none());
+        assert!(handle(&t, None, b"junk", src).is_none());
+    }
+
+    #[test]
+    fn failures_answer_error_6() {
+        let t: FunctionTable = "upper".parse().unwrap();
+        let src: SocketAddr = "10.0.0.2:4000".parse().unwrap();
+        let (answer, _) = handle(&t, None, &Message::request(1, 1, &[0xff, 0xfe]).to_bytes(), src).unwrap();
+        let (code, text) = answer.error_parts().unwrap();
+        assert_eq!(code, error_code::WORKER_FAILURE);
+        assert!(text.contains("not UTF-8"), "{text}");
+    }
+
+    #[test]
+    fn workflow_steps_go_on_to_the_dispatcher_and_the_last_answers_the_client() {
+        let t: FunctionTable = "upper".parse().unwrap();
+        let service: SocketAddr = "10.0.0.1:7770".parse().unwrap();
+        let client: SocketAddr = "10.0.0.2:4000".parse().unwrap();
+        let mut m = Message::request(1, 7, b"abc");
+        m.hdr.workflow_id = 100u32.to_be_bytes();
+        m.hdr.flags = flags::REPLY_SET;
+        m.hdr.reply_port = client.port().to_be_bytes();
+        m.hdr.reply_addr = "10.0.0.2".parse::<std::net::Ipv4Addr>().unwrap().to_ipv6_mapped().octets();
+        let (step, to) = handle(&t, Some(service), &m.to_bytes(), "10.0.0.1:7770".parse().unwrap()).unwrap();
+        assert_eq!(to, service);
+        assert_eq!((step.hdr.kind, step.hdr.step, step.hdr.workflow_id(), step.hdr.request_id()), (kind::STEP, 1, 100, 7));
+        assert_eq!(step.hdr.reply_addr, m.hdr.reply_addr);
+        assert_eq!(step.payload, b"ABC");
+        m.hdr.flags |= flags::LAST_STEP;
+        let (answer, to) = handle(&t, Some(service), &m.to_bytes(), "10.0.0.1:7770".parse().unwrap()).unwrap();
+        assert_eq!(to, client);
+        assert_eq!(answer.hdr.kind, kind::RESPONSE);
+        assert_eq!(answer.payload, b"ABC");
     }
 }

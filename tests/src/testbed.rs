@@ -259,7 +259,7 @@ impl Testbed {
             }
             thread::sleep(Duration::from_millis(20));
         }
-        panic!("nothing listens on UDP port {port} in {} after {timeout:?}", host.role);
+        panic!("nothing listens on UDP port {port} in {} after {timeout:?}; logs:\n{}", host.role, self.logs());
     }
 
     /// The pin directory of the data plane attached to `host`'s eth0.
@@ -279,6 +279,18 @@ impl Testbed {
             }
             thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Every process log of the testbed, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for entry in fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                out += &format!("--- {}\n{}", path.display(), fs::read_to_string(&path).unwrap_or_default());
+            }
+        }
+        out
     }
 
     /// Writes a file into the testbed's scratch directory.

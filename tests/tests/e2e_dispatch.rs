@@ -146,3 +146,44 @@ fn two_arm_egress_redirects_out_of_another_interface() {
     let n = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).trim().parse::<u64>().unwrap_or(0);
     assert!(n(&after) >= n(&before) + 3, "eth1 sent {} -> {}", n(&before), n(&after));
 }
+
+/// Speedo's orchestrator in the kernel: a three-step workflow invoked by a
+/// client runs step by step, each STEP dispatched by the XDP program, and
+/// the last worker answers the client.
+#[test]
+fn a_three_step_workflow_runs_through_the_kernel() {
+    let bin = dispatcher_bin();
+    let mut tb = Testbed::new("flow");
+    let dsp = tb.add_host("dsp", 1);
+    let client = tb.add_host("client", 2);
+    let workers = [tb.add_host("w1", 10), tb.add_host("w2", 11), tb.add_host("w3", 12)];
+    tb.enable_xdp_tx(&dsp);
+    let mut config = format!("[service]\naddresses = [\"{}\"]\n", dsp.ip);
+    for (i, w) in workers.iter().enumerate() {
+        config += &format!("\n[[functions]]\nid = {}\nworkers = [{{ addr = \"{}:9000\", mac = \"{}\" }}]\n", i + 1, w.ip, w.mac_string());
+    }
+    config += "\n[[workflows]]\nid = 100\nsteps = [1, 2, 3]\n";
+    let config = tb.write_file("dispatcher.toml", &config);
+    let service = format!("{}:7770", dsp.ip);
+    let _procs: Vec<_> = workers
+        .iter()
+        .zip(["upper", "reverse", "echo"])
+        .map(|(w, f)| tb.spawn(w, &w.role, &bin, &["serve", "--listen", &format!("{}:9000", w.ip), "--functions", f, "--dispatcher", &service]))
+        .collect();
+    let mut dispatcher = tb.spawn(&dsp, "dispatcher", &bin, &["run", "--iface", "eth0", "--config", config.to_str().unwrap()]);
+    for w in &workers {
+        tb.wait_for_udp_port(w, 9000, Duration::from_secs(10));
+    }
+    tb.wait_for_data_plane(&dsp, &mut dispatcher, Duration::from_secs(20));
+
+    let out = tb.exec(&client, &bin, &["invoke", "--to", &service, "100", "hello workflow"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}\n{}", dispatcher.log());
+    // upper, then reverse, then echo.
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "WOLFKROW OLLEH");
+    assert!(stderr.contains(&format!("RESPONSE from {}:9000", workers[2].ip)), "the last worker answers: {stderr}");
+    let stats = Snapshot::read(&tb.pin_dir(&dsp)).expect("read pinned stats");
+    assert_eq!(stats.get(Counter::DispatchedWorkflow), 1, "{stats:?}");
+    assert_eq!(stats.get(Counter::DispatchedStep), 2, "{stats:?}");
+    assert_eq!(stats.get(Counter::PassNotService) + stats.get(Counter::PassFragment), 0, "{stats:?}");
+}
