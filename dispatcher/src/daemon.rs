@@ -11,7 +11,7 @@ use crate::{
     bpffs,
     config::{Config, Service},
     data_plane::{interface_mac, Attached, Mode},
-    privileges, service,
+    control, privileges, service,
 };
 
 /// Everything `dispatcher run` is told on its command line.
@@ -25,6 +25,9 @@ pub struct RunOptions {
     /// Overrides the config's service port.
     pub port: Option<u16>,
     pub bpffs: PathBuf,
+    /// On SIGTERM/SIGINT, leave the data plane attached (and pinned) for
+    /// the next daemon to adopt.
+    pub keep_attached: bool,
 }
 
 /// The config file (if any) with the command line's additions, validated.
@@ -60,7 +63,16 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     bpffs::ensure_mounted(&opts.bpffs)?;
     let pin_dir = bpffs::pin_dir(&opts.bpffs, &opts.iface);
 
-    let attached = Attached::attach(&opts.iface, opts.mode, &pin_dir, &config)?;
+    // A data plane left by an earlier daemon (stopped with --keep-attached,
+    // or killed) keeps serving; adopt it and bring it up to date.
+    let attached = if pin_dir.exists() {
+        let mut adopted = Attached::adopt(&opts.iface, &pin_dir)?;
+        control::configure_interface(&mut adopted.maps, interface_mac(&opts.iface)?, &config.egress)?;
+        control::apply(&mut adopted.maps, &config)?;
+        adopted
+    } else {
+        Attached::attach(&opts.iface, opts.mode, &pin_dir, &config)?
+    };
     info!(
         services = ?config.service.addresses,
         port = config.service.port,
@@ -70,6 +82,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     tokio::select! {
         r = wait_for_shutdown() => r?,
         r = service::run(config.service.port, &pin_dir) => r?,
+    }
+    if opts.keep_attached {
+        info!(pins = %pin_dir.display(), "exiting; the data plane stays attached (--keep-attached)");
+        return Ok(());
     }
     info!("shutting down");
     attached.detach()

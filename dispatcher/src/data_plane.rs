@@ -9,7 +9,10 @@ use std::{
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
     maps::{Array, DevMap, HashMap, Map, MapData, PerCpuArray},
-    programs::{xdp::XdpLinkId, ProgramError, Xdp, XdpMode},
+    programs::{
+        links::{FdLink, PinnedLink},
+        ProgramError, Xdp, XdpMode,
+    },
     Ebpf,
 };
 use dispatcher_common::{
@@ -19,6 +22,7 @@ use dispatcher_common::{
     },
     stats::Counter,
 };
+use nix::fcntl::{Flock, FlockArg};
 use tracing::{info, warn};
 
 use crate::config::Config;
@@ -214,32 +218,34 @@ impl Loaded {
     }
 }
 
-/// A data plane attached to an interface, its maps pinned. Dropping it
-/// detaches the program and removes the pins.
+/// Name of the pinned XDP link, beside the maps.
+pub const LINK_PIN: &str = "link";
+
+/// A data plane attached to an interface, its maps and its XDP link pinned
+/// under `pin_dir`: it keeps running when the daemon exits or dies, and a
+/// new daemon adopts it. Only `detach` takes it down.
 pub struct Attached {
-    ebpf: Ebpf,
-    link: Option<XdpLinkId>,
+    link: PinnedLink,
     pub maps: Maps,
     pub iface: String,
-    pub mode: XdpMode,
+    /// The attach mode, when this process attached it (None: adopted).
+    pub mode: Option<XdpMode>,
     pub pin_dir: PathBuf,
+    /// Held while this process manages the data plane (flock on pin_dir).
+    _lock: Flock<std::fs::File>,
 }
 
 impl Attached {
     /// Loads the program, writes `config` into its maps, attaches it to
-    /// `iface` in `mode`, and pins the maps in `pin_dir`.
+    /// `iface` in `mode`, and pins the maps and the link in `pin_dir`.
     ///
-    /// The maps are pinned into a staging directory first and renamed to
+    /// Everything is pinned into a staging directory first and renamed to
     /// `pin_dir` once the program is configured and attached, so the pin
     /// directory appears complete in one step: its existence means "running".
     pub fn attach(iface: &str, mode: Mode, pin_dir: &Path, config: &Config) -> Result<Attached> {
         let mac = interface_mac(iface)?;
         if pin_dir.exists() {
-            bail!(
-                "a data plane is already pinned at {}: is another `dispatcher run --iface {iface}` running? \
-                 If not, a previous one died: remove that directory and start again",
-                pin_dir.display()
-            );
+            bail!("a data plane is already pinned at {}: adopt it instead", pin_dir.display());
         }
         let parent = pin_dir.parent().context("pin directory has no parent")?;
         std::fs::create_dir_all(parent)
@@ -252,31 +258,25 @@ impl Attached {
         std::fs::create_dir_all(&staging)
             .with_context(|| format!("cannot create {}", staging.display()))?;
 
-        let attached = Self::attach_staged(iface, mode, &staging, config, mac).and_then(|mut a| {
+        let staged = Self::attach_staged(iface, mode, &staging, config, mac).and_then(|(maps, mode)| {
             std::fs::rename(&staging, pin_dir)
                 .with_context(|| format!("cannot move pins to {}", pin_dir.display()))?;
-            a.pin_dir = pin_dir.to_path_buf();
-            Ok(a)
+            Ok((maps, mode))
         });
-        if attached.is_err() {
-            // Dropping the half-built data plane detached it; the pins go by hand.
-            let _ = std::fs::remove_dir_all(&staging);
-        }
         if let Some(staging_root) = staging.parent() {
+            if staged.is_err() {
+                // Removing the link's pin (its last reference) detaches it.
+                let _ = std::fs::remove_dir_all(&staging);
+            }
             let _ = std::fs::remove_dir(staging_root); // only if empty
         }
-        let attached = attached?;
-        info!(iface, mode = ?attached.mode, pins = %pin_dir.display(), "data plane attached");
-        Ok(attached)
+        let (maps, mode) = staged?;
+        let link = PinnedLink::from_pin(pin_dir.join(LINK_PIN)).context("cannot open the pinned link")?;
+        info!(iface, mode = ?mode, pins = %pin_dir.display(), "data plane attached");
+        Ok(Attached { link, maps, iface: iface.to_string(), mode: Some(mode), pin_dir: pin_dir.to_path_buf(), _lock: lock(pin_dir)? })
     }
 
-    fn attach_staged(
-        iface: &str,
-        mode: Mode,
-        staging: &Path,
-        config: &Config,
-        mac: [u8; 6],
-    ) -> Result<Attached> {
+    fn attach_staged(iface: &str, mode: Mode, staging: &Path, config: &Config, mac: [u8; 6]) -> Result<(Maps, XdpMode)> {
         let mut ebpf = load(&[PROGRAM])?;
         let mut maps = Maps::take(&mut ebpf, Some(staging))?;
         crate::control::configure_interface(&mut maps, mac, &config.egress)?;
@@ -294,41 +294,53 @@ impl Attached {
             },
         };
         let link = link.map_err(|e| explain_attach_error(e, iface))?;
-        Ok(Attached {
-            ebpf,
-            link: Some(link),
-            maps,
-            iface: iface.to_string(),
-            mode,
-            pin_dir: staging.to_path_buf(),
-        })
+        let link = FdLink::try_from(program.take_link(link)?).map_err(|_| {
+            anyhow!("the kernel attached {iface} without a bpf_link (kernel older than 5.9?): the data plane could not outlive the daemon")
+        })?;
+        link.pin(staging.join(LINK_PIN)).context("cannot pin the XDP link")?;
+        Ok((maps, mode))
+    }
+
+    /// Takes over a data plane a previous daemon left pinned at `pin_dir`.
+    pub fn adopt(iface: &str, pin_dir: &Path) -> Result<Attached> {
+        let lock = lock(pin_dir)?;
+        let link = PinnedLink::from_pin(pin_dir.join(LINK_PIN)).map_err(|e| {
+            anyhow!(
+                "cannot adopt the data plane at {}: its link is not there ({e}). If no dispatcher runs for {iface}, remove that directory and start again",
+                pin_dir.display()
+            )
+        })?;
+        let maps = Maps::from_pins(pin_dir).map_err(|e| {
+            anyhow!(
+                "cannot adopt the data plane at {}: {e:#} (pinned by another version of the dispatcher?). Stop it with `dispatcher run` of that version, or remove the directory",
+                pin_dir.display()
+            )
+        })?;
+        info!(iface, pins = %pin_dir.display(), "adopted the running data plane");
+        Ok(Attached { link, maps, iface: iface.to_string(), mode: None, pin_dir: pin_dir.to_path_buf(), _lock: lock })
     }
 
     /// Detaches the program and removes the pins.
-    pub fn detach(mut self) -> Result<()> {
-        self.detach_and_unpin()
-    }
-
-    fn detach_and_unpin(&mut self) -> Result<()> {
-        if let Some(link) = self.link.take() {
-            let program: &mut Xdp = self.ebpf.program_mut(PROGRAM).expect("loaded").try_into()?;
-            program
-                .detach(link)
-                .with_context(|| format!("cannot detach from {}", self.iface))?;
-            std::fs::remove_dir_all(&self.pin_dir)
-                .with_context(|| format!("cannot remove pins at {}", self.pin_dir.display()))?;
-            info!(iface = %self.iface, "data plane detached, pins removed");
-        }
+    pub fn detach(self) -> Result<()> {
+        let Attached { link, pin_dir, iface, maps, _lock, .. } = self;
+        drop(maps);
+        // The pin and this fd were the link's last references: dropping both
+        // detaches the program.
+        let link = link.unpin().with_context(|| format!("cannot unpin the link at {}", pin_dir.display()))?;
+        drop(link);
+        std::fs::remove_dir_all(&pin_dir).with_context(|| format!("cannot remove pins at {}", pin_dir.display()))?;
+        info!(iface = %iface, "data plane detached, pins removed");
         Ok(())
     }
 }
 
-impl Drop for Attached {
-    fn drop(&mut self) {
-        if let Err(e) = self.detach_and_unpin() {
-            warn!("{e:#}");
-        }
-    }
+/// Only one daemon manages a data plane: an exclusive flock on its pin
+/// directory, held for the daemon's life.
+fn lock(pin_dir: &Path) -> Result<Flock<std::fs::File>> {
+    let dir = std::fs::File::open(pin_dir).with_context(|| format!("cannot open {}", pin_dir.display()))?;
+    Flock::lock(dir, FlockArg::LockExclusiveNonblock).map_err(|_| {
+        anyhow!("another `dispatcher run` manages the data plane at {} (stop it first)", pin_dir.display())
+    })
 }
 
 /// The MAC address of `iface`, which also proves it exists.

@@ -53,6 +53,10 @@ enum Command {
         /// The service UDP port (overrides the config's; default 7770).
         #[arg(long)]
         port: Option<u16>,
+        /// On SIGTERM/SIGINT leave the data plane attached and pinned, for
+        /// the next `dispatcher run` to adopt.
+        #[arg(long)]
+        keep_attached: bool,
     },
     /// Packet counters of a running data plane: dispatched, and passes by reason.
     Stats {
@@ -261,8 +265,8 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Run { iface, mode, config, vips, port } => {
-            let opts = RunOptions { iface, mode, config, vips, port, bpffs: cli.bpffs };
+        Command::Run { iface, mode, config, vips, port, keep_attached } => {
+            let opts = RunOptions { iface, mode, config, vips, port, bpffs: cli.bpffs, keep_attached };
             tokio_runtime()?.block_on(daemon::run(opts))?;
         }
         Command::Stats { iface, json, watch } => {

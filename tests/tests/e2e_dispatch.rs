@@ -187,3 +187,70 @@ fn a_three_step_workflow_runs_through_the_kernel() {
     assert_eq!(stats.get(Counter::DispatchedStep), 2, "{stats:?}");
     assert_eq!(stats.get(Counter::PassNotService) + stats.get(Counter::PassFragment), 0, "{stats:?}");
 }
+
+/// The data plane outlives its daemon: stopped with --keep-attached, or
+/// killed outright, requests keep flowing through XDP, and the next
+/// `dispatcher run` adopts the pinned state. A plain SIGTERM detaches.
+#[test]
+fn the_data_plane_outlives_the_daemon_and_is_adopted() {
+    let bin = dispatcher_bin();
+    let mut tb = Testbed::new("adopt");
+    let dsp = tb.add_host("dsp", 1);
+    let client = tb.add_host("client", 2);
+    let worker = tb.add_host("worker", 10);
+    tb.enable_xdp_tx(&dsp);
+    let config = tb.write_file(
+        "dispatcher.toml",
+        &format!(
+            "[service]\naddresses = [\"{}\"]\n\n[[functions]]\nid = 1\nworkers = [{{ addr = \"{}:9000\", mac = \"{}\" }}]\n",
+            dsp.ip,
+            worker.ip,
+            worker.mac_string()
+        ),
+    );
+    let config = config.to_str().unwrap().to_string();
+    let _worker_proc = tb.spawn(&worker, "worker", &bin, &["serve", "--listen", &format!("{}:9000", worker.ip), "--functions", "echo"]);
+    tb.wait_for_udp_port(&worker, 9000, Duration::from_secs(10));
+    let to = format!("{}:7770", dsp.ip);
+    let dispatched = || Snapshot::read(&tb.pin_dir(&dsp)).expect("pinned stats").get(Counter::DispatchedRequest);
+    let invoke_ok = |what: &str| {
+        let out = tb.exec(&client, &bin, &["invoke", "--to", &to, "1", what]);
+        assert!(out.status.success(), "{what}: {}\n{}", String::from_utf8_lossy(&out.stderr), tb.logs());
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), what);
+    };
+
+    // 1. Stopped with --keep-attached: still dispatching in the kernel.
+    let mut first = tb.spawn(&dsp, "first", &bin, &["run", "--iface", "eth0", "--config", &config, "--keep-attached"]);
+    tb.wait_for_data_plane(&dsp, &mut first, Duration::from_secs(20));
+    invoke_ok("before");
+    assert!(first.stop(), "{}", first.log());
+    invoke_ok("no daemon");
+    assert_eq!(dispatched(), 2);
+
+    // 2. A second daemon adopts it (counters continue), and a second one at
+    //    the same time is refused.
+    let mut second = tb.spawn(&dsp, "second", &bin, &["run", "--iface", "eth0", "--config", &config]);
+    tb.wait_for_udp_port(&dsp, 7770, Duration::from_secs(20));
+    assert!(second.log().contains("adopted"), "{}", second.log());
+    let out = tb.exec(&dsp, &bin, &["run", "--iface", "eth0", "--config", &config]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another `dispatcher run` manages"), "{}", String::from_utf8_lossy(&out.stderr));
+    invoke_ok("adopted");
+    assert_eq!(dispatched(), 3);
+
+    // 3. Killed outright: still dispatching.
+    let pid = second.pid();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    invoke_ok("after kill -9");
+    assert_eq!(dispatched(), 4);
+
+    // 4. Adopted again, then a plain SIGTERM detaches and removes the pins.
+    let mut third = tb.spawn(&dsp, "third", &bin, &["run", "--iface", "eth0", "--config", &config]);
+    tb.wait_for_udp_port(&dsp, 7770, Duration::from_secs(20));
+    invoke_ok("third");
+    assert!(third.stop(), "{}", third.log());
+    assert!(!tb.pin_dir(&dsp).exists(), "pins left after SIGTERM");
+    let link = tb.exec(&dsp, std::path::Path::new("ip"), &["link", "show", "eth0"]);
+    assert!(!String::from_utf8_lossy(&link.stdout).contains("xdp"), "XDP still attached");
+}
