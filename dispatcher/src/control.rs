@@ -376,3 +376,29 @@ pub fn remove_workflow(maps: &mut Maps, id: u32) -> Result<()> {
         .map_err(|_| anyhow!("no workflow {id} (`dispatcher workflows list` shows them)"))?;
     Ok(())
 }
+
+/// Makes the maps match `config` exactly: applies it (as `apply`), then
+/// removes functions, workflows and services the config no longer has.
+/// Unchanged functions keep their slots, loads and counters; each changed
+/// one switches in one step (see the module comment).
+pub fn reconcile(maps: &mut Maps, config: &Config) -> Result<()> {
+    apply(maps, config)?;
+    let keep_workflows: Vec<u32> = config.workflows.iter().map(|w| w.id).collect();
+    let stale: Vec<u32> = maps.workflows.keys().filter_map(|k| k.ok()).filter(|id| !keep_workflows.contains(id)).collect();
+    for id in stale {
+        remove_workflow(maps, id)?;
+    }
+    let keep_functions: Vec<u32> = config.functions.iter().map(|f| f.id).collect();
+    let stale: Vec<u32> = maps.functions.keys().filter_map(|k| k.ok()).filter(|id| !keep_functions.contains(id)).collect();
+    for id in stale {
+        remove_function(maps, id)?;
+    }
+    let keep_services: Vec<Endpoint> = config.service.addresses.iter().map(|a| endpoint(*a, config.service.port)).collect();
+    for i in 0..dispatcher_common::maps::SERVICE_SLOTS {
+        let slot = maps.services.get(&i, 0)?;
+        if slot.in_use != 0 && !keep_services.contains(&slot.endpoint) {
+            maps.services.set(i, ServiceSlot::default(), 0)?;
+        }
+    }
+    Ok(())
+}

@@ -5,7 +5,7 @@ use std::{net::IpAddr, path::PathBuf};
 
 use anyhow::Result;
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{
     bpffs,
@@ -79,9 +79,16 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         functions = config.functions.len(),
         "dispatching; SIGINT or SIGTERM detaches"
     );
-    tokio::select! {
-        r = wait_for_shutdown() => r?,
-        r = service::run(config.service.port, &pin_dir) => r?,
+    let mut maps = attached.maps_handle()?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let service = service::run(config.service.port, &pin_dir);
+    tokio::pin!(service);
+    loop {
+        tokio::select! {
+            r = wait_for_shutdown() => { r?; break; }
+            r = &mut service => { r?; break; }
+            _ = hup.recv() => reload(&opts, &mut maps),
+        }
     }
     if opts.keep_attached {
         info!(pins = %pin_dir.display(), "exiting; the data plane stays attached (--keep-attached)");
@@ -89,6 +96,16 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
     info!("shutting down");
     attached.detach()
+}
+
+/// SIGHUP: re-read the config and apply the difference. A bad config is
+/// reported and changes nothing.
+fn reload(opts: &RunOptions, maps: &mut crate::data_plane::Maps) {
+    let result = effective_config(opts).and_then(|config| control::reconcile(maps, &config));
+    match result {
+        Ok(()) => info!("SIGHUP: configuration reloaded"),
+        Err(e) => warn!("SIGHUP: configuration not reloaded, the running one stays: {e:#}"),
+    }
 }
 
 async fn wait_for_shutdown() -> Result<()> {

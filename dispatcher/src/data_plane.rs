@@ -320,6 +320,11 @@ impl Attached {
         Ok(Attached { link, maps, iface: iface.to_string(), mode: None, pin_dir: pin_dir.to_path_buf(), _lock: lock })
     }
 
+    /// Another handle on the same maps (for a task of its own).
+    pub fn maps_handle(&self) -> Result<Maps> {
+        Maps::from_pins(&self.pin_dir)
+    }
+
     /// Detaches the program and removes the pins.
     pub fn detach(self) -> Result<()> {
         let Attached { link, pin_dir, iface, maps, _lock, .. } = self;

@@ -85,6 +85,15 @@ enum Command {
         #[command(subcommand)]
         action: WorkflowsCmd,
     },
+    /// Apply a config file to a running data plane: only the difference
+    /// changes (the daemon does the same with its own config on SIGHUP).
+    Reload {
+        /// The config to apply.
+        #[arg(long)]
+        config: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Typed dump of the pinned maps of a running data plane.
     Maps {
         #[command(subcommand)]
@@ -289,6 +298,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Functions { action } => functions_cmd(&cli.bpffs, action)?,
         Command::Workers { action } => workers_cmd(&cli.bpffs, action)?,
         Command::Workflows { action } => workflows_cmd(&cli.bpffs, action)?,
+        Command::Reload { config, target } => {
+            let config = dispatcher::config::Config::load(&config)?;
+            control::reconcile(&mut open(&cli.bpffs, &target)?, &config)?;
+            eprintln!("applied");
+        }
         Command::Maps { action: MapsCmd::Dump { name, target } } => maps_dump(&cli.bpffs, name.as_deref(), &target)?,
         Command::Serve { listen, functions, dispatcher } => {
             tokio_runtime()?.block_on(async {

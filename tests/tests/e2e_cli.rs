@@ -105,10 +105,75 @@ fn cli_changes_workers_functions_and_workflows_of_a_running_data_plane() {
     assert_eq!(dump["workflows"][0]["steps"], serde_json::json!([1, 2]), "{dump}");
     assert!(dump["counters"].as_array().unwrap().iter().any(|c| c["counter"] == "dispatched_request" && c["packets"] == 12), "{dump}");
 
-    // A workflow invoked through XDP: step 0 on function 1 (w2); echo is
-    // not a workflow-aware worker, so it answers the client at once.
-    assert_eq!(bed.invoke(100, 1), HashMap::from([(a2.clone(), 1)]));
+    // A workflow invoked through XDP: step 0 runs on function 1's worker
+    // (w2), which was started without --dispatcher, so it cannot pass the
+    // step on and answers the client with ERROR 6, saying so.
+    let out = bed.tb.exec(&bed.client, &bed.bin, &["invoke", "--to", &format!("{}:7770", bed.dsp.ip), "100", "x"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("ERROR 6 from {a2}")) && stderr.contains("--dispatcher"), "{stderr}");
     bed.ok(&["workflows", "rm", "100"]);
     bed.ok(&["functions", "rm", "2"]);
     assert!(!bed.ok(&["functions", "list"]).contains("hash"));
+}
+
+/// SIGHUP re-reads the config and applies the difference; a broken config
+/// changes nothing; `dispatcher reload --config` applies a file directly.
+#[test]
+fn reload_applies_only_the_difference() {
+    let bin = dispatcher_bin();
+    let mut tb = Testbed::new("reload");
+    let dsp = tb.add_host("dsp", 1);
+    let client = tb.add_host("client", 2);
+    let w1 = tb.add_host("w1", 10);
+    let w2 = tb.add_host("w2", 11);
+    tb.enable_xdp_tx(&dsp);
+    let vip = dsp.ip;
+    let conf = move |workers: &[&Host], extra: &str| {
+        let list: Vec<String> = workers.iter().map(|w| format!("{{ addr = \"{}:9000\", mac = \"{}\" }}", w.ip, w.mac_string())).collect();
+        format!("[service]\naddresses = [\"{}\"]\n\n[[functions]]\nid = 1\nworkers = [{}]\n{extra}", vip, list.join(", "))
+    };
+    let path = tb.write_file("dispatcher.toml", &conf(&[&w1], ""));
+    let _workers: Vec<_> = [&w1, &w2]
+        .iter()
+        .map(|w| tb.spawn(w, &w.role, &bin, &["serve", "--listen", &format!("{}:9000", w.ip), "--functions", "echo"]))
+        .collect();
+    let mut dispatcher = tb.spawn(&dsp, "dispatcher", &bin, &["run", "--iface", "eth0", "--config", path.to_str().unwrap()]);
+    for w in [&w1, &w2] {
+        tb.wait_for_udp_port(w, 9000, Duration::from_secs(10));
+    }
+    tb.wait_for_data_plane(&dsp, &mut dispatcher, Duration::from_secs(20));
+    let bed = Bed { tb, dsp, client, bin };
+    let a1 = format!("{}:9000", w1.ip);
+    let a2 = format!("{}:9000", w2.ip);
+    assert_eq!(bed.invoke(1, 2), HashMap::from([(a1.clone(), 2)]));
+
+    let hup = |pid: u32| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGHUP).unwrap();
+    let wait_for_log = |needle: &str, count: usize| {
+        for _ in 0..100 {
+            if dispatcher.log().matches(needle).count() >= count {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no `{needle}` in the log:\n{}", dispatcher.log());
+    };
+
+    // Function 1 moves to w2; function 2 appears.
+    bed.tb.write_file("dispatcher.toml", &conf(&[&w2], "\n[[functions]]\nid = 2\n"));
+    hup(dispatcher.pid());
+    wait_for_log("configuration reloaded", 1);
+    assert_eq!(bed.invoke(1, 2), HashMap::from([(a2.clone(), 2)]));
+    assert!(bed.ok(&["functions", "list"]).lines().any(|l| l.starts_with("2 ")));
+
+    // A broken config: reported, nothing changes.
+    bed.tb.write_file("dispatcher.toml", "[service]\naddresses = []\n");
+    hup(dispatcher.pid());
+    wait_for_log("configuration not reloaded", 1);
+    assert_eq!(bed.invoke(1, 1), HashMap::from([(a2.clone(), 1)]));
+
+    // `dispatcher reload --config`: function 2 goes, function 1 back to w1.
+    let other = bed.tb.write_file("other.toml", &conf(&[&w1], ""));
+    bed.ok(&["reload", "--config", other.to_str().unwrap()]);
+    assert_eq!(bed.invoke(1, 2), HashMap::from([(a1.clone(), 2)]));
+    assert!(!bed.ok(&["functions", "list"]).lines().any(|l| l.starts_with("2 ")));
 }
