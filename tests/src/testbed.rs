@@ -28,6 +28,22 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// The /24 every testbed uses inside its own namespaces.
 pub const SUBNET: [u8; 3] = [10, 99, 0];
+/// The port reference workers listen on in testbeds.
+pub const WORKER_PORT: u16 = 9000;
+
+/// A config for a dispatcher at `vip`: each function with its workers
+/// (at WORKER_PORT), then `extra` TOML.
+pub fn config(vip: Ipv4Addr, functions: &[(u32, &[&Host])], extra: &str) -> String {
+    let mut out = format!("[service]\naddresses = [\"{vip}\"]\n");
+    for (id, workers) in functions {
+        let list: Vec<String> = workers
+            .iter()
+            .map(|w| format!("{{ addr = \"{}:{WORKER_PORT}\", mac = \"{}\" }}", w.ip, w.mac_string()))
+            .collect();
+        out += &format!("\n[[functions]]\nid = {id}\nworkers = [{}]\n", list.join(", "));
+    }
+    out + extra
+}
 
 /// One host of a testbed.
 #[derive(Clone, Debug)]
@@ -291,6 +307,28 @@ impl Testbed {
             }
         }
         out
+    }
+
+    /// Starts the reference worker on `worker` (port 9000) serving
+    /// `functions`, with `extra` arguments, and waits until it listens.
+    pub fn serve(&self, worker: &Host, functions: &str, extra: &[&str]) -> Process {
+        let listen = format!("{}:{WORKER_PORT}", worker.ip);
+        let mut args = vec!["serve", "--listen", &listen, "--functions", functions];
+        args.extend_from_slice(extra);
+        let process = self.spawn(worker, &worker.role, &dispatcher_bin(), &args);
+        self.wait_for_udp_port(worker, WORKER_PORT, Duration::from_secs(10));
+        process
+    }
+
+    /// Starts `dispatcher run --iface eth0 --config CONFIG EXTRA` on `dsp`
+    /// under `name`, and waits until its data plane is up.
+    pub fn run_dispatcher(&self, dsp: &Host, name: &str, config: &Path, extra: &[&str]) -> Process {
+        let config = config.to_str().expect("UTF-8 path");
+        let mut args = vec!["run", "--iface", "eth0", "--config", config];
+        args.extend_from_slice(extra);
+        let mut process = self.spawn(dsp, name, &dispatcher_bin(), &args);
+        self.wait_for_data_plane(dsp, &mut process, Duration::from_secs(20));
+        process
     }
 
     /// Writes a file into the testbed's scratch directory.

@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use tests::testbed::{dispatcher_bin, Host, Testbed};
+use tests::testbed::{config, dispatcher_bin, Host, Testbed};
 
 struct Bed {
     tb: Testbed,
@@ -43,31 +43,16 @@ impl Bed {
 
 #[test]
 fn cli_changes_workers_functions_and_workflows_of_a_running_data_plane() {
-    let bin = dispatcher_bin();
     let mut tb = Testbed::new("cli");
     let dsp = tb.add_host("dsp", 1);
     let client = tb.add_host("client", 2);
     let w1 = tb.add_host("w1", 10);
     let w2 = tb.add_host("w2", 11);
     tb.enable_xdp_tx(&dsp);
-    let config = tb.write_file(
-        "dispatcher.toml",
-        &format!(
-            "[service]\naddresses = [\"{}\"]\n\n[[functions]]\nid = 1\nworkers = [{{ addr = \"{}:9000\", mac = \"{}\" }}]\n",
-            dsp.ip,
-            w1.ip,
-            w1.mac_string()
-        ),
-    );
-    let _workers: Vec<_> = [&w1, &w2]
-        .iter()
-        .map(|w| tb.spawn(w, &w.role, &bin, &["serve", "--listen", &format!("{}:9000", w.ip), "--functions", "echo"]))
-        .collect();
-    let mut dispatcher = tb.spawn(&dsp, "dispatcher", &bin, &["run", "--iface", "eth0", "--config", config.to_str().unwrap()]);
-    for w in [&w1, &w2] {
-        tb.wait_for_udp_port(w, 9000, Duration::from_secs(10));
-    }
-    tb.wait_for_data_plane(&dsp, &mut dispatcher, Duration::from_secs(20));
+    let conf = tb.write_file("dispatcher.toml", &config(dsp.ip, &[(1, &[&w1])], ""));
+    let _workers = [tb.serve(&w1, "echo", &[]), tb.serve(&w2, "echo", &[])];
+    let _dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &conf, &[]);
+    let bin = dispatcher_bin();
     let bed = Bed { tb, dsp, client, bin };
     let a1 = format!("{}:9000", w1.ip);
     let a2 = format!("{}:9000", w2.ip);
@@ -120,7 +105,6 @@ fn cli_changes_workers_functions_and_workflows_of_a_running_data_plane() {
 /// changes nothing; `dispatcher reload --config` applies a file directly.
 #[test]
 fn reload_applies_only_the_difference() {
-    let bin = dispatcher_bin();
     let mut tb = Testbed::new("reload");
     let dsp = tb.add_host("dsp", 1);
     let client = tb.add_host("client", 2);
@@ -128,20 +112,11 @@ fn reload_applies_only_the_difference() {
     let w2 = tb.add_host("w2", 11);
     tb.enable_xdp_tx(&dsp);
     let vip = dsp.ip;
-    let conf = move |workers: &[&Host], extra: &str| {
-        let list: Vec<String> = workers.iter().map(|w| format!("{{ addr = \"{}:9000\", mac = \"{}\" }}", w.ip, w.mac_string())).collect();
-        format!("[service]\naddresses = [\"{}\"]\n\n[[functions]]\nid = 1\nworkers = [{}]\n{extra}", vip, list.join(", "))
-    };
+    let conf = move |workers: &[&Host], extra: &str| config(vip, &[(1, workers)], extra);
     let path = tb.write_file("dispatcher.toml", &conf(&[&w1], ""));
-    let _workers: Vec<_> = [&w1, &w2]
-        .iter()
-        .map(|w| tb.spawn(w, &w.role, &bin, &["serve", "--listen", &format!("{}:9000", w.ip), "--functions", "echo"]))
-        .collect();
-    let mut dispatcher = tb.spawn(&dsp, "dispatcher", &bin, &["run", "--iface", "eth0", "--config", path.to_str().unwrap()]);
-    for w in [&w1, &w2] {
-        tb.wait_for_udp_port(w, 9000, Duration::from_secs(10));
-    }
-    tb.wait_for_data_plane(&dsp, &mut dispatcher, Duration::from_secs(20));
+    let _workers = [tb.serve(&w1, "echo", &[]), tb.serve(&w2, "echo", &[])];
+    let dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &path, &[]);
+    let bin = dispatcher_bin();
     let bed = Bed { tb, dsp, client, bin };
     let a1 = format!("{}:9000", w1.ip);
     let a2 = format!("{}:9000", w2.ip);

@@ -1,14 +1,15 @@
 //! `cargo xtask run` with no arguments: a demonstration on a namespace
 //! testbed. A client sends requests to the dispatcher's service address;
 //! the XDP program on the dispatcher's interface rewrites each toward its
-//! function's worker; the workers answer the client directly. Then the
-//! data plane's counters, and everything is removed again.
+//! function's worker; the workers answer the client directly. A two-step
+//! workflow runs through the kernel too. Then the CLI's view of the data
+//! plane, and everything is removed again.
 
-use std::{path::Path, time::Duration};
+use std::path::Path;
 
-use tests::testbed::{dispatcher_bin, Testbed};
+use tests::testbed::{config, dispatcher_bin, Testbed};
 
-const REQUESTS_PER_FUNCTION: usize = 5;
+const ROUNDS: usize = 3;
 
 fn main() {
     let bin = dispatcher_bin();
@@ -19,43 +20,38 @@ fn main() {
     let workers = [tb.add_host("worker-a", 10), tb.add_host("worker-b", 11)];
     tb.enable_xdp_tx(&dsp);
 
-    let mut config = format!("[service]\naddresses = [\"{}\"]\nport = 7770\n", dsp.ip);
-    for (i, w) in workers.iter().enumerate() {
-        config += &format!(
-            "\n[[functions]]\nid = {}\nworkers = [{{ addr = \"{}:9000\", mac = \"{}\" }}]\n",
-            i + 1,
-            w.ip,
-            w.mac_string()
-        );
-    }
+    let [wa, wb] = [&workers[0], &workers[1]];
+    let config = config(dsp.ip, &[(1, &[wa]), (2, &[wb])], "\n[[workflows]]\nid = 100\nsteps = [1, 2]\n");
     let config_path = tb.write_file("dispatcher.toml", &config);
     println!("== dispatcher config ({}):\n{config}", config_path.display());
+    let service = format!("{}:7770", dsp.ip);
+    println!("== workers: function 1 = upper on {}, function 2 = reverse on {}", wa.ip, wb.ip);
+    let _workers = [tb.serve(wa, "upper", &["--dispatcher", &service]), tb.serve(wb, "reverse", &["--dispatcher", &service])];
+    let mut dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &config_path, &[]);
+    println!("== dispatcher attached to {}:eth0 ({}), service {service}\n", dsp.ns, dsp.ip);
 
-    let _workers: Vec<_> = workers
-        .iter()
-        .map(|w| tb.spawn(w, &w.role, &bin, &["serve", "--listen", &format!("{}:9000", w.ip), "--functions", "echo"]))
-        .collect();
-    for w in &workers {
-        tb.wait_for_udp_port(w, 9000, Duration::from_secs(10));
+    let invoke = |id: &str, payload: &str| {
+        let out = tb.exec(&client, &bin, &["invoke", "--to", &service, id, payload]);
+        let how = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        println!("client -> {service} id {id} {payload:?}: {how}: {answer:?}");
+    };
+    for round in 0..ROUNDS {
+        invoke("1", &format!("request {round} for function 1"));
+        invoke("2", &format!("request {round} for function 2"));
     }
-    let mut dispatcher = tb.spawn(&dsp, "dispatcher", &bin, &["run", "--iface", "eth0", "--config", config_path.to_str().unwrap()]);
-    tb.wait_for_data_plane(&dsp, &mut dispatcher, Duration::from_secs(20));
-    println!("== dispatcher attached to {}:eth0 ({}), service {}:7770\n", dsp.ns, dsp.ip, dsp.ip);
+    println!("\n== workflow 100 (function 1, then 2): each STEP is dispatched by XDP; the last worker answers");
+    invoke("100", "hello workflow");
 
-    let to = format!("{}:7770", dsp.ip);
-    for round in 0..REQUESTS_PER_FUNCTION {
-        for function in 1..=workers.len() {
-            let payload = format!("request {round} for function {function}");
-            let out = tb.exec(&client, &bin, &["invoke", "--to", &to, &function.to_string(), &payload]);
-            let how = String::from_utf8_lossy(&out.stderr).trim().to_string();
-            let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            println!("client -> {to} function {function}: {how}: {answer:?}");
-        }
+    for (title, args) in [
+        ("functions", &["functions", "list"][..]),
+        ("workers", &["workers", "list"][..]),
+        ("data plane counters (dispatcher stats)", &["stats"][..]),
+    ] {
+        println!("\n== {title}");
+        let out = tb.exec(&dsp, &bin, args);
+        print!("{}", String::from_utf8_lossy(&out.stdout));
     }
-
-    println!("\n== data plane counters (dispatcher stats)");
-    let stats = tb.exec(&dsp, &bin, &["stats"]);
-    print!("{}", String::from_utf8_lossy(&stats.stdout));
 
     println!("\n== stopping: the dispatcher detaches on SIGTERM; the testbed removes its namespaces");
     let clean = dispatcher.stop();
