@@ -358,10 +358,10 @@ fn workers_cmd(bpffs: &Path, action: WorkersCmd) -> Result<()> {
     match action {
         WorkersCmd::List { function, target } => render(&inspect::workers(&open(bpffs, &target)?, function)?, target.json),
         WorkersCmd::Add { worker, mac, weight, target } => {
-            let mac = match mac {
-                Some(m) => Some(m.parse().map_err(|_| anyhow::anyhow!("--mac {m}: not a MAC address (write it as 02:00:00:00:00:0a)"))?),
-                None => None,
+            let Some(mac) = mac else {
+                anyhow::bail!("--mac is required: the worker's MAC, or its gateway's for a worker off the local network (`ip neigh` shows them)");
             };
+            let mac = Some(mac.parse().map_err(|_| anyhow::anyhow!("--mac {mac}: not a MAC address (write it as 02:00:00:00:00:0a)"))?);
             let w = WorkerConfig { addr: worker.addr, mac, weight }.to_map(worker.function)?;
             if weight == 0 {
                 anyhow::bail!("--weight 0: use 1 or more (drain a worker to stop its requests)");

@@ -1,0 +1,53 @@
+//! `dispatcher` tells the operator what is wrong and what to do, and exits
+//! non-zero: a missing interface, an unreadable or invalid config, missing
+//! privileges, bad arguments. No testbed needed; runs as root (the
+//! privilege case drops to an unprivileged user itself).
+
+use std::process::{Command, Output};
+
+use tests::testbed::dispatcher_bin;
+
+fn run(args: &[&str]) -> Output {
+    Command::new(dispatcher_bin()).args(args).env("DISPATCHER_BPFFS", "/tmp/dispatcher-cli-errors-bpffs").output().expect("run dispatcher")
+}
+
+fn fails_saying(args: &[&str], needle: &str) {
+    let out = run(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert!(stderr.contains(needle), "{args:?}: expected `{needle}` in:\n{stderr}");
+}
+
+#[test]
+fn run_errors_name_the_problem_and_the_fix() {
+    let dir = std::env::temp_dir().join(format!("dispatcher-cli-errors-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.toml");
+    std::fs::write(&good, "[service]\naddresses = [\"10.0.0.1\"]\n").unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[service]\naddresses = [\"10.0.0.1\"]\n[[functions]]\nid = 1\npolicy = \"fastest\"\n").unwrap();
+    let good = good.to_str().unwrap();
+
+    fails_saying(&["run", "--iface", "nosuch0", "--config", good], "interface nosuch0 not found (`ip link` shows the names)");
+    fails_saying(&["run", "--iface", "lo", "--config", "/nonexistent/dispatcher.toml"], "cannot read config /nonexistent/dispatcher.toml");
+    fails_saying(&["run", "--iface", "lo", "--config", bad.to_str().unwrap()], "unknown variant `fastest`");
+    fails_saying(&["run", "--iface", "lo"], "service.addresses is empty");
+    fails_saying(&["run", "--iface", "lo", "--vip", "10.0.0.1", "--mode", "turbo"], "invalid value 'turbo' for '--mode");
+    fails_saying(&["stats"], "no data plane is pinned under");
+    fails_saying(&["workers", "add", "--function", "1", "--addr", "10.0.0.2:9000"], "--mac is required");
+    fails_saying(&["workers", "add", "--function", "1", "--addr", "10.0.0.2:9000", "--mac", "zz"], "--mac zz: not a MAC address");
+    fails_saying(&["workers", "add", "--function", "1", "--addr", "10.0.0.2", "--mac", "02:00:00:00:00:01"], "invalid value '10.0.0.2' for '--addr");
+    fails_saying(&["workers", "add", "--function", "1", "--addr", "10.0.0.2:9000", "--mac", "02:00:00:00:00:01"], "no data plane is pinned");
+
+    // Without privileges: an unprivileged user, no capabilities.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .arg(dispatcher_bin())
+        .args(["run", "--iface", "lo", "--config", good])
+        .output()
+        .expect("setpriv (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("needs root, or the capabilities CAP_BPF and CAP_NET_ADMIN"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
