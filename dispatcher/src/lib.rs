@@ -18,6 +18,7 @@ pub mod control;
 pub mod daemon;
 pub mod inspect;
 pub mod data_plane;
+pub mod pktgen;
 pub mod privileges;
 pub mod service;
 pub mod stats;

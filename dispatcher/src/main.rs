@@ -111,6 +111,41 @@ enum Command {
         /// The dispatcher's service address: where workflow steps go on.
         #[arg(long)]
         dispatcher: Option<SocketAddr>,
+        /// Answer each request this many microseconds late (a known delay,
+        /// for checking latency meters).
+        #[arg(long, default_value_t = 0)]
+        delay_us: u64,
+    },
+    /// Open-loop load generator and latency meter: requests on a fixed
+    /// schedule, answers matched by request_id, HDR-histogram percentiles.
+    Pktgen {
+        /// Where to send: the dispatcher's service address (or a worker).
+        #[arg(long)]
+        to: SocketAddr,
+        /// Requests per second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        /// Seconds to send for.
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        /// Function mix: ID[:WEIGHT],... (default: function 1).
+        #[arg(long, default_value = "1")]
+        functions: String,
+        /// Payload bytes after the 48-byte header.
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        /// Milliseconds to wait for answers after the last send.
+        #[arg(long, default_value_t = 1000)]
+        drain_ms: u64,
+        /// Datagrams per sendmmsg/recvmmsg call.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+        /// Use the kernel's pktgen (/proc/net/pktgen) instead.
+        #[arg(long)]
+        kernel: bool,
     },
     /// Send one request and print the answer and its latency.
     Invoke {
@@ -304,13 +339,56 @@ fn run(cli: Cli) -> Result<ExitCode> {
             eprintln!("applied");
         }
         Command::Maps { action: MapsCmd::Dump { name, target } } => maps_dump(&cli.bpffs, name.as_deref(), &target)?,
-        Command::Serve { listen, functions, dispatcher } => {
+        Command::Serve { listen, functions, dispatcher, delay_us } => {
+            let delay = Duration::from_micros(delay_us);
             tokio_runtime()?.block_on(async {
                 tokio::select! {
-                    r = worker::serve(listen, functions, dispatcher) => r,
+                    r = worker::serve(listen, functions, dispatcher, delay) => r,
                     _ = tokio::signal::ctrl_c() => Ok(()),
                 }
             })?;
+        }
+        Command::Pktgen { to, rate, duration, functions, payload, drain_ms, batch, json, kernel } => {
+            if kernel {
+                if !Path::new("/proc/net/pktgen").exists() {
+                    anyhow::bail!(
+                        "the kernel's pktgen is not available here (no /proc/net/pktgen: `modprobe pktgen` loads it where the module exists); \
+                         run without --kernel to use the built-in generator"
+                    );
+                }
+                anyhow::bail!("--kernel: driving /proc/net/pktgen is not implemented yet; run without --kernel");
+            }
+            let opts = dispatcher::pktgen::Options {
+                to,
+                rate,
+                duration: Duration::from_secs_f64(duration),
+                mix: dispatcher::pktgen::parse_mix(&functions)?,
+                payload,
+                drain: Duration::from_millis(drain_ms),
+                batch: batch.clamp(1, 1024),
+            };
+            let bar = (!json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
+                let bar = indicatif::ProgressBar::new(0);
+                bar.set_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} requests {per_sec}").expect("valid template"));
+                bar
+            });
+            let report = dispatcher::pktgen::run(&opts, |sent, total| {
+                if let Some(bar) = &bar {
+                    bar.set_length(total);
+                    bar.set_position(sent);
+                }
+            })?;
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+            if let Some(w) = report.warning() {
+                eprintln!("{w}");
+            }
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", report.text());
+            }
         }
         Command::Invoke { to, function_id, payload, timeout_ms } => {
             let answer = client::invoke(to, function_id, payload.as_bytes(), Duration::from_millis(timeout_ms))?;

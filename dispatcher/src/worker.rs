@@ -146,18 +146,29 @@ pub fn handle(
 }
 
 /// Serves until the task is cancelled. `service` is the dispatcher's
-/// address, where workflow steps go on.
-pub async fn serve(listen: SocketAddr, table: FunctionTable, service: Option<SocketAddr>) -> Result<()> {
-    let socket = UdpSocket::bind(listen)
+/// address, where workflow steps go on. With a `delay`, each answer leaves
+/// that much later (requests are still taken as they come).
+pub async fn serve(listen: SocketAddr, table: FunctionTable, service: Option<SocketAddr>, delay: std::time::Duration) -> Result<()> {
+    let socket = std::sync::Arc::new(UdpSocket::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on {listen} (is the address on an interface, the port free?)"))?;
+        .with_context(|| format!("cannot listen on {listen} (is the address on an interface, the port free?)"))?);
     info!(%listen, "worker serving");
     let mut buf = vec![0u8; 65536];
     loop {
         let (n, source) = socket.recv_from(&mut buf).await?;
         if let Some((answer, to)) = handle(&table, service, &buf[..n], source) {
-            if let Err(e) = socket.send_to(&answer.to_bytes(), to).await {
-                warn!(%to, "cannot send answer: {e}");
+            if delay.is_zero() {
+                if let Err(e) = socket.send_to(&answer.to_bytes(), to).await {
+                    warn!(%to, "cannot send answer: {e}");
+                }
+            } else {
+                let socket = socket.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    if let Err(e) = socket.send_to(&answer.to_bytes(), to).await {
+                        warn!(%to, "cannot send answer: {e}");
+                    }
+                });
             }
         }
     }

@@ -43,6 +43,10 @@ fn main() {
     println!("\n== workflow 100 (function 1, then 2): each STEP is dispatched by XDP; the last worker answers");
     invoke("100", "hello workflow");
 
+    println!("\n== pktgen: 2,000 requests/s for 2 s through the XDP dispatcher (open loop, latency from the scheduled send time)");
+    let out = tb.exec(&client, &bin, &["pktgen", "--to", &service, "--rate", "2000", "--duration", "2", "--functions", "1,2"]);
+    print!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+
     for (title, args) in [
         ("functions", &["functions", "list"][..]),
         ("workers", &["workers", "list"][..]),
