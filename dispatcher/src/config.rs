@@ -47,6 +47,27 @@ pub struct Config {
     pub workflows: Vec<WorkflowConfig>,
     #[serde(default)]
     pub egress: Egress,
+    /// Heartbeats and health checking; none without this section.
+    pub health: Option<HealthConfig>,
+}
+
+/// `[health]`: where workers send heartbeats (docs/control-protocol.md).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Address and UDP port the daemon receives heartbeats on.
+    pub listen: SocketAddr,
+    /// The shared key heartbeats are authenticated with (HMAC-SHA256).
+    pub key: String,
+    /// Only workers in these networks may send heartbeats.
+    pub networks: Vec<ipnet::IpNet>,
+    /// A worker silent this long is marked down.
+    #[serde(default = "default_down_after_ms")]
+    pub down_after_ms: u64,
+}
+
+fn default_down_after_ms() -> u64 {
+    1000
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -220,6 +241,17 @@ impl Config {
                 w.to_map(f.id)?;
             }
         }
+        if let Some(h) = &self.health {
+            if h.key.len() < 16 {
+                bail!("health.key: {} characters is too short to authenticate anything: use 16 or more", h.key.len());
+            }
+            if h.networks.is_empty() {
+                bail!("health.networks is empty: list the networks workers send heartbeats from (e.g. \"10.0.0.0/24\")");
+            }
+            if h.down_after_ms < 50 {
+                bail!("health.down_after_ms: {} ms would mark workers down between heartbeats; use 50 or more", h.down_after_ms);
+            }
+        }
         if self.workflows.len() > MAX_WORKFLOWS as usize {
             bail!("workflows: at most {MAX_WORKFLOWS} workflows are supported");
         }
@@ -296,6 +328,12 @@ mod tests {
         assert!(err(missing).contains("runs function 2, which is not in [[functions]]"));
         let long = "[service]\naddresses = [\"10.0.0.1\"]\n[[functions]]\nid = 1\n[[workflows]]\nid = 9\nsteps = [1,1,1,1,1,1,1,1,1]";
         assert!(err(long).contains("has 9 steps"));
+        let health = |key: &str, nets: &str, down: u64| format!("[service]\naddresses = [\"10.0.0.1\"]\n[health]\nlisten = \"10.0.0.1:7771\"\nkey = \"{key}\"\nnetworks = [{nets}]\ndown_after_ms = {down}");
+        assert!(Config::parse(&health("0123456789abcdef", "\"10.0.0.0/24\"", 500)).is_ok());
+        assert!(err(&health("short", "\"10.0.0.0/24\"", 500)).contains("health.key"));
+        assert!(err(&health("0123456789abcdef", "", 500)).contains("health.networks is empty"));
+        assert!(err(&health("0123456789abcdef", "\"10.0.0.0/33\"", 500)).contains("invalid IP address"));
+        assert!(err(&health("0123456789abcdef", "\"10.0.0.0/24\"", 10)).contains("health.down_after_ms"));
         let bad_mac = "[service]\naddresses = [\"10.0.0.1\"]\n[[functions]]\nid = 1\nworkers = [{ addr = \"10.0.0.2:1\", mac = \"02:00\" }]";
         assert!(err(bad_mac).contains("`02:00` is not a MAC address"));
     }

@@ -11,7 +11,7 @@ use crate::{
     bpffs,
     config::{Config, Service},
     data_plane::{interface_mac, Attached, Mode},
-    control, privileges, service,
+    control, health, privileges, service,
 };
 
 /// Everything `dispatcher run` is told on its command line.
@@ -42,6 +42,7 @@ pub fn effective_config(opts: &RunOptions) -> Result<Config> {
             functions: Vec::new(),
             workflows: Vec::new(),
             egress: Default::default(),
+            health: None,
         },
     };
     for vip in &opts.vips {
@@ -83,10 +84,22 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let service = service::run(config.service.port, &pin_dir);
     tokio::pin!(service);
+    let health_maps = match config.health {
+        Some(_) => Some(attached.maps_handle()?),
+        None => None,
+    };
+    let health = async {
+        match (config.health.clone(), health_maps) {
+            (Some(h), Some(maps)) => health::run(h, maps).await,
+            _ => std::future::pending().await,
+        }
+    };
+    tokio::pin!(health);
     loop {
         tokio::select! {
             r = wait_for_shutdown() => { r?; break; }
             r = &mut service => { r?; break; }
+            r = &mut health => { r?; break; }
             _ = hup.recv() => reload(&opts, &mut maps),
         }
     }

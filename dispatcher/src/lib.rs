@@ -16,6 +16,8 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod health;
+pub mod heartbeat;
 pub mod inspect;
 pub mod data_plane;
 pub mod pktgen;

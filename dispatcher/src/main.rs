@@ -115,6 +115,19 @@ enum Command {
         /// for checking latency meters).
         #[arg(long, default_value_t = 0)]
         delay_us: u64,
+        /// Send heartbeats with this worker's load to the dispatcher's
+        /// health address (its config's [health] listen).
+        #[arg(long, requires = "heartbeat_key")]
+        heartbeat_to: Option<SocketAddr>,
+        /// The shared key of [health] (or DISPATCHER_HEARTBEAT_KEY).
+        #[arg(long, env = "DISPATCHER_HEARTBEAT_KEY", hide_env_values = true)]
+        heartbeat_key: Option<String>,
+        /// Milliseconds between heartbeats.
+        #[arg(long, default_value_t = 200)]
+        heartbeat_ms: u64,
+        /// Requests this worker can hold (reported; 0 = unknown).
+        #[arg(long, default_value_t = 0)]
+        capacity: u32,
     },
     /// Open-loop load generator and latency meter: requests on a fixed
     /// schedule, answers matched by request_id, HDR-histogram percentiles.
@@ -339,12 +352,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             eprintln!("applied");
         }
         Command::Maps { action: MapsCmd::Dump { name, target } } => maps_dump(&cli.bpffs, name.as_deref(), &target)?,
-        Command::Serve { listen, functions, dispatcher, delay_us } => {
+        Command::Serve { listen, functions, dispatcher, delay_us, heartbeat_to, heartbeat_key, heartbeat_ms, capacity } => {
             let delay = Duration::from_micros(delay_us);
+            let heartbeats = heartbeat_to.map(|to| worker::HeartbeatTarget {
+                to,
+                key: heartbeat_key.unwrap_or_default(),
+                interval: Duration::from_millis(heartbeat_ms.max(10)),
+                capacity,
+            });
             tokio_runtime()?.block_on(async {
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
                 tokio::select! {
-                    r = worker::serve(listen, functions, dispatcher, delay) => r,
+                    r = worker::serve(listen, functions, dispatcher, delay, heartbeats) => r,
                     _ = tokio::signal::ctrl_c() => Ok(()),
+                    _ = term.recv() => Ok(()),
                 }
             })?;
         }

@@ -3,7 +3,12 @@
 //! through the dispatcher; inside a workflow it hands its output on to the
 //! next step by sending a STEP to the dispatcher's service address.
 
-use std::{collections::HashMap, net::SocketAddr, str::FromStr};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    str::FromStr,
+    sync::atomic::{AtomicU32, Ordering},
+};
 
 use anyhow::{bail, Context as _, Result};
 use dispatcher_common::protocol::{error_code, flags, kind};
@@ -145,10 +150,57 @@ pub fn handle(
     }
 }
 
+/// Where and how a worker reports heartbeats (see heartbeat.rs).
+#[derive(Clone, Debug)]
+pub struct HeartbeatTarget {
+    pub to: SocketAddr,
+    pub key: String,
+    pub interval: std::time::Duration,
+    pub capacity: u32,
+}
+
+/// Sends a heartbeat carrying the in-flight count every interval.
+async fn send_heartbeats(listen: SocketAddr, target: HeartbeatTarget, in_flight: std::sync::Arc<AtomicU32>) -> Result<()> {
+    let bind: SocketAddr = if target.to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
+    let socket = UdpSocket::bind(bind).await?;
+    let mut tick = tokio::time::interval(target.interval);
+    loop {
+        tick.tick().await;
+        let hb = crate::heartbeat::Heartbeat {
+            worker: listen,
+            in_flight: in_flight.load(Ordering::Relaxed),
+            capacity: target.capacity,
+            sent_ns: crate::heartbeat::now_ns(),
+        };
+        if let Err(e) = socket.send_to(&hb.encode(target.key.as_bytes()), target.to).await {
+            warn!(to = %target.to, "cannot send heartbeat: {e}");
+        }
+    }
+}
+
 /// Serves until the task is cancelled. `service` is the dispatcher's
 /// address, where workflow steps go on. With a `delay`, each answer leaves
-/// that much later (requests are still taken as they come).
-pub async fn serve(listen: SocketAddr, table: FunctionTable, service: Option<SocketAddr>, delay: std::time::Duration) -> Result<()> {
+/// that much later (requests are still taken as they come). With
+/// `heartbeats`, reports liveness and load to the dispatcher's daemon.
+pub async fn serve(
+    listen: SocketAddr,
+    table: FunctionTable,
+    service: Option<SocketAddr>,
+    delay: std::time::Duration,
+    heartbeats: Option<HeartbeatTarget>,
+) -> Result<()> {
+    let in_flight = std::sync::Arc::new(AtomicU32::new(0));
+    if let Some(target) = heartbeats {
+        if listen.ip().is_unspecified() {
+            bail!("--heartbeat-to needs --listen on the worker's own address (the one the dispatcher's config names), not {}", listen.ip());
+        }
+        let in_flight = in_flight.clone();
+        tokio::spawn(async move {
+            if let Err(e) = send_heartbeats(listen, target, in_flight).await {
+                warn!("heartbeats stopped: {e:#}");
+            }
+        });
+    }
     let socket = std::sync::Arc::new(UdpSocket::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (is the address on an interface, the port free?)"))?);
@@ -163,11 +215,14 @@ pub async fn serve(listen: SocketAddr, table: FunctionTable, service: Option<Soc
                 }
             } else {
                 let socket = socket.clone();
+                let in_flight = in_flight.clone();
+                in_flight.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
                     if let Err(e) = socket.send_to(&answer.to_bytes(), to).await {
                         warn!(%to, "cannot send answer: {e}");
                     }
+                    in_flight.fetch_sub(1, Ordering::Relaxed);
                 });
             }
         }

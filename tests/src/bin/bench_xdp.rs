@@ -52,6 +52,7 @@ fn config(policy: Policy, functions: usize, workers: usize, v6: bool) -> Config 
         functions: (1..=functions as u32).map(|id| FunctionConfig { id, policy, workers: ws.clone() }).collect(),
         workflows: Vec::new(),
         egress: Default::default(),
+        health: None,
     }
 }
 

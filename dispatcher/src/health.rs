@@ -1,0 +1,159 @@
+//! Worker health and load, kept current from heartbeats (see heartbeat.rs):
+//! a heartbeat writes the worker's in-flight count into LOADS (re-ranking
+//! least-loaded candidates) and marks it up if health had marked it down;
+//! a worker silent for `down_after` is marked down, which takes it out of
+//! its functions' live tables (no new requests) until heartbeats resume.
+//! Drained workers stay drained.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use dispatcher_common::maps::worker_state;
+use serde::Serialize;
+use tokio::net::UdpSocket;
+use tracing::{debug, info, warn};
+
+use crate::{config::HealthConfig, control, data_plane::Maps, heartbeat::{self, Heartbeat, Refused}};
+
+/// What the health listener saw; for logs and tests.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Counters {
+    pub accepted: u64,
+    pub dropped_network: u64,
+    pub dropped_malformed: u64,
+    pub dropped_auth: u64,
+    pub dropped_stale_or_replayed: u64,
+    pub unknown_worker: u64,
+    pub marked_down: u64,
+    pub marked_up: u64,
+}
+
+/// The worker slots of one address:port, across functions.
+type Index = HashMap<SocketAddr, Vec<(u32, u8)>>;
+
+pub struct Health {
+    config: HealthConfig,
+    /// Last accepted heartbeat per worker: when, and its send time.
+    seen: HashMap<SocketAddr, (Instant, u64)>,
+    started: Instant,
+    pub counters: Counters,
+}
+
+impl Health {
+    pub fn new(config: HealthConfig) -> Health {
+        Health { config, seen: HashMap::new(), started: Instant::now(), counters: Counters::default() }
+    }
+
+    /// Every worker slot, by address (rebuilt per use: the CLI may have
+    /// changed the set).
+    fn index(maps: &Maps) -> Result<Index> {
+        let mut index: Index = HashMap::new();
+        for f in crate::inspect::functions(maps)? {
+            for (slot, w) in control::function_workers(maps, f.index)? {
+                let addr: SocketAddr = control::worker_name(&w).parse().expect("a socket address");
+                index.entry(addr).or_default().push((f.id, slot));
+            }
+        }
+        Ok(index)
+    }
+
+    /// Handles one datagram from `from`.
+    pub fn on_datagram(&mut self, maps: &mut Maps, datagram: &[u8], from: SocketAddr) -> Result<()> {
+        if !self.config.networks.iter().any(|n| n.contains(&from.ip().to_canonical())) {
+            self.counters.dropped_network += 1;
+            return Ok(());
+        }
+        let hb = match Heartbeat::decode(datagram, self.config.key.as_bytes(), heartbeat::now_ns()) {
+            Ok(hb) => hb,
+            Err(Refused::Malformed) => {
+                self.counters.dropped_malformed += 1;
+                return Ok(());
+            }
+            Err(Refused::Auth) => {
+                self.counters.dropped_auth += 1;
+                warn!(%from, "heartbeat with a bad MAC dropped (wrong key?)");
+                return Ok(());
+            }
+            Err(Refused::Stale) => {
+                self.counters.dropped_stale_or_replayed += 1;
+                return Ok(());
+            }
+        };
+        if self.seen.get(&hb.worker).is_some_and(|(_, last)| hb.sent_ns <= *last) {
+            self.counters.dropped_stale_or_replayed += 1;
+            return Ok(());
+        }
+        let index = Health::index(maps)?;
+        let Some(slots) = index.get(&hb.worker) else {
+            self.counters.unknown_worker += 1;
+            debug!(worker = %hb.worker, "heartbeat from a worker no function has");
+            return Ok(());
+        };
+        self.seen.insert(hb.worker, (Instant::now(), hb.sent_ns));
+        self.counters.accepted += 1;
+        for &(function, slot) in slots {
+            control::set_load(maps, function, slot, hb.in_flight as u64)?;
+            let f = maps.functions.get(&function, 0)?;
+            let state = maps.workers.get(&dispatcher_common::maps::worker_index(f.index, slot as u32), 0)?.state;
+            if state == worker_state::DOWN {
+                control::set_worker_state(maps, function, hb.worker, worker_state::UP)?;
+                self.counters.marked_up += 1;
+                info!(worker = %hb.worker, function, "heartbeats resumed: worker up");
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks down every up worker silent for longer than `down_after`
+    /// (counting from the daemon's start for workers never heard from).
+    pub fn sweep(&mut self, maps: &mut Maps) -> Result<()> {
+        let down_after = Duration::from_millis(self.config.down_after_ms);
+        for (addr, slots) in Health::index(maps)? {
+            let last = self.seen.get(&addr).map_or(self.started, |(t, _)| *t);
+            if last.elapsed() <= down_after {
+                continue;
+            }
+            for (function, slot) in slots {
+                let f = maps.functions.get(&function, 0)?;
+                let w = maps.workers.get(&dispatcher_common::maps::worker_index(f.index, slot as u32), 0)?;
+                if w.state == worker_state::UP {
+                    control::set_worker_state(maps, function, addr, worker_state::DOWN)?;
+                    self.counters.marked_down += 1;
+                    warn!(worker = %addr, function, silent_ms = last.elapsed().as_millis() as u64, "missed heartbeats: worker down");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Listens for heartbeats and sweeps for silent workers until cancelled.
+pub async fn run(config: HealthConfig, mut maps: Maps) -> Result<()> {
+    let socket = UdpSocket::bind(config.listen)
+        .await
+        .with_context(|| format!("health.listen: cannot bind {} (in use, or not an address of this host?)", config.listen))?;
+    info!(listen = %config.listen, down_after_ms = config.down_after_ms, "health: listening for worker heartbeats");
+    let mut sweep = tokio::time::interval(Duration::from_millis((config.down_after_ms / 4).max(20)));
+    let mut health = Health::new(config);
+    let mut buf = [0u8; 512];
+    loop {
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => {
+                let (n, from) = r?;
+                let from = SocketAddr::new(from.ip().to_canonical(), from.port());
+                if let Err(e) = health.on_datagram(&mut maps, &buf[..n], from) {
+                    warn!("health: {e:#}");
+                }
+            }
+            _ = sweep.tick() => {
+                if let Err(e) = health.sweep(&mut maps) {
+                    warn!("health: {e:#}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! Heartbeats and health on a namespace testbed: a worker that stops
+//! heartbeating is marked down and gets no new requests; it comes back when
+//! heartbeats resume; forged heartbeats change nothing. Needs root: run
+//! through `cargo xtask test`.
+
+use std::{collections::HashMap, time::Duration};
+
+use tests::testbed::{config, dispatcher_bin, Host, Testbed};
+
+const KEY: &str = "test-key-0123456789abcdef";
+
+fn invoke_counts(tb: &Testbed, client: &Host, dsp: &Host, n: usize) -> HashMap<String, usize> {
+    let mut by = HashMap::new();
+    for i in 0..n {
+        let out = tb.exec(client, &dispatcher_bin(), &["invoke", "--to", &format!("{}:7770", dsp.ip), "1", &format!("r{i}")]);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "invoke: {stderr}\n{}", tb.logs());
+        *by.entry(stderr.split_whitespace().nth(2).unwrap_or_default().to_string()).or_default() += 1;
+    }
+    by
+}
+
+fn worker_states(tb: &Testbed, dsp: &Host) -> HashMap<String, String> {
+    let out = tb.exec(dsp, &dispatcher_bin(), &["workers", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    list.as_array().unwrap().iter().map(|w| (w["addr"].as_str().unwrap().to_string(), w["state"].as_str().unwrap().to_string())).collect()
+}
+
+/// Polls until `addr` has `state` (or panics after 5 s).
+fn wait_for_state(tb: &Testbed, dsp: &Host, addr: &str, state: &str) {
+    for _ in 0..250 {
+        if worker_states(tb, dsp).get(addr).map(String::as_str) == Some(state) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{addr} never became {state}: {:?}\n{}", worker_states(tb, dsp), tb.logs());
+}
+
+#[test]
+fn missed_heartbeats_mark_a_worker_down_and_resumed_ones_up() {
+    let mut tb = Testbed::new("health");
+    let dsp = tb.add_host("dsp", 1);
+    let client = tb.add_host("client", 2);
+    let w1 = tb.add_host("w1", 10);
+    let w2 = tb.add_host("w2", 11);
+    let silent = tb.add_host("w3", 12);
+    tb.enable_xdp_tx(&dsp);
+    let health = format!("\n[health]\nlisten = \"{}:7771\"\nkey = \"{KEY}\"\nnetworks = [\"10.99.0.0/24\"]\ndown_after_ms = 400\n", dsp.ip);
+    let conf = tb.write_file("dispatcher.toml", &config(dsp.ip, &[(1, &[&w1, &w2, &silent])], &health));
+    let hb_to = format!("{}:7771", dsp.ip);
+    let hb = ["--heartbeat-to", &hb_to, "--heartbeat-key", KEY, "--heartbeat-ms", "50"];
+    let _w1 = tb.serve(&w1, "echo", &hb);
+    let mut w2_proc = tb.serve(&w2, "echo", &hb);
+    let _w3 = tb.serve(&silent, "echo", &[]); // serves, but never heartbeats
+    let mut dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &conf, &[]);
+    let (a1, a2, a3) = (format!("{}:9000", w1.ip), format!("{}:9000", w2.ip), format!("{}:9000", silent.ip));
+
+    // The silent worker is marked down once the grace period passes; the
+    // other two share the requests.
+    wait_for_state(&tb, &dsp, &a3, "down");
+    assert_eq!(worker_states(&tb, &dsp)[&a1], "up");
+    assert_eq!(invoke_counts(&tb, &client, &dsp, 4), HashMap::from([(a1.clone(), 2), (a2.clone(), 2)]));
+
+    // w2 stops: down within the interval, and no request goes to it.
+    assert!(w2_proc.stop());
+    wait_for_state(&tb, &dsp, &a2, "down");
+    assert_eq!(invoke_counts(&tb, &client, &dsp, 4), HashMap::from([(a1.clone(), 4)]));
+
+    // w2 comes back: up again, and in the rotation.
+    let _w2_again = tb.serve(&w2, "echo", &hb);
+    wait_for_state(&tb, &dsp, &a2, "up");
+    assert_eq!(invoke_counts(&tb, &client, &dsp, 4), HashMap::from([(a1.clone(), 2), (a2.clone(), 2)]));
+
+    // A heartbeat for the silent worker under the wrong key changes nothing.
+    let _forger = tb.serve(&client, "echo", &["--heartbeat-to", &hb_to, "--heartbeat-key", "not-the-key-at-all-000", "--heartbeat-ms", "50"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(worker_states(&tb, &dsp)[&a3], "down");
+    assert!(dispatcher.log().contains("bad MAC"), "{}", dispatcher.log());
+    dispatcher.assert_running();
+}
