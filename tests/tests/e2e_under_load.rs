@@ -1,0 +1,88 @@
+//! Changes under load, on a namespace testbed: while pktgen offers a steady
+//! request rate through the XDP dispatcher, workers are added, drained and
+//! removed, the config is reloaded, and the daemon is killed and restarted.
+//! Every request must be answered: no change may lose one. Needs root: run
+//! through `cargo xtask test`.
+
+use std::{thread, time::Duration};
+
+use tests::testbed::{config, dispatcher_bin, Host, Testbed};
+
+/// Runs pktgen from `client` for `seconds` at `rate` in a thread of its
+/// own, while `changes` runs; returns pktgen's JSON report and what
+/// `changes` returned.
+fn under_load<T>(tb: &Testbed, client: &Host, dsp: &Host, rate: u32, seconds: f64, changes: impl FnOnce() -> T) -> (serde_json::Value, T) {
+    thread::scope(|s| {
+        let load = s.spawn(|| {
+            let args = ["pktgen", "--to", &format!("{}:7770", dsp.ip), "--rate", &rate.to_string(), "--duration", &seconds.to_string(), "--drain-ms", "1500", "--json"];
+            tb.exec(client, &dispatcher_bin(), &args)
+        });
+        thread::sleep(Duration::from_millis(300));
+        let changed = changes();
+        let out = load.join().expect("pktgen thread");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        (serde_json::from_slice(&out.stdout).expect("pktgen JSON"), changed)
+    })
+}
+
+fn assert_nothing_lost(report: &serde_json::Value, what: &str) {
+    assert_eq!(report["lost"], 0, "{what}: requests lost: {report}");
+    assert_eq!(report["errors"], 0, "{what}: ERROR answers: {report}");
+    assert_eq!(report["answered"], report["sent"], "{what}: {report}");
+}
+
+#[test]
+fn workers_change_and_the_daemon_restarts_without_losing_a_request() {
+    let mut tb = Testbed::new("load");
+    let dsp = tb.add_host("dsp", 1);
+    let client = tb.add_host("client", 2);
+    let w1 = tb.add_host("w1", 10);
+    let w2 = tb.add_host("w2", 11);
+    tb.enable_xdp_tx(&dsp);
+    let conf = tb.write_file("dispatcher.toml", &config(dsp.ip, &[(1, &[&w1])], ""));
+    let _workers = [tb.serve(&w1, "echo", &[]), tb.serve(&w2, "echo", &[])];
+    let first = tb.run_dispatcher(&dsp, "first", &conf, &[]);
+    let cli = |args: &[&str]| {
+        let out = tb.exec(&dsp, &dispatcher_bin(), args);
+        assert!(out.status.success(), "dispatcher {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let a2 = format!("{}:9000", w2.ip);
+
+    // Add, drain, remove, re-add a worker, ten times, under load.
+    let (report, ()) = under_load(&tb, &client, &dsp, 1000, 3.0, || {
+        for _ in 0..10 {
+            cli(&["workers", "add", "--function", "1", "--addr", &a2, "--mac", &w2.mac_string()]);
+            thread::sleep(Duration::from_millis(50));
+            cli(&["workers", "drain", "--function", "1", "--addr", &a2]);
+            thread::sleep(Duration::from_millis(50));
+            cli(&["workers", "rm", "--function", "1", "--addr", &a2]);
+            thread::sleep(Duration::from_millis(50));
+        }
+    });
+    assert_nothing_lost(&report, "worker changes");
+
+    // Reload a config that moves the function to w2, and back.
+    let to_w2 = tb.write_file("w2.toml", &config(dsp.ip, &[(1, &[&w2])], ""));
+    let (report, ()) = under_load(&tb, &client, &dsp, 1000, 2.0, || {
+        for _ in 0..5 {
+            cli(&["reload", "--config", to_w2.to_str().unwrap()]);
+            thread::sleep(Duration::from_millis(100));
+            cli(&["reload", "--config", conf.to_str().unwrap()]);
+            thread::sleep(Duration::from_millis(100));
+        }
+    });
+    assert_nothing_lost(&report, "reloads");
+
+    // Kill the daemon outright and start another, under load: the data
+    // plane keeps dispatching, and the new daemon adopts it.
+    let pid = first.pid();
+    let (report, _second) = under_load(&tb, &client, &dsp, 1000, 2.0, || {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+        thread::sleep(Duration::from_millis(300));
+        let second = tb.spawn(&dsp, "second", &dispatcher_bin(), &["run", "--iface", "eth0", "--config", conf.to_str().unwrap()]);
+        tb.wait_for_udp_port(&dsp, 7770, Duration::from_secs(10));
+        second
+    });
+    assert_nothing_lost(&report, "daemon killed and restarted");
+    drop(first);
+}
