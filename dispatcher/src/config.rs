@@ -49,6 +49,27 @@ pub struct Config {
     pub egress: Egress,
     /// Heartbeats and health checking; none without this section.
     pub health: Option<HealthConfig>,
+    #[serde(default)]
+    pub neighbours: Neighbours,
+}
+
+/// `[neighbours]`: how often MACs learned from the neighbour table are
+/// checked again.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Neighbours {
+    #[serde(default = "default_refresh_ms")]
+    pub refresh_ms: u64,
+}
+
+impl Default for Neighbours {
+    fn default() -> Self {
+        Neighbours { refresh_ms: default_refresh_ms() }
+    }
+}
+
+fn default_refresh_ms() -> u64 {
+    5000
 }
 
 /// `[health]`: where workers send heartbeats (docs/control-protocol.md).
@@ -138,8 +159,8 @@ impl Policy {
 pub struct WorkerConfig {
     /// `IP:PORT`, or `[IPv6]:PORT`.
     pub addr: SocketAddr,
-    /// The worker's MAC (or its gateway's). Required until the daemon
-    /// learns MACs from the neighbour table. Written "02:00:00:00:00:0a".
+    /// The worker's MAC (or its gateway's), written "02:00:00:00:00:0a".
+    /// Without it, the daemon learns it from the kernel's neighbour table.
     #[serde(default, deserialize_with = "mac_from_str")]
     pub mac: Option<MacAddr6>,
     #[serde(default = "default_weight")]
@@ -163,7 +184,7 @@ impl WorkerConfig {
     pub fn to_map(&self, function_id: u32) -> Result<Worker> {
         let Some(mac) = self.mac else {
             bail!(
-                "functions.workers: worker {} of function {function_id} has no `mac`: \
+                "functions.workers: worker {} of function {function_id} has no `mac` and none was learned: \
                  add mac = \"xx:xx:xx:xx:xx:xx\" (the worker's MAC, or its gateway's)",
                 self.addr
             );
@@ -238,7 +259,6 @@ impl Config {
                 if w.weight == 0 {
                     bail!("functions.workers: worker {} of function {} has weight 0: use 1 or more (or leave it out)", w.addr, f.id);
                 }
-                w.to_map(f.id)?;
             }
         }
         if let Some(h) = &self.health {
@@ -319,7 +339,8 @@ mod tests {
         let dup = "[service]\naddresses = [\"10.0.0.1\"]\n[[functions]]\nid = 1\n[[functions]]\nid = 1";
         assert!(err(dup).contains("id 1 is listed twice"));
         let no_mac = "[service]\naddresses = [\"10.0.0.1\"]\n[[functions]]\nid = 1\nworkers = [{ addr = \"10.0.0.2:1\" }]";
-        assert!(err(no_mac).contains("has no `mac`"));
+        let parsed = Config::parse(no_mac).expect("a MAC may be left to the neighbour table");
+        assert!(format!("{:#}", parsed.functions[0].workers[0].to_map(1).unwrap_err()).contains("has no `mac`"));
         let bad_policy = "[service]\naddresses = [\"10.0.0.1\"]\n[[functions]]\nid = 1\npolicy = \"random\"";
         assert!(err(bad_policy).contains("unknown variant `random`"));
         let clash = "[service]\naddresses = [\"10.0.0.1\"]\n[[functions]]\nid = 1\n[[workflows]]\nid = 1\nsteps = [1]";

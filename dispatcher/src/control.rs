@@ -402,3 +402,15 @@ pub fn reconcile(maps: &mut Maps, config: &Config) -> Result<()> {
     }
     Ok(())
 }
+
+/// Sets the destination MAC of the worker at `addr` of function `id`.
+pub fn with_mac(maps: &mut Maps, id: u32, addr: SocketAddr, mac: [u8; 6]) -> Result<()> {
+    let (f, mut workers) = current_workers(maps, id)?;
+    let e = endpoint(addr.ip(), addr.port());
+    let w = workers
+        .iter_mut()
+        .find(|w| worker_endpoint(w) == e)
+        .ok_or_else(|| anyhow!("function {id} has no worker {addr}"))?;
+    w.mac = mac;
+    set_function(maps, id, f.policy, &workers)
+}

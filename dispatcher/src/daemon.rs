@@ -1,7 +1,11 @@
 //! `dispatcher run`: attach the data plane, configure it, and keep it
 //! running until SIGINT or SIGTERM, then detach cleanly.
 
-use std::{net::IpAddr, path::PathBuf};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use anyhow::Result;
 use tokio::signal::unix::{signal, SignalKind};
@@ -11,7 +15,7 @@ use crate::{
     bpffs,
     config::{Config, Service},
     data_plane::{interface_mac, Attached, Mode},
-    control, health, privileges, service,
+    control, health, neighbours, privileges, service,
 };
 
 /// Everything `dispatcher run` is told on its command line.
@@ -43,6 +47,7 @@ pub fn effective_config(opts: &RunOptions) -> Result<Config> {
             workflows: Vec::new(),
             egress: Default::default(),
             health: None,
+            neighbours: Default::default(),
         },
     };
     for vip in &opts.vips {
@@ -58,7 +63,8 @@ pub fn effective_config(opts: &RunOptions) -> Result<Config> {
 }
 
 pub async fn run(opts: RunOptions) -> Result<()> {
-    let config = effective_config(&opts)?;
+    let mut config = effective_config(&opts)?;
+    let mut learned = neighbours::fill_missing(&mut config).await?;
     interface_mac(&opts.iface)?;
     privileges::require_bpf_admin("dispatcher run")?;
     bpffs::ensure_mounted(&opts.bpffs)?;
@@ -82,6 +88,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     );
     let mut maps = attached.maps_handle()?;
     let mut hup = signal(SignalKind::hangup())?;
+    let mut refresh = tokio::time::interval(Duration::from_millis(config.neighbours.refresh_ms.max(100)));
     let service = service::run(config.service.port, &pin_dir);
     tokio::pin!(service);
     let health_maps = match config.health {
@@ -100,7 +107,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             r = wait_for_shutdown() => { r?; break; }
             r = &mut service => { r?; break; }
             r = &mut health => { r?; break; }
-            _ = hup.recv() => reload(&opts, &mut maps),
+            _ = hup.recv() => {
+                if let Some(l) = reload(&opts, &mut maps).await {
+                    learned = l;
+                }
+            }
+            _ = refresh.tick() => refresh_macs(&learned, &mut maps).await,
         }
     }
     if opts.keep_attached {
@@ -112,12 +124,56 @@ pub async fn run(opts: RunOptions) -> Result<()> {
 }
 
 /// SIGHUP: re-read the config and apply the difference. A bad config is
-/// reported and changes nothing.
-fn reload(opts: &RunOptions, maps: &mut crate::data_plane::Maps) {
-    let result = effective_config(opts).and_then(|config| control::reconcile(maps, &config));
-    match result {
-        Ok(()) => info!("SIGHUP: configuration reloaded"),
-        Err(e) => warn!("SIGHUP: configuration not reloaded, the running one stays: {e:#}"),
+/// reported and changes nothing. Returns the workers whose MACs were
+/// learned, when it applied.
+async fn reload(opts: &RunOptions, maps: &mut crate::data_plane::Maps) -> Option<Vec<SocketAddr>> {
+    let result = async {
+        let mut config = effective_config(opts)?;
+        let learned = neighbours::fill_missing(&mut config).await?;
+        control::reconcile(maps, &config)?;
+        anyhow::Ok(learned)
+    };
+    match result.await {
+        Ok(learned) => {
+            info!("SIGHUP: configuration reloaded");
+            Some(learned)
+        }
+        Err(e) => {
+            warn!("SIGHUP: configuration not reloaded, the running one stays: {e:#}");
+            None
+        }
+    }
+}
+
+/// Checks the learned MACs again and updates workers whose MAC changed.
+async fn refresh_macs(learned: &[SocketAddr], maps: &mut crate::data_plane::Maps) {
+    if learned.is_empty() {
+        return;
+    }
+    let resolver = match neighbours::Resolver::new() {
+        Ok(r) => r,
+        Err(e) => return warn!("neighbour refresh: {e:#}"),
+    };
+    let workers = match crate::inspect::workers(maps, None) {
+        Ok(w) => w,
+        Err(e) => return warn!("neighbour refresh: {e:#}"),
+    };
+    for addr in learned {
+        let mac = match resolver.resolve(addr.ip()).await {
+            Ok(mac) => mac,
+            Err(e) => {
+                warn!(worker = %addr, "neighbour refresh: {e:#}");
+                continue;
+            }
+        };
+        let mac_text = mac.to_string().to_lowercase();
+        for w in workers.iter().filter(|w| w.addr == addr.to_string() && w.mac != mac_text) {
+            let updated = control::with_mac(maps, w.function, *addr, mac.into_array());
+            match updated {
+                Ok(()) => info!(worker = %addr, function = w.function, old = %w.mac, new = %mac_text, "worker MAC changed"),
+                Err(e) => warn!(worker = %addr, "cannot update its MAC: {e:#}"),
+            }
+        }
     }
 }
 

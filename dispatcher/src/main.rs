@@ -250,7 +250,8 @@ enum WorkersCmd {
     Add {
         #[command(flatten)]
         worker: WorkerAddr,
-        /// The worker's MAC, or its gateway's (required for now).
+        /// The worker's MAC, or its gateway's (default: learned from the
+        /// neighbour table).
         #[arg(long)]
         mac: Option<String>,
         #[arg(long, default_value_t = 1)]
@@ -347,7 +348,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Workers { action } => workers_cmd(&cli.bpffs, action)?,
         Command::Workflows { action } => workflows_cmd(&cli.bpffs, action)?,
         Command::Reload { config, target } => {
-            let config = dispatcher::config::Config::load(&config)?;
+            let mut config = dispatcher::config::Config::load(&config)?;
+            tokio_runtime()?.block_on(dispatcher::neighbours::fill_missing(&mut config))?;
             control::reconcile(&mut open(&cli.bpffs, &target)?, &config)?;
             eprintln!("applied");
         }
@@ -457,10 +459,12 @@ fn workers_cmd(bpffs: &Path, action: WorkersCmd) -> Result<()> {
     match action {
         WorkersCmd::List { function, target } => render(&inspect::workers(&open(bpffs, &target)?, function)?, target.json),
         WorkersCmd::Add { worker, mac, weight, target } => {
-            let Some(mac) = mac else {
-                anyhow::bail!("--mac is required: the worker's MAC, or its gateway's for a worker off the local network (`ip neigh` shows them)");
+            let mac = match mac {
+                Some(mac) => mac.parse().map_err(|_| anyhow::anyhow!("--mac {mac}: not a MAC address (write it as 02:00:00:00:00:0a)"))?,
+                // Learned from the neighbour table, as the daemon does.
+                None => tokio_runtime()?.block_on(async { dispatcher::neighbours::Resolver::new()?.resolve(worker.addr.ip()).await })?,
             };
-            let mac = Some(mac.parse().map_err(|_| anyhow::anyhow!("--mac {mac}: not a MAC address (write it as 02:00:00:00:00:0a)"))?);
+            let mac = Some(mac);
             let w = WorkerConfig { addr: worker.addr, mac, weight }.to_map(worker.function)?;
             if weight == 0 {
                 anyhow::bail!("--weight 0: use 1 or more (drain a worker to stop its requests)");

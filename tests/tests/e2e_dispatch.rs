@@ -201,3 +201,33 @@ fn the_data_plane_outlives_the_daemon_and_is_adopted() {
     let link = tb.exec(&dsp, Path::new("ip"), &["link", "show", "eth0"]);
     assert!(!String::from_utf8_lossy(&link.stdout).contains("xdp"), "XDP still attached");
 }
+
+/// Workers without a `mac` in the config: the daemon learns their MACs from
+/// the kernel's neighbour table (resolving them if needed); a worker that
+/// does not answer ARP is a clear error.
+#[test]
+fn worker_macs_are_learned_from_the_neighbour_table() {
+    let mut tb = Testbed::new("neigh");
+    let dsp = tb.add_host("dsp", 1);
+    let client = tb.add_host("client", 2);
+    let worker = tb.add_host("worker", 10);
+    tb.enable_xdp_tx(&dsp);
+    let no_mac = format!("[service]\naddresses = [\"{}\"]\n\n[[functions]]\nid = 1\nworkers = [{{ addr = \"{}:9000\" }}]\n", dsp.ip, worker.ip);
+    let conf = tb.write_file("dispatcher.toml", &no_mac);
+    let _worker = tb.serve(&worker, "echo", &[]);
+    let mut dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &conf, &[]);
+    let (code, stdout, stderr) = invoke(&tb, &client, &dsp, "1", "learned");
+    assert_eq!(code, Some(0), "{stderr}\n{}", tb.logs());
+    assert_eq!(stdout, "learned");
+    assert_eq!(stats(&tb, &dsp).get(Counter::DispatchedRequest), 1);
+    let list = tb.exec(&dsp, &dispatcher_bin(), &["workers", "list"]);
+    assert!(String::from_utf8_lossy(&list.stdout).contains(&worker.mac_string()), "{}", String::from_utf8_lossy(&list.stdout));
+    assert!(dispatcher.stop());
+
+    let nobody = format!("[service]\naddresses = [\"{}\"]\n\n[[functions]]\nid = 1\nworkers = [{{ addr = \"10.99.0.99:9000\" }}]\n", dsp.ip);
+    let conf = tb.write_file("nobody.toml", &nobody);
+    let out = tb.exec(&dsp, &dispatcher_bin(), &["run", "--iface", "eth0", "--config", conf.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("cannot learn the MAC of 10.99.0.99") && stderr.contains("set `mac`"), "{stderr}");
+}

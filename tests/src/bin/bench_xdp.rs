@@ -53,6 +53,7 @@ fn config(policy: Policy, functions: usize, workers: usize, v6: bool) -> Config 
         workflows: Vec::new(),
         egress: Default::default(),
         health: None,
+        neighbours: Default::default(),
     }
 }
 
