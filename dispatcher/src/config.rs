@@ -51,6 +51,14 @@ pub struct Config {
     pub health: Option<HealthConfig>,
     #[serde(default)]
     pub neighbours: Neighbours,
+    /// `[metrics] listen = "127.0.0.1:9110"`: a Prometheus text endpoint.
+    pub metrics: Option<Metrics>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    pub listen: SocketAddr,
 }
 
 /// `[neighbours]`: how often MACs learned from the neighbour table are

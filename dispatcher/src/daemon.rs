@@ -48,6 +48,7 @@ pub fn effective_config(opts: &RunOptions) -> Result<Config> {
             egress: Default::default(),
             health: None,
             neighbours: Default::default(),
+            metrics: None,
         },
     };
     for vip in &opts.vips {
@@ -86,6 +87,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         functions = config.functions.len(),
         "dispatching; SIGINT or SIGTERM detaches"
     );
+    if let Some(m) = &config.metrics {
+        crate::metrics::spawn(m.listen, pin_dir.clone())?;
+    }
     let mut maps = attached.maps_handle()?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut refresh = tokio::time::interval(Duration::from_millis(config.neighbours.refresh_ms.max(100)));

@@ -20,6 +20,7 @@ pub mod health;
 pub mod heartbeat;
 pub mod inspect;
 pub mod data_plane;
+pub mod metrics;
 pub mod neighbours;
 pub mod pktgen;
 pub mod privileges;

@@ -28,7 +28,7 @@ fn request_is_dispatched_by_xdp_and_answered_directly_by_the_worker() {
     let client = tb.add_host("client", 2);
     let worker = tb.add_host("worker", 10);
     tb.enable_xdp_tx(&dsp);
-    let conf = tb.write_file("dispatcher.toml", &config(dsp.ip, &[(1, &[&worker])], ""));
+    let conf = tb.write_file("dispatcher.toml", &config(dsp.ip, &[(1, &[&worker])], "\n[metrics]\nlisten = \"127.0.0.1:9110\"\n"));
     let _worker = tb.serve(&worker, "echo", &[]);
     let mut dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &conf, &[]);
 
@@ -49,6 +49,14 @@ fn request_is_dispatched_by_xdp_and_answered_directly_by_the_worker() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(json["counters"].as_array().unwrap().iter().any(|c| c[0] == "dispatched_request" && c[1] == 5), "{json}");
+
+    // So does the Prometheus endpoint.
+    let scrape = "exec 3<>/dev/tcp/127.0.0.1/9110; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3";
+    let out = tb.exec(&dsp, Path::new("bash"), &["-c", scrape]);
+    let metrics = String::from_utf8_lossy(&out.stdout);
+    assert!(metrics.contains("dispatcher_packets_total{outcome=\"dispatched_request\"} 5"), "{metrics}");
+    assert!(metrics.contains(&format!("dispatcher_worker_packets_total{{function=\"1\",worker=\"{}:9000\"}} 5", worker.ip)), "{metrics}");
+    assert!(metrics.contains("# TYPE dispatcher_worker_up gauge"), "{metrics}");
 
     // SIGTERM detaches and removes the pins.
     assert!(dispatcher.stop(), "dispatcher did not exit cleanly:\n{}", dispatcher.log());

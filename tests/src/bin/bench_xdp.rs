@@ -54,6 +54,7 @@ fn config(policy: Policy, functions: usize, workers: usize, v6: bool) -> Config 
         egress: Default::default(),
         health: None,
         neighbours: Default::default(),
+        metrics: None,
     }
 }
 
