@@ -263,12 +263,24 @@ pub fn set_load(maps: &mut Maps, id: u32, slot: u8, load: u64) -> Result<()> {
 /// Re-ranks the least-loaded candidates of function `id` from LOADS.
 pub fn refresh_least_loaded(maps: &mut Maps, id: u32) -> Result<()> {
     let f = maps.functions.get(&id, 0).with_context(|| format!("no function {id}"))?;
-    let up: Vec<(u8, u64)> = function_workers(maps, f.index)?
+    let up: Vec<u8> = function_workers(maps, f.index)?
         .into_iter()
         .filter(|(_, w)| w.state == worker_state::UP)
-        .map(|(slot, _)| Ok((slot, maps.loads.get(&worker_index(f.index, slot as u32), 0)?)))
+        .map(|(slot, _)| slot)
+        .collect();
+    rank_least_loaded(maps, id, &up)
+}
+
+/// Re-ranks the least-loaded candidates of function `id` among `up_slots`
+/// (its up workers, as the caller knows them): one LOADS read per slot and
+/// one FUNCTIONS update.
+pub fn rank_least_loaded(maps: &mut Maps, id: u32, up_slots: &[u8]) -> Result<()> {
+    let f = maps.functions.get(&id, 0).with_context(|| format!("no function {id}"))?;
+    let loads: Vec<(u8, u64)> = up_slots
+        .iter()
+        .map(|slot| Ok((*slot, maps.loads.get(&worker_index(f.index, *slot as u32), 0)?)))
         .collect::<Result<_>>()?;
-    let entry = function_entry(f.index, f.policy, f.generation, f.up_count as usize, &up);
+    let entry = function_entry(f.index, f.policy, f.generation, f.up_count as usize, &loads);
     maps.functions.insert(id, entry, 0)?;
     Ok(())
 }

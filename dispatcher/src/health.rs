@@ -32,11 +32,18 @@ pub struct Counters {
     pub marked_up: u64,
 }
 
-/// The worker slots of one address:port, across functions.
-type Index = HashMap<SocketAddr, Vec<(u32, u8)>>;
+/// Where the workers are: each address's (function, slot, state), and
+/// each function's up slots. Rebuilt at every sweep (the CLI may have
+/// changed things) and when a heartbeat names a worker it does not know.
+#[derive(Default)]
+struct Index {
+    by_worker: HashMap<SocketAddr, Vec<(u32, u8, u8)>>,
+    up_slots: HashMap<u32, Vec<u8>>,
+}
 
 pub struct Health {
     config: HealthConfig,
+    index: Index,
     /// Last accepted heartbeat per worker: when, and its send time.
     seen: HashMap<SocketAddr, (Instant, u64)>,
     started: Instant,
@@ -45,20 +52,23 @@ pub struct Health {
 
 impl Health {
     pub fn new(config: HealthConfig) -> Health {
-        Health { config, seen: HashMap::new(), started: Instant::now(), counters: Counters::default() }
+        Health { config, index: Index::default(), seen: HashMap::new(), started: Instant::now(), counters: Counters::default() }
     }
 
-    /// Every worker slot, by address (rebuilt per use: the CLI may have
-    /// changed the set).
-    fn index(maps: &Maps) -> Result<Index> {
-        let mut index: Index = HashMap::new();
+    fn rebuild_index(&mut self, maps: &Maps) -> Result<()> {
+        let mut index = Index::default();
         for f in crate::inspect::functions(maps)? {
+            let up = index.up_slots.entry(f.id).or_default();
             for (slot, w) in control::function_workers(maps, f.index)? {
                 let addr: SocketAddr = control::worker_name(&w).parse().expect("a socket address");
-                index.entry(addr).or_default().push((f.id, slot));
+                index.by_worker.entry(addr).or_default().push((f.id, slot, w.state));
+                if w.state == worker_state::UP {
+                    up.push(slot);
+                }
             }
         }
-        Ok(index)
+        self.index = index;
+        Ok(())
     }
 
     /// Handles one datagram from `from`.
@@ -87,23 +97,31 @@ impl Health {
             self.counters.dropped_stale_or_replayed += 1;
             return Ok(());
         }
-        let index = Health::index(maps)?;
-        let Some(slots) = index.get(&hb.worker) else {
+        if !self.index.by_worker.contains_key(&hb.worker) {
+            self.rebuild_index(maps)?;
+        }
+        let Some(slots) = self.index.by_worker.get(&hb.worker).cloned() else {
             self.counters.unknown_worker += 1;
             debug!(worker = %hb.worker, "heartbeat from a worker no function has");
             return Ok(());
         };
         self.seen.insert(hb.worker, (Instant::now(), hb.sent_ns));
         self.counters.accepted += 1;
-        for &(function, slot) in slots {
-            control::set_load(maps, function, slot, hb.in_flight as u64)?;
-            let f = maps.functions.get(&function, 0)?;
-            let state = maps.workers.get(&dispatcher_common::maps::worker_index(f.index, slot as u32), 0)?.state;
+        let mut changed = false;
+        for (function, slot, state) in slots {
+            let Ok(f) = maps.functions.get(&function, 0) else { continue };
+            maps.loads.set(dispatcher_common::maps::worker_index(f.index, slot as u32), hb.in_flight as u64, 0)?;
             if state == worker_state::DOWN {
                 control::set_worker_state(maps, function, hb.worker, worker_state::UP)?;
                 self.counters.marked_up += 1;
+                changed = true;
                 info!(worker = %hb.worker, function, "heartbeats resumed: worker up");
+            } else if let Some(up) = self.index.up_slots.get(&function) {
+                control::rank_least_loaded(maps, function, up)?;
             }
+        }
+        if changed {
+            self.rebuild_index(maps)?;
         }
         Ok(())
     }
@@ -111,21 +129,25 @@ impl Health {
     /// Marks down every up worker silent for longer than `down_after`
     /// (counting from the daemon's start for workers never heard from).
     pub fn sweep(&mut self, maps: &mut Maps) -> Result<()> {
+        self.rebuild_index(maps)?;
         let down_after = Duration::from_millis(self.config.down_after_ms);
-        for (addr, slots) in Health::index(maps)? {
-            let last = self.seen.get(&addr).map_or(self.started, |(t, _)| *t);
+        let mut changed = false;
+        for (addr, slots) in &self.index.by_worker {
+            let last = self.seen.get(addr).map_or(self.started, |(t, _)| *t);
             if last.elapsed() <= down_after {
                 continue;
             }
-            for (function, slot) in slots {
-                let f = maps.functions.get(&function, 0)?;
-                let w = maps.workers.get(&dispatcher_common::maps::worker_index(f.index, slot as u32), 0)?;
-                if w.state == worker_state::UP {
-                    control::set_worker_state(maps, function, addr, worker_state::DOWN)?;
+            for &(function, _, state) in slots {
+                if state == worker_state::UP {
+                    control::set_worker_state(maps, function, *addr, worker_state::DOWN)?;
                     self.counters.marked_down += 1;
+                    changed = true;
                     warn!(worker = %addr, function, silent_ms = last.elapsed().as_millis() as u64, "missed heartbeats: worker down");
                 }
             }
+        }
+        if changed {
+            self.rebuild_index(maps)?;
         }
         Ok(())
     }

@@ -39,6 +39,9 @@ enum Task {
     /// Benchmark the data plane in the kernel: ns per packet per policy
     /// beside yardsticks, and how it scales (root; a benchmark, not a test).
     BenchXdp,
+    /// Benchmark the control plane: heartbeat-to-map latency and worker
+    /// add/remove throughput (root; a benchmark, not a test).
+    BenchControl,
     /// `dispatcher run ARGS` with the privileges it needs; with no --iface,
     /// a demo on a namespace testbed.
     Run {
@@ -61,6 +64,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Test { args } => test(args),
         Task::Run { args } => run_dispatcher(args),
         Task::BenchXdp => bench_xdp(),
+        Task::BenchControl => bench_control(),
     }
 }
 
@@ -121,4 +125,12 @@ fn bench_xdp() -> Result<()> {
     build()?;
     cmd::step("benchmarking the data plane (BPF_PROG_TEST_RUN); takes about a minute");
     cmd::cargo(&["run", "--quiet", "--package", "tests", "--bin", "bench_xdp"])
+}
+
+fn bench_control() -> Result<()> {
+    require_root("bench-control")?;
+    build()?;
+    cmd::step("benchmarking the control plane");
+    // Release: this measures user-space code.
+    cmd::cargo(&["run", "--quiet", "--release", "--package", "tests", "--bin", "bench_control"])
 }

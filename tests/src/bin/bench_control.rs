@@ -1,0 +1,90 @@
+//! `cargo xtask bench-control`: how fast the control plane changes the data
+//! plane's maps. A benchmark, not a test.
+//!
+//! 1. Report to visible: a heartbeat's bytes go through the daemon's
+//!    handler (`health::Health::on_datagram`: network check, MAC, freshness,
+//!    finding the worker's slots, writing LOADS, re-ranking least-loaded
+//!    candidates); the time until the new load is readable in the map.
+//!    In-process: the UDP hop is not counted.
+//! 2. Worker add/remove throughput: `control::add_worker` and
+//!    `control::remove_worker` alternately on a loaded (not attached) data
+//!    plane, each a one-step change (idle-generation tables, then the
+//!    FUNCTIONS flip).
+
+use std::time::{Duration, Instant};
+
+use dispatcher::{
+    config::{Config, HealthConfig, WorkerConfig},
+    control,
+    data_plane::Loaded,
+    health::Health,
+    heartbeat::{self, Heartbeat},
+};
+use dispatcher_common::maps::{egress, worker_index};
+use hdrhistogram::Histogram;
+
+const KEY: &str = "bench-key-0123456789";
+
+fn main() {
+    let workers = 16usize;
+    let mut functions = String::new();
+    for id in 1..=4 {
+        let list: Vec<String> = (0..workers).map(|k| format!("{{ addr = \"10.1.0.{}:9000\", mac = \"02:00:00:00:00:01\" }}", k + 1)).collect();
+        functions += &format!("\n[[functions]]\nid = {id}\npolicy = \"least-loaded\"\nworkers = [{}]\n", list.join(", "));
+    }
+    let config = Config::parse(&format!("[service]\naddresses = [\"10.0.0.1\"]\n{functions}")).unwrap();
+    let mut dp = Loaded::new().expect("load the data plane (run as root)");
+    dp.maps.set_settings([2, 0, 0, 0, 0, 1], egress::TX).unwrap();
+    control::apply(&mut dp.maps, &config).unwrap();
+    println!("# bench-control: 4 functions x {workers} workers (least-loaded), in-process, {} CPUs", std::thread::available_parallelism().map_or(0, |n| n.get()));
+
+    // 1. Report to visible.
+    let health_config = HealthConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        key: KEY.into(),
+        networks: vec!["10.0.0.0/8".parse().unwrap()],
+        down_after_ms: 60_000,
+    };
+    let mut health = Health::new(health_config);
+    let from = "10.1.0.3:9000".parse().unwrap();
+    let f1 = dp.maps.functions.get(&1, 0).unwrap();
+    let slot_index = worker_index(f1.index, 2);
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 10_000_000, 3).unwrap();
+    let reports = 5_000u32;
+    for i in 1..=reports {
+        let hb = Heartbeat { worker: from, in_flight: i, capacity: 0, sent_ns: heartbeat::now_ns() };
+        let bytes = hb.encode(KEY.as_bytes());
+        let start = Instant::now();
+        health.on_datagram(&mut dp.maps, &bytes, from).unwrap();
+        while dp.maps.loads.get(&slot_index, 0).unwrap() != i as u64 {}
+        hist.record(start.elapsed().as_micros().max(1) as u64).unwrap();
+    }
+    assert_eq!(health.counters.accepted, reports as u64, "every report accepted");
+    println!(
+        "report to visible ({reports} heartbeats): p50 {} us, p90 {} us, p99 {} us, max {} us (target: p99 under 1,000 us)",
+        hist.value_at_quantile(0.5),
+        hist.value_at_quantile(0.9),
+        hist.value_at_quantile(0.99),
+        hist.max()
+    );
+
+    // 2. Add/remove throughput.
+    let extra = WorkerConfig { addr: "10.1.0.200:9000".parse().unwrap(), mac: Some([2, 0, 0, 0, 0, 2].into()), weight: 1 }.to_map(1).unwrap();
+    let changes = 4_000u32;
+    let start = Instant::now();
+    for i in 0..changes {
+        let function = 1 + i % 4;
+        if (i / 4) % 2 == 0 {
+            control::add_worker(&mut dp.maps, function, extra).unwrap();
+        } else {
+            control::remove_worker(&mut dp.maps, function, "10.1.0.200:9000".parse().unwrap()).unwrap();
+        }
+    }
+    let elapsed = start.elapsed();
+    println!(
+        "worker add/remove: {changes} changes in {:.2} s = {:.0} changes/s (target: 25,000/s)",
+        elapsed.as_secs_f64(),
+        changes as f64 / elapsed.as_secs_f64()
+    );
+    let _ = Duration::ZERO;
+}
