@@ -64,6 +64,9 @@ pub fn effective_config(opts: &RunOptions) -> Result<Config> {
 }
 
 pub async fn run(opts: RunOptions) -> Result<()> {
+    if opts.mode == Mode::Hw {
+        anyhow::bail!(crate::data_plane::HW_MODE_MISSING);
+    }
     let mut config = effective_config(&opts)?;
     let mut learned = neighbours::fill_missing(&mut config).await?;
     interface_mac(&opts.iface)?;

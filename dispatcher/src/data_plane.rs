@@ -45,7 +45,13 @@ pub enum Mode {
     /// Native XDP in the driver (the default); falls back to skb with a
     /// warning when the driver has none.
     Drv,
+    /// Offloaded to the NIC (Netronome NFP): not available yet.
+    Hw,
 }
+
+/// What `--mode hw` says until offloading exists.
+pub const HW_MODE_MISSING: &str = "--mode hw (offload to the NIC) is not implemented yet: the offloadable program \
+     `dispatch_hw` exists, but loading it bound to a NIC does not; use --mode drv or skb";
 
 /// Typed handles on every map of one data plane (see dispatcher-ebpf's
 /// maps.rs for what each holds and who writes it).
@@ -284,6 +290,7 @@ impl Attached {
 
         let program: &mut Xdp = ebpf.program_mut(PROGRAM).expect("loaded").try_into()?;
         let (link, mode) = match mode {
+            Mode::Hw => bail!(HW_MODE_MISSING),
             Mode::Skb => (program.attach(iface, XdpMode::Skb), XdpMode::Skb),
             Mode::Drv => match program.attach(iface, XdpMode::Driver) {
                 Ok(link) => (Ok(link), XdpMode::Driver),

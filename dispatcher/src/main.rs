@@ -41,7 +41,8 @@ enum Command {
         /// The interface to attach to.
         #[arg(long)]
         iface: String,
-        /// XDP mode: drv (native, the default, falls back to skb) or skb.
+        /// XDP mode: drv (native, the default, falls back to skb), skb, or hw
+        /// (NIC offload; not available yet).
         #[arg(long, value_enum, default_value = "drv")]
         mode: Mode,
         /// TOML config: service addresses and port, functions and workers.
