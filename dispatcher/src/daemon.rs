@@ -109,9 +109,13 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         }
     };
     tokio::pin!(health);
+    // Listening for SIGTERM/SIGINT from here on, once: a signal between two
+    // turns of the loop is not missed.
+    let shutdown = wait_for_shutdown();
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            r = wait_for_shutdown() => { r?; break; }
+            r = &mut shutdown => { r?; break; }
             r = &mut service => { r?; break; }
             r = &mut health => { r?; break; }
             _ = hup.recv() => {

@@ -1,15 +1,17 @@
 //! The user-space half of the FaaS dispatcher.
 //!
 //! Layers, each using only the ones below it:
-//! - [`cli`]-facing commands live in `main.rs` and stay thin;
-//! - [`daemon`]: `dispatcher run`, keeps the data plane configured;
+//! - the commands live in `main.rs` and stay thin (parse, call, render);
+//! - [`daemon`]: `dispatcher run`: attaches or adopts the data plane, and
+//!   runs the slow path ([`service`]), health ([`health`], fed by
+//!   [`heartbeat`]s), neighbour MACs ([`neighbours`]), [`metrics`], reloads;
+//! - [`control`]: turns configuration and CLI changes into map contents in
+//!   a safe order, with [`tables`] computing rings and Maglev tables;
+//!   [`inspect`] reads the state back;
 //! - [`data_plane`]: loads, attaches and pins the XDP program and gives typed
-//!   access to its maps;
-//! - [`config`]: the TOML configuration;
-//! - [`worker`] (`dispatcher serve`) and [`client`] (`dispatcher invoke`)
-//!   speak only the wire protocol, never the maps.
-//!
-//! [`cli`]: https://docs.rs/clap
+//!   access to its maps; [`config`] is the TOML configuration;
+//! - [`worker`] (`dispatcher serve`), [`client`] (`dispatcher invoke`) and
+//!   [`pktgen`] speak only the wire protocol ([`wire`]), never the maps.
 
 pub mod bpffs;
 pub mod client;
