@@ -106,7 +106,7 @@ enum Command {
         #[arg(long)]
         listen: SocketAddr,
         /// Functions to serve: NAME (every function id) or ID=NAME, comma-separated.
-        /// Functions: echo, static, upper, reverse.
+        /// Functions: echo, static, upper, reverse, kv (needs --memcached).
         #[arg(long)]
         functions: FunctionTable,
         /// The dispatcher's service address: where workflow steps go on.
@@ -129,6 +129,9 @@ enum Command {
         /// Requests this worker can hold (reported; 0 = unknown).
         #[arg(long, default_value_t = 0)]
         capacity: u32,
+        /// memcached for the `kv` function.
+        #[arg(long)]
+        memcached: Option<SocketAddr>,
     },
     /// Open-loop load generator and latency meter: requests on a fixed
     /// schedule, answers matched by request_id, HDR-histogram percentiles.
@@ -355,7 +358,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             eprintln!("applied");
         }
         Command::Maps { action: MapsCmd::Dump { name, target } } => maps_dump(&cli.bpffs, name.as_deref(), &target)?,
-        Command::Serve { listen, functions, dispatcher, delay_us, heartbeat_to, heartbeat_key, heartbeat_ms, capacity } => {
+        Command::Serve { listen, functions, dispatcher, delay_us, heartbeat_to, heartbeat_key, heartbeat_ms, capacity, memcached } => {
             let delay = Duration::from_micros(delay_us);
             let heartbeats = heartbeat_to.map(|to| worker::HeartbeatTarget {
                 to,
@@ -366,7 +369,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             tokio_runtime()?.block_on(async {
                 let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
                 tokio::select! {
-                    r = worker::serve(listen, functions, dispatcher, delay, heartbeats) => r,
+                    r = worker::serve(listen, functions, dispatcher, delay, heartbeats, memcached) => r,
                     _ = tokio::signal::ctrl_c() => Ok(()),
                     _ = term.recv() => Ok(()),
                 }

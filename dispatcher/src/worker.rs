@@ -28,9 +28,12 @@ pub enum FunctionKind {
     Upper,
     /// Reverses UTF-8 text by characters; fails on anything else.
     Reverse,
+    /// A key-value store in memcached: `GET key` answers the value,
+    /// `SET key value` stores it (answers `STORED`), `DEL key` deletes it.
+    Kv,
 }
 
-const NAMES: &str = "echo, static, upper, reverse";
+const NAMES: &str = "echo, static, upper, reverse, kv";
 
 /// The page `static` serves.
 pub const STATIC_PAGE: &str = "<!doctype html><html><head><title>faas</title></head><body><h1>Hello from a FaaS worker</h1></body></html>";
@@ -43,6 +46,7 @@ impl FromStr for FunctionKind {
             "static" => Ok(FunctionKind::Static),
             "upper" => Ok(FunctionKind::Upper),
             "reverse" => Ok(FunctionKind::Reverse),
+            "kv" => Ok(FunctionKind::Kv),
             other => bail!("unknown function `{other}`: this runtime serves: {NAMES}"),
         }
     }
@@ -90,13 +94,38 @@ impl FunctionTable {
 }
 
 /// Runs a function on `input`; `Err` is a function failure (ERROR 6).
-fn invoke(function: FunctionKind, input: &[u8]) -> Result<Vec<u8>, String> {
+fn invoke(function: FunctionKind, input: &[u8], kv: Option<&memcache::Client>) -> Result<Vec<u8>, String> {
     let text = || std::str::from_utf8(input).map_err(|e| format!("input is not UTF-8 text ({e})"));
     match function {
         FunctionKind::Echo => Ok(input.to_vec()),
         FunctionKind::Static => Ok(STATIC_PAGE.as_bytes().to_vec()),
         FunctionKind::Upper => Ok(text()?.to_uppercase().into_bytes()),
         FunctionKind::Reverse => Ok(text()?.chars().rev().collect::<String>().into_bytes()),
+        FunctionKind::Kv => kv_command(kv.ok_or("this worker has no memcached: start it with --memcached ADDR:PORT")?, input),
+    }
+}
+
+/// `GET key`, `SET key value` (the value may hold spaces and any bytes),
+/// `DEL key`, against memcached.
+fn kv_command(client: &memcache::Client, input: &[u8]) -> Result<Vec<u8>, String> {
+    let mut parts = input.splitn(3, |b| *b == b' ');
+    let verb = parts.next().unwrap_or_default();
+    let key = parts.next().and_then(|k| std::str::from_utf8(k).ok()).filter(|k| !k.is_empty() && k.len() <= 250);
+    let Some(key) = key else {
+        return Err("kv wants `GET key`, `SET key value` or `DEL key` (keys: 1 to 250 bytes of UTF-8)".into());
+    };
+    let failed = |e: memcache::MemcacheError| format!("memcached: {e}");
+    match verb {
+        b"GET" => match client.get::<Vec<u8>>(key).map_err(failed)? {
+            Some(value) => Ok(value),
+            None => Err(format!("no value for key `{key}`")),
+        },
+        b"SET" => {
+            client.set(key, parts.next().unwrap_or_default(), 0).map_err(failed)?;
+            Ok(b"STORED".to_vec())
+        }
+        b"DEL" => Ok(if client.delete(key).map_err(failed)? { b"DELETED".to_vec() } else { b"NOT_FOUND".to_vec() }),
+        other => Err(format!("kv: unknown command `{}` (GET, SET or DEL)", String::from_utf8_lossy(other))),
     }
 }
 
@@ -111,6 +140,7 @@ fn invoke(function: FunctionKind, input: &[u8]) -> Result<Vec<u8>, String> {
 pub fn handle(
     table: &FunctionTable,
     service: Option<SocketAddr>,
+    kv: Option<&memcache::Client>,
     datagram: &[u8],
     source: SocketAddr,
 ) -> Option<(Message, SocketAddr)> {
@@ -130,7 +160,7 @@ pub fn handle(
     let Some(function) = table.lookup(id) else {
         return Some((msg.error(error_code::UNKNOWN_FUNCTION, &format!("this worker does not serve function {id}")), to));
     };
-    let output = match invoke(function, &msg.payload) {
+    let output = match invoke(function, &msg.payload, kv) {
         Ok(output) => output,
         Err(why) => return Some((msg.error(error_code::WORKER_FAILURE, &format!("function {id} failed: {why}")), to)),
     };
@@ -188,7 +218,16 @@ pub async fn serve(
     service: Option<SocketAddr>,
     delay: std::time::Duration,
     heartbeats: Option<HeartbeatTarget>,
+    memcached: Option<SocketAddr>,
 ) -> Result<()> {
+    let kv = match memcached {
+        Some(addr) => {
+            let client = memcache::Client::connect(format!("memcache://{addr}?timeout=1"))
+                .with_context(|| format!("cannot reach memcached at {addr} (is it running? `memcached -l {}` starts one)", addr.ip()))?;
+            Some(client)
+        }
+        None => None,
+    };
     let in_flight = std::sync::Arc::new(AtomicU32::new(0));
     if let Some(target) = heartbeats {
         if listen.ip().is_unspecified() {
@@ -208,7 +247,10 @@ pub async fn serve(
     let mut buf = vec![0u8; 65536];
     loop {
         let (n, source) = socket.recv_from(&mut buf).await?;
-        if let Some((answer, to)) = handle(&table, service, &buf[..n], source) {
+        // kv talks to memcached synchronously: let the runtime move other
+        // work off this thread meanwhile.
+        let answered = tokio::task::block_in_place(|| handle(&table, service, kv.as_ref(), &buf[..n], source));
+        if let Some((answer, to)) = answered {
             if delay.is_zero() {
                 if let Err(e) = socket.send_to(&answer.to_bytes(), to).await {
                     warn!(%to, "cannot send answer: {e}");
@@ -249,21 +291,21 @@ mod tests {
     fn echo_answers_the_source_with_the_same_request_id() {
         let t: FunctionTable = "1=echo".parse().unwrap();
         let src: SocketAddr = "10.0.0.2:4000".parse().unwrap();
-        let (answer, to) = handle(&t, None, &Message::request(1, 99, b"ping").to_bytes(), src).unwrap();
+        let (answer, to) = handle(&t, None, None, &Message::request(1, 99, b"ping").to_bytes(), src).unwrap();
         assert_eq!(to, src);
         assert_eq!(answer.hdr.kind, kind::RESPONSE);
         assert_eq!(answer.hdr.request_id(), 99);
         assert_eq!(answer.payload, b"ping");
-        let (answer, _) = handle(&t, None, &Message::request(2, 5, b"").to_bytes(), src).unwrap();
+        let (answer, _) = handle(&t, None, None, &Message::request(2, 5, b"").to_bytes(), src).unwrap();
         assert_eq!(answer.error_parts().unwrap().0, error_code::UNKNOWN_FUNCTION);
-        assert!(handle(&t, None, b"junk", src).is_none());
+        assert!(handle(&t, None, None, b"junk", src).is_none());
     }
 
     #[test]
     fn failures_answer_error_6() {
         let t: FunctionTable = "upper".parse().unwrap();
         let src: SocketAddr = "10.0.0.2:4000".parse().unwrap();
-        let (answer, _) = handle(&t, None, &Message::request(1, 1, &[0xff, 0xfe]).to_bytes(), src).unwrap();
+        let (answer, _) = handle(&t, None, None, &Message::request(1, 1, &[0xff, 0xfe]).to_bytes(), src).unwrap();
         let (code, text) = answer.error_parts().unwrap();
         assert_eq!(code, error_code::WORKER_FAILURE);
         assert!(text.contains("not UTF-8"), "{text}");
@@ -279,13 +321,13 @@ mod tests {
         m.hdr.flags = flags::REPLY_SET;
         m.hdr.reply_port = client.port().to_be_bytes();
         m.hdr.reply_addr = "10.0.0.2".parse::<std::net::Ipv4Addr>().unwrap().to_ipv6_mapped().octets();
-        let (step, to) = handle(&t, Some(service), &m.to_bytes(), "10.0.0.1:7770".parse().unwrap()).unwrap();
+        let (step, to) = handle(&t, Some(service), None, &m.to_bytes(), "10.0.0.1:7770".parse().unwrap()).unwrap();
         assert_eq!(to, service);
         assert_eq!((step.hdr.kind, step.hdr.step, step.hdr.workflow_id(), step.hdr.request_id()), (kind::STEP, 1, 100, 7));
         assert_eq!(step.hdr.reply_addr, m.hdr.reply_addr);
         assert_eq!(step.payload, b"ABC");
         m.hdr.flags |= flags::LAST_STEP;
-        let (answer, to) = handle(&t, Some(service), &m.to_bytes(), "10.0.0.1:7770".parse().unwrap()).unwrap();
+        let (answer, to) = handle(&t, Some(service), None, &m.to_bytes(), "10.0.0.1:7770".parse().unwrap()).unwrap();
         assert_eq!(to, client);
         assert_eq!(answer.hdr.kind, kind::RESPONSE);
         assert_eq!(answer.payload, b"ABC");

@@ -266,16 +266,25 @@ impl Testbed {
 
     /// Waits until something in `host` listens on UDP `port`.
     pub fn wait_for_udp_port(&self, host: &Host, port: u16, timeout: Duration) {
+        self.wait_for_port(host, &["/proc/net/udp", "/proc/net/udp6"], port, timeout)
+    }
+
+    /// Waits until something in `host` listens on TCP `port`.
+    pub fn wait_for_tcp_port(&self, host: &Host, port: u16, timeout: Duration) {
+        self.wait_for_port(host, &["/proc/net/tcp", "/proc/net/tcp6"], port, timeout)
+    }
+
+    fn wait_for_port(&self, host: &Host, tables: &[&str], port: u16, timeout: Duration) {
         let needle = format!(":{port:04X} ");
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            let out = self.exec(host, Path::new("cat"), &["/proc/net/udp", "/proc/net/udp6"]);
+            let out = self.exec(host, Path::new("cat"), tables);
             if String::from_utf8_lossy(&out.stdout).contains(&needle) {
                 return;
             }
             thread::sleep(Duration::from_millis(20));
         }
-        panic!("nothing listens on UDP port {port} in {} after {timeout:?}; logs:\n{}", host.role, self.logs());
+        panic!("nothing listens on port {port} ({tables:?}) in {} after {timeout:?}; logs:\n{}", host.role, self.logs());
     }
 
     /// The pin directory of the data plane attached to `host`'s eth0.

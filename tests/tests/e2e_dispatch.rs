@@ -239,3 +239,35 @@ fn worker_macs_are_learned_from_the_neighbour_table() {
     assert!(!out.status.success());
     assert!(stderr.contains("cannot learn the MAC of 10.99.0.99") && stderr.contains("set `mac`"), "{stderr}");
 }
+
+/// The `kv` function against a real memcached, through XDP, and as the
+/// first step of a workflow whose last step answers the client.
+#[test]
+fn kv_requests_reach_memcached_and_feed_a_workflow() {
+    let mut tb = Testbed::new("kv");
+    let dsp = tb.add_host("dsp", 1);
+    let client = tb.add_host("client", 2);
+    let w1 = tb.add_host("w1", 10);
+    let w2 = tb.add_host("w2", 11);
+    tb.enable_xdp_tx(&dsp);
+    let conf = tb.write_file("dispatcher.toml", &config(dsp.ip, &[(1, &[&w1]), (2, &[&w2])], "\n[[workflows]]\nid = 100\nsteps = [1, 2]\n"));
+    let _memcached = tb.spawn(&w1, "memcached", Path::new("memcached"), &["-u", "nobody", "-l", "127.0.0.1", "-p", "11211", "-U", "0"]);
+    tb.wait_for_tcp_port(&w1, 11211, Duration::from_secs(10));
+    let service = format!("{}:7770", dsp.ip);
+    let _kv = tb.serve(&w1, "kv", &["--memcached", "127.0.0.1:11211", "--dispatcher", &service]);
+    let _upper = tb.serve(&w2, "upper", &["--dispatcher", &service]);
+    let _dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &conf, &[]);
+
+    let (code, stdout, stderr) = invoke(&tb, &client, &dsp, "1", "SET greeting hello from memcached");
+    assert_eq!((code, stdout.as_str()), (Some(0), "STORED"), "{stderr}\n{}", tb.logs());
+    let (_, stdout, _) = invoke(&tb, &client, &dsp, "1", "GET greeting");
+    assert_eq!(stdout, "hello from memcached");
+    let (code, _, stderr) = invoke(&tb, &client, &dsp, "1", "GET nothing-here");
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("ERROR 6") && stderr.contains("no value for key `nothing-here`"), "{stderr}");
+    // Workflow: kv GET, then upper; the last worker answers.
+    let (code, stdout, stderr) = invoke(&tb, &client, &dsp, "100", "GET greeting");
+    assert_eq!(code, Some(0), "{stderr}\n{}", tb.logs());
+    assert_eq!(stdout, "HELLO FROM MEMCACHED");
+    assert!(stderr.contains(&format!("RESPONSE from {}:9000", w2.ip)), "{stderr}");
+}

@@ -142,10 +142,11 @@ fn llvm_prefix(sysroot: &Path, soname: &str) -> Result<PathBuf> {
     Ok(prefix)
 }
 
-/// Tools the namespace testbeds call: `ip` (iproute2) and `ethtool`.
-/// Installed with apt-get when missing.
+/// Tools the namespace testbeds call: `ip` (iproute2), `ethtool`, and
+/// memcached (for the `kv` function's tests). Installed with apt-get when
+/// missing.
 pub fn ensure_system_tools() -> Result<()> {
-    let missing: Vec<&str> = [("ip", "iproute2"), ("ethtool", "ethtool")]
+    let missing: Vec<&str> = [("ip", "iproute2"), ("ethtool", "ethtool"), ("memcached", "memcached")]
         .into_iter()
         .filter(|(bin, _)| output("sh", &["-c", &format!("command -v {bin}")]).is_none())
         .map(|(_, pkg)| pkg)
