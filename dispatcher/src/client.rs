@@ -29,6 +29,13 @@ pub fn random_request_id() -> u64 {
 /// any address (workers answer clients directly), so the socket is not
 /// connected.
 pub fn invoke(to: SocketAddr, function_id: u32, payload: &[u8], timeout: Duration) -> Result<Answer> {
+    if payload.len() > crate::worker::MAX_PAYLOAD {
+        bail!(
+            "the payload is {} bytes: a request carries at most {} in one UDP datagram (the protocol's ERROR 5); send less",
+            payload.len(),
+            crate::worker::MAX_PAYLOAD
+        );
+    }
     let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
     let socket = UdpSocket::bind(bind).context("cannot open a UDP socket")?;
     let request_id = random_request_id();

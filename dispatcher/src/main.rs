@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use dispatcher::{
     bpffs, client,
@@ -172,8 +172,14 @@ enum Command {
         /// Function id to call.
         function_id: u32,
         /// The request payload (UTF-8).
-        #[arg(default_value = "")]
+        #[arg(default_value = "", conflicts_with = "payload_file")]
         payload: String,
+        /// Send this file's bytes as the payload instead.
+        #[arg(long)]
+        payload_file: Option<PathBuf>,
+        /// Write the answer's payload to this file instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
         /// How long to wait for the answer, in milliseconds.
         #[arg(long, default_value_t = 1000)]
         timeout_ms: u64,
@@ -417,15 +423,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 print!("{}", report.text());
             }
         }
-        Command::Invoke { to, function_id, payload, timeout_ms } => {
-            let answer = client::invoke(to, function_id, payload.as_bytes(), Duration::from_millis(timeout_ms))?;
+        Command::Invoke { to, function_id, payload, payload_file, out, timeout_ms } => {
+            let payload = match payload_file {
+                Some(path) => std::fs::read(&path).with_context(|| format!("cannot read --payload-file {}", path.display()))?,
+                None => payload.into_bytes(),
+            };
+            let answer = client::invoke(to, function_id, &payload, Duration::from_millis(timeout_ms))?;
             let micros = answer.latency.as_secs_f64() * 1e6;
             if let Some((code, text)) = answer.message.error_parts() {
                 eprintln!("ERROR {code} from {} in {micros:.0} us: {text}", answer.from);
                 return Ok(ExitCode::from(2));
             }
-            eprintln!("RESPONSE from {} in {micros:.0} us", answer.from);
-            println!("{}", String::from_utf8_lossy(&answer.message.payload));
+            eprintln!("RESPONSE from {} in {micros:.0} us ({} bytes)", answer.from, answer.message.payload.len());
+            match out {
+                Some(path) => std::fs::write(&path, &answer.message.payload).with_context(|| format!("cannot write --out {}", path.display()))?,
+                None => println!("{}", String::from_utf8_lossy(&answer.message.payload)),
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

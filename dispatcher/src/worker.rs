@@ -31,9 +31,15 @@ pub enum FunctionKind {
     /// A key-value store in memcached: `GET key` answers the value,
     /// `SET key value` stores it (answers `STORED`), `DEL key` deletes it.
     Kv,
+    /// Turns an image (PNG, or raw RGB as binary PPM) into a grayscale PNG.
+    Grayscale,
 }
 
-const NAMES: &str = "echo, static, upper, reverse, kv";
+const NAMES: &str = "echo, static, upper, reverse, kv, grayscale";
+
+/// The largest payload one UDP datagram (over IPv4) can carry after the
+/// FaaS header.
+pub const MAX_PAYLOAD: usize = 65_507 - dispatcher_common::protocol::FaasHdr::LEN;
 
 /// The page `static` serves.
 pub const STATIC_PAGE: &str = "<!doctype html><html><head><title>faas</title></head><body><h1>Hello from a FaaS worker</h1></body></html>";
@@ -47,6 +53,7 @@ impl FromStr for FunctionKind {
             "upper" => Ok(FunctionKind::Upper),
             "reverse" => Ok(FunctionKind::Reverse),
             "kv" => Ok(FunctionKind::Kv),
+            "grayscale" => Ok(FunctionKind::Grayscale),
             other => bail!("unknown function `{other}`: this runtime serves: {NAMES}"),
         }
     }
@@ -102,7 +109,20 @@ fn invoke(function: FunctionKind, input: &[u8], kv: Option<&memcache::Client>) -
         FunctionKind::Upper => Ok(text()?.to_uppercase().into_bytes()),
         FunctionKind::Reverse => Ok(text()?.chars().rev().collect::<String>().into_bytes()),
         FunctionKind::Kv => kv_command(kv.ok_or("this worker has no memcached: start it with --memcached ADDR:PORT")?, input),
+        FunctionKind::Grayscale => grayscale(input),
     }
+}
+
+/// Decodes an image (format guessed from its bytes), converts it to 8-bit
+/// luma, and encodes that as PNG.
+fn grayscale(input: &[u8]) -> Result<Vec<u8>, String> {
+    let image = image::load_from_memory(input).map_err(|e| format!("not an image this worker reads (PNG or binary PPM): {e}"))?;
+    let mut out = std::io::Cursor::new(Vec::new());
+    image
+        .to_luma8()
+        .write_to(&mut out, image::ImageFormat::Png)
+        .map_err(|e| format!("cannot encode the grayscale PNG: {e}"))?;
+    Ok(out.into_inner())
 }
 
 /// `GET key`, `SET key value` (the value may hold spaces and any bytes),
@@ -164,6 +184,10 @@ pub fn handle(
         Ok(output) => output,
         Err(why) => return Some((msg.error(error_code::WORKER_FAILURE, &format!("function {id} failed: {why}")), to)),
     };
+    if output.len() > MAX_PAYLOAD {
+        let text = format!("function {id}'s output is {} bytes, more than one datagram carries ({MAX_PAYLOAD})", output.len());
+        return Some((msg.error(error_code::PAYLOAD_TOO_LARGE, &text), to));
+    }
     let in_workflow = msg.hdr.workflow_id() != 0 && msg.hdr.flags & flags::LAST_STEP == 0;
     match (in_workflow, service) {
         (true, Some(service)) => {

@@ -271,3 +271,53 @@ fn kv_requests_reach_memcached_and_feed_a_workflow() {
     assert_eq!(stdout, "HELLO FROM MEMCACHED");
     assert!(stderr.contains(&format!("RESPONSE from {}:9000", w2.ip)), "{stderr}");
 }
+
+/// `grayscale` on a 128x128 RGB image: the request does not fit one packet,
+/// so it arrives in IP fragments, which XDP passes up and the daemon's slow
+/// path dispatches; the worker answers the client directly with the
+/// grayscale PNG, exactly the image crate's luma conversion of the input.
+#[test]
+fn a_multi_packet_image_is_converted_to_grayscale_through_the_slow_path() {
+    let mut tb = Testbed::new("gray");
+    let dsp = tb.add_host("dsp", 1);
+    let client = tb.add_host("client", 2);
+    let worker = tb.add_host("worker", 10);
+    tb.enable_xdp_tx(&dsp);
+    let conf = tb.write_file("dispatcher.toml", &config(dsp.ip, &[(1, &[&worker])], ""));
+    let _worker = tb.serve(&worker, "grayscale", &[]);
+    let _dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &conf, &[]);
+    tb.wait_for_udp_port(&dsp, 7770, Duration::from_secs(10));
+
+    // Noise, so that PNG cannot squeeze it into one packet.
+    let mut seed = 12345u32;
+    let input = image::RgbImage::from_fn(128, 128, |_, _| {
+        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        image::Rgb([(seed >> 16) as u8, (seed >> 8) as u8, (seed >> 24) as u8])
+    });
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(input.clone()).write_to(&mut png, image::ImageFormat::Png).unwrap();
+    let png = png.into_inner();
+    assert!(png.len() > 3 * 1500, "the request must span several packets ({} bytes)", png.len());
+    let input_path = tb.write_file("in.png", "");
+    std::fs::write(&input_path, &png).unwrap();
+    let output_path = tb.dir.join("out.png");
+
+    let to = format!("{}:7770", dsp.ip);
+    let out = tb.exec(&client, &dispatcher_bin(), &["invoke", "--to", &to, "1", "--payload-file", input_path.to_str().unwrap(), "--out", output_path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}\n{}", tb.logs());
+    assert!(stderr.contains(&format!("RESPONSE from {}:9000", worker.ip)), "{stderr}");
+    let gray = image::load_from_memory(&std::fs::read(&output_path).unwrap()).expect("a PNG");
+    assert_eq!(gray.color(), image::ColorType::L8);
+    assert_eq!(gray.to_luma8(), image::DynamicImage::ImageRgb8(input).to_luma8(), "exactly the luma conversion");
+    assert!(stats(&tb, &dsp).get(Counter::PassFragment) >= 3);
+
+    // Not an image: ERROR 6. Too large for a datagram: refused, with why.
+    let (code, _, stderr) = invoke(&tb, &client, &dsp, "1", "not an image");
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("ERROR 6") && stderr.contains("not an image"), "{stderr}");
+    let big = tb.write_file("big.bin", &"x".repeat(70_000));
+    let out = tb.exec(&client, &dispatcher_bin(), &["invoke", "--to", &to, "1", "--payload-file", big.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("at most 65459 in one UDP datagram"), "{stderr}");
+}
