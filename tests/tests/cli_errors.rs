@@ -39,6 +39,10 @@ fn run_errors_name_the_problem_and_the_fix() {
     fails_saying(&["workers", "add", "--function", "1", "--addr", "10.0.0.2", "--mac", "02:00:00:00:00:01"], "invalid value '10.0.0.2' for '--addr");
     fails_saying(&["workers", "add", "--function", "1", "--addr", "10.0.0.2:9000", "--mac", "02:00:00:00:00:01"], "no data plane is pinned");
 
+    // Nobody answers: invoke gives up after its timeout and says what to check.
+    let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    fails_saying(&["invoke", "--to", &closed, "1", "x", "--timeout-ms", "200"], &format!("no answer from {closed} within 200ms"));
+
     // Without privileges: an unprivileged user, no capabilities.
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])

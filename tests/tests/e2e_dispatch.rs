@@ -241,7 +241,8 @@ fn worker_macs_are_learned_from_the_neighbour_table() {
 }
 
 /// The `kv` function against a real memcached, through XDP, and as the
-/// first step of a workflow whose last step answers the client.
+/// first step of a workflow whose last step answers the client; and the
+/// `static` function.
 #[test]
 fn kv_requests_reach_memcached_and_feed_a_workflow() {
     let mut tb = Testbed::new("kv");
@@ -249,14 +250,19 @@ fn kv_requests_reach_memcached_and_feed_a_workflow() {
     let client = tb.add_host("client", 2);
     let w1 = tb.add_host("w1", 10);
     let w2 = tb.add_host("w2", 11);
+    let w3 = tb.add_host("w3", 12);
     tb.enable_xdp_tx(&dsp);
-    let conf = tb.write_file("dispatcher.toml", &config(dsp.ip, &[(1, &[&w1]), (2, &[&w2])], "\n[[workflows]]\nid = 100\nsteps = [1, 2]\n"));
+    let conf = tb.write_file("dispatcher.toml", &config(dsp.ip, &[(1, &[&w1]), (2, &[&w2]), (3, &[&w3])], "\n[[workflows]]\nid = 100\nsteps = [1, 2]\n"));
     let _memcached = tb.spawn(&w1, "memcached", Path::new("memcached"), &["-u", "nobody", "-l", "127.0.0.1", "-p", "11211", "-U", "0"]);
     tb.wait_for_tcp_port(&w1, 11211, Duration::from_secs(10));
     let service = format!("{}:7770", dsp.ip);
     let _kv = tb.serve(&w1, "kv", &["--memcached", "127.0.0.1:11211", "--dispatcher", &service]);
     let _upper = tb.serve(&w2, "upper", &["--dispatcher", &service]);
+    let _static = tb.serve(&w3, "static", &[]);
     let _dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &conf, &[]);
+
+    let (_, stdout, _) = invoke(&tb, &client, &dsp, "3", "anything");
+    assert!(stdout.starts_with("<!doctype html>") && stdout.contains("Hello from a FaaS worker"), "{stdout}");
 
     let (code, stdout, stderr) = invoke(&tb, &client, &dsp, "1", "SET greeting hello from memcached");
     assert_eq!((code, stdout.as_str()), (Some(0), "STORED"), "{stderr}\n{}", tb.logs());
