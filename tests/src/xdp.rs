@@ -1,7 +1,19 @@
 //! Running the data plane with BPF_PROG_TEST_RUN.
 
 use aya::programs::{TestRun, TestRunOptions, Xdp};
-use dispatcher_common::stats::Counter;
+use dispatcher::{config::Config, control, data_plane::Loaded};
+use dispatcher_common::{maps::egress, stats::Counter};
+
+use crate::packets::IFACE_MAC;
+
+/// The data plane loaded (not attached), its source MAC set to IFACE_MAC
+/// and `config` (TOML) applied.
+pub fn data_plane(config: &str) -> Loaded {
+    let mut dp = Loaded::new().expect("load the data plane (are you root?)");
+    dp.maps.set_settings(IFACE_MAC, egress::TX).unwrap();
+    control::apply(&mut dp.maps, &Config::parse(config).expect("a valid test config")).unwrap();
+    dp
+}
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;

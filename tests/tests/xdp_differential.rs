@@ -8,13 +8,12 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use dispatcher::{
-    config::Config,
     control,
     data_plane::{Loaded, HW_PROGRAM, PROGRAM},
 };
 use dispatcher_common::{
     checksum,
-    maps::{egress, policy, RING_SIZE},
+    maps::{policy, RING_SIZE},
     model::{self, Verdict, View},
     protocol::{FaasHdr, MAGIC},
     stats::Counter,
@@ -238,9 +237,7 @@ fn xdp_code(v: Verdict) -> u32 {
 }
 
 fn data_plane() -> Loaded {
-    let mut dp = Loaded::new().expect("load the data plane (are you root?)");
-    dp.maps.set_settings(IFACE_MAC, egress::TX).unwrap();
-    control::apply(&mut dp.maps, &Config::parse(CONFIG).unwrap()).unwrap();
+    let mut dp = tests::xdp::data_plane(CONFIG);
     control::set_load(&mut dp.maps, 12, 0, 3).unwrap();
     dp
 }

@@ -6,13 +6,8 @@
 
 use std::net::SocketAddr;
 
-use dispatcher::{
-    config::Config,
-    control,
-    data_plane::{Loaded, HW_PROGRAM, PROGRAM},
-};
+use dispatcher::data_plane::{Loaded, HW_PROGRAM, PROGRAM};
 use dispatcher_common::{
-    maps::egress,
     protocol::{kind, FaasHdr},
     stats::Counter,
 };
@@ -39,10 +34,7 @@ fn addr(s: &str) -> SocketAddr {
 }
 
 fn data_plane() -> Loaded {
-    let mut dp = Loaded::new().expect("load the data plane (are you root?)");
-    dp.maps.set_settings(IFACE_MAC, egress::TX).unwrap();
-    control::apply(&mut dp.maps, &Config::parse(CONFIG).unwrap()).unwrap();
-    dp
+    tests::xdp::data_plane(CONFIG)
 }
 
 fn total(dp: &Loaded, hw: bool) -> (u64, Vec<u64>) {

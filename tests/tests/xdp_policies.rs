@@ -12,7 +12,7 @@ use dispatcher::{
 };
 use dispatcher_common::{
     hash,
-    maps::{egress, MAGLEV_SIZE},
+    maps::MAGLEV_SIZE,
     protocol::{flags, kind, FaasHdr},
     stats::Counter,
 };
@@ -99,10 +99,7 @@ fn addr(s: &str) -> SocketAddr {
 }
 
 fn data_plane() -> Loaded {
-    let mut dp = Loaded::new().expect("load the data plane (are you root?)");
-    dp.maps.set_settings(IFACE_MAC, egress::TX).unwrap();
-    control::apply(&mut dp.maps, &Config::parse(CONFIG).unwrap()).unwrap();
-    dp
+    tests::xdp::data_plane(CONFIG)
 }
 
 /// A frame from `from` to the VIP carrying `hdr` and a small payload.

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use dispatcher::{config::Config, control, data_plane::Loaded};
 use dispatcher_common::{
-    maps::{egress, policy, worker_state},
+    maps::{policy, worker_state},
     protocol::{kind, FaasHdr},
     stats::Counter,
 };
@@ -49,10 +49,8 @@ fn addr(s: &str) -> SocketAddr {
 
 /// A loaded (not attached) data plane configured with `CONFIG`.
 fn data_plane() -> Loaded {
-    let mut dp = Loaded::new().expect("load the data plane (are you root?)");
-    dp.maps.set_settings(IFACE_MAC, egress::TX).unwrap();
+    let mut dp = tests::xdp::data_plane(CONFIG);
     let config = Config::parse(CONFIG).unwrap();
-    control::apply(&mut dp.maps, &config).unwrap();
     let mut down = config.functions[3].workers[0].to_map(4).unwrap();
     down.state = worker_state::DOWN;
     control::set_function(&mut dp.maps, 4, policy::ROUND_ROBIN, &[down]).unwrap();
