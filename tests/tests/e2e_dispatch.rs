@@ -327,3 +327,48 @@ fn a_multi_packet_image_is_converted_to_grayscale_through_the_slow_path() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("at most 65459 in one UDP datagram"), "{stderr}");
 }
+
+/// The workflow of the issue: kv GET -> grayscale -> static. The image
+/// stored in memcached is larger than a packet, so the STEPs that carry it
+/// arrive in fragments and take the daemon's slow path, which must treat
+/// them exactly as the kernel does (registered sender, next step's worker).
+#[test]
+fn kv_then_grayscale_then_static_with_multi_packet_steps() {
+    let mut tb = Testbed::new("chain");
+    let dsp = tb.add_host("dsp", 1);
+    let client = tb.add_host("client", 2);
+    let (w1, w2, w3) = (tb.add_host("w1", 10), tb.add_host("w2", 11), tb.add_host("w3", 12));
+    tb.enable_xdp_tx(&dsp);
+    let conf = tb.write_file("dispatcher.toml", &config(dsp.ip, &[(1, &[&w1]), (2, &[&w2]), (3, &[&w3])], "\n[[workflows]]\nid = 100\nsteps = [1, 2, 3]\n"));
+    let _memcached = tb.spawn(&w1, "memcached", Path::new("memcached"), &["-u", "nobody", "-l", "127.0.0.1", "-p", "11211", "-U", "0"]);
+    tb.wait_for_tcp_port(&w1, 11211, Duration::from_secs(10));
+    let service = format!("{}:7770", dsp.ip);
+    let _kv = tb.serve(&w1, "kv", &["--memcached", "127.0.0.1:11211", "--dispatcher", &service]);
+    let _gray = tb.serve(&w2, "grayscale", &["--dispatcher", &service]);
+    let _static = tb.serve(&w3, "static", &[]);
+    let _dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &conf, &[]);
+    tb.wait_for_udp_port(&dsp, 7770, Duration::from_secs(10));
+
+    let mut seed = 7u32;
+    let noise = image::RgbImage::from_fn(96, 96, |_, _| {
+        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        image::Rgb([(seed >> 16) as u8, (seed >> 8) as u8, (seed >> 24) as u8])
+    });
+    let mut png = std::io::Cursor::new(b"SET photo ".to_vec());
+    png.set_position(10);
+    image::DynamicImage::ImageRgb8(noise).write_to(&mut png, image::ImageFormat::Png).unwrap();
+    let set = tb.write_file("set.bin", "");
+    std::fs::write(&set, png.into_inner()).unwrap();
+    let out = tb.exec(&client, &dispatcher_bin(), &["invoke", "--to", &service, "1", "--payload-file", set.to_str().unwrap()]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "STORED", "{}\n{}", String::from_utf8_lossy(&out.stderr), tb.logs());
+
+    let (code, stdout, stderr) = invoke(&tb, &client, &dsp, "100", "GET photo");
+    assert_eq!(code, Some(0), "{stderr}\n{}", tb.logs());
+    assert!(stdout.contains("Hello from a FaaS worker"), "{stdout}");
+    assert!(stderr.contains(&format!("RESPONSE from {}:9000", w3.ip)), "{stderr}");
+    // The first dispatch is in the kernel; the image-carrying STEPs came in
+    // fragments and took the slow path.
+    let s = stats(&tb, &dsp);
+    assert_eq!(s.get(Counter::DispatchedWorkflow), 1, "{s:?}");
+    assert!(s.get(Counter::PassFragment) >= 6, "{s:?}");
+}
