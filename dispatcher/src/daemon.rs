@@ -98,17 +98,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut refresh = tokio::time::interval(Duration::from_millis(config.neighbours.refresh_ms.max(100)));
     let service = service::run(config.service.port, &pin_dir);
     tokio::pin!(service);
-    let health_maps = match config.health {
-        Some(_) => Some(attached.maps_handle()?),
+    let mut health_task = match config.health.clone() {
+        Some(h) => Some(health::start(h, attached.maps_handle()?).await?),
         None => None,
     };
-    let health = async {
-        match (config.health.clone(), health_maps) {
-            (Some(h), Some(maps)) => health::run(h, maps).await,
-            _ => std::future::pending().await,
-        }
-    };
-    tokio::pin!(health);
     // Listening for SIGTERM/SIGINT from here on, once: a signal between two
     // turns of the loop is not missed.
     let shutdown = wait_for_shutdown();
@@ -117,10 +110,24 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         tokio::select! {
             r = &mut shutdown => { r?; break; }
             r = &mut service => { r?; break; }
-            r = &mut health => { r?; break; }
             _ = hup.recv() => {
-                if let Some(l) = reload(&opts, &mut maps).await {
-                    learned = l;
+                if let Some(new) = reload(&opts, &mut maps).await {
+                    learned = new.learned;
+                    if health_task.as_ref().map(|h| &h.config) != new.health.as_ref() {
+                        // Stop the old listener first: the new one may bind the same address.
+                        health_task = None;
+                        if let Some(h) = new.health {
+                            match attached.maps_handle() {
+                                Ok(maps) => match health::start(h, maps).await {
+                                    Ok(running) => health_task = Some(running),
+                                    Err(e) => warn!("SIGHUP: health not restarted: {e:#}"),
+                                },
+                                Err(e) => warn!("SIGHUP: health not restarted: {e:#}"),
+                            }
+                        } else {
+                            info!("SIGHUP: health checking off");
+                        }
+                    }
                 }
             }
             _ = refresh.tick() => refresh_macs(&learned, &mut maps).await,
@@ -134,20 +141,26 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     attached.detach()
 }
 
+/// What a reload applied.
+struct Reloaded {
+    /// Workers whose MACs were learned from the neighbour table.
+    learned: Vec<SocketAddr>,
+    health: Option<crate::config::HealthConfig>,
+}
+
 /// SIGHUP: re-read the config and apply the difference. A bad config is
-/// reported and changes nothing. Returns the workers whose MACs were
-/// learned, when it applied.
-async fn reload(opts: &RunOptions, maps: &mut crate::data_plane::Maps) -> Option<Vec<SocketAddr>> {
+/// reported and changes nothing.
+async fn reload(opts: &RunOptions, maps: &mut crate::data_plane::Maps) -> Option<Reloaded> {
     let result = async {
         let mut config = effective_config(opts)?;
         let learned = neighbours::fill_missing(&mut config).await?;
         control::reconcile(maps, &config)?;
-        anyhow::Ok(learned)
+        anyhow::Ok(Reloaded { learned, health: config.health })
     };
     match result.await {
-        Ok(learned) => {
+        Ok(reloaded) => {
             info!("SIGHUP: configuration reloaded");
-            Some(learned)
+            Some(reloaded)
         }
         Err(e) => {
             warn!("SIGHUP: configuration not reloaded, the running one stays: {e:#}");

@@ -153,24 +153,45 @@ impl Health {
     }
 }
 
-/// Listens for heartbeats and sweeps for silent workers until cancelled.
-pub async fn run(config: HealthConfig, mut maps: Maps) -> Result<()> {
+/// A running health task: its config, to tell whether a reload changes it.
+pub struct Running {
+    pub config: HealthConfig,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Binds the health address (failing here, with the reason, if it cannot)
+/// and runs the listener and the sweeps on a task of their own.
+pub async fn start(config: HealthConfig, maps: Maps) -> Result<Running> {
     let socket = UdpSocket::bind(config.listen)
         .await
         .with_context(|| format!("health.listen: cannot bind {} (in use, or not an address of this host?)", config.listen))?;
     info!(listen = %config.listen, down_after_ms = config.down_after_ms, "health: listening for worker heartbeats");
+    let task = tokio::spawn(serve(socket, config.clone(), maps));
+    Ok(Running { config, task })
+}
+
+/// Listens for heartbeats and sweeps for silent workers until aborted.
+async fn serve(socket: UdpSocket, config: HealthConfig, mut maps: Maps) {
     let mut sweep = tokio::time::interval(Duration::from_millis((config.down_after_ms / 4).max(20)));
     let mut health = Health::new(config);
     let mut buf = [0u8; 512];
     loop {
         tokio::select! {
-            r = socket.recv_from(&mut buf) => {
-                let (n, from) = r?;
-                let from = SocketAddr::new(from.ip().to_canonical(), from.port());
-                if let Err(e) = health.on_datagram(&mut maps, &buf[..n], from) {
-                    warn!("health: {e:#}");
+            r = socket.recv_from(&mut buf) => match r {
+                Ok((n, from)) => {
+                    let from = SocketAddr::new(from.ip().to_canonical(), from.port());
+                    if let Err(e) = health.on_datagram(&mut maps, &buf[..n], from) {
+                        warn!("health: {e:#}");
+                    }
                 }
-            }
+                Err(e) => warn!("health: receive failed: {e}"),
+            },
             _ = sweep.tick() => {
                 if let Err(e) = health.sweep(&mut maps) {
                     warn!("health: {e:#}");

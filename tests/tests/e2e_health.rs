@@ -78,4 +78,12 @@ fn missed_heartbeats_mark_a_worker_down_and_resumed_ones_up() {
     assert_eq!(worker_states(&tb, &dsp)[&a3], "down");
     assert!(dispatcher.log().contains("bad MAC"), "{}", dispatcher.log());
     dispatcher.assert_running();
+
+    // SIGHUP with a new key restarts health with it: the workers, still on
+    // the old key, are refused and go down.
+    let new_health = health.replace(KEY, "a-brand-new-key-0123456789");
+    tb.write_file("dispatcher.toml", &config(dsp.ip, &[(1, &[&w1, &w2, &silent])], &new_health));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(dispatcher.pid() as i32), nix::sys::signal::Signal::SIGHUP).unwrap();
+    wait_for_state(&tb, &dsp, &a1, "down");
+    assert_eq!(dispatcher.log().matches("health: listening").count(), 2, "{}", dispatcher.log());
 }
