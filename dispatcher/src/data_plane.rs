@@ -210,11 +210,6 @@ impl Loaded {
         Ok(Loaded { ebpf, maps })
     }
 
-    /// The host program, `dispatch`.
-    pub fn program(&self) -> &Xdp {
-        self.named(PROGRAM)
-    }
-
     pub fn named(&self, name: &str) -> &Xdp {
         self.ebpf
             .program(name)

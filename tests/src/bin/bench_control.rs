@@ -11,7 +11,7 @@
 //!    plane, each a one-step change (idle-generation tables, then the
 //!    FUNCTIONS flip).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use dispatcher::{
     config::{Config, HealthConfig, WorkerConfig},
@@ -86,5 +86,4 @@ fn main() {
         elapsed.as_secs_f64(),
         changes as f64 / elapsed.as_secs_f64()
     );
-    let _ = Duration::ZERO;
 }
