@@ -69,7 +69,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
     let mut config = effective_config(&opts)?;
     let mut learned = neighbours::fill_missing(&mut config).await?;
-    interface_mac(&opts.iface)?;
+    let iface_mac = interface_mac(&opts.iface)?;
     privileges::require_bpf_admin("dispatcher run")?;
     bpffs::ensure_mounted(&opts.bpffs)?;
     let pin_dir = bpffs::pin_dir(&opts.bpffs, &opts.iface);
@@ -78,7 +78,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     // or killed) keeps serving; adopt it and bring it up to date.
     let attached = if pin_dir.exists() {
         let mut adopted = Attached::adopt(&opts.iface, &pin_dir)?;
-        control::configure_interface(&mut adopted.maps, interface_mac(&opts.iface)?, &config.egress)?;
+        control::configure_interface(&mut adopted.maps, iface_mac, &config.egress)?;
         control::apply(&mut adopted.maps, &config)?;
         adopted
     } else {
@@ -114,8 +114,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 if let Some(new) = reload(&opts, &mut maps).await {
                     learned = new.learned;
                     if health_task.as_ref().map(|h| &h.config) != new.health.as_ref() {
-                        // Stop the old listener first: the new one may bind the same address.
-                        health_task = None;
+                        // Stop the old listener, and wait until its socket is
+                        // closed: the new one may bind the same address.
+                        if let Some(old) = health_task.take() {
+                            old.stop().await;
+                        }
                         if let Some(h) = new.health {
                             match attached.maps_handle() {
                                 Ok(maps) => match health::start(h, maps).await {

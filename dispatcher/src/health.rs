@@ -156,12 +156,25 @@ impl Health {
 /// A running health task: its config, to tell whether a reload changes it.
 pub struct Running {
     pub config: HealthConfig,
-    task: tokio::task::JoinHandle<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops the task and waits until it is gone, so that its socket is
+    /// closed and a successor can bind the same address.
+    pub async fn stop(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 
@@ -173,7 +186,7 @@ pub async fn start(config: HealthConfig, maps: Maps) -> Result<Running> {
         .with_context(|| format!("health.listen: cannot bind {} (in use, or not an address of this host?)", config.listen))?;
     info!(listen = %config.listen, down_after_ms = config.down_after_ms, "health: listening for worker heartbeats");
     let task = tokio::spawn(serve(socket, config.clone(), maps));
-    Ok(Running { config, task })
+    Ok(Running { config, task: Some(task) })
 }
 
 /// Listens for heartbeats and sweeps for silent workers until aborted.
