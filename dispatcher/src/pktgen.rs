@@ -1,33 +1,28 @@
 //! `dispatcher pktgen`: an open-loop load generator and latency meter.
 //!
 //! Requests leave on a fixed schedule (request `i` at `start + i / rate`),
-//! whatever the answers do, in batches through sendmmsg; a second thread
-//! takes answers in batches through recvmmsg and matches them to their
-//! request by request_id. Latency is measured from the *scheduled* send
+//! whatever the answers do, in batches through sendmmsg; answers are taken
+//! in batches through recvmmsg between sends and matched to their request
+//! by request_id. Latency is measured from the *scheduled* send
 //! time, so a generator that falls behind cannot hide the delay it caused
 //! (coordinated omission); it also reports how far behind it fell, and
 //! warns when that distorts the offered load.
 
 use std::{
-    io::{IoSlice, IoSliceMut},
     net::{SocketAddr, UdpSocket},
     os::fd::AsRawFd,
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
-    },
-    thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _, Result};
 use dispatcher_common::protocol::{kind, FaasHdr};
 use hdrhistogram::Histogram;
-use nix::sys::{
-    socket::{recvmmsg, sendmmsg, MsgFlags, MultiHeaders, SockaddrStorage},
-    time::TimeSpec,
-};
 use serde::Serialize;
+
+use crate::{
+    plot::{self, Series},
+    udp_batch::{BatchReceiver, BatchSender},
+};
 
 /// What to send.
 #[derive(Clone, Debug)]
@@ -100,6 +95,10 @@ pub struct Report {
     pub max_send_lag_us: u64,
     pub late_sends: u64,
     pub functions: Vec<FunctionReport>,
+    /// The latency distribution, for `plot`: all requests, then each
+    /// function of the mix.
+    #[serde(skip)]
+    pub distribution: Vec<Series>,
 }
 
 /// Parses `1,2:3` (function 1 weight 1, function 2 weight 3).
@@ -137,8 +136,88 @@ fn scheduled_ns(i: u64, rate: u64) -> u64 {
     (i as u128 * 1_000_000_000 / rate as u128) as u64
 }
 
+/// What the receiving side has counted so far.
+struct Tally {
+    all: Histogram<u64>,
+    per_function: Vec<Histogram<u64>>,
+    answered: Vec<u64>,
+    errors: Vec<u64>,
+    /// Requests answered (RESPONSE or ERROR), by request index.
+    seen: Vec<bool>,
+    done: u64,
+}
+
+impl Tally {
+    fn new(functions: usize, total: u64) -> Tally {
+        let new_hist = || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+        Tally {
+            all: new_hist(),
+            per_function: (0..functions).map(|_| new_hist()).collect(),
+            answered: vec![0; functions],
+            errors: vec![0; functions],
+            seen: vec![false; total as usize],
+            done: 0,
+        }
+    }
+
+    /// Counts one answer that arrived at `now_ns`; ignores anything that is
+    /// not an answer to a request of this run, and duplicates.
+    fn record(&mut self, datagram: &[u8], now_ns: u64, plan: &Plan) {
+        let Some(hdr) = FaasHdr::from_bytes(datagram) else { return };
+        let i = hdr.request_id();
+        if i >= plan.total || self.seen[i as usize] || !matches!(hdr.kind, kind::RESPONSE | kind::ERROR) {
+            return;
+        }
+        self.seen[i as usize] = true;
+        self.done += 1;
+        let f = plan.function_index(i);
+        if hdr.kind == kind::ERROR {
+            self.errors[f] += 1;
+            return;
+        }
+        self.answered[f] += 1;
+        let us = (now_ns.saturating_sub(plan.scheduled_ns(i)) / 1000).max(1);
+        let _ = self.all.record(us);
+        let _ = self.per_function[f].record(us);
+    }
+}
+
+/// The schedule: which request leaves when, for which function.
+struct Plan {
+    rate: u64,
+    total: u64,
+    mix: Vec<(u32, u32)>,
+    total_weight: u64,
+}
+
+impl Plan {
+    fn scheduled_ns(&self, i: u64) -> u64 {
+        scheduled_ns(i, self.rate)
+    }
+
+    fn function(&self, i: u64) -> u32 {
+        function_of(&self.mix, self.total_weight, i)
+    }
+
+    fn function_index(&self, i: u64) -> usize {
+        let id = self.function(i);
+        self.mix.iter().position(|(f, _)| *f == id).unwrap_or(0)
+    }
+
+    /// How many requests are due by `now_ns` (at least the first).
+    fn due_by(&self, now_ns: u64) -> u64 {
+        ((now_ns as u128 * self.rate as u128 / 1_000_000_000) as u64 + 1).min(self.total)
+    }
+}
+
 /// Runs the load; `progress` is called about every 100 ms with the number
 /// of requests sent so far.
+///
+/// One thread does everything: send what is due, take what has arrived,
+/// wait until the next request is due (polling when it is near, sleeping
+/// in `ppoll`, woken early by answers, when it is not). On two cores that
+/// leaves the other core to the responder; a separate receiving thread
+/// would fight it.
 pub fn run(opts: &Options, mut progress: impl FnMut(u64, u64)) -> Result<Report> {
     if opts.rate == 0 {
         bail!("--rate 0: give a rate in requests per second");
@@ -147,79 +226,86 @@ pub fn run(opts: &Options, mut progress: impl FnMut(u64, u64)) -> Result<Report>
     if total == 0 || total > 100_000_000 {
         bail!("--rate x --duration is {total} requests: give between 1 and 100 million");
     }
+    let plan = Plan { rate: opts.rate, total, mix: opts.mix.clone(), total_weight: opts.mix.iter().map(|(_, w)| *w as u64).sum() };
     let bind: SocketAddr = if opts.to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
     let socket = UdpSocket::bind(bind).context("cannot open a UDP socket")?;
+    // Not connected: answers come from the workers, not from `to`, and a
+    // connected socket would drop them.
+    socket.set_nonblocking(true)?;
     let _ = nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::RcvBuf, &(8 << 20));
     let _ = nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::SndBuf, &(8 << 20));
-    socket.set_read_timeout(Some(Duration::from_millis(50)))?;
-    let socket = Arc::new(socket);
-    let total_weight: u64 = opts.mix.iter().map(|(_, w)| *w as u64).sum();
-    let start = Instant::now();
-    let done_sending = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
+    precise_sleeps();
 
-    let receiver = {
-        let socket = socket.clone();
-        let done = done_sending.clone();
-        let (rate, batch, drain, mix) = (opts.rate, opts.batch, opts.drain, opts.mix.clone());
-        thread::spawn(move || receive(&socket, start, total, rate, batch, drain, &done, &mix, total_weight))
+    let mut tally = Tally::new(opts.mix.len(), total);
+    let mut receiver = BatchReceiver::new(opts.batch, 2048);
+    let mut sender = BatchSender::new(opts.batch);
+    let template = {
+        let mut d = FaasHdr::new(kind::REQUEST, 0, 0).to_bytes().to_vec();
+        d.resize(FaasHdr::LEN + opts.payload, 0x5a);
+        d
     };
-
-    // The sender: this thread.
-    let payload = vec![0x5au8; opts.payload];
-    let mut datagrams: Vec<Vec<u8>> = (0..opts.batch).map(|_| Vec::with_capacity(48 + opts.payload)).collect();
-    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(opts.batch, None);
-    let target = SockaddrStorage::from(opts.to);
+    let mut datagrams: Vec<(Vec<u8>, Option<SocketAddr>)> = (0..opts.batch).map(|_| (template.clone(), Some(opts.to))).collect();
+    let start = Instant::now();
+    let now_ns = || start.elapsed().as_nanos() as u64;
     let mut next = 0u64;
     let (mut max_lag, mut late) = (0u64, 0u64);
     let mut last_progress = Instant::now();
     while next < total {
-        let now = start.elapsed().as_nanos() as u64;
-        let due_until = ((now as u128 * opts.rate as u128 / 1_000_000_000) as u64 + 1).min(total);
-        if due_until <= next {
-            let wait = scheduled_ns(next, opts.rate).saturating_sub(now);
-            if wait > 200_000 {
-                thread::sleep(Duration::from_nanos(wait - 100_000));
-            } else {
-                std::hint::spin_loop();
+        let now = now_ns();
+        let due = plan.due_by(now);
+        if due > next {
+            let n = ((due - next) as usize).min(opts.batch);
+            let lag = now.saturating_sub(plan.scheduled_ns(next));
+            max_lag = max_lag.max(lag);
+            if lag > 1_000_000 {
+                late += n as u64;
             }
-            continue;
+            for (k, (d, _)) in datagrams.iter_mut().take(n).enumerate() {
+                let i = next + k as u64;
+                d[..FaasHdr::LEN].copy_from_slice(&FaasHdr::new(kind::REQUEST, plan.function(i), i).to_bytes());
+            }
+            // A short batch (full socket buffer) is retried on the next
+            // turn; its lateness shows in the lag.
+            next += sender.send(&socket, &datagrams[..n]).with_context(|| format!("cannot send to {}", opts.to))? as u64;
         }
-        let n = ((due_until - next) as usize).min(opts.batch);
-        let lag = now.saturating_sub(scheduled_ns(next, opts.rate));
-        max_lag = max_lag.max(lag);
-        if lag > 1_000_000 {
-            late += n as u64;
+        while receiver.recv(&socket)? > 0 {
+            let now = now_ns();
+            for k in 0..receiver.len() {
+                tally.record(receiver.get(k).0, now, &plan);
+            }
         }
-        for (k, d) in datagrams.iter_mut().take(n).enumerate() {
-            let i = next + k as u64;
-            d.clear();
-            d.extend_from_slice(&FaasHdr::new(kind::REQUEST, function_of(&opts.mix, total_weight, i), i).to_bytes());
-            d.extend_from_slice(&payload);
-        }
-        let slices: Vec<[IoSlice; 1]> = datagrams.iter().take(n).map(|d| [IoSlice::new(d)]).collect();
-        let addrs = vec![Some(target); n];
-        let mut done = 0;
-        match sendmmsg(socket.as_raw_fd(), &mut headers, &slices, &addrs, [], MsgFlags::empty()) {
-            Ok(results) => done = results.count(),
-            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::ENOBUFS | nix::errno::Errno::ECONNREFUSED) => {}
-            Err(e) => bail!("sendmmsg to {} failed: {e}", opts.to),
-        }
-        // Unsent datagrams of a short batch are retried on the next turn;
-        // their lateness shows in the lag.
-        next += done.max(1) as u64;
-        sent.store(next, Ordering::Relaxed);
         if last_progress.elapsed() > Duration::from_millis(100) {
             progress(next, total);
             last_progress = Instant::now();
         }
+        // Waking from a sleep costs more than 10 us in a VM (the timer is
+        // reprogrammed through the hypervisor): within 200 us of the next
+        // request, keep polling the socket instead, which also timestamps
+        // answers as they come.
+        let wait = plan.scheduled_ns(next.min(total - 1)).saturating_sub(now_ns());
+        if next < total && wait > SPIN_NS {
+            wait_readable(&socket, wait - SPIN_NS / 2);
+        }
     }
     progress(total, total);
     let sending_time = start.elapsed();
-    done_sending.store(true, Ordering::Relaxed);
-    let (all, per_function, answered, errors, by_function_answered, by_function_errors) =
-        receiver.join().map_err(|_| anyhow::anyhow!("the receiver thread panicked"))??;
+    let drain_until = Instant::now() + opts.drain;
+    while tally.done < total {
+        let left = drain_until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        wait_readable(&socket, left.as_nanos() as u64);
+        while receiver.recv(&socket)? > 0 {
+            let now = now_ns();
+            for k in 0..receiver.len() {
+                tally.record(receiver.get(k).0, now, &plan);
+            }
+        }
+    }
 
+    let answered: u64 = tally.answered.iter().sum();
+    let errors: u64 = tally.errors.iter().sum();
     let lost = total.saturating_sub(answered + errors);
     let functions = opts
         .mix
@@ -227,10 +313,10 @@ pub fn run(opts: &Options, mut progress: impl FnMut(u64, u64)) -> Result<Report>
         .enumerate()
         .map(|(k, (id, _))| FunctionReport {
             function: *id,
-            sent: (0..total).filter(|i| function_of(&opts.mix, total_weight, *i) == *id).count() as u64,
-            answered: by_function_answered[k],
-            errors: by_function_errors[k],
-            latency_us: Latency::of(&per_function[k]),
+            sent: (0..total).filter(|i| plan.function(*i) == *id).count() as u64,
+            answered: tally.answered[k],
+            errors: tally.errors[k],
+            latency_us: Latency::of(&tally.per_function[k]),
         })
         .collect();
     Ok(Report {
@@ -243,80 +329,56 @@ pub fn run(opts: &Options, mut progress: impl FnMut(u64, u64)) -> Result<Report>
         errors,
         lost,
         loss_percent: lost as f64 * 100.0 / total as f64,
-        latency_us: Latency::of(&all),
+        latency_us: Latency::of(&tally.all),
         max_send_lag_us: max_lag / 1000,
         late_sends: late,
         functions,
+        distribution: std::iter::once(("all".to_string(), &tally.all))
+            .chain(opts.mix.iter().zip(&tally.per_function).map(|((id, _), h)| (format!("function {id}"), h)))
+            .filter(|(_, h)| !h.is_empty())
+            .map(|(name, h)| Series { name, points: distribution(h) })
+            .collect(),
     })
 }
 
-type Received = (Histogram<u64>, Vec<Histogram<u64>>, u64, u64, Vec<u64>, Vec<u64>);
+/// Latency at quantiles spaced evenly in "nines" (x = 1 is p90, 2 is p99),
+/// up to the last quantile the sample count can tell apart.
+fn distribution(h: &Histogram<u64>) -> Vec<(f64, f64)> {
+    let max_nines = (h.len() as f64).log10().clamp(1.0, 5.0);
+    let steps = (max_nines * 20.0) as usize;
+    (0..=steps)
+        .map(|k| k as f64 / 20.0)
+        .map(|x| (x, h.value_at_quantile(1.0 - 10f64.powf(-x)) as f64))
+        .collect()
+}
 
-#[allow(clippy::too_many_arguments)]
-fn receive(
-    socket: &UdpSocket,
-    start: Instant,
-    total: u64,
-    rate: u64,
-    batch: usize,
-    drain: Duration,
-    done_sending: &AtomicBool,
-    mix: &[(u32, u32)],
-    total_weight: u64,
-) -> Result<Received> {
-    let new_hist = || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
-    let mut all = new_hist();
-    let mut per_function: Vec<Histogram<u64>> = mix.iter().map(|_| new_hist()).collect();
-    let mut by_function_answered = vec![0u64; mix.len()];
-    let mut by_function_errors = vec![0u64; mix.len()];
-    let mut seen = vec![false; total as usize];
-    let (mut answered, mut errors) = (0u64, 0u64);
-    let mut buffers: Vec<Vec<u8>> = (0..batch).map(|_| vec![0u8; 2048]).collect();
-    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(batch, None);
-    let mut drain_deadline: Option<Instant> = None;
-    loop {
-        if answered + errors == total {
-            break;
-        }
-        if done_sending.load(Ordering::Relaxed) && drain_deadline.is_none() {
-            drain_deadline = Some(Instant::now() + drain);
-        }
-        if drain_deadline.is_some_and(|d| Instant::now() > d) {
-            break;
-        }
-        let sizes: Vec<usize> = {
-            let mut slices: Vec<[IoSliceMut; 1]> = buffers.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
-            // recvmmsg's own timeout is checked only after a datagram
-            // arrives; the socket's receive timeout (set in `run`) bounds
-            // the wait for the first one.
-            match recvmmsg(socket.as_raw_fd(), &mut headers, slices.iter_mut(), MsgFlags::MSG_WAITFORONE, None::<TimeSpec>) {
-                Ok(results) => results.map(|m| m.bytes).collect(),
-                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR | nix::errno::Errno::ECONNREFUSED) => Vec::new(),
-                Err(e) => bail!("recvmmsg failed: {e}"),
-            }
-        };
-        let now = start.elapsed().as_nanos() as u64;
-        for (k, size) in sizes.into_iter().enumerate() {
-            let Some(hdr) = FaasHdr::from_bytes(&buffers[k][..size]) else { continue };
-            let i = hdr.request_id();
-            if i >= total || seen[i as usize] || !matches!(hdr.kind, kind::RESPONSE | kind::ERROR) {
-                continue;
-            }
-            seen[i as usize] = true;
-            let f = mix.iter().position(|(id, _)| *id == function_of(mix, total_weight, i)).unwrap_or(0);
-            if hdr.kind == kind::ERROR {
-                errors += 1;
-                by_function_errors[f] += 1;
-                continue;
-            }
-            answered += 1;
-            by_function_answered[f] += 1;
-            let us = (now.saturating_sub(scheduled_ns(i, rate)) / 1000).max(1);
-            let _ = all.record(us);
-            let _ = per_function[f].record(us);
-        }
+/// How close to the next request the sender stops sleeping and polls.
+const SPIN_NS: u64 = 200_000;
+
+/// Asks the kernel to wake this thread within a microsecond of the time it
+/// asked for, not the default 50 us later: requests are due every 10 us at
+/// 100k req/s.
+fn precise_sleeps() {
+    // SAFETY: PR_SET_TIMERSLACK takes one integer argument (nanoseconds)
+    // and touches only this thread's timer slack.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong);
     }
-    Ok((all, per_function, answered, errors, by_function_answered, by_function_errors))
+}
+
+/// Sleeps until the socket has something to read or `ns` have passed.
+fn wait_readable(socket: &UdpSocket, ns: u64) {
+    if ns == 0 {
+        return;
+    }
+    let mut fd = libc::pollfd { fd: socket.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let timeout = libc::timespec { tv_sec: (ns / 1_000_000_000) as libc::time_t, tv_nsec: (ns % 1_000_000_000) as libc::c_long };
+    // SAFETY: one valid pollfd, a valid timespec, no signal mask; the
+    // result only says whether to look at the socket, which the caller
+    // does anyway.
+    unsafe {
+        libc::ppoll(&mut fd, 1, &timeout, std::ptr::null());
+    }
 }
 
 impl Report {
@@ -341,12 +403,29 @@ impl Report {
         out
     }
 
+    /// Draws the latency distribution (all requests and each function) as
+    /// an SVG file.
+    pub fn plot(&self, path: &std::path::Path) -> Result<()> {
+        let title = format!("latency to {} at {} req/s ({} answered)", self.target, self.offered_rate, self.answered);
+        let chart = plot::Chart {
+            title: &title,
+            x_label: "percentile",
+            y_label: "latency (us, log scale)",
+            x_format: &plot::percentile_label,
+            y_log: true,
+        };
+        // With one function, its line would repeat "all".
+        let lines = if self.distribution.len() == 2 { &self.distribution[..1] } else { &self.distribution[..] };
+        plot::draw(path, &chart, lines)
+    }
+
     /// A warning when the generator itself distorted the load.
     pub fn warning(&self) -> Option<String> {
         (self.late_sends > self.sent / 100).then(|| {
             format!(
                 "warning: the generator fell behind its schedule ({} of {} requests left more than 1 ms late, at worst {} us): \
-                 the offered load was lower than asked; latencies include that delay",
+                 the offered load was lower than asked; latencies include that delay (a CPU taken away from the generator, \
+                 by other processes or the hypervisor, shows here too)",
                 self.late_sends, self.sent, self.max_send_lag_us
             )
         })
