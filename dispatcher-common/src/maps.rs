@@ -193,6 +193,10 @@ pub struct Function {
     pub ll_count: u8,
     /// Least-loaded candidates (worker slots), least loaded first.
     pub ll_slots: [u8; LL_CANDIDATES],
+    /// One past the highest occupied worker slot. For user space, which
+    /// reads WORKERS only up to here; the data plane never reads it.
+    pub slot_end: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Value of `WORKERS` at `worker_index(function index, slot)`.
@@ -258,7 +262,7 @@ mod tests {
         assert_eq!(size_of::<Endpoint>(), 20);
         assert_eq!(size_of::<ServiceSlot>(), 24);
         assert_eq!(size_of::<Settings>(), 8);
-        assert_eq!(size_of::<Function>(), 12);
+        assert_eq!(size_of::<Function>(), 16);
         assert_eq!(size_of::<Worker>(), 32);
         assert_eq!(size_of::<Workflow>(), 36);
         assert_eq!(size_of::<Traffic>(), 16);

@@ -8,7 +8,7 @@
 //! them. Slots that left the set are cleared after the flip. A packet thus
 //! sees the old set or the new one, never a mix.
 
-use std::{collections::HashMap as StdHashMap, net::SocketAddr};
+use std::net::SocketAddr;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use dispatcher_common::maps::{
@@ -20,6 +20,7 @@ use dispatcher_common::maps::{
 use crate::{
     config::{self, Config},
     data_plane::{endpoint, interface_mac, Maps},
+    map_batch,
     tables::{self, Member},
 };
 
@@ -93,16 +94,15 @@ pub fn worker_name(w: &Worker) -> String {
     SocketAddr::new(ip, u16::from_be_bytes(e.port)).to_string()
 }
 
-/// The occupied slots of a function: slot -> worker.
-pub fn function_workers(maps: &Maps, index: u32) -> Result<Vec<(u8, Worker)>> {
-    let mut out = Vec::new();
-    for slot in 0..MAX_WORKERS_PER_FUNCTION {
-        let w = maps.workers.get(&worker_index(index, slot), 0)?;
-        if w.family != 0 {
-            out.push((slot as u8, w));
-        }
+/// The occupied slots of a function: slot -> worker (one batched read of
+/// the slots below `slot_end`).
+pub fn function_workers(maps: &Maps, f: &Function) -> Result<Vec<(u8, Worker)>> {
+    let end = (f.slot_end as u32).min(MAX_WORKERS_PER_FUNCTION);
+    if end == 0 {
+        return Ok(Vec::new());
     }
-    Ok(out)
+    let all = map_batch::read_range(&maps.workers, worker_index(f.index, 0), end)?;
+    Ok(all.into_iter().enumerate().filter(|(_, w)| w.family != 0).map(|(slot, w)| (slot as u8, w)).collect())
 }
 
 /// The smallest function index no function uses.
@@ -137,31 +137,47 @@ fn drop_registration(maps: &mut Maps, e: Endpoint) -> Result<()> {
 /// get requests), creating it if needed. See the module comment for the
 /// order of writes.
 pub fn set_function(maps: &mut Maps, id: u32, policy: u8, workers: &[Worker]) -> Result<()> {
+    let current = match maps.functions.get(&id, 0) {
+        Ok(f) => Some((f, function_workers(maps, &f)?)),
+        Err(_) => None,
+    };
+    write_function(maps, id, policy, current, workers)
+}
+
+/// `set_function`, given what the maps hold now for `id` (its entry and
+/// occupied slots; `None`: a new function). Only entries that change are
+/// written, each map's in one batched call: about ten system calls per
+/// change, whatever the number of workers.
+fn write_function(
+    maps: &mut Maps,
+    id: u32,
+    policy: u8,
+    current: Option<(Function, Vec<(u8, Worker)>)>,
+    workers: &[Worker],
+) -> Result<()> {
     if workers.len() > MAX_WORKERS_PER_FUNCTION as usize {
         bail!("function {id}: {} workers, at most {MAX_WORKERS_PER_FUNCTION}", workers.len());
     }
-    let existing = maps.functions.get(&id, 0).ok();
-    let (index, generation) = match existing {
-        Some(f) => (f.index, 1 - f.generation),
+    let (index, generation, current) = match current {
+        Some((f, slots)) => (f.index, 1 - f.generation, slots),
         None => {
             let index = free_index(maps)?;
             maps.rr_cursors.set(index, 0, 0)?;
-            (index, 0)
+            (index, 0, Vec::new())
         }
     };
 
-    // 1. Slots: a worker keeps its slot; a new one takes the lowest free one.
-    let current = match existing {
-        Some(_) => function_workers(maps, index)?,
-        None => Vec::new(),
-    };
-    let by_endpoint: StdHashMap<Endpoint, u8> = current.iter().map(|(s, w)| (worker_endpoint(w), *s)).collect();
+    // 1. Slots: a worker keeps its slot; a new one takes the lowest free
+    // one, preferring slots no worker held just now (so a packet still on
+    // its way to the old table never meets a stranger in its slot).
+    // (A linear search: at most 64 slots, cheaper than hashing them.)
+    let slot_of = |e: Endpoint| current.iter().find(|(_, w)| worker_endpoint(w) == e).map(|(s, _)| *s);
     let mut taken = [false; MAX_WORKERS_PER_FUNCTION as usize];
     let mut placed: Vec<(u8, Worker)> = Vec::with_capacity(workers.len());
     let mut fresh = Vec::new();
     for w in workers {
-        match by_endpoint.get(&worker_endpoint(w)) {
-            Some(&slot) if !taken[slot as usize] => {
+        match slot_of(worker_endpoint(w)) {
+            Some(slot) if !taken[slot as usize] => {
                 taken[slot as usize] = true;
                 placed.push((slot, *w));
             }
@@ -178,51 +194,66 @@ pub fn set_function(maps: &mut Maps, id: u32, policy: u8, workers: &[Worker]) ->
         placed.push((slot, w));
     }
 
-    // 2. Worker entries, load counters and registrations for new slots.
+    // 2. Worker entries that changed; load counters and registrations for
+    // slots that changed hands (or are new).
+    let (mut changed_keys, mut changed) = (Vec::new(), Vec::new());
+    let mut fresh_slots = Vec::new();
     for (slot, w) in &placed {
         let i = worker_index(index, *slot as u32);
-        let previous = current.iter().find(|(s, _)| s == slot).map(|(_, w)| worker_endpoint(w));
-        if previous != Some(worker_endpoint(w)) {
-            // A slot changing hands (or new): its counters start afresh.
-            maps.loads.set(i, 0, 0)?;
+        let previous = current.iter().find(|(s, _)| s == slot).map(|(_, w)| *w);
+        if previous.map(|p| worker_endpoint(&p)) != Some(worker_endpoint(w)) {
+            fresh_slots.push(i);
             add_registration(maps, worker_endpoint(w))?;
             if let Some(old) = previous {
-                drop_registration(maps, old)?;
+                drop_registration(maps, worker_endpoint(&old))?;
             }
         }
-        maps.workers.set(i, *w, 0)?;
+        if previous != Some(*w) {
+            changed_keys.push(i);
+            changed.push(*w);
+        }
     }
+    map_batch::write(&mut maps.loads, &fresh_slots, &vec![0u64; fresh_slots.len()])?;
+    map_batch::write(&mut maps.workers, &changed_keys, &changed)?;
 
     // 3. Tables of the idle generation.
     let mut up: Vec<&(u8, Worker)> = placed.iter().filter(|(_, w)| w.state == worker_state::UP).collect();
     up.sort_by_key(|(s, _)| *s);
     let members: Vec<Member> = up
         .iter()
-        .map(|(slot, w)| Member { slot: *slot, weight: w.weight.max(1), name: worker_name(w) })
+        // Only Maglev reads names (formatting them is a fair share of a change's time).
+        .map(|(slot, w)| Member { slot: *slot, weight: w.weight.max(1), name: if policy == policy::HASH { worker_name(w) } else { String::new() } })
         .collect();
     write_table(&mut maps.ring, &tables::ring(&members), |c| ring_chunk_index(index, generation, c), RING_CHUNKS)?;
     if policy == policy::HASH {
         write_table(&mut maps.maglev, &tables::maglev(&members), |c| maglev_chunk_index(index, generation, c), MAGLEV_CHUNKS)?;
     }
-    let loads: Vec<(u8, u64)> = up
-        .iter()
-        .map(|(slot, _)| Ok((*slot, maps.loads.get(&worker_index(index, *slot as u32), 0)?)))
-        .collect::<Result<_>>()?;
+    let loads = up_loads(maps, index, up.iter().map(|(slot, _)| *slot))?;
 
     // 4. The flip.
-    maps.functions.insert(id, function_entry(index, policy, generation, members.len(), &loads), 0)?;
+    let slot_end = placed.iter().chain(&current).map(|(slot, _)| slot + 1).max().unwrap_or(0);
+    maps.functions.insert(id, function_entry(index, policy, generation, members.len(), &loads, slot_end), 0)?;
 
     // 5. Slots that left the set.
-    for (slot, w) in &current {
-        if !placed.iter().any(|(s, _)| s == slot) {
-            maps.workers.set(worker_index(index, *slot as u32), Worker::default(), 0)?;
-            drop_registration(maps, worker_endpoint(w))?;
-        }
+    let left: Vec<&(u8, Worker)> = current.iter().filter(|(slot, _)| !placed.iter().any(|(s, _)| s == slot)).collect();
+    let keys: Vec<u32> = left.iter().map(|(slot, _)| worker_index(index, *slot as u32)).collect();
+    map_batch::write(&mut maps.workers, &keys, &vec![Worker::default(); keys.len()])?;
+    for (_, w) in left {
+        drop_registration(maps, worker_endpoint(w))?;
     }
     Ok(())
 }
 
-fn function_entry(index: u32, policy: u8, generation: u8, up_count: usize, loads: &[(u8, u64)]) -> Function {
+/// The loads of the given slots of function `index` (one batched read of
+/// the range they span).
+fn up_loads(maps: &Maps, index: u32, slots: impl Iterator<Item = u8> + Clone) -> Result<Vec<(u8, u64)>> {
+    let Some(end) = slots.clone().map(|s| s as u32 + 1).max() else { return Ok(Vec::new()) };
+    let start = slots.clone().min().unwrap_or(0) as u32;
+    let loads = map_batch::read_range(&maps.loads, worker_index(index, start), end - start)?;
+    Ok(slots.map(|slot| (slot, loads[(slot as u32 - start) as usize])).collect())
+}
+
+fn function_entry(index: u32, policy: u8, generation: u8, up_count: usize, loads: &[(u8, u64)], slot_end: u8) -> Function {
     let ranked = tables::least_loaded(loads);
     let mut ll_slots = [0u8; LL_CANDIDATES];
     ll_slots[..ranked.len()].copy_from_slice(&ranked);
@@ -233,23 +264,29 @@ fn function_entry(index: u32, policy: u8, generation: u8, up_count: usize, loads
         up_count: up_count as u8,
         ll_count: ranked.len() as u8,
         ll_slots,
+        slot_end,
+        _pad: [0; 3],
     }
 }
 
+/// Writes a whole selection table into its chunks (one batched call).
 fn write_table(
     map: &mut aya::maps::Array<aya::maps::MapData, TableChunk>,
     table: &[u8],
     index: impl Fn(u32) -> u32,
     chunks: u32,
 ) -> Result<()> {
-    for c in 0..chunks {
-        let mut chunk = [0u8; TABLE_CHUNK as usize];
-        let start = (c * TABLE_CHUNK) as usize;
-        let end = table.len().min(start + TABLE_CHUNK as usize);
-        chunk[..end - start].copy_from_slice(&table[start..end]);
-        map.set(index(c), chunk, 0)?;
-    }
-    Ok(())
+    let keys: Vec<u32> = (0..chunks).map(index).collect();
+    let values: Vec<TableChunk> = (0..chunks as usize)
+        .map(|c| {
+            let mut chunk = [0u8; TABLE_CHUNK as usize];
+            let start = (c * TABLE_CHUNK as usize).min(table.len());
+            let end = table.len().min(start + TABLE_CHUNK as usize);
+            chunk[..end - start].copy_from_slice(&table[start..end]);
+            chunk
+        })
+        .collect();
+    map_batch::write(map, &keys, &values)
 }
 
 /// Writes the load a worker reported (its in-flight requests) and re-ranks
@@ -263,7 +300,7 @@ pub fn set_load(maps: &mut Maps, id: u32, slot: u8, load: u64) -> Result<()> {
 /// Re-ranks the least-loaded candidates of function `id` from LOADS.
 pub fn refresh_least_loaded(maps: &mut Maps, id: u32) -> Result<()> {
     let f = maps.functions.get(&id, 0).with_context(|| format!("no function {id}"))?;
-    let up: Vec<u8> = function_workers(maps, f.index)?
+    let up: Vec<u8> = function_workers(maps, &f)?
         .into_iter()
         .filter(|(_, w)| w.state == worker_state::UP)
         .map(|(slot, _)| slot)
@@ -276,11 +313,8 @@ pub fn refresh_least_loaded(maps: &mut Maps, id: u32) -> Result<()> {
 /// one FUNCTIONS update.
 pub fn rank_least_loaded(maps: &mut Maps, id: u32, up_slots: &[u8]) -> Result<()> {
     let f = maps.functions.get(&id, 0).with_context(|| format!("no function {id}"))?;
-    let loads: Vec<(u8, u64)> = up_slots
-        .iter()
-        .map(|slot| Ok((*slot, maps.loads.get(&worker_index(f.index, *slot as u32), 0)?)))
-        .collect::<Result<_>>()?;
-    let entry = function_entry(f.index, f.policy, f.generation, f.up_count as usize, &loads);
+    let loads = up_loads(maps, f.index, up_slots.iter().copied())?;
+    let entry = function_entry(f.index, f.policy, f.generation, f.up_count as usize, &loads, f.slot_end);
     maps.functions.insert(id, entry, 0)?;
     Ok(())
 }
@@ -290,7 +324,7 @@ pub fn rank_least_loaded(maps: &mut Maps, id: u32, up_slots: &[u8]) -> Result<()
 pub fn remove_function(maps: &mut Maps, id: u32) -> Result<()> {
     let f = maps.functions.get(&id, 0).with_context(|| format!("no function {id}"))?;
     maps.functions.remove(&id)?;
-    for (slot, w) in function_workers(maps, f.index)? {
+    for (slot, w) in function_workers(maps, &f)? {
         maps.workers.set(worker_index(f.index, slot as u32), Worker::default(), 0)?;
         drop_registration(maps, worker_endpoint(&w))?;
     }
@@ -316,14 +350,31 @@ pub fn set_workflow(maps: &mut Maps, id: u32, steps: &[u32]) -> Result<()> {
     Ok(())
 }
 
-/// The workers of function `id`, as `set_function` takes them.
-fn current_workers(maps: &Maps, id: u32) -> Result<(Function, Vec<Worker>)> {
+/// Function `id`'s entry and occupied slots, or the error people see.
+fn current(maps: &Maps, id: u32) -> Result<(Function, Vec<(u8, Worker)>)> {
     let f = maps
         .functions
         .get(&id, 0)
         .map_err(|_| anyhow!("no function {id} (`dispatcher functions list` shows them)"))?;
-    let workers = function_workers(maps, f.index)?.into_iter().map(|(_, w)| w).collect();
-    Ok((f, workers))
+    Ok((f, function_workers(maps, &f)?))
+}
+
+/// Changes the workers of function `id` with `change` (given them as they
+/// are now) and writes the result as one step.
+fn change_workers(maps: &mut Maps, id: u32, change: impl FnOnce(&mut Vec<Worker>) -> Result<()>) -> Result<()> {
+    let (f, slots) = current(maps, id)?;
+    let mut workers: Vec<Worker> = slots.iter().map(|(_, w)| *w).collect();
+    change(&mut workers)?;
+    write_function(maps, id, f.policy, Some((f, slots)), &workers)
+}
+
+/// The worker at `addr` among `workers`, or the error people see.
+fn find_worker<'a>(workers: &'a mut [Worker], id: u32, addr: SocketAddr) -> Result<&'a mut Worker> {
+    let e = endpoint(addr.ip(), addr.port());
+    workers
+        .iter_mut()
+        .find(|w| worker_endpoint(w) == e)
+        .ok_or_else(|| anyhow!("function {id} has no worker {addr} (`dispatcher workers list --function {id}` shows them)"))
 }
 
 /// Creates function `id` with `policy` (no workers), or changes the policy
@@ -332,53 +383,46 @@ pub fn add_function(maps: &mut Maps, id: u32, policy: u8) -> Result<()> {
     if maps.workflows.get(&id, 0).is_ok() {
         bail!("{id} is a workflow id: function and workflow ids share one space");
     }
-    let workers = match maps.functions.get(&id, 0) {
-        Ok(_) => current_workers(maps, id)?.1,
-        Err(_) => Vec::new(),
+    let current = match maps.functions.get(&id, 0) {
+        Ok(_) => Some(current(maps, id)?),
+        Err(_) => None,
     };
-    set_function(maps, id, policy, &workers)
+    let workers: Vec<Worker> = current.iter().flat_map(|(_, slots)| slots.iter().map(|(_, w)| *w)).collect();
+    write_function(maps, id, policy, current, &workers)
 }
 
 /// Adds a worker to function `id` (or updates it, if already there), up.
 pub fn add_worker(maps: &mut Maps, id: u32, worker: Worker) -> Result<()> {
-    let (f, mut workers) = current_workers(maps, id)?;
-    let e = worker_endpoint(&worker);
-    match workers.iter_mut().find(|w| worker_endpoint(w) == e) {
-        Some(w) => *w = worker,
-        None => {
-            if workers.len() >= MAX_WORKERS_PER_FUNCTION as usize {
-                bail!("function {id} has {MAX_WORKERS_PER_FUNCTION} workers already, the most it can have");
+    change_workers(maps, id, |workers| {
+        let e = worker_endpoint(&worker);
+        match workers.iter().position(|w| worker_endpoint(w) == e) {
+            Some(k) => workers[k] = worker,
+            None if workers.len() >= MAX_WORKERS_PER_FUNCTION as usize => {
+                bail!("function {id} has {MAX_WORKERS_PER_FUNCTION} workers already, the most it can have")
             }
-            workers.push(worker);
+            None => workers.push(worker),
         }
-    }
-    set_function(maps, id, f.policy, &workers)
+        Ok(())
+    })
 }
 
 /// Removes the worker at `addr` from function `id`.
 pub fn remove_worker(maps: &mut Maps, id: u32, addr: SocketAddr) -> Result<()> {
-    let (f, mut workers) = current_workers(maps, id)?;
-    let e = endpoint(addr.ip(), addr.port());
-    let before = workers.len();
-    workers.retain(|w| worker_endpoint(w) != e);
-    if workers.len() == before {
-        bail!("function {id} has no worker {addr} (`dispatcher workers list --function {id}` shows them)");
-    }
-    set_function(maps, id, f.policy, &workers)
+    change_workers(maps, id, |workers| {
+        let e = find_worker(workers, id, addr).map(|w| worker_endpoint(w))?;
+        workers.retain(|w| worker_endpoint(w) != e);
+        Ok(())
+    })
 }
 
 /// Sets the state of the worker at `addr` of function `id`: DRAINING (and
 /// DOWN) workers leave the live tables, so they get no new requests, while
 /// requests already sent to them finish.
 pub fn set_worker_state(maps: &mut Maps, id: u32, addr: SocketAddr, state: u8) -> Result<()> {
-    let (f, mut workers) = current_workers(maps, id)?;
-    let e = endpoint(addr.ip(), addr.port());
-    let w = workers
-        .iter_mut()
-        .find(|w| worker_endpoint(w) == e)
-        .ok_or_else(|| anyhow!("function {id} has no worker {addr} (`dispatcher workers list --function {id}` shows them)"))?;
-    w.state = state;
-    set_function(maps, id, f.policy, &workers)
+    change_workers(maps, id, |workers| {
+        find_worker(workers, id, addr)?.state = state;
+        Ok(())
+    })
 }
 
 /// Removes workflow `id`.
@@ -417,12 +461,8 @@ pub fn reconcile(maps: &mut Maps, config: &Config) -> Result<()> {
 
 /// Sets the destination MAC of the worker at `addr` of function `id`.
 pub fn with_mac(maps: &mut Maps, id: u32, addr: SocketAddr, mac: [u8; 6]) -> Result<()> {
-    let (f, mut workers) = current_workers(maps, id)?;
-    let e = endpoint(addr.ip(), addr.port());
-    let w = workers
-        .iter_mut()
-        .find(|w| worker_endpoint(w) == e)
-        .ok_or_else(|| anyhow!("function {id} has no worker {addr}"))?;
-    w.mac = mac;
-    set_function(maps, id, f.policy, &workers)
+    change_workers(maps, id, |workers| {
+        find_worker(workers, id, addr)?.mac = mac;
+        Ok(())
+    })
 }

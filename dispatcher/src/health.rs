@@ -59,7 +59,7 @@ impl Health {
         let mut index = Index::default();
         for f in crate::inspect::functions(maps)? {
             let up = index.up_slots.entry(f.id).or_default();
-            for (slot, w) in control::function_workers(maps, f.index)? {
+            for (slot, w) in control::function_workers(maps, &f.entry)? {
                 let addr: SocketAddr = control::worker_name(&w).parse().expect("a socket address");
                 index.by_worker.entry(addr).or_default().push((f.id, slot, w.state));
                 if w.state == worker_state::UP {

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use anyhow::Result;
-use dispatcher_common::maps::{policy, worker_index, worker_state, MAX_WORKFLOW_STEPS};
+use dispatcher_common::maps::{policy, worker_index, worker_state, Function, MAX_WORKFLOW_STEPS};
 use serde::Serialize;
 
 use crate::{control, data_plane::Maps};
@@ -20,6 +20,9 @@ pub struct FunctionInfo {
     pub generation: u8,
     pub packets: u64,
     pub bytes: u64,
+    /// The FUNCTIONS entry itself.
+    #[serde(skip)]
+    pub entry: Function,
 }
 
 #[derive(Debug, Serialize)]
@@ -68,11 +71,12 @@ pub fn functions(maps: &Maps) -> Result<Vec<FunctionInfo>> {
             id,
             index: f.index,
             policy: policy_name(f.policy),
-            workers: control::function_workers(maps, f.index)?.len(),
+            workers: control::function_workers(maps, &f)?.len(),
             up: f.up_count,
             generation: f.generation,
             packets: traffic.packets,
             bytes: traffic.bytes,
+            entry: f,
         });
     }
     out.sort_by_key(|f| f.id);
@@ -85,7 +89,7 @@ pub fn workers(maps: &Maps, function: Option<u32>) -> Result<Vec<WorkerInfo>> {
         if function.is_some_and(|id| id != f.id) {
             continue;
         }
-        for (slot, w) in control::function_workers(maps, f.index)? {
+        for (slot, w) in control::function_workers(maps, &f.entry)? {
             let i = worker_index(f.index, slot as u32);
             let traffic = Maps::traffic(&maps.worker_stats, i)?;
             out.push(WorkerInfo {

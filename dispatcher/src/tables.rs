@@ -29,6 +29,17 @@ pub fn ring(members: &[Member]) -> Vec<u8> {
         out.resize(RING_SIZE as usize, 0);
         return out;
     }
+    if members.iter().all(|m| m.weight == members[0].weight) {
+        // Equal weights: smooth weighted round-robin is plain rotation in
+        // member order; skip its RING_SIZE x members steps.
+        out.extend(members.iter().map(|m| m.slot).cycle().take(RING_SIZE as usize));
+        return out;
+    }
+    smooth_weighted(members)
+}
+
+fn smooth_weighted(members: &[Member]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(RING_SIZE as usize);
     let total: i64 = members.iter().map(|m| m.weight as i64).sum();
     let mut current = vec![0i64; members.len()];
     for _ in 0..RING_SIZE {
@@ -123,9 +134,12 @@ mod tests {
         assert!((share(&r, 0) - 0.25).abs() < 0.01);
         // Spread: the heavy worker never takes three turns in a row.
         assert!(r.windows(3).all(|w| !(w[0] == 2 && w[1] == 2 && w[2] == 2)));
-        // Equal weights: strict rotation.
+        // Equal weights: strict rotation, the same as the general algorithm.
         let r = ring(&members(4));
         assert_eq!(&r[..8], &[0, 1, 2, 3, 0, 1, 2, 3]);
+        for n in [1, 3, 16, 64] {
+            assert_eq!(ring(&members(n)), smooth_weighted(&members(n)), "{n} members");
+        }
     }
 
     #[test]
