@@ -97,6 +97,14 @@ impl Counter {
     pub const fn is_drop(self) -> bool {
         matches!(self, Counter::DropNotRegistered | Counter::DropEgressFailed)
     }
+
+    /// Does it mean the operator has something to fix (no worker up, all
+    /// busy, a redirect target gone), rather than traffic that is simply
+    /// not ours? The host program logs these, through aya-log, at
+    /// rising intervals.
+    pub const fn is_alarm(self) -> bool {
+        matches!(self, Counter::PassNoWorker | Counter::PassBusyExhausted | Counter::DropEgressFailed)
+    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ mod variant;
 mod yardsticks;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_log_ebpf::warn;
 use dispatcher_common::{
     maps::{worker_index, Function, MAX_RESTEERS, MAX_WORKFLOW_STEPS},
     protocol::{self, flags, kind, FaasHdr},
@@ -64,7 +65,12 @@ fn run<V: Variant>(ctx: &XdpContext) -> u32 {
             action
         }
         Err(reason) => {
-            V::count(reason);
+            let seen = V::count(reason);
+            // Off the hot path (only packets that were not dispatched), and
+            // rate-limited: the 1st, 2nd, 4th, 8th... on each CPU.
+            if V::LOGS && reason.is_alarm() && seen.is_power_of_two() {
+                warn!(ctx, "{}: {} packets so far on this CPU (logged at powers of two)", reason.name(), seen);
+            }
             if reason.is_drop() {
                 xdp_action::XDP_DROP
             } else {

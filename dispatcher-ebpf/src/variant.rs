@@ -16,8 +16,11 @@ use crate::maps::{
 };
 
 pub trait Variant {
-    /// One more packet for `counter`.
-    fn count(counter: Counter);
+    /// Whether this variant logs alarms through aya-log (the NFP cannot).
+    const LOGS: bool;
+    /// One more packet for `counter`; returns this CPU's count so far where
+    /// the variant can tell (0 where it cannot).
+    fn count(counter: Counter) -> u64;
     /// A dispatched packet of `bytes` for a function index and worker index.
     fn traffic(function_index: u32, worker_index: u32, bytes: u64);
     /// The next round-robin turn of a function.
@@ -56,11 +59,17 @@ fn xadd_traffic(p: *mut Traffic, bytes: u64) {
 pub struct Host;
 
 impl Variant for Host {
+    const LOGS: bool = true;
+
     #[inline(always)]
-    fn count(counter: Counter) {
-        if let Some(p) = STATS.get_ptr_mut(counter as u32) {
+    fn count(counter: Counter) -> u64 {
+        match STATS.get_ptr_mut(counter as u32) {
             // SAFETY: this CPU's slot; XDP programs do not preempt each other.
-            unsafe { *p += 1 };
+            Some(p) => unsafe {
+                *p += 1;
+                *p
+            },
+            None => 0,
         }
     }
 
@@ -106,11 +115,14 @@ impl Variant for Host {
 pub struct Hw;
 
 impl Variant for Hw {
+    const LOGS: bool = false;
+
     #[inline(always)]
-    fn count(counter: Counter) {
+    fn count(counter: Counter) -> u64 {
         if let Some(p) = STATS_HW.get_ptr_mut(counter as u32) {
             xadd(p, 1);
         }
+        0
     }
 
     #[inline(always)]

@@ -93,6 +93,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     if let Some(m) = &config.metrics {
         crate::metrics::spawn(m.listen, pin_dir.clone())?;
     }
+    // Not fatal: the data plane dispatches whether or not its log is read.
+    if let Err(e) = attached.program_id().and_then(crate::kernel_log::forward) {
+        warn!("{e:#}");
+    }
     let mut maps = attached.maps_handle()?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut refresh = tokio::time::interval(Duration::from_millis(config.neighbours.refresh_ms.max(100)));

@@ -277,6 +277,12 @@ impl Attached {
         Ok(Attached { link, maps, iface: iface.to_string(), mode: Some(mode), pin_dir: pin_dir.to_path_buf(), _lock: lock(pin_dir)? })
     }
 
+    /// The kernel's id of the attached program (through the pinned link).
+    pub fn program_id(&self) -> Result<u32> {
+        let link = FdLink::from(PinnedLink::from_pin(self.pin_dir.join(LINK_PIN)).context("cannot open the pinned link")?);
+        Ok(link.info().context("cannot read the link's info")?.program_id())
+    }
+
     fn attach_staged(iface: &str, mode: Mode, staging: &Path, config: &Config, mac: [u8; 6]) -> Result<(Maps, XdpMode)> {
         let mut ebpf = load(&[PROGRAM])?;
         let mut maps = Maps::take(&mut ebpf, Some(staging))?;

@@ -21,6 +21,7 @@ pub mod daemon;
 pub mod health;
 pub mod heartbeat;
 pub mod inspect;
+pub mod kernel_log;
 pub mod map_batch;
 pub mod data_plane;
 pub mod metrics;

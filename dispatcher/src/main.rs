@@ -321,9 +321,12 @@ enum MapsCmd {
 }
 
 fn main() -> ExitCode {
+    // netlink_proto warns when a finished request's handle is already
+    // gone, which is how every one-shot neighbour query ends: not news.
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,netlink_proto=error")))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match run(cli) {

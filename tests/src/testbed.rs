@@ -374,3 +374,26 @@ pub fn dispatcher_bin() -> PathBuf {
     );
     bin
 }
+
+/// Runs pktgen from `client` for `seconds` at `rate` in a thread of its
+/// own, while `changes` runs; returns pktgen's JSON report and what
+/// `changes` returned.
+pub fn under_load<T>(tb: &Testbed, client: &Host, dsp: &Host, rate: u32, seconds: f64, changes: impl FnOnce() -> T) -> (serde_json::Value, T) {
+    std::thread::scope(|s| {
+        let load = s.spawn(|| {
+            let args = ["pktgen", "--to", &format!("{}:7770", dsp.ip), "--rate", &rate.to_string(), "--duration", &seconds.to_string(), "--drain-ms", "1500", "--json"];
+            tb.exec(client, &dispatcher_bin(), &args)
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let changed = changes();
+        let out = load.join().expect("pktgen thread");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        (serde_json::from_slice(&out.stdout).expect("pktgen JSON"), changed)
+    })
+}
+
+pub fn assert_nothing_lost(report: &serde_json::Value, what: &str) {
+    assert_eq!(report["lost"], 0, "{what}: requests lost: {report}");
+    assert_eq!(report["errors"], 0, "{what}: ERROR answers: {report}");
+    assert_eq!(report["answered"], report["sent"], "{what}: {report}");
+}

@@ -51,7 +51,7 @@ fn cli_changes_workers_functions_and_workflows_of_a_running_data_plane() {
     tb.enable_xdp_tx(&dsp);
     let conf = tb.write_file("dispatcher.toml", &config(dsp.ip, &[(1, &[&w1])], ""));
     let _workers = [tb.serve(&w1, "echo", &[]), tb.serve(&w2, "echo", &[])];
-    let _dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &conf, &[]);
+    let dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &conf, &[]);
     let bin = dispatcher_bin();
     let bed = Bed { tb, dsp, client, bin };
     let a1 = format!("{}:9000", w1.ip);
@@ -99,6 +99,24 @@ fn cli_changes_workers_functions_and_workflows_of_a_running_data_plane() {
     bed.ok(&["workflows", "rm", "100"]);
     bed.ok(&["functions", "rm", "2"]);
     assert!(!bed.ok(&["functions", "list"]).contains("hash"));
+
+    // A function with no worker: the host answers ERROR 2, and the data
+    // plane's own log (aya-log, read by the daemon) names the reason.
+    bed.ok(&["functions", "add", "3"]);
+    for _ in 0..3 {
+        let out = bed.tb.exec(&bed.client, &bed.bin, &["invoke", "--to", &format!("{}:7770", bed.dsp.ip), "3", "x"]);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("ERROR 2"), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let logged = |n: u32| format!("pass_no_worker: {n} packets so far on this CPU");
+    for _ in 0..100 {
+        if dispatcher.log().contains(&logged(1)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = dispatcher.log();
+    assert!(log.contains(&logged(1)), "no kernel log line in the daemon's output:\n{log}");
+    assert!(!log.contains(&logged(3)), "only powers of two are logged:\n{log}");
 }
 
 /// SIGHUP re-reads the config and applies the difference; a broken config

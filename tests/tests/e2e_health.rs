@@ -1,11 +1,13 @@
 //! Heartbeats and health on a namespace testbed: a worker that stops
 //! heartbeating is marked down and gets no new requests; it comes back when
-//! heartbeats resume; forged heartbeats change nothing. Needs root: run
+//! heartbeats resume; forged heartbeats change nothing; and under load, a
+//! worker whose heartbeats are lost stops getting requests without any
+//! request being lost. Needs root: run
 //! through `cargo xtask test`.
 
 use std::{collections::HashMap, time::Duration};
 
-use tests::testbed::{config, dispatcher_bin, Host, Testbed};
+use tests::testbed::{assert_nothing_lost, config, dispatcher_bin, under_load, Host, Testbed};
 
 const KEY: &str = "test-key-0123456789abcdef";
 
@@ -86,4 +88,52 @@ fn missed_heartbeats_mark_a_worker_down_and_resumed_ones_up() {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(dispatcher.pid() as i32), nix::sys::signal::Signal::SIGHUP).unwrap();
     wait_for_state(&tb, &dsp, &a1, "down");
     assert_eq!(dispatcher.log().matches("health: listening").count(), 2, "{}", dispatcher.log());
+}
+
+/// The packets the data plane has sent to `addr` so far.
+fn packets_to(tb: &Testbed, dsp: &Host, addr: &str) -> u64 {
+    let out = tb.exec(dsp, &dispatcher_bin(), &["workers", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    list.as_array().unwrap().iter().find(|w| w["addr"] == addr).map_or(0, |w| w["packets"].as_u64().unwrap())
+}
+
+#[test]
+fn heartbeat_loss_under_load_loses_no_request() {
+    let mut tb = Testbed::new("hbload");
+    let dsp = tb.add_host("dsp", 1);
+    let client = tb.add_host("client", 2);
+    let w1 = tb.add_host("w1", 10);
+    let w2 = tb.add_host("w2", 11);
+    tb.enable_xdp_tx(&dsp);
+    let health = format!("\n[health]\nlisten = \"{}:7771\"\nkey = \"{KEY}\"\nnetworks = [\"10.99.0.0/24\"]\ndown_after_ms = 300\n", dsp.ip);
+    let conf = tb.write_file("dispatcher.toml", &config(dsp.ip, &[(1, &[&w1, &w2])], &health));
+    let hb_to = format!("{}:7771", dsp.ip);
+    let hb = ["--heartbeat-to", &hb_to, "--heartbeat-key", KEY, "--heartbeat-ms", "50"];
+    let _workers = [tb.serve(&w1, "echo", &hb), tb.serve(&w2, "echo", &hb)];
+    let _dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &conf, &[]);
+    let (a1, a2) = (format!("{}:9000", w1.ip), format!("{}:9000", w2.ip));
+    wait_for_state(&tb, &dsp, &a2, "up");
+    wait_for_state(&tb, &dsp, &a1, "up");
+    let route = |action: &str| {
+        let out = tb.exec(&w2, std::path::Path::new("ip"), &["route", action, "blackhole", &format!("{}/32", dsp.ip)]);
+        assert!(out.status.success(), "ip route {action}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+
+    // w2's heartbeats (and only they: it answers clients directly) are
+    // blackholed, then let through again, while pktgen offers 1000 req/s.
+    let (report, (while_down, up_again)) = under_load(&tb, &client, &dsp, 1000, 3.0, || {
+        route("add");
+        wait_for_state(&tb, &dsp, &a2, "down");
+        let at_down = packets_to(&tb, &dsp, &a2);
+        std::thread::sleep(Duration::from_millis(500));
+        let while_down = packets_to(&tb, &dsp, &a2) - at_down;
+        route("del");
+        wait_for_state(&tb, &dsp, &a2, "up");
+        let at_up = packets_to(&tb, &dsp, &a2);
+        std::thread::sleep(Duration::from_millis(500));
+        (while_down, packets_to(&tb, &dsp, &a2) - at_up)
+    });
+    assert_nothing_lost(&report, "heartbeat loss and recovery");
+    assert_eq!(while_down, 0, "requests went to a worker marked down");
+    assert!(up_again > 100, "w2 got {up_again} requests in 0.5 s after coming back up");
 }

@@ -6,30 +6,7 @@
 
 use std::{thread, time::Duration};
 
-use tests::testbed::{config, dispatcher_bin, Host, Testbed};
-
-/// Runs pktgen from `client` for `seconds` at `rate` in a thread of its
-/// own, while `changes` runs; returns pktgen's JSON report and what
-/// `changes` returned.
-fn under_load<T>(tb: &Testbed, client: &Host, dsp: &Host, rate: u32, seconds: f64, changes: impl FnOnce() -> T) -> (serde_json::Value, T) {
-    thread::scope(|s| {
-        let load = s.spawn(|| {
-            let args = ["pktgen", "--to", &format!("{}:7770", dsp.ip), "--rate", &rate.to_string(), "--duration", &seconds.to_string(), "--drain-ms", "1500", "--json"];
-            tb.exec(client, &dispatcher_bin(), &args)
-        });
-        thread::sleep(Duration::from_millis(300));
-        let changed = changes();
-        let out = load.join().expect("pktgen thread");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        (serde_json::from_slice(&out.stdout).expect("pktgen JSON"), changed)
-    })
-}
-
-fn assert_nothing_lost(report: &serde_json::Value, what: &str) {
-    assert_eq!(report["lost"], 0, "{what}: requests lost: {report}");
-    assert_eq!(report["errors"], 0, "{what}: ERROR answers: {report}");
-    assert_eq!(report["answered"], report["sent"], "{what}: {report}");
-}
+use tests::testbed::{assert_nothing_lost, config, dispatcher_bin, under_load, Testbed};
 
 #[test]
 fn workers_change_and_the_daemon_restarts_without_losing_a_request() {

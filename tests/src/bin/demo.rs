@@ -2,8 +2,9 @@
 //! testbed. A client sends requests to the dispatcher's service address;
 //! the XDP program on the dispatcher's interface rewrites each toward its
 //! function's worker; the workers answer the client directly. A two-step
-//! workflow runs through the kernel too. Then the CLI's view of the data
-//! plane, and everything is removed again.
+//! workflow runs through the kernel too, then a pktgen run. Then an
+//! operator's session with the CLI (add a worker, drain one, a function
+//! with no worker), the daemon's log, and everything is removed again.
 
 use std::path::Path;
 
@@ -13,11 +14,12 @@ const ROUNDS: usize = 3;
 
 fn main() {
     let bin = dispatcher_bin();
-    println!("== building a testbed: namespaces for a client, the dispatcher and two workers on one bridge");
+    println!("== building a testbed: namespaces for a client, the dispatcher and three workers on one bridge");
     let mut tb = Testbed::new("demo");
     let dsp = tb.add_host("dsp", 1);
     let client = tb.add_host("client", 2);
     let workers = [tb.add_host("worker-a", 10), tb.add_host("worker-b", 11)];
+    let spare = tb.add_host("worker-c", 12);
     tb.enable_xdp_tx(&dsp);
 
     let [wa, wb] = [&workers[0], &workers[1]];
@@ -26,7 +28,11 @@ fn main() {
     println!("== dispatcher config ({}):\n{config}", config_path.display());
     let service = format!("{}:7770", dsp.ip);
     println!("== workers: function 1 = upper on {}, function 2 = reverse on {}", wa.ip, wb.ip);
-    let _workers = [tb.serve(wa, "upper", &["--dispatcher", &service]), tb.serve(wb, "reverse", &["--dispatcher", &service])];
+    let _workers = [
+        tb.serve(wa, "upper", &["--dispatcher", &service]),
+        tb.serve(wb, "reverse", &["--dispatcher", &service]),
+        tb.serve(&spare, "upper", &["--dispatcher", &service]),
+    ];
     let mut dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &config_path, &[]);
     println!("== dispatcher attached to {}:eth0 ({}), service {service}\n", dsp.ns, dsp.ip);
 
@@ -47,15 +53,34 @@ fn main() {
     let out = tb.exec(&client, &bin, &["pktgen", "--to", &service, "--rate", "2000", "--duration", "2", "--functions", "1,2"]);
     print!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 
-    for (title, args) in [
-        ("functions", &["functions", "list"][..]),
-        ("workers", &["workers", "list"][..]),
-        ("data plane counters (dispatcher stats)", &["stats"][..]),
-    ] {
-        println!("\n== {title}");
+    println!("\n== an operator's session: every command acts on the pinned maps, each change on the very next request");
+    let cli = |args: &[&str]| {
+        println!("\n$ dispatcher {}", args.join(" "));
         let out = tb.exec(&dsp, &bin, args);
-        print!("{}", String::from_utf8_lossy(&out.stdout));
+        print!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    };
+    let spare_addr = format!("{}:9000", spare.ip);
+    let wa_addr = format!("{}:9000", wa.ip);
+    cli(&["functions", "list"]);
+    cli(&["workers", "add", "--function", "1", "--addr", &spare_addr]);
+    println!();
+    for round in 0..2 {
+        invoke("1", &format!("after the add {round}"));
     }
+    cli(&["workers", "drain", "--function", "1", "--addr", &wa_addr]);
+    println!();
+    for round in 0..2 {
+        invoke("1", &format!("after the drain {round}"));
+    }
+    cli(&["workers", "list"]);
+    cli(&["functions", "add", "3", "--policy", "least-loaded"]);
+    println!();
+    invoke("3", "nobody serves function 3 yet");
+    cli(&["stats"]);
+
+    println!("\n== the daemon's log (its own lines, and the data plane's through aya-log)");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    print!("{}", dispatcher.log());
 
     println!("\n== stopping: the dispatcher detaches on SIGTERM; the testbed removes its namespaces");
     let clean = dispatcher.stop();
