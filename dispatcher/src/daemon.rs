@@ -64,8 +64,10 @@ pub fn effective_config(opts: &RunOptions) -> Result<Config> {
 }
 
 pub async fn run(opts: RunOptions) -> Result<()> {
-    if opts.mode == Mode::Hw {
-        anyhow::bail!(crate::data_plane::HW_MODE_MISSING);
+    match opts.mode {
+        Mode::Hw => anyhow::bail!(crate::data_plane::HW_MODE_MISSING),
+        Mode::User => return run_user(opts).await,
+        Mode::Skb | Mode::Drv => {}
     }
     let mut config = effective_config(&opts)?;
     let mut learned = neighbours::fill_missing(&mut config).await?;
@@ -146,6 +148,39 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
     info!("shutting down");
     attached.detach()
+}
+
+/// `--mode user`: no XDP, no pins; the serving thread dispatches from user
+/// space until SIGINT/SIGTERM, and takes a re-read config on SIGHUP.
+async fn run_user(opts: RunOptions) -> Result<()> {
+    let config = effective_config(&opts)?;
+    if config.health.is_some() || config.metrics.is_some() {
+        warn!("--mode user: [health] and [metrics] act on the XDP data plane's maps and are not served in user mode");
+    }
+    let control = std::sync::Arc::new(crate::user_mode::Control::default());
+    let serving = {
+        let control = control.clone();
+        tokio::task::spawn_blocking(move || crate::user_mode::serve(&config, control))
+    };
+    tokio::pin!(serving);
+    let mut hup = signal(SignalKind::hangup())?;
+    let shutdown = wait_for_shutdown();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            r = &mut shutdown => { r?; break; }
+            r = &mut serving => return r?.map(|_| ()),
+            _ = hup.recv() => match effective_config(&opts) {
+                Ok(config) => *control.next.lock().expect("not poisoned") = Some(config),
+                Err(e) => warn!("SIGHUP: configuration not reloaded, the running one stays: {e:#}"),
+            },
+        }
+    }
+    control.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let counters = serving.await??;
+    let summary: Vec<String> = counters.iter().filter(|(_, n)| *n > 0).map(|(c, n)| format!("{}={n}", c.name())).collect();
+    info!(counters = %summary.join(" "), "user mode stopped");
+    Ok(())
 }
 
 /// What a reload applied.

@@ -47,6 +47,9 @@ pub enum Mode {
     Drv,
     /// Offloaded to the NIC (Netronome NFP): not available yet.
     Hw,
+    /// No XDP: the same protocol and policies served from user space
+    /// (user_mode.rs), where XDP is unavailable, and as a baseline.
+    User,
 }
 
 /// What `--mode hw` says until offloading exists.
@@ -292,6 +295,7 @@ impl Attached {
         let program: &mut Xdp = ebpf.program_mut(PROGRAM).expect("loaded").try_into()?;
         let (link, mode) = match mode {
             Mode::Hw => bail!(HW_MODE_MISSING),
+            Mode::User => bail!("--mode user attaches nothing: it dispatches from user space"),
             Mode::Skb => (program.attach(iface, XdpMode::Skb), XdpMode::Skb),
             Mode::Drv => match program.attach(iface, XdpMode::Driver) {
                 Ok(link) => (Ok(link), XdpMode::Driver),

@@ -33,5 +33,6 @@ pub mod service;
 pub mod stats;
 pub mod tables;
 pub mod udp_batch;
+pub mod user_mode;
 pub mod worker;
 pub mod wire;

@@ -38,11 +38,12 @@ enum Command {
     /// Load and attach the XDP data plane, apply the config, and keep it
     /// running until SIGINT/SIGTERM, then detach.
     Run {
-        /// The interface to attach to.
+        /// The interface to attach to (not used with --mode user).
         #[arg(long)]
-        iface: String,
-        /// XDP mode: drv (native, the default, falls back to skb), skb, or hw
-        /// (NIC offload; not available yet).
+        iface: Option<String>,
+        /// XDP mode: drv (native, the default, falls back to skb), skb, hw
+        /// (NIC offload; not available yet), or user (no XDP: dispatch from
+        /// user space over UDP sockets).
         #[arg(long, value_enum, default_value = "drv")]
         mode: Mode,
         /// TOML config: service addresses and port, functions and workers.
@@ -341,6 +342,11 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run { iface, mode, config, vips, port, keep_attached } => {
+            let iface = match (iface, mode) {
+                (Some(iface), _) => iface,
+                (None, Mode::User) => String::new(),
+                (None, _) => anyhow::bail!("--iface: name the interface to attach to (`ip link` lists them), or use --mode user"),
+            };
             let opts = RunOptions { iface, mode, config, vips, port, bpffs: cli.bpffs, keep_attached };
             tokio_runtime()?.block_on(daemon::run(opts))?;
         }

@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use dispatcher_common::{
-    maps::{family, Endpoint, Function, Settings, Worker, Workflow},
+    maps::{family, worker_index, Endpoint, Function, Settings, Worker, Workflow},
     model::{self, View},
     protocol::{error_code, flags, kind, FaasHdr},
     stats::Counter,
@@ -73,17 +73,23 @@ impl View for SlowPathView<'_> {
     }
 }
 
-/// What to do with one datagram that reached the service socket.
+/// What to do with one datagram that reached the service socket. Each
+/// carries the counter it lands in (the one the kernel program would use).
 #[derive(Debug, PartialEq)]
 pub enum Answer {
-    /// Send this message to this address.
-    Send(Message, SocketAddr),
+    /// A request forwarded to the worker at `to` (`worker_index` in the
+    /// maps' numbering, under the function's `policy`).
+    Dispatch { message: Message, to: SocketAddr, worker_index: u32, policy: u8, counter: Counter },
+    /// An ERROR for whoever waits for the answer, and why.
+    Send { message: Message, to: SocketAddr, reason: Counter },
     /// Nothing to answer (not FaaS, not a request, or from a stranger).
-    Ignore(&'static str),
+    Ignore(Counter),
 }
 
-/// The slow path's decision for one datagram from `source`.
-pub fn answer(maps: &Maps, datagram: &[u8], source: SocketAddr, turn: u32, random: u32) -> Answer {
+/// The decision for one datagram from `source`, by the reference model
+/// over `view`: the slow path's (over the pinned maps) and user mode's
+/// (over tables in memory).
+pub fn answer(view: &impl View, datagram: &[u8], source: SocketAddr, random: u32) -> Answer {
     let message = match Message::parse(datagram) {
         Ok(m) => m,
         Err(ParseError::BadVersion(v)) => {
@@ -92,20 +98,21 @@ pub fn answer(maps: &Maps, datagram: &[u8], source: SocketAddr, turn: u32, rando
             hdr.version = dispatcher_common::protocol::VERSION;
             let m = Message { hdr, payload: Vec::new() };
             let to = m.reply_target(source);
-            return Answer::Send(m.error(error_code::UNSUPPORTED_VERSION, &format!("unsupported protocol version {v}: this dispatcher speaks 1")), to);
+            let message = m.error(error_code::UNSUPPORTED_VERSION, &format!("unsupported protocol version {v}: this dispatcher speaks 1"));
+            return Answer::Send { message, to, reason: Counter::PassBadVersion };
         }
-        Err(_) => return Answer::Ignore("not a FaaS message"),
+        Err(ParseError::Short(_)) => return Answer::Ignore(Counter::PassShort),
+        Err(ParseError::BadMagic(_)) => return Answer::Ignore(Counter::PassBadMagic),
     };
     if !matches!(message.hdr.kind, kind::REQUEST | kind::STEP | kind::BUSY) {
-        return Answer::Ignore("not a request");
+        return Answer::Ignore(Counter::PassNotRequest);
     }
     let src = endpoint(source.ip(), source.port());
     let packet_family = if source.ip().to_canonical().is_ipv4() { family::IPV4 } else { family::IPV6 };
-    let view = SlowPathView { maps, turn };
     let to = message.reply_target(source);
     let id = message.hdr.function_id();
-    let error = |code, text: String| Answer::Send(message.error(code, &text), to);
-    match model::decide(&message.hdr, &src, packet_family, &view, random) {
+    let error = |code, text: String, reason| Answer::Send { message: message.error(code, &text), to, reason };
+    match model::decide(&message.hdr, &src, packet_family, view, random) {
         Ok(d) => {
             let mut hdr = message.hdr;
             model::edit_header(&mut hdr, &d.edit, &src);
@@ -117,25 +124,33 @@ pub fn answer(maps: &Maps, datagram: &[u8], source: SocketAddr, turn: u32, rando
                 hdr.reply_addr = src.addr;
             }
             if FaasHdr::LEN + message.payload.len() > MAX_DATAGRAM {
-                return error(error_code::PAYLOAD_TOO_LARGE, format!("the request is larger than one datagram ({MAX_DATAGRAM} bytes)"));
+                let text = format!("the request is larger than one datagram ({MAX_DATAGRAM} bytes)");
+                return error(error_code::PAYLOAD_TOO_LARGE, text, Counter::PassMalformed);
             }
-            let worker = worker_socket_addr(&d.worker);
-            Answer::Send(Message { hdr, payload: message.payload.clone() }, worker)
+            Answer::Dispatch {
+                to: worker_socket_addr(&d.worker),
+                worker_index: worker_index(d.function.index, d.slot as u32),
+                policy: d.function.policy,
+                counter: d.counter,
+                message: Message { hdr, payload: message.payload },
+            }
         }
-        Err(Counter::PassUnknownFunction) => error(error_code::UNKNOWN_FUNCTION, format!("unknown function or workflow {id}")),
-        Err(Counter::PassNoWorker) => error(error_code::NO_UP_WORKER, format!("no up worker for function {id}")),
-        Err(Counter::PassFamilyMismatch) => error(error_code::NO_UP_WORKER, format!("no worker of function {id} in the client's address family")),
-        Err(Counter::PassBadStep) => error(
+        Err(reason @ Counter::PassUnknownFunction) => error(error_code::UNKNOWN_FUNCTION, format!("unknown function or workflow {id}"), reason),
+        Err(reason @ Counter::PassNoWorker) => error(error_code::NO_UP_WORKER, format!("no up worker for function {id}"), reason),
+        Err(reason @ Counter::PassFamilyMismatch) => {
+            error(error_code::NO_UP_WORKER, format!("no worker of function {id} in the client's address family"), reason)
+        }
+        Err(reason @ Counter::PassBadStep) => error(
             error_code::MALFORMED_REQUEST,
             format!("step {} of workflow {} does not exist", message.hdr.step, message.hdr.workflow_id()),
+            reason,
         ),
-        Err(Counter::PassBusyExhausted) => error(error_code::OVERLOADED, format!("function {id} is overloaded: every worker is busy")),
-        Err(Counter::DropNotRegistered) => Answer::Ignore("STEP or BUSY from an address that is not a registered worker"),
-        Err(_) => Answer::Ignore("not dispatchable"),
+        Err(reason @ Counter::PassBusyExhausted) => error(error_code::OVERLOADED, format!("function {id} is overloaded: every worker is busy"), reason),
+        Err(reason) => Answer::Ignore(reason),
     }
 }
 
-fn worker_socket_addr(w: &Worker) -> SocketAddr {
+pub fn worker_socket_addr(w: &Worker) -> SocketAddr {
     let ip: IpAddr = if w.family == family::IPV4 {
         std::net::Ipv4Addr::new(w.addr[0], w.addr[1], w.addr[2], w.addr[3]).into()
     } else {
@@ -159,14 +174,14 @@ pub async fn run(port: u16, pin_dir: &Path) -> Result<()> {
         let from = SocketAddr::new(from.ip().to_canonical(), from.port());
         let turn = turns.fetch_add(1, Ordering::Relaxed);
         let random = RandomState::new().hash_one(turn) as u32;
-        match answer(&maps, &buf[..n], from, turn, random) {
-            Answer::Send(m, to) => {
+        match answer(&SlowPathView { maps: &maps, turn }, &buf[..n], from, random) {
+            Answer::Send { message: m, to, .. } | Answer::Dispatch { message: m, to, .. } => {
                 debug!(%from, %to, kind = m.hdr.kind, "slow path");
                 if let Err(e) = socket.send_to(&m.to_bytes(), to).await {
                     warn!(%to, "slow path cannot send: {e}");
                 }
             }
-            Answer::Ignore(why) => debug!(%from, "slow path ignored a datagram: {why}"),
+            Answer::Ignore(why) => debug!(%from, why = why.name(), "slow path ignored a datagram"),
         }
     }
 }
