@@ -101,6 +101,11 @@ enum Command {
         #[command(subcommand)]
         action: MapsCmd,
     },
+    /// Hardware offload (Netronome NFP) tools.
+    Offload {
+        #[command(subcommand)]
+        action: OffloadCmd,
+    },
     /// The reference worker runtime: serve functions over UDP.
     Serve {
         /// Address and port to receive requests on.
@@ -311,6 +316,27 @@ enum WorkflowsCmd {
 }
 
 #[derive(Subcommand)]
+enum OffloadCmd {
+    /// Check a compiled XDP object against the NFP's offload rules (helpers,
+    /// maps, stores into map values, atomics, instruction set, return
+    /// codes, stack, context, size); names each violation with its
+    /// instruction. Exit status 1 when there are violations.
+    Check {
+        /// The object file (default: the one built into this binary).
+        object: Option<PathBuf>,
+        /// The program to check.
+        #[arg(long, default_value = dispatcher::data_plane::HW_PROGRAM)]
+        program: String,
+        /// The firmware's instruction limit, if known.
+        #[arg(long, default_value_t = 2_800)]
+        max_instructions: usize,
+        /// The firmware's stack limit in bytes, if known.
+        #[arg(long, default_value_t = 512)]
+        max_stack: i64,
+    },
+}
+
+#[derive(Subcommand)]
 enum MapsCmd {
     /// Dump every pinned map, or the one named (functions, workers,
     /// workflows, counters).
@@ -377,6 +403,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             eprintln!("applied");
         }
         Command::Maps { action: MapsCmd::Dump { name, target } } => maps_dump(&cli.bpffs, name.as_deref(), &target)?,
+        Command::Offload { action: OffloadCmd::Check { object, program, max_instructions, max_stack } } => {
+            let bytes = match &object {
+                Some(path) => std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+                None => dispatcher::data_plane::object().to_vec(),
+            };
+            let limits = dispatcher::offload_check::Limits { max_instructions, max_stack, ..Default::default() };
+            let report = dispatcher::offload_check::check_object(&bytes, &program, limits)?;
+            print!("{}", report.text());
+            if !report.violations.is_empty() {
+                return Ok(ExitCode::from(1));
+            }
+        }
         Command::Serve { listen, functions, dispatcher, delay_us, heartbeat_to, heartbeat_key, heartbeat_ms, capacity, memcached } => {
             let delay = Duration::from_micros(delay_us);
             let heartbeats = heartbeat_to.map(|to| worker::HeartbeatTarget {

@@ -212,23 +212,7 @@ impl Testbed {
     /// so the switch-side port gets one that passes everything.
     pub fn enable_xdp_tx(&mut self, host: &Host) {
         let port = format!("p-{}", host.role);
-        let ns_path = PathBuf::from("/run/netns").join(&self.switch_ns);
-        // setns changes only the calling thread's namespace: use a fresh one.
-        let ebpf = thread::spawn(move || {
-            let ns = fs::File::open(&ns_path).expect("open switch namespace");
-            setns(ns, CloneFlags::CLONE_NEWNET).expect("enter switch namespace");
-            let mut ebpf = aya::Ebpf::load(dispatcher::data_plane::object()).expect("load object");
-            let prog: &mut Xdp = ebpf
-                .program_mut(dispatcher::data_plane::PASS_PROGRAM)
-                .expect("pass program")
-                .try_into()
-                .expect("XDP");
-            prog.load().expect("load pass program");
-            prog.attach(&port, XdpMode::Driver).expect("attach pass program");
-            ebpf
-        })
-        .join()
-        .expect("attach thread");
+        let ebpf = attach_in_namespace(&self.switch_ns, &port, dispatcher::data_plane::PASS_PROGRAM, |_| {});
         self.attached.push(ebpf);
     }
 
@@ -340,6 +324,11 @@ impl Testbed {
         process
     }
 
+    /// The testbed's scratch directory (logs, configs, its bpffs).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Writes a file into the testbed's scratch directory.
     pub fn write_file(&self, name: &str, contents: &str) -> PathBuf {
         let path = self.dir.join(name);
@@ -364,8 +353,13 @@ pub fn dispatcher_bin() -> PathBuf {
     if let Some(path) = std::env::var_os("DISPATCHER_BIN") {
         return PathBuf::from(path);
     }
+    // Tests run from target/<profile>/deps/, binaries (demo, benches) from
+    // target/<profile>/.
     let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let mut profile_dir = exe.parent().expect("target/<profile>");
+    if profile_dir.ends_with("deps") {
+        profile_dir = profile_dir.parent().expect("target/<profile>");
+    }
     let bin = profile_dir.join("dispatcher");
     assert!(
         bin.exists(),
@@ -396,4 +390,26 @@ pub fn assert_nothing_lost(report: &serde_json::Value, what: &str) {
     assert_eq!(report["lost"], 0, "{what}: requests lost: {report}");
     assert_eq!(report["errors"], 0, "{what}: ERROR answers: {report}");
     assert_eq!(report["answered"], report["sent"], "{what}: {report}");
+}
+
+/// Loads the object's `program`, lets `prepare` fill its maps, and attaches
+/// it in driver mode to `iface` inside namespace `ns`. Detached when the
+/// returned object is dropped.
+pub fn attach_in_namespace(ns: &str, iface: &str, program: &str, prepare: impl FnOnce(&mut aya::Ebpf) + Send) -> aya::Ebpf {
+    let ns_path = PathBuf::from("/run/netns").join(ns);
+    // setns changes only the calling thread's namespace: use a fresh one.
+    thread::scope(|s| {
+        s.spawn(|| {
+            let ns = fs::File::open(&ns_path).expect("open namespace");
+            setns(ns, CloneFlags::CLONE_NEWNET).expect("enter namespace");
+            let mut ebpf = aya::Ebpf::load(dispatcher::data_plane::object()).expect("load object");
+            prepare(&mut ebpf);
+            let prog: &mut Xdp = ebpf.program_mut(program).expect("program in the object").try_into().expect("XDP");
+            prog.load().expect("load program");
+            prog.attach(iface, XdpMode::Driver).expect("attach program");
+            ebpf
+        })
+        .join()
+        .expect("attach thread")
+    })
 }

@@ -55,3 +55,22 @@ fn run_errors_name_the_problem_and_the_fix() {
     assert!(stderr.contains("needs root, or the capabilities CAP_BPF and CAP_NET_ADMIN"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `dispatcher offload check`: the shipped offload variant passes (exit 0),
+/// the host variant does not (exit 1, each violation named), and a file
+/// that is not an eBPF object gets a clear error.
+#[test]
+fn offload_check_passes_the_offload_variant_and_names_the_host_variants_violations() {
+    let out = run(&["offload", "check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("program dispatch_hw (section xdp)") && stdout.contains("ok: within the NFP's offload rules"), "{stdout}");
+    let out = run(&["offload", "check", "--program", "dispatch"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    for needle in ["map STATS is of type 6 (per-CPU array)", "map EGRESS is of type 14 (devmap)", "store into a map value", "helper"] {
+        assert!(stdout.contains(needle), "no `{needle}` in:\n{stdout}");
+    }
+    fails_saying(&["offload", "check", "/etc/hostname"], "not an eBPF object");
+    fails_saying(&["offload", "check", "--program", "nope"], "it has: dispatch, dispatch_hw");
+}

@@ -146,10 +146,22 @@ fn llvm_prefix(sysroot: &Path, soname: &str) -> Result<PathBuf> {
 /// memcached (for the `kv` function's tests). Installed with apt-get when
 /// missing.
 pub fn ensure_system_tools() -> Result<()> {
-    let missing: Vec<&str> = [("ip", "iproute2"), ("ethtool", "ethtool"), ("memcached", "memcached")]
-        .into_iter()
-        .filter(|(bin, _)| output("sh", &["-c", &format!("command -v {bin}")]).is_none())
-        .map(|(_, pkg)| pkg)
+    ensure_packages(&[("ip", "iproute2"), ("ethtool", "ethtool"), ("memcached", "memcached")])
+}
+
+/// Installs with apt-get the packages of those (command or absolute path,
+/// package) pairs whose command or file is missing.
+pub fn ensure_packages(wanted: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(bin, _)| {
+            if bin.starts_with('/') {
+                !std::path::Path::new(bin).exists()
+            } else {
+                output("sh", &["-c", &format!("command -v {bin}")]).is_none()
+            }
+        })
+        .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {
         return Ok(());

@@ -42,6 +42,10 @@ enum Task {
     /// Benchmark the control plane: heartbeat-to-map latency and worker
     /// add/remove throughput (root; a benchmark, not a test).
     BenchControl,
+    /// The dispatcher beside the direct path, a minimal XDP rewrite, user
+    /// mode and nginx on a namespace testbed; writes docs/benchmarks/bench.md
+    /// (root; about 8 minutes; installs nginx with apt-get if missing).
+    Bench,
     /// `dispatcher run ARGS` with the privileges it needs; with no --iface,
     /// a demo on a namespace testbed.
     Run {
@@ -65,6 +69,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Run { args } => run_dispatcher(args),
         Task::BenchXdp => bench_xdp(),
         Task::BenchControl => bench_control(),
+        Task::Bench => bench(),
     }
 }
 
@@ -125,6 +130,19 @@ fn bench_xdp() -> Result<()> {
     build()?;
     cmd::step("benchmarking the data plane (BPF_PROG_TEST_RUN); takes about a minute");
     cmd::cargo(&["run", "--quiet", "--package", "tests", "--bin", "bench_xdp"])
+}
+
+fn bench() -> Result<()> {
+    require_root("bench")?;
+    bootstrap::ensure_system_tools()?;
+    if let Err(e) = bootstrap::ensure_packages(&[("nginx", "nginx"), ("/usr/lib/nginx/modules/ngx_stream_module.so", "libnginx-mod-stream")]) {
+        // The bench runs without it and says so on its page.
+        eprintln!("xtask: {e:#}");
+    }
+    cmd::step("building the release binaries");
+    cmd::cargo(&["build", "--quiet", "--release", "--package", "dispatcher"])?;
+    cmd::step("benchmarking: six contenders, three repetitions, interleaved; about 8 minutes");
+    cmd::cargo(&["run", "--quiet", "--release", "--package", "tests", "--bin", "bench"])
 }
 
 fn bench_control() -> Result<()> {
