@@ -163,6 +163,10 @@ enum Command {
         /// Datagrams per sendmmsg/recvmmsg call.
         #[arg(long, default_value_t = 32)]
         batch: usize,
+        /// Poll instead of sleeping within this many microseconds of the
+        /// next request (0: always sleep, leaving the CPU to others).
+        #[arg(long, default_value_t = 200)]
+        spin_us: u64,
         /// Print one JSON document.
         #[arg(long)]
         json: bool,
@@ -432,7 +436,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             })?;
         }
-        Command::Pktgen { to, rate, duration, functions, payload, drain_ms, batch, json, plot, kernel } => {
+        Command::Pktgen { to, rate, duration, functions, payload, drain_ms, batch, spin_us, json, plot, kernel } => {
             if kernel {
                 if !Path::new("/proc/net/pktgen").exists() {
                     anyhow::bail!(
@@ -454,6 +458,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 payload,
                 drain: Duration::from_millis(drain_ms),
                 batch: batch.clamp(1, 1024),
+                spin: Duration::from_micros(spin_us),
             };
             let bar = (!json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
                 let bar = indicatif::ProgressBar::new(0);

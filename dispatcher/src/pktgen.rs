@@ -39,6 +39,11 @@ pub struct Options {
     pub drain: Duration,
     /// Datagrams per sendmmsg/recvmmsg call.
     pub batch: usize,
+    /// Within this long of the next request the sender polls instead of
+    /// sleeping (a VM's timer wake-up costs tens of microseconds), which
+    /// also timestamps answers as they come; 0 always sleeps, leaving the
+    /// CPU to whatever shares it.
+    pub spin: Duration,
 }
 
 /// Latency percentiles, in microseconds.
@@ -283,8 +288,9 @@ pub fn run(opts: &Options, mut progress: impl FnMut(u64, u64)) -> Result<Report>
         // request, keep polling the socket instead, which also timestamps
         // answers as they come.
         let wait = plan.scheduled_ns(next.min(total - 1)).saturating_sub(now_ns());
-        if next < total && wait > SPIN_NS {
-            wait_readable(&socket, wait - SPIN_NS / 2);
+        let spin = opts.spin.as_nanos() as u64;
+        if next < total && wait > spin {
+            wait_readable(&socket, wait - spin / 2);
         }
     }
     progress(total, total);
@@ -351,9 +357,6 @@ fn distribution(h: &Histogram<u64>) -> Vec<(f64, f64)> {
         .map(|x| (x, h.value_at_quantile(1.0 - 10f64.powf(-x)) as f64))
         .collect()
 }
-
-/// How close to the next request the sender stops sleeping and polls.
-const SPIN_NS: u64 = 200_000;
 
 /// Asks the kernel to wake this thread within a microsecond of the time it
 /// asked for, not the default 50 us later: requests are due every 10 us at

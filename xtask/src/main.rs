@@ -44,7 +44,7 @@ enum Task {
     BenchControl,
     /// The dispatcher beside the direct path, a minimal XDP rewrite, user
     /// mode and nginx on a namespace testbed; writes docs/benchmarks/bench.md
-    /// (root; about 8 minutes; installs nginx with apt-get if missing).
+    /// (root; about 7 minutes; installs nginx with apt-get if missing).
     Bench,
     /// `dispatcher run ARGS` with the privileges it needs; with no --iface,
     /// a demo on a namespace testbed.
@@ -141,7 +141,7 @@ fn bench() -> Result<()> {
     }
     cmd::step("building the release binaries");
     cmd::cargo(&["build", "--quiet", "--release", "--package", "dispatcher"])?;
-    cmd::step("benchmarking: six contenders, three repetitions, interleaved; about 8 minutes");
+    cmd::step("benchmarking: six contenders, five repetitions, interleaved; about 7 minutes");
     cmd::cargo(&["run", "--quiet", "--release", "--package", "tests", "--bin", "bench"])
 }
 

@@ -26,12 +26,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use dispatcher_common::maps::Function;
 use tests::testbed::{attach_in_namespace, dispatcher_bin, sh, Host, Process, Testbed};
 
-const REPETITIONS: usize = 3;
+const REPETITIONS: usize = 5;
 /// Latency is reported at these offered rates.
 const LATENCY_RATES: [u64; 3] = [1_000, 10_000, 100_000];
 /// Loss is measured at these; the highest with under 1% loss is the
 /// contender's capacity.
-const LOSS_RATES: [u64; 6] = [50_000, 75_000, 100_000, 125_000, 150_000, 200_000];
+const LOSS_RATES: [u64; 7] = [10_000, 25_000, 50_000, 75_000, 100_000, 125_000, 150_000];
 const VIP_PORT: u16 = 7770;
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -84,11 +84,16 @@ struct Run {
     goodput: f64,
 }
 
+/// pktgen's --spin-us (BENCH_SPIN_US; default pktgen's own).
+fn spin_us() -> String {
+    std::env::var("BENCH_SPIN_US").unwrap_or_else(|_| "200".into())
+}
+
 fn pktgen(tb: &Testbed, client: &Host, to: &str, rate: u64, seconds: f64) -> Option<Run> {
     let out = tb.exec(
         client,
         &dispatcher_bin(),
-        &["pktgen", "--to", to, "--rate", &rate.to_string(), "--duration", &seconds.to_string(), "--payload", "64", "--drain-ms", "300", "--json"],
+        &["pktgen", "--to", to, "--rate", &rate.to_string(), "--duration", &seconds.to_string(), "--payload", "64", "--drain-ms", "300", "--spin-us", &spin_us(), "--json"],
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
     let l = &report["latency_us"];
@@ -225,8 +230,16 @@ fn main() {
 
     let mut results: Results = BTreeMap::new();
     let mut could_not: BTreeMap<Contender, String> = BTreeMap::new();
-    for rep in 0..REPETITIONS {
+    // BENCH_ONLY="direct,XDP drv" and BENCH_REPETITIONS=1 for a quick look
+    // (the page is then written to bench-partial.md, not over the real one).
+    let only: Option<Vec<String>> = std::env::var("BENCH_ONLY").ok().map(|s| s.split(',').map(|c| c.trim().to_string()).collect());
+    let repetitions: usize = std::env::var("BENCH_REPETITIONS").ok().and_then(|r| r.parse().ok()).unwrap_or(REPETITIONS);
+    let partial = only.is_some() || repetitions != REPETITIONS;
+    for rep in 0..repetitions {
         for c in Contender::ALL {
+            if only.as_ref().is_some_and(|o| !o.iter().any(|n| n == c.name())) {
+                continue;
+            }
             if could_not.contains_key(&c) {
                 continue;
             }
@@ -270,6 +283,11 @@ fn main() {
     let page = render(&results, &could_not, started.elapsed());
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/benchmarks");
     std::fs::create_dir_all(&dir).expect("docs/benchmarks");
+    if partial {
+        std::fs::write(dir.join("bench-partial.md"), page).expect("write bench-partial.md");
+        println!("wrote {} (a partial run: bench.md and its plots are untouched)", dir.join("bench-partial.md").display());
+        return;
+    }
     std::fs::write(dir.join("bench.md"), page).expect("write bench.md");
     plots(&results, &dir);
     println!("wrote {}", dir.join("bench.md").display());
@@ -393,7 +411,7 @@ fn render(results: &Results, could_not: &BTreeMap<Contender, String>, took: Dura
     let _ = writeln!(md, "\n[bench-analysis.md](bench-analysis.md) reads these numbers, says where targets were missed and what the profile shows.");
 
     for rate in LATENCY_RATES {
-        let _ = writeln!(md, "\n## Latency at {}K req/s (us; median of {REPETITIONS} repetitions, range in brackets)\n", rate / 1000);
+        let _ = writeln!(md, "\n## Latency at {}K req/s (us; median of the repetitions, range in brackets)\n", rate / 1000);
         let _ = writeln!(md, "| contender | p50 | p90 | p99 | p99.9 | loss % | requests sent > 1 ms late |\n|---|---|---|---|---|---|---|");
         for c in Contender::ALL.into_iter().filter(|c| results.contains_key(c)) {
             let r = runs(results, c, rate);
@@ -435,7 +453,7 @@ fn render(results: &Results, could_not: &BTreeMap<Contender, String>, took: Dura
          - The worker is `dispatcher serve --functions echo` (recvmmsg/sendmmsg batches). Every contender sends to that one worker.\n\
          - The load is `dispatcher pktgen` in the client's namespace: open loop, 64-byte payloads, one request id each, latency \
          from each request's scheduled send time (HDR histogram), 2 s per point up to 10K req/s, 1 s above.\n\
-         - {REPETITIONS} repetitions; in each, every contender in turn (started, warmed up with 300 requests, measured at every \
+         - {reps} repetitions; in each, every contender in turn (started, warmed up with 300 requests, measured at every \
          rate, stopped): interleaved, so slow drifts of this shared machine hit all of them alike. Tables give the median and \
          the range over repetitions; the headline takes the difference to direct within each repetition first.\n\
          - Capacity: pktgen offers {} req/s; for each run with under 1% loss, the requests answered per second of \
@@ -443,8 +461,11 @@ fn render(results: &Results, could_not: &BTreeMap<Contender, String>, took: Dura
          carries the whole forward path (bridge, dispatcher, worker's receive): above a contender's capacity the sender falls \
          behind its schedule (the late column) rather than losing requests, and the latency from the scheduled send time \
          grows with the backlog. Answered per second is what each path delivered.\n\
+         - pktgen polls within 200 us of its next request instead of sleeping (`--spin-us`, the default), so the client's \
+         CPU is busy while it sends.\n\
          - The contenders:",
-        LOSS_RATES.map(|r| format!("{}K", r / 1000)).join(", ")
+        LOSS_RATES.map(|r| format!("{}K", r / 1000)).join(", "),
+        reps = results.values().flat_map(|r| r.values().map(Vec::len)).max().unwrap_or(0),
     );
     for c in Contender::ALL {
         let _ = writeln!(md, "  - {}: {}", c.name(), c.what());
@@ -484,18 +505,7 @@ fn plots(results: &Results, dir: &Path) {
     if let Err(e) = plot::draw(&dir.join("bench-latency-10k.svg"), &chart, &latency) {
         eprintln!("latency plot: {e:#}");
     }
-    let loss: Vec<Series> = Contender::ALL
-        .into_iter()
-        .filter(|c| results.contains_key(c))
-        .map(|c| Series {
-            name: c.name().into(),
-            points: LOSS_RATES
-                .iter()
-                .map(|rate| (*rate as f64 / 1000.0, median(runs(results, c, *rate).iter().map(|r| r.loss).collect())))
-                .filter(|(_, v)| !v.is_nan())
-                .collect(),
-        })
-        .collect();
+    let loss = per_rate(results, |r| r.loss);
     let chart = Chart {
         title: "loss against offered rate, median of repetitions",
         x_label: "offered rate (thousand requests/s)",
@@ -506,18 +516,7 @@ fn plots(results: &Results, dir: &Path) {
     if let Err(e) = plot::draw(&dir.join("bench-loss.svg"), &chart, &loss) {
         eprintln!("loss plot: {e:#}");
     }
-    let answered: Vec<Series> = Contender::ALL
-        .into_iter()
-        .filter(|c| results.contains_key(c))
-        .map(|c| Series {
-            name: c.name().into(),
-            points: LOSS_RATES
-                .iter()
-                .map(|rate| (*rate as f64 / 1000.0, median(runs(results, c, *rate).iter().map(|r| r.goodput / 1000.0).collect())))
-                .filter(|(_, v)| !v.is_nan())
-                .collect(),
-        })
-        .collect();
+    let answered = per_rate(results, |r| r.goodput / 1000.0);
     let chart = Chart {
         title: "answered against offered rate, median of repetitions",
         x_label: "offered rate (thousand requests/s)",
@@ -528,4 +527,20 @@ fn plots(results: &Results, dir: &Path) {
     if let Err(e) = plot::draw(&dir.join("bench-answered.svg"), &chart, &answered) {
         eprintln!("answered plot: {e:#}");
     }
+}
+
+/// One line per contender: the median of `field` at each offered rate.
+fn per_rate(results: &Results, field: impl Fn(&Run) -> f64) -> Vec<Series> {
+    Contender::ALL
+        .into_iter()
+        .filter(|c| results.contains_key(c))
+        .map(|c| Series {
+            name: c.name().into(),
+            points: LOSS_RATES
+                .iter()
+                .map(|rate| (*rate as f64 / 1000.0, median(runs(results, c, *rate).iter().map(&field).collect())))
+                .filter(|(_, v)| !v.is_nan())
+                .collect(),
+        })
+        .collect()
 }
