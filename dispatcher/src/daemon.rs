@@ -32,6 +32,8 @@ pub struct RunOptions {
     /// On SIGTERM/SIGINT, leave the data plane attached (and pinned) for
     /// the next daemon to adopt.
     pub keep_attached: bool,
+    /// `--mode hw`: map sizes on the device.
+    pub hw_sizes: crate::offload::Sizes,
 }
 
 /// The config file (if any) with the command line's additions, validated.
@@ -64,10 +66,11 @@ pub fn effective_config(opts: &RunOptions) -> Result<Config> {
 }
 
 pub async fn run(opts: RunOptions) -> Result<()> {
-    match opts.mode {
-        Mode::Hw => anyhow::bail!(crate::data_plane::HW_MODE_MISSING),
-        Mode::User => return run_user(opts).await,
-        Mode::Skb | Mode::Drv => {}
+    // Signals first: from here on SIGTERM/SIGINT/SIGHUP are handled, not fatal.
+    let shutdown = shutdown_signal()?;
+    let mut hup = signal(SignalKind::hangup())?;
+    if opts.mode == Mode::User {
+        return run_user(opts, shutdown, hup).await;
     }
     let mut config = effective_config(&opts)?;
     let mut learned = neighbours::fill_missing(&mut config).await?;
@@ -84,7 +87,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         control::apply(&mut adopted.maps, &config)?;
         adopted
     } else {
-        Attached::attach(&opts.iface, opts.mode, &pin_dir, &config)?
+        Attached::attach(&opts.iface, opts.mode, &pin_dir, &config, opts.hw_sizes)?
     };
     info!(
         services = ?config.service.addresses,
@@ -100,7 +103,6 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         warn!("{e:#}");
     }
     let mut maps = attached.maps_handle()?;
-    let mut hup = signal(SignalKind::hangup())?;
     let mut refresh = tokio::time::interval(Duration::from_millis(config.neighbours.refresh_ms.max(100)));
     let service = service::run(config.service.port, &pin_dir);
     tokio::pin!(service);
@@ -108,13 +110,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         Some(h) => Some(health::start(h, attached.maps_handle()?).await?),
         None => None,
     };
-    // Listening for SIGTERM/SIGINT from here on, once: a signal between two
-    // turns of the loop is not missed.
-    let shutdown = wait_for_shutdown();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            r = &mut shutdown => { r?; break; }
+            () = &mut shutdown => break,
             r = &mut service => { r?; break; }
             _ = hup.recv() => {
                 if let Some(new) = reload(&opts, &mut maps).await {
@@ -152,7 +151,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
 
 /// `--mode user`: no XDP, no pins; the serving thread dispatches from user
 /// space until SIGINT/SIGTERM, and takes a re-read config on SIGHUP.
-async fn run_user(opts: RunOptions) -> Result<()> {
+async fn run_user(opts: RunOptions, shutdown: impl std::future::Future<Output = ()>, mut hup: tokio::signal::unix::Signal) -> Result<()> {
     let config = effective_config(&opts)?;
     if config.health.is_some() || config.metrics.is_some() {
         warn!("--mode user: [health] and [metrics] act on the XDP data plane's maps and are not served in user mode");
@@ -163,12 +162,10 @@ async fn run_user(opts: RunOptions) -> Result<()> {
         tokio::task::spawn_blocking(move || crate::user_mode::serve(&config, control))
     };
     tokio::pin!(serving);
-    let mut hup = signal(SignalKind::hangup())?;
-    let shutdown = wait_for_shutdown();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            r = &mut shutdown => { r?; break; }
+            () = &mut shutdown => break,
             r = &mut serving => return r?.map(|_| ()),
             _ = hup.recv() => match effective_config(&opts) {
                 Ok(config) => *control.next.lock().expect("not poisoned") = Some(config),
@@ -243,12 +240,17 @@ async fn refresh_macs(learned: &[SocketAddr], maps: &mut crate::data_plane::Maps
     }
 }
 
-async fn wait_for_shutdown() -> Result<()> {
+/// Registers for SIGTERM and SIGINT now, so that a signal from here on is
+/// caught (not the default "terminate") even before the returned future is
+/// first polled: a daemon still starting up, with its data plane already
+/// attached, must detach cleanly too.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }

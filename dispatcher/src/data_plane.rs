@@ -25,7 +25,7 @@ use dispatcher_common::{
 use nix::fcntl::{Flock, FlockArg};
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::{config::Config, offload};
 
 /// Name of the XDP program in the object.
 pub const PROGRAM: &str = "dispatch";
@@ -45,16 +45,14 @@ pub enum Mode {
     /// Native XDP in the driver (the default); falls back to skb with a
     /// warning when the driver has none.
     Drv,
-    /// Offloaded to the NIC (Netronome NFP): not available yet.
+    /// Offloaded to the NIC (Netronome NFP): the offload variant and its
+    /// maps bound to the device (offload.rs).
     Hw,
     /// No XDP: the same protocol and policies served from user space
     /// (user_mode.rs), where XDP is unavailable, and as a baseline.
     User,
 }
 
-/// What `--mode hw` says until offloading exists.
-pub const HW_MODE_MISSING: &str = "--mode hw (offload to the NIC) is not implemented yet: the offloadable program \
-     `dispatch_hw` exists, but loading it bound to a NIC does not; use --mode drv or skb";
 
 /// Typed handles on every map of one data plane (see dispatcher-ebpf's
 /// maps.rs for what each holds and who writes it).
@@ -224,6 +222,40 @@ impl Loaded {
 
 /// Name of the pinned XDP link, beside the maps.
 pub const LINK_PIN: &str = "link";
+/// Name of the pinned offload program (hw mode only: aya opens it from
+/// there to attach it).
+pub const PROGRAM_PIN: &str = "program";
+
+/// Every map the daemon pins and the CLI reads.
+const MAP_NAMES: [&str; 17] = [
+    names::SERVICES,
+    names::SETTINGS,
+    names::FUNCTIONS,
+    names::WORKERS,
+    names::LOADS,
+    names::RING,
+    names::MAGLEV,
+    names::RR_CURSORS,
+    names::WORKFLOWS,
+    names::REGISTERED,
+    names::EGRESS,
+    names::STATS,
+    names::FUNCTION_STATS,
+    names::WORKER_STATS,
+    names::STATS_HW,
+    names::FUNCTION_STATS_HW,
+    names::WORKER_STATS_HW,
+];
+
+/// Turns an attached program's link into a bpf_link pinned in `dir`, so
+/// the data plane outlives this process.
+fn pin_link(program: &mut Xdp, link: aya::programs::xdp::XdpLinkId, iface: &str, dir: &Path) -> Result<()> {
+    let link = FdLink::try_from(program.take_link(link)?).map_err(|_| {
+        anyhow!("the kernel attached {iface} without a bpf_link (kernel older than 5.9?): the data plane could not outlive the daemon")
+    })?;
+    link.pin(dir.join(LINK_PIN)).context("cannot pin the XDP link")?;
+    Ok(())
+}
 
 /// A data plane attached to an interface, its maps and its XDP link pinned
 /// under `pin_dir`: it keeps running when the daemon exits or dies, and a
@@ -246,7 +278,7 @@ impl Attached {
     /// Everything is pinned into a staging directory first and renamed to
     /// `pin_dir` once the program is configured and attached, so the pin
     /// directory appears complete in one step: its existence means "running".
-    pub fn attach(iface: &str, mode: Mode, pin_dir: &Path, config: &Config) -> Result<Attached> {
+    pub fn attach(iface: &str, mode: Mode, pin_dir: &Path, config: &Config, sizes: offload::Sizes) -> Result<Attached> {
         let mac = interface_mac(iface)?;
         if pin_dir.exists() {
             bail!("a data plane is already pinned at {}: adopt it instead", pin_dir.display());
@@ -262,7 +294,7 @@ impl Attached {
         std::fs::create_dir_all(&staging)
             .with_context(|| format!("cannot create {}", staging.display()))?;
 
-        let staged = Self::attach_staged(iface, mode, &staging, config, mac).and_then(|(maps, mode)| {
+        let staged = Self::attach_staged(iface, mode, &staging, config, mac, sizes).and_then(|(maps, mode)| {
             std::fs::rename(&staging, pin_dir)
                 .with_context(|| format!("cannot move pins to {}", pin_dir.display()))?;
             Ok((maps, mode))
@@ -286,7 +318,10 @@ impl Attached {
         Ok(link.info().context("cannot read the link's info")?.program_id())
     }
 
-    fn attach_staged(iface: &str, mode: Mode, staging: &Path, config: &Config, mac: [u8; 6]) -> Result<(Maps, XdpMode)> {
+    fn attach_staged(iface: &str, mode: Mode, staging: &Path, config: &Config, mac: [u8; 6], sizes: offload::Sizes) -> Result<(Maps, XdpMode)> {
+        if mode == Mode::Hw {
+            return Self::attach_staged_hw(iface, staging, config, mac, sizes);
+        }
         let mut ebpf = load(&[PROGRAM])?;
         let mut maps = Maps::take(&mut ebpf, Some(staging))?;
         crate::control::configure_interface(&mut maps, mac, &config.egress)?;
@@ -294,7 +329,7 @@ impl Attached {
 
         let program: &mut Xdp = ebpf.program_mut(PROGRAM).expect("loaded").try_into()?;
         let (link, mode) = match mode {
-            Mode::Hw => bail!(HW_MODE_MISSING),
+            Mode::Hw => unreachable!("hw mode is attached by attach_staged_hw"),
             Mode::User => bail!("--mode user attaches nothing: it dispatches from user space"),
             Mode::Skb => (program.attach(iface, XdpMode::Skb), XdpMode::Skb),
             Mode::Drv => match program.attach(iface, XdpMode::Driver) {
@@ -306,11 +341,33 @@ impl Attached {
             },
         };
         let link = link.map_err(|e| explain_attach_error(e, iface))?;
-        let link = FdLink::try_from(program.take_link(link)?).map_err(|_| {
-            anyhow!("the kernel attached {iface} without a bpf_link (kernel older than 5.9?): the data plane could not outlive the daemon")
-        })?;
-        link.pin(staging.join(LINK_PIN)).context("cannot pin the XDP link")?;
+        pin_link(program, link, iface, staging)?;
         Ok((maps, mode))
+    }
+
+    /// `--mode hw`: the offload variant and the maps it uses bound to the
+    /// NIC (offload.rs), configured, attached in hardware mode.
+    fn attach_staged_hw(iface: &str, staging: &Path, config: &Config, mac: [u8; 6], sizes: offload::Sizes) -> Result<(Maps, XdpMode)> {
+        let ifindex = offload::ifindex(iface)?;
+        let bound = offload::load_bound(iface, ifindex, sizes, &MAP_NAMES)?;
+        let mut by_name: std::collections::HashMap<String, Map> = bound.maps.into_iter().collect();
+        let mut maps = Maps::build(|name| {
+            let map = by_name.remove(name).ok_or_else(|| anyhow!("map {name} was not created"))?;
+            let path = staging.join(name);
+            map.pin(&path).with_context(|| format!("cannot pin map {name} at {}", path.display()))?;
+            Ok(map)
+        })?;
+        crate::control::configure_interface(&mut maps, mac, &config.egress)?;
+        crate::control::apply(&mut maps, config)?;
+        let program_pin = staging.join(PROGRAM_PIN);
+        offload::pin_program(&bound.program, &program_pin)?;
+        let mut program = Xdp::from_pin(&program_pin, aya_obj::programs::XdpAttachType::Interface)
+            .context("cannot open the pinned offload program")?;
+        let link = program.attach(iface, XdpMode::Hardware).map_err(|e| {
+            anyhow!(e).context(format!("{iface} refused to run {HW_PROGRAM} in hardware mode (its maps and program were bound to it)"))
+        })?;
+        pin_link(&mut program, link, iface, staging)?;
+        Ok((maps, XdpMode::Hardware))
     }
 
     /// Takes over a data plane a previous daemon left pinned at `pin_dir`.

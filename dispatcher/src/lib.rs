@@ -26,6 +26,7 @@ pub mod map_batch;
 pub mod data_plane;
 pub mod metrics;
 pub mod neighbours;
+pub mod offload;
 pub mod offload_check;
 pub mod pktgen;
 pub mod plot;

@@ -42,8 +42,8 @@ enum Command {
         #[arg(long)]
         iface: Option<String>,
         /// XDP mode: drv (native, the default, falls back to skb), skb, hw
-        /// (NIC offload; not available yet), or user (no XDP: dispatch from
-        /// user space over UDP sockets).
+        /// (offloaded to the NIC: a Netronome NFP), or user (no XDP:
+        /// dispatch from user space over UDP sockets).
         #[arg(long, value_enum, default_value = "drv")]
         mode: Mode,
         /// TOML config: service addresses and port, functions and workers.
@@ -59,6 +59,10 @@ enum Command {
         /// the next `dispatcher run` to adopt.
         #[arg(long)]
         keep_attached: bool,
+        /// --mode hw: at most this many entries per map on the device (its
+        /// map memory is small; netdevsim takes 2).
+        #[arg(long, value_name = "N")]
+        hw_map_entries: Option<u32>,
     },
     /// Packet counters of a running data plane: dispatched, and passes by reason.
     Stats {
@@ -371,13 +375,17 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Run { iface, mode, config, vips, port, keep_attached } => {
+        Command::Run { iface, mode, config, vips, port, keep_attached, hw_map_entries } => {
             let iface = match (iface, mode) {
                 (Some(iface), _) => iface,
                 (None, Mode::User) => String::new(),
                 (None, _) => anyhow::bail!("--iface: name the interface to attach to (`ip link` lists them), or use --mode user"),
             };
-            let opts = RunOptions { iface, mode, config, vips, port, bpffs: cli.bpffs, keep_attached };
+            if hw_map_entries.is_some() && mode != Mode::Hw {
+                anyhow::bail!("--hw-map-entries sizes maps on the NIC: it goes with --mode hw");
+            }
+            let hw_sizes = dispatcher::offload::Sizes { max_entries: hw_map_entries };
+            let opts = RunOptions { iface, mode, config, vips, port, bpffs: cli.bpffs, keep_attached, hw_sizes };
             tokio_runtime()?.block_on(daemon::run(opts))?;
         }
         Command::Stats { iface, json, watch } => {

@@ -33,7 +33,7 @@ fn run_errors_name_the_problem_and_the_fix() {
     fails_saying(&["run", "--iface", "lo", "--config", bad.to_str().unwrap()], "unknown variant `fastest`");
     fails_saying(&["run", "--iface", "lo"], "service.addresses is empty");
     fails_saying(&["run", "--iface", "lo", "--vip", "10.0.0.1", "--mode", "turbo"], "invalid value 'turbo' for '--mode");
-    fails_saying(&["run", "--iface", "lo", "--vip", "10.0.0.1", "--mode", "hw"], "--mode hw (offload to the NIC) is not implemented yet");
+    fails_saying(&["run", "--iface", "lo", "--vip", "10.0.0.1", "--mode", "hw"], "lo refused to hold map SERVICES");
     fails_saying(&["stats"], "no data plane is pinned under");
     fails_saying(&["workers", "add", "--function", "1", "--addr", "10.0.0.2:9000", "--mac", "zz"], "--mac zz: not a MAC address");
     fails_saying(&["workers", "add", "--function", "1", "--addr", "10.0.0.2", "--mac", "02:00:00:00:00:01"], "invalid value '10.0.0.2' for '--addr");

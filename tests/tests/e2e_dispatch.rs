@@ -372,3 +372,25 @@ fn kv_then_grayscale_then_static_with_multi_packet_steps() {
     assert_eq!(s.get(Counter::DispatchedWorkflow), 1, "{s:?}");
     assert!(s.get(Counter::PassFragment) >= 6, "{s:?}");
 }
+
+/// `--mode hw` on a device that does not offload eBPF (a veth): the device
+/// refuses the bound maps, the operator is told what is needed, and nothing
+/// is left behind (no pins, no program). The accepting path needs a card
+/// or netdevsim, which this machine cannot load (docs/offload.md).
+#[test]
+fn hw_mode_on_a_device_without_offload_is_refused_cleanly() {
+    let mut tb = Testbed::new("hw");
+    let dsp = tb.add_host("dsp", 1);
+    let worker = tb.add_host("worker", 10);
+    let conf = tb.write_file("dispatcher.toml", &config(dsp.ip, &[(1, &[&worker])], ""));
+    let out = tb.exec(&dsp, &dispatcher_bin(), &["run", "--iface", "eth0", "--mode", "hw", "--hw-map-entries", "2", "--config", conf.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("eth0 refused to hold map") && stderr.contains("needs a NIC that offloads eBPF") && stderr.contains("--mode drv"), "{stderr}");
+    assert!(!tb.pin_dir(&dsp).exists(), "pins left after a refusal");
+    let link = tb.exec(&dsp, Path::new("ip"), &["link", "show", "eth0"]);
+    assert!(!String::from_utf8_lossy(&link.stdout).contains("xdp"), "XDP attached after a refusal");
+    // --hw-map-entries belongs to hw mode.
+    let out = tb.exec(&dsp, &dispatcher_bin(), &["run", "--iface", "eth0", "--hw-map-entries", "2", "--config", conf.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("goes with --mode hw"));
+}
