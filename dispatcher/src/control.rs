@@ -224,9 +224,11 @@ fn write_function(
         // Only Maglev reads names (formatting them is a fair share of a change's time).
         .map(|(slot, w)| Member { slot: *slot, weight: w.weight.max(1), name: if policy == policy::HASH { worker_name(w) } else { String::new() } })
         .collect();
-    write_table(&mut maps.ring, &tables::ring(&members), |c| ring_chunk_index(index, generation, c), RING_CHUNKS)?;
+    let too_small = || format!("function {id}: cannot write its selection tables (on a NIC, are its maps capped below the table size by --hw-map-entries?)");
+    write_table(&mut maps.ring, &tables::ring(&members), |c| ring_chunk_index(index, generation, c), RING_CHUNKS).with_context(too_small)?;
     if policy == policy::HASH {
-        write_table(&mut maps.maglev, &tables::maglev(&members), |c| maglev_chunk_index(index, generation, c), MAGLEV_CHUNKS)?;
+        write_table(&mut maps.maglev, &tables::maglev(&members), |c| maglev_chunk_index(index, generation, c), MAGLEV_CHUNKS)
+            .with_context(too_small)?;
     }
     let loads = up_loads(maps, index, up.iter().map(|(slot, _)| *slot))?;
 

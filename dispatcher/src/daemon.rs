@@ -99,8 +99,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         crate::metrics::spawn(m.listen, pin_dir.clone())?;
     }
     // Not fatal: the data plane dispatches whether or not its log is read.
-    if let Err(e) = attached.program_id().and_then(crate::kernel_log::forward) {
-        warn!("{e:#}");
+    // The offloaded program has none (the NFP cannot log).
+    if opts.mode != Mode::Hw {
+        if let Err(e) = attached.program_id().and_then(crate::kernel_log::forward) {
+            warn!("{e:#}");
+        }
     }
     let mut maps = attached.maps_handle()?;
     let mut refresh = tokio::time::interval(Duration::from_millis(config.neighbours.refresh_ms.max(100)));

@@ -146,9 +146,18 @@ impl Maps {
             .collect()
     }
 
-    /// The offload variant's counters, in `Counter` order.
+    /// The offload variant's counters, in `Counter` order. On a device
+    /// whose maps were capped (`--hw-map-entries`) the counters past the
+    /// end cannot be counted by the program either: they read 0.
     pub fn counters_hw(&self) -> Result<Vec<(Counter, u64)>> {
-        Counter::ALL.iter().map(|&c| Ok((c, self.stats_hw.get(&(c as u32), 0)?))).collect()
+        Counter::ALL
+            .iter()
+            .map(|&c| match self.stats_hw.get(&(c as u32), 0) {
+                Ok(n) => Ok((c, n)),
+                Err(aya::maps::MapError::OutOfBounds { .. }) => Ok((c, 0)),
+                Err(e) => Err(e.into()),
+            })
+            .collect()
     }
 
     /// Packets and bytes at `index` of a per-CPU traffic map, summed.

@@ -171,7 +171,8 @@ fn explain_map_error(e: BpfError, name: &str, iface: &str, entries: u32, bound: 
 
 fn explain_load_error(e: BpfError, iface: &str) -> anyhow::Error {
     let why = std::io::Error::from_raw_os_error(e.errno);
-    let log = if e.log.is_empty() { String::new() } else { format!("\nthe verifier said:\n{}", e.log) };
+    // A refusal before verification leaves only the statistics line.
+    let log = if e.log.is_empty() || e.log.starts_with("processed 0 insns") { String::new() } else { format!("\nthe verifier said:\n{}", e.log) };
     match e.errno {
         libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP => anyhow!(
             "{iface} refused to take {HW_PROGRAM} ({why}): the device does not offload eBPF, or its firmware does not \

@@ -47,34 +47,41 @@ pub fn cargo_with_env<S: AsRef<OsStr>>(args: &[S], envs: &[(&str, OsString)]) ->
     run(&cargo_program(), args, envs)
 }
 
-/// `cargo test ARGS`, echoing its output, then one closing line that sums
-/// every test binary's result: `N passed, N failed`.
-pub fn cargo_test<S: AsRef<OsStr>>(args: &[S], envs: &[(&str, OsString)]) -> Result<()> {
+/// What a test run counted.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counts {
+    pub passed: u64,
+    pub failed: u64,
+}
+
+/// `cargo test ARGS`, echoing its output; returns every test binary's
+/// results summed, and fails if cargo test failed or ran nothing.
+pub fn cargo_test<S: AsRef<OsStr>>(args: &[S], envs: &[(&str, OsString)]) -> (Counts, Result<()>) {
     use std::io::{BufRead as _, BufReader};
+    let mut counts = Counts::default();
     let mut cmd = Command::new(cargo_program());
     cmd.args(args).env("PATH", path_with_cargo_bin()).stdout(std::process::Stdio::piped());
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().context("cannot start cargo test")?;
-    let (mut passed, mut failed) = (0u64, 0u64);
-    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
-        let line = line?;
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => return (counts, Err(anyhow::anyhow!("cannot start cargo test: {e}"))),
+    };
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines().map_while(Result::ok) {
         println!("{line}");
         if let Some(rest) = line.strip_prefix("test result: ") {
-            passed += count_before(rest, " passed");
-            failed += count_before(rest, " failed");
+            counts.passed += count_before(rest, " passed");
+            counts.failed += count_before(rest, " failed");
         }
     }
-    let status = child.wait()?;
-    println!("{passed} passed, {failed} failed");
-    if !status.success() {
-        bail!("cargo test failed ({status})");
-    }
-    if passed == 0 {
-        bail!("cargo test ran no test");
-    }
-    Ok(())
+    let result = match child.wait() {
+        Ok(status) if !status.success() => Err(anyhow::anyhow!("cargo test failed ({status})")),
+        Ok(_) if counts.passed == 0 => Err(anyhow::anyhow!("cargo test ran no test")),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.into()),
+    };
+    (counts, result)
 }
 
 /// The number just before `label` in "ok. 6 passed; 0 failed; ...".

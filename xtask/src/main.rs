@@ -11,6 +11,7 @@
 
 mod bootstrap;
 mod cmd;
+mod offload_vm;
 
 use std::{ffi::OsString, path::PathBuf};
 
@@ -46,6 +47,10 @@ enum Task {
     /// mode and nginx on a namespace testbed; writes docs/benchmarks/bench.md
     /// (root; about 7 minutes; installs nginx with apt-get if missing).
     Bench,
+    /// The hardware-offload path on netdevsim in a VM (qemu): bind, attach
+    /// in hw mode, CLI reads, detach, and the device's refusals. Downloads
+    /// a pinned Debian kernel (~220 MB, cached) the first time.
+    OffloadTest,
     /// `dispatcher run ARGS` with the privileges it needs; with no --iface,
     /// a demo on a namespace testbed.
     Run {
@@ -70,6 +75,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::BenchXdp => bench_xdp(),
         Task::BenchControl => bench_control(),
         Task::Bench => bench(),
+        Task::OffloadTest => offload_vm::run(&workspace_root()).1,
     }
 }
 
@@ -101,9 +107,23 @@ fn test(args: Vec<OsString>) -> Result<()> {
     build()?;
     bootstrap::ensure_system_tools()?;
     cmd::step("running every test");
+    let filtered = !args.is_empty();
     let mut cargo_args: Vec<OsString> = vec!["test".into()];
     cargo_args.extend(args);
-    cmd::cargo_test(&cargo_args, &[("DISPATCHER_BIN", dispatcher_bin().into_os_string())])
+    let (mut counts, result) = cmd::cargo_test(&cargo_args, &[("DISPATCHER_BIN", dispatcher_bin().into_os_string())]);
+    // The netdevsim VM test runs with the full suite (a filter selects
+    // cargo tests only).
+    let offload = if filtered {
+        Ok(())
+    } else {
+        cmd::step("the offload test: netdevsim in a VM (`cargo xtask offload-test` runs it alone)");
+        let (vm, result) = offload_vm::run(&workspace_root());
+        counts.passed += vm.passed;
+        counts.failed += vm.failed;
+        result
+    };
+    println!("{} passed, {} failed", counts.passed, counts.failed);
+    result.and(offload)
 }
 
 fn run_dispatcher(args: Vec<OsString>) -> Result<()> {
