@@ -17,30 +17,21 @@ use aya::{
     maps::{Array, IterableMap, MapData},
     Pod,
 };
+use aya_obj::generated::{bpf_attr__bindgen_ty_3, bpf_cmd};
 
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+/// The `batch` member of `union bpf_attr`, as aya-obj's bindings have it.
+type BatchAttr = bpf_attr__bindgen_ty_3;
 
-/// The `batch` member of `union bpf_attr` (include/uapi/linux/bpf.h).
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
+fn batch_attr(map_fd: u32, keys: u64, values: u64, count: u32) -> BatchAttr {
+    BatchAttr { in_batch: 0, out_batch: 0, keys, values, count, map_fd, elem_flags: 0, flags: 0 }
 }
 
 /// Runs one batch command; `Ok(count)` is how many entries it handled.
-fn batch(cmd: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<u32> {
+fn batch(cmd: bpf_cmd, attr: &mut BatchAttr) -> std::io::Result<u32> {
     // SAFETY: `attr` is a valid, fully initialised bpf_attr prefix of the
     // size passed, and the pointers in it (set by the callers) point at
     // buffers of `count` keys and values that outlive the call.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut BatchAttr, size_of::<BatchAttr>() as u32) };
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd as libc::c_long, attr as *mut BatchAttr, size_of::<BatchAttr>() as u32) };
     if rc < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -63,16 +54,10 @@ pub fn read_range<V: Pod>(map: &Array<MapData, V>, first: u32, count: u32) -> Re
     // For arrays the batch token is the key *before* the first one wanted.
     let before = first.wrapping_sub(1);
     let mut out_batch = 0u32;
-    let mut attr = BatchAttr {
-        in_batch: if first == 0 { 0 } else { &before as *const u32 as u64 },
-        out_batch: &mut out_batch as *mut u32 as u64,
-        keys: keys.as_mut_ptr() as u64,
-        values: values.as_mut_ptr() as u64,
-        count,
-        map_fd: map.map().fd().as_fd().as_raw_fd() as u32,
-        ..BatchAttr::default()
-    };
-    match batch(BPF_MAP_LOOKUP_BATCH, &mut attr) {
+    let mut attr = batch_attr(map.map().fd().as_fd().as_raw_fd() as u32, keys.as_mut_ptr() as u64, values.as_mut_ptr() as u64, count);
+    attr.in_batch = if first == 0 { 0 } else { &before as *const u32 as u64 };
+    attr.out_batch = &mut out_batch as *mut u32 as u64;
+    match batch(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr) {
         Ok(n) if n == count => Ok(values),
         Ok(n) => anyhow::bail!("batch read of {count} entries from {first} returned {n}"),
         Err(e) if unsupported(&e) => (first..first + count).map(|k| map.get(&k, 0).map_err(Into::into)).collect(),
@@ -86,14 +71,8 @@ pub fn write<V: Pod>(map: &mut Array<MapData, V>, keys: &[u32], values: &[V]) ->
     if keys.is_empty() {
         return Ok(());
     }
-    let mut attr = BatchAttr {
-        keys: keys.as_ptr() as u64,
-        values: values.as_ptr() as u64,
-        count: keys.len() as u32,
-        map_fd: map.map().fd().as_fd().as_raw_fd() as u32,
-        ..BatchAttr::default()
-    };
-    match batch(BPF_MAP_UPDATE_BATCH, &mut attr) {
+    let mut attr = batch_attr(map.map().fd().as_fd().as_raw_fd() as u32, keys.as_ptr() as u64, values.as_ptr() as u64, keys.len() as u32);
+    match batch(bpf_cmd::BPF_MAP_UPDATE_BATCH, &mut attr) {
         Ok(n) if n as usize == keys.len() => Ok(()),
         Ok(n) => anyhow::bail!("batch write of {} entries wrote {n}", keys.len()),
         Err(e) if unsupported(&e) => {
