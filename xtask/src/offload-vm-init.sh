@@ -76,7 +76,27 @@ wait $DAEMON
 cp /tmp/run.log /tmp/out
 if [ ! -e "$PINS" ] && ! offloaded; then ok sigterm_detaches; else fail sigterm_detaches; fi
 
-# 5. The device's refusals, flipped through netdevsim's debugfs knobs.
+# 5. --keep-attached leaves it offloaded and pinned; the next daemon adopts
+#    it; that one's SIGTERM detaches.
+wait_for() { for i in $(seq 1 100); do eval "$1" && return 0; sleep 0.2; done; return 1; }
+dispatcher $RUN --hw-map-entries 2 --keep-attached > /tmp/run.log 2>&1 &
+DAEMON=$!
+wait_for '[ -e "$PINS/link" ]'
+kill -TERM $DAEMON
+wait $DAEMON
+cp /tmp/run.log /tmp/out
+if [ -e "$PINS/link" ] && offloaded; then ok keep_attached_leaves_it_offloaded; else fail keep_attached_leaves_it_offloaded; fi
+dispatcher $RUN --hw-map-entries 2 > /tmp/run.log 2>&1 &
+DAEMON=$!
+wait_for 'grep -q "adopted" /tmp/run.log'
+cp /tmp/run.log /tmp/out
+if grep -q "adopted" /tmp/run.log && offloaded; then ok adopted_by_the_next_daemon; else fail adopted_by_the_next_daemon; fi
+kill -TERM $DAEMON
+wait $DAEMON
+cp /tmp/run.log /tmp/out
+if [ ! -e "$PINS" ] && ! offloaded; then ok the_adopter_detaches; else fail the_adopter_detaches; fi
+
+# 6. The device's refusals, flipped through netdevsim's debugfs knobs.
 echo N > $DBG/bpf_bind_accept
 expect_refusal device_refuses_the_program "refused to take dispatch_hw" $RUN --hw-map-entries 2
 echo Y > $DBG/bpf_bind_accept
