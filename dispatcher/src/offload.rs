@@ -102,9 +102,10 @@ fn zeroed_attr() -> bpf_attr {
     unsafe { std::mem::zeroed() }
 }
 
+/// A kernel object name: at most 15 characters of [A-Za-z0-9_], NUL-ended.
 fn c_name(name: &str) -> [std::ffi::c_char; 16] {
     let mut out = [0 as std::ffi::c_char; 16];
-    for (o, b) in out.iter_mut().zip(name.bytes().filter(u8::is_ascii_alphanumeric).take(15)) {
+    for (o, b) in out.iter_mut().zip(name.bytes().filter(|b| b.is_ascii_alphanumeric() || *b == b'_').take(15)) {
         *o = b as std::ffi::c_char;
     }
     out
