@@ -33,24 +33,10 @@ pub mod names {
 
 /// Up to this many service address:port pairs (VIPs) per interface.
 pub const MAX_SERVICES: u32 = 64;
-/// SERVICES is a two-choice hash table in an ARRAY of this many slots: two
-/// inlined array lookups per packet instead of a hash-map call (which cost
-/// ~50 ns here). 16 slots per VIP make a placement failure vanishingly rare.
-pub const SERVICE_SLOTS: u32 = 1024;
-
-/// The two SERVICES slots where `e` may live.
-#[inline(always)]
-pub fn service_slots(e: &Endpoint) -> (u32, u32) {
-    let h = crate::hash::fmix32(crate::hash::fold_address(&e.addr) ^ u16::from_be_bytes(e.port) as u32);
-    (h & (SERVICE_SLOTS - 1), (h >> 10) & (SERVICE_SLOTS - 1))
-}
 /// Up to this many functions per interface (the issue asks for 1,024).
 pub const MAX_FUNCTIONS: u32 = 1024;
-/// Up to this many workers per function: a slot index fits a byte, and a
-/// Maglev table of MAGLEV_SIZE entries is > 250 x this.
+/// Up to this many workers per function: a slot index fits a byte.
 pub const MAX_WORKERS_PER_FUNCTION: u32 = 64;
-/// Worker slots in all: WORKERS, LOADS and WORKER_STATS are this long.
-pub const MAX_WORKER_SLOTS: u32 = MAX_FUNCTIONS * MAX_WORKERS_PER_FUNCTION;
 /// Up to this many workflows, of up to MAX_WORKFLOW_STEPS steps.
 pub const MAX_WORKFLOWS: u32 = 1024;
 pub const MAX_WORKFLOW_STEPS: usize = 8;
@@ -58,13 +44,6 @@ pub const MAX_WORKFLOW_STEPS: usize = 8;
 /// Selection tables are arrays of chunks of this many slot bytes (a map
 /// value of 32 bytes keeps key + value within the NFP's 64-byte entries).
 pub const TABLE_CHUNK: u32 = 32;
-/// The ring: RING_SIZE slots per function, each up worker appearing in
-/// proportion to its weight. Round-robin walks it; p2c samples it.
-pub const RING_SIZE: u32 = 256;
-pub const RING_CHUNKS: u32 = RING_SIZE / TABLE_CHUNK;
-/// The Maglev lookup table: a prime well above 100 x MAX_WORKERS_PER_FUNCTION.
-pub const MAGLEV_SIZE: u32 = 16381;
-pub const MAGLEV_CHUNKS: u32 = MAGLEV_SIZE.div_ceil(TABLE_CHUNK);
 /// Least-loaded compares this many candidates, ranked by user space.
 pub const LL_CANDIDATES: usize = 4;
 /// BUSY re-steering tries this many ring positions to find another worker.
@@ -72,22 +51,148 @@ pub const RESTEER_TRIES: u32 = 4;
 /// Re-steers after which a BUSY is answered with ERROR 7 (overloaded).
 pub const MAX_RESTEERS: u8 = 3;
 
-/// Index into WORKERS, LOADS and WORKER_STATS.
-#[inline(always)]
-pub const fn worker_index(function_index: u32, slot: u32) -> u32 {
-    function_index * MAX_WORKERS_PER_FUNCTION + slot
+/// How big the data plane's tables are, chosen when it is loaded: host
+/// memory holds [`Geometry::HOST`], a NIC far less (netdevsim offloads two
+/// entries per map). The loader sizes every map from it and writes it into
+/// SETTINGS, where user space reads its limits and the data plane its
+/// SERVICES mask; each FUNCTIONS entry carries its own table bases and
+/// masks, so the data plane never multiplies or divides by a size (the NFP
+/// cannot, by a register).
+///
+/// Rows: a function's worker slots are `workers_per_function` consecutive
+/// entries of WORKERS, LOADS and WORKER_STATS from `index *
+/// workers_per_function`; its ring is two generations of `ring_size`
+/// slots in RING, its Maglev table two of `maglev_size` in MAGLEV.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Geometry {
+    /// SERVICES slots: a two-choice hash table (a power of two).
+    pub service_slots: u32,
+    /// Function rows (FUNCTIONS entries, RR_CURSORS, FUNCTION_STATS).
+    pub functions: u32,
+    /// Worker slots per function (a power of two, at most 64).
+    pub workers_per_function: u32,
+    /// Ring length (a power of two, a multiple of TABLE_CHUNK, at most 256).
+    pub ring_size: u32,
+    /// Maglev table length (a power of two, a multiple of TABLE_CHUNK,
+    /// at most 16,384; see tables.rs for why not a prime).
+    pub maglev_size: u32,
+    /// WORKFLOWS entries.
+    pub workflows: u32,
 }
 
-/// Index into RING of chunk `chunk` of `generation` of a function's ring.
-#[inline(always)]
-pub const fn ring_chunk_index(function_index: u32, generation: u8, chunk: u32) -> u32 {
-    (function_index * 2 + generation as u32) * RING_CHUNKS + chunk
+impl Geometry {
+    /// Host memory: 1,024 functions of up to 64 workers, 256-slot rings and
+    /// 16,384-slot Maglev tables (MAGLEV is 32 MiB), 16 SERVICES slots per
+    /// VIP, which makes a placement failure vanishingly rare.
+    pub const HOST: Geometry = Geometry {
+        service_slots: 1024,
+        functions: MAX_FUNCTIONS,
+        workers_per_function: MAX_WORKERS_PER_FUNCTION,
+        ring_size: 256,
+        maglev_size: 16384,
+        workflows: MAX_WORKFLOWS,
+    };
+
+    /// The largest geometry whose every map holds at most `entries`
+    /// entries (a NIC's limit): as many functions as fit with two
+    /// generations of a one-chunk ring, then as many workers, ring and
+    /// Maglev slots per function as fit. `None` below two entries (a
+    /// function's ring needs two).
+    pub fn fitting(entries: u32) -> Option<Geometry> {
+        let h = Geometry::HOST;
+        let functions = (entries / 2).min(h.functions);
+        if functions == 0 {
+            return None;
+        }
+        let per_function = |most: u32| prev_power_of_two((entries / functions).min(most));
+        let chunks = |most_slots: u32| prev_power_of_two((entries / (2 * functions)).min(most_slots / TABLE_CHUNK));
+        Some(Geometry {
+            service_slots: prev_power_of_two(entries.min(h.service_slots)),
+            functions,
+            workers_per_function: per_function(h.workers_per_function),
+            ring_size: chunks(h.ring_size) * TABLE_CHUNK,
+            maglev_size: chunks(h.maglev_size) * TABLE_CHUNK,
+            workflows: entries.min(h.workflows),
+        })
+    }
+
+    /// Why this geometry cannot be used, if it cannot (a SETTINGS entry of
+    /// zeros, or sizes the tables' masks cannot address).
+    pub fn problem(&self) -> Option<&'static str> {
+        let h = Geometry::HOST;
+        let pow2_within = |n: u32, most: u32| n.is_power_of_two() && n <= most;
+        if !pow2_within(self.service_slots, h.service_slots) {
+            Some("service slots must be a power of two up to 1024")
+        } else if self.functions == 0 || self.functions > h.functions {
+            Some("functions must be 1 to 1024")
+        } else if !pow2_within(self.workers_per_function, h.workers_per_function) {
+            Some("workers per function must be a power of two up to 64")
+        } else if !pow2_within(self.ring_size, h.ring_size) || self.ring_size < TABLE_CHUNK {
+            Some("the ring size must be a power of two from 32 to 256")
+        } else if !pow2_within(self.maglev_size, h.maglev_size) || self.maglev_size < TABLE_CHUNK {
+            Some("the Maglev size must be a power of two from 32 to 16384")
+        } else if self.workflows > h.workflows {
+            Some("workflows must be at most 1024")
+        } else {
+            None
+        }
+    }
+
+    /// Worker slots in all: WORKERS, LOADS, REGISTERED, WORKER_STATS.
+    pub const fn worker_slots(&self) -> u32 {
+        self.functions * self.workers_per_function
+    }
+
+    pub const fn ring_chunks(&self) -> u32 {
+        self.ring_size / TABLE_CHUNK
+    }
+
+    pub const fn maglev_chunks(&self) -> u32 {
+        self.maglev_size / TABLE_CHUNK
+    }
+
+    /// WORKERS index of slot 0 of the function at `index`.
+    pub const fn worker_base(&self, index: u32) -> u32 {
+        index * self.workers_per_function
+    }
+
+    /// RING chunk where `generation` of the function at `index` starts.
+    pub const fn ring_base(&self, index: u32, generation: u8) -> u32 {
+        (index * 2 + generation as u32) * self.ring_chunks()
+    }
+
+    /// MAGLEV chunk where `generation` of the function at `index` starts.
+    pub const fn maglev_base(&self, index: u32, generation: u8) -> u32 {
+        (index * 2 + generation as u32) * self.maglev_chunks()
+    }
+
+    /// The entries map `name` needs, for the maps this geometry sizes.
+    pub fn map_entries(&self, name: &str) -> Option<u32> {
+        use names::*;
+        Some(match name {
+            SERVICES => self.service_slots,
+            FUNCTIONS | RR_CURSORS | FUNCTION_STATS | FUNCTION_STATS_HW => self.functions,
+            WORKERS | LOADS | REGISTERED | WORKER_STATS | WORKER_STATS_HW => self.worker_slots(),
+            RING => self.functions * 2 * self.ring_chunks(),
+            MAGLEV => self.functions * 2 * self.maglev_chunks(),
+            WORKFLOWS => self.workflows,
+            _ => return None,
+        })
+    }
+
+    /// The two SERVICES slots where `e` may live.
+    #[inline(always)]
+    pub fn service_slots(&self, e: &Endpoint) -> (u32, u32) {
+        let h = crate::hash::fmix32(crate::hash::fold_address(&e.addr) ^ u16::from_be_bytes(e.port) as u32);
+        let mask = self.service_slots.wrapping_sub(1);
+        (h & mask, (h >> 10) & mask)
+    }
 }
 
-/// Index into MAGLEV of chunk `chunk` of `generation` of a function's table.
-#[inline(always)]
-pub const fn maglev_chunk_index(function_index: u32, generation: u8, chunk: u32) -> u32 {
-    (function_index * 2 + generation as u32) * MAGLEV_CHUNKS + chunk
+/// The largest power of two not above `n` (0 for 0).
+const fn prev_power_of_two(n: u32) -> u32 {
+    if n == 0 { 0 } else { 1 << (31 - n.leading_zeros()) }
 }
 
 /// Address family of a [`Worker`] or of a packet.
@@ -172,6 +277,8 @@ pub struct Settings {
     /// One of [`egress`].
     pub egress: u8,
     pub _pad: u8,
+    /// The sizes the maps were created with.
+    pub geometry: Geometry,
 }
 
 /// Value of `FUNCTIONS`, keyed by the function id (host order u32).
@@ -181,11 +288,23 @@ pub struct Settings {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Function {
-    /// Dense index: the row of this function in every array.
+    /// Dense index: the row of this function in RR_CURSORS and
+    /// FUNCTION_STATS.
     pub index: u32,
+    /// WORKERS, LOADS and WORKER_STATS index of worker slot 0.
+    pub worker_base: u32,
+    /// RING chunk where the live ring starts.
+    pub ring_base: u32,
+    /// MAGLEV chunk where the live Maglev table starts.
+    pub maglev_base: u32,
+    /// Ring length - 1 (the length is a power of two).
+    pub ring_mask: u16,
+    /// Maglev table length - 1 (a power of two).
+    pub maglev_mask: u16,
     /// One of [`policy`].
     pub policy: u8,
-    /// Which half (0 or 1) of RING and MAGLEV is live.
+    /// Which half (0 or 1) of RING and MAGLEV the bases point into (for
+    /// user space: the data plane follows the bases).
     pub generation: u8,
     /// Up workers in the live tables; 0: none up.
     pub up_count: u8,
@@ -197,6 +316,28 @@ pub struct Function {
     /// reads WORKERS only up to here; the data plane never reads it.
     pub slot_end: u8,
     pub _pad: [u8; 3],
+}
+
+impl Function {
+    /// WORKERS, LOADS and WORKER_STATS index of worker slot `slot`.
+    #[inline(always)]
+    pub const fn worker_index(&self, slot: u32) -> u32 {
+        self.worker_base + slot
+    }
+
+    /// RING chunk and offset of ring `position` (any u32: it wraps).
+    #[inline(always)]
+    pub const fn ring_position(&self, position: u32) -> (u32, usize) {
+        let p = position & self.ring_mask as u32;
+        (self.ring_base + p / TABLE_CHUNK, (p % TABLE_CHUNK) as usize)
+    }
+
+    /// MAGLEV chunk and offset of Maglev `position` (any u32: it wraps).
+    #[inline(always)]
+    pub const fn maglev_position(&self, position: u32) -> (u32, usize) {
+        let p = position & self.maglev_mask as u32;
+        (self.maglev_base + p / TABLE_CHUNK, (p % TABLE_CHUNK) as usize)
+    }
 }
 
 /// Value of `WORKERS` at `worker_index(function index, slot)`.
@@ -244,6 +385,7 @@ mod pod {
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::ServiceSlot {}
     unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::Geometry {}
     unsafe impl aya::Pod for super::Function {}
     unsafe impl aya::Pod for super::Worker {}
     unsafe impl aya::Pod for super::Workflow {}
@@ -261,8 +403,8 @@ mod tests {
     fn map_types_have_no_implicit_padding() {
         assert_eq!(size_of::<Endpoint>(), 20);
         assert_eq!(size_of::<ServiceSlot>(), 24);
-        assert_eq!(size_of::<Settings>(), 8);
-        assert_eq!(size_of::<Function>(), 16);
+        assert_eq!(size_of::<Settings>(), 32);
+        assert_eq!(size_of::<Function>(), 32);
         assert_eq!(size_of::<Worker>(), 32);
         assert_eq!(size_of::<Workflow>(), 36);
         assert_eq!(size_of::<Traffic>(), 16);
@@ -270,14 +412,55 @@ mod tests {
         let round8 = |n: usize| n.div_ceil(8) * 8;
         assert!(round8(size_of::<Endpoint>()) + round8(4) <= 64);
         assert!(round8(4) + round8(size_of::<Workflow>()) <= 64);
+        assert!(round8(4) + round8(size_of::<Function>()) <= 64);
+        assert!(round8(4) + round8(size_of::<Settings>()) <= 64);
     }
 
     #[test]
-    fn table_sizes() {
-        assert!(MAGLEV_SIZE > 100 * MAX_WORKERS_PER_FUNCTION);
-        assert!((2..MAGLEV_SIZE).take_while(|d| d * d <= MAGLEV_SIZE).all(|d| MAGLEV_SIZE % d != 0), "prime");
-        assert!(MAGLEV_CHUNKS * TABLE_CHUNK >= MAGLEV_SIZE);
-        assert!(RING_SIZE.is_power_of_two() && RING_SIZE >= 4 * MAX_WORKERS_PER_FUNCTION);
+    fn host_geometry_is_valid() {
+        let h = Geometry::HOST;
+        assert_eq!(h.problem(), None);
         assert!(MAX_WORKERS_PER_FUNCTION <= 256, "slots are bytes");
+        assert!(h.ring_size >= 4 * h.workers_per_function, "weights need room in the ring");
+        assert!(h.maglev_size > 100 * h.workers_per_function, "Maglev wants M >> N");
+        assert_eq!(h.map_entries(names::MAGLEV), Some(1024 * 2 * 512));
+    }
+
+    /// Every map of a fitting geometry holds at most the device's entries,
+    /// and the geometry is one the data plane can address.
+    #[test]
+    fn fitting_geometries_fit() {
+        assert_eq!(Geometry::fitting(0), None);
+        assert_eq!(Geometry::fitting(1), None);
+        for entries in [2, 3, 5, 16, 100, 1000, 4096, 65536, 1 << 20, u32::MAX] {
+            let g = Geometry::fitting(entries).unwrap();
+            assert_eq!(g.problem(), None, "{entries}: {g:?}");
+            for name in [names::SERVICES, names::FUNCTIONS, names::WORKERS, names::RING, names::MAGLEV, names::WORKFLOWS] {
+                let n = g.map_entries(name).unwrap();
+                assert!(n >= 1 && n <= entries, "{entries}: {name} needs {n}");
+            }
+        }
+        // netdevsim: one function of two workers, one-chunk tables.
+        let g = Geometry::fitting(2).unwrap();
+        assert_eq!((g.functions, g.workers_per_function, g.ring_size, g.maglev_size, g.service_slots), (1, 2, 32, 32, 2));
+        assert_eq!(Geometry::fitting(u32::MAX), Some(Geometry::HOST));
+    }
+
+    #[test]
+    fn positions_wrap_within_the_live_table() {
+        let g = Geometry::HOST;
+        let f = Function {
+            index: 3,
+            worker_base: g.worker_base(3),
+            ring_base: g.ring_base(3, 1),
+            maglev_base: g.maglev_base(3, 1),
+            ring_mask: (g.ring_size - 1) as u16,
+            maglev_mask: (g.maglev_size - 1) as u16,
+            ..Default::default()
+        };
+        assert_eq!(f.worker_index(5), 3 * 64 + 5);
+        assert_eq!(f.ring_position(0), (7 * 8, 0));
+        assert_eq!(f.ring_position(256 + 33), (7 * 8 + 1, 1));
+        assert_eq!(f.maglev_position(u32::MAX), (7 * 512 + 511, 31));
     }
 }

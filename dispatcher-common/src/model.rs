@@ -13,8 +13,8 @@ use crate::{
     checksum::Patch,
     hash,
     maps::{
-        egress, family, policy, worker_index, Endpoint, Function, Settings, Worker, Workflow, LL_CANDIDATES,
-        MAGLEV_SIZE, MAX_RESTEERS, MAX_WORKFLOW_STEPS, RESTEER_TRIES, RING_SIZE,
+        egress, family, policy, Endpoint, Function, Settings, Worker, Workflow, LL_CANDIDATES, MAX_RESTEERS,
+        MAX_WORKFLOW_STEPS, RESTEER_TRIES,
     },
     protocol::{flags, kind, FaasHdr, MAGIC, VERSION},
     stats::Counter,
@@ -27,9 +27,10 @@ pub trait View {
     fn function(&self, id: u32) -> Option<Function>;
     fn workflow(&self, id: u32) -> Option<Workflow>;
     fn worker(&self, index: u32) -> Option<Worker>;
-    /// Slot at `position` (< RING_SIZE) of the function's live ring.
+    /// Slot at `position` (wrapped, see `Function::ring_position`) of the
+    /// function's live ring.
     fn ring_slot(&self, f: &Function, position: u32) -> Option<u8>;
-    /// Slot at `position` (< MAGLEV_SIZE) of the function's live Maglev table.
+    /// Slot at `position` (wrapped) of the function's live Maglev table.
     fn maglev_slot(&self, f: &Function, position: u32) -> Option<u8>;
     fn load(&self, worker_index: u32) -> Option<u64>;
     fn settings(&self) -> Option<Settings>;
@@ -188,7 +189,7 @@ pub fn decide(hdr: &FaasHdr, src: &Endpoint, packet_family: u8, view: &impl View
         HeaderEdit::Resteer { .. } => other_than(&function, src, view)?,
         _ => by_policy(&function, hdr.key(), src, view, random)?,
     };
-    let worker = view.worker(worker_index(function.index, slot)).ok_or(Counter::PassNoWorker)?;
+    let worker = view.worker(function.worker_index(slot)).ok_or(Counter::PassNoWorker)?;
     if worker.family != packet_family {
         return Err(Counter::PassFamilyMismatch);
     }
@@ -247,10 +248,10 @@ fn by_policy(f: &Function, key: u64, src: &Endpoint, view: &impl View, random: u
     if f.up_count == 0 {
         return Err(Counter::PassNoWorker);
     }
-    let ring = |p: u32| view.ring_slot(f, p & (RING_SIZE - 1)).map(u32::from);
-    let load = |slot: u32| view.load(worker_index(f.index, slot)).unwrap_or(u64::MAX);
+    let ring = |p: u32| view.ring_slot(f, p).map(u32::from);
+    let load = |slot: u32| view.load(f.worker_index(slot)).unwrap_or(u64::MAX);
     let slot = match f.policy {
-        policy::HASH => view.maglev_slot(f, hash::reduce(affinity_hash(key, src), MAGLEV_SIZE)).map(u32::from),
+        policy::HASH => view.maglev_slot(f, affinity_hash(key, src)).map(u32::from),
         policy::P2C => match (ring(random), ring(random >> 8)) {
             (Some(a), Some(b)) => Some(if load(b) < load(a) { b } else { a }),
             _ => None,
@@ -280,8 +281,8 @@ fn other_than(f: &Function, busy: &Endpoint, view: &impl View) -> Result<u32, Co
     }
     let turn = view.turn(f.index);
     for i in 0..RESTEER_TRIES {
-        let slot = view.ring_slot(f, turn.wrapping_add(i) & (RING_SIZE - 1)).ok_or(Counter::PassBusyExhausted)? as u32;
-        let w = view.worker(worker_index(f.index, slot)).ok_or(Counter::PassBusyExhausted)?;
+        let slot = view.ring_slot(f, turn.wrapping_add(i)).ok_or(Counter::PassBusyExhausted)? as u32;
+        let w = view.worker(f.worker_index(slot)).ok_or(Counter::PassBusyExhausted)?;
         if !(w.port == busy.port && worker_address(&w) == busy.addr) {
             return Ok(slot);
         }

@@ -26,7 +26,7 @@ mod yardsticks;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use aya_log_ebpf::warn;
 use dispatcher_common::{
-    maps::{worker_index, Function, MAX_RESTEERS, MAX_WORKFLOW_STEPS},
+    maps::{Function, MAX_RESTEERS, MAX_WORKFLOW_STEPS},
     protocol::{self, flags, kind, FaasHdr},
     stats::Counter,
 };
@@ -90,7 +90,8 @@ struct Decision {
 #[inline(always)]
 fn try_dispatch<V: Variant>(ctx: &XdpContext) -> Result<(Counter, u32), Counter> {
     let pkt = Packet::parse(ctx)?;
-    if !maps::is_service(&pkt.dst) {
+    let settings = maps::settings()?;
+    if !maps::is_service(settings, &pkt.dst) {
         return Err(Counter::PassNotService);
     }
     let hdr_ptr = pkt.faas_header(ctx)?;
@@ -120,12 +121,11 @@ fn try_dispatch<V: Variant>(ctx: &XdpContext) -> Result<(Counter, u32), Counter>
         HeaderEdit::Resteer { .. } => select::other_than::<V>(function, &pkt.src)?,
         _ => select::by_policy::<V>(function, hdr.key(), &pkt)?,
     };
-    let index = worker_index(function.index, slot);
+    let index = function.worker_index(slot);
     let worker = maps::worker(index).ok_or(Counter::PassNoWorker)?;
     if worker.family != pkt.family {
         return Err(Counter::PassFamilyMismatch);
     }
-    let settings = maps::settings()?;
 
     // Every check is done: from here on the packet is written.
     rewrite::toward_worker(ctx, &pkt, hdr_ptr, &decision.edit, worker, &settings.src_mac)?;

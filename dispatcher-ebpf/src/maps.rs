@@ -4,6 +4,10 @@
 //! Only legacy (non-BTF) ARRAY and HASH maps with flags 0 are shared by both
 //! variants, so the offload variant can use them; the host variant adds
 //! per-CPU statistics and a devmap (see `variant.rs`).
+//!
+//! The sizes here are the object's defaults, for host memory
+//! (`Geometry::HOST`); the loader gives every map the size of the geometry
+//! it chose (smaller on a NIC) and writes that geometry into SETTINGS.
 
 use aya_ebpf::{
     macros::map,
@@ -11,17 +15,18 @@ use aya_ebpf::{
 };
 use dispatcher_common::{
     maps::{
-        service_slots, Endpoint, Function, ServiceSlot, Settings, TableChunk, Traffic, Worker, Workflow,
-        MAGLEV_CHUNKS, MAX_FUNCTIONS, MAX_WORKER_SLOTS, MAX_WORKFLOWS, RING_CHUNKS, SERVICE_SLOTS,
+        Endpoint, Function, Geometry, ServiceSlot, Settings, TableChunk, Traffic, Worker, Workflow, TABLE_CHUNK,
     },
     stats::Counter,
 };
+
+const HOST: Geometry = Geometry::HOST;
 
 /// Service addresses and ports (VIPs), IPv4-mapped or IPv6: a two-choice
 /// hash table in an array (see `service_slots`). Written by user space from
 /// the config; read per packet.
 #[map]
-pub static SERVICES: Array<ServiceSlot> = Array::with_max_entries(SERVICE_SLOTS, 0);
+pub static SERVICES: Array<ServiceSlot> = Array::with_max_entries(HOST.service_slots, 0);
 
 /// Per-interface settings (one entry): source MAC, egress mode. Written by
 /// the loader; read per dispatched packet.
@@ -31,45 +36,45 @@ pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 /// Functions by id: dense index, policy, live table generation, up count,
 /// least-loaded candidates. Replaced whole by user space; read per request.
 #[map]
-pub static FUNCTIONS: HashMap<u32, Function> = HashMap::with_max_entries(MAX_FUNCTIONS, 0);
+pub static FUNCTIONS: HashMap<u32, Function> = HashMap::with_max_entries(HOST.functions, 0);
 
 /// Workers at `worker_index(function index, slot)`: address, MAC, port.
 /// Written by user space; read per dispatch.
 #[map]
-pub static WORKERS: Array<Worker> = Array::with_max_entries(MAX_WORKER_SLOTS, 0);
+pub static WORKERS: Array<Worker> = Array::with_max_entries(HOST.worker_slots(), 0);
 
 /// Estimated in-flight requests per worker slot: user space writes the
 /// reported value; the data plane adds 1 per request it sends there under
 /// least-loaded and p2c, so bursts between reports spread out.
 #[map]
-pub static LOADS: Array<u64> = Array::with_max_entries(MAX_WORKER_SLOTS, 0);
+pub static LOADS: Array<u64> = Array::with_max_entries(HOST.worker_slots(), 0);
 
-/// Rings: per function and generation, RING_SIZE worker slots in smooth
+/// Rings: per function and generation, `ring_size` worker slots in smooth
 /// weighted round-robin order. Written by user space (the idle generation,
 /// then a FUNCTIONS flip); read by round-robin, p2c and BUSY re-steering.
 #[map]
-pub static RING: Array<TableChunk> = Array::with_max_entries(MAX_FUNCTIONS * 2 * RING_CHUNKS, 0);
+pub static RING: Array<TableChunk> = Array::with_max_entries(HOST.functions * 2 * HOST.ring_size / TABLE_CHUNK, 0);
 
-/// Maglev lookup tables: per function and generation, MAGLEV_SIZE worker
-/// slots. Written like RING; read by the hash policy. 32 MiB in all.
+/// Maglev lookup tables: per function and generation, `maglev_size` worker
+/// slots. Written like RING; read by the hash policy (32 MiB on the host).
 #[map]
-pub static MAGLEV: Array<TableChunk> = Array::with_max_entries(MAX_FUNCTIONS * 2 * MAGLEV_CHUNKS, 0);
+pub static MAGLEV: Array<TableChunk> = Array::with_max_entries(HOST.functions * 2 * HOST.maglev_size / TABLE_CHUNK, 0);
 
 /// Round-robin turn counter per function index. Incremented atomically by
 /// the data plane; user space only creates the entries.
 #[map]
-pub static RR_CURSORS: Array<u64> = Array::with_max_entries(MAX_FUNCTIONS, 0);
+pub static RR_CURSORS: Array<u64> = Array::with_max_entries(HOST.functions, 0);
 
 /// Workflows by id: the function of each step. Written by user space; read
 /// per workflow REQUEST and STEP.
 #[map]
-pub static WORKFLOWS: HashMap<u32, Workflow> = HashMap::with_max_entries(MAX_WORKFLOWS, 0);
+pub static WORKFLOWS: HashMap<u32, Workflow> = HashMap::with_max_entries(HOST.workflows, 0);
 
 /// Registered workers by address and port (value: how many function slots
 /// use that endpoint). Only they may send STEP and BUSY. Written by user
 /// space; read per STEP and BUSY.
 #[map]
-pub static REGISTERED: HashMap<Endpoint, u32> = HashMap::with_max_entries(MAX_WORKER_SLOTS, 0);
+pub static REGISTERED: HashMap<Endpoint, u32> = HashMap::with_max_entries(HOST.worker_slots(), 0);
 
 /// Two-arm egress: slot 0 holds the interface to redirect to. Written by
 /// the loader; host variant only (the NFP has no devmaps).
@@ -82,26 +87,26 @@ pub static EGRESS: DevMap = DevMap::with_max_entries(1, 0);
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 #[map]
-pub static FUNCTION_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_FUNCTIONS, 0);
+pub static FUNCTION_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(HOST.functions, 0);
 #[map]
-pub static WORKER_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_WORKER_SLOTS, 0);
+pub static WORKER_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(HOST.worker_slots(), 0);
 
 /// Offload variant statistics: the same, in plain arrays updated with XADD
 /// (the NFP offloads no per-CPU maps).
 #[map]
 pub static STATS_HW: Array<u64> = Array::with_max_entries(Counter::COUNT, 0);
 #[map]
-pub static FUNCTION_STATS_HW: Array<Traffic> = Array::with_max_entries(MAX_FUNCTIONS, 0);
+pub static FUNCTION_STATS_HW: Array<Traffic> = Array::with_max_entries(HOST.functions, 0);
 #[map]
-pub static WORKER_STATS_HW: Array<Traffic> = Array::with_max_entries(MAX_WORKER_SLOTS, 0);
+pub static WORKER_STATS_HW: Array<Traffic> = Array::with_max_entries(HOST.worker_slots(), 0);
 
 // SAFETY (all getters below): map values live as long as the program runs;
 // user space replaces whole values, and only plain integers and byte arrays
 // are read from them.
 
 #[inline(always)]
-pub fn is_service(e: &Endpoint) -> bool {
-    let (a, b) = service_slots(e);
+pub fn is_service(settings: &Settings, e: &Endpoint) -> bool {
+    let (a, b) = settings.geometry.service_slots(e);
     let holds = |i: u32| SERVICES.get(i).is_some_and(|s| s.in_use != 0 && s.endpoint.same(e));
     holds(a) || holds(b)
 }

@@ -6,10 +6,7 @@
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use dispatcher_common::{
     hash,
-    maps::{
-        maglev_chunk_index, policy, ring_chunk_index, worker_index, Endpoint, Function,
-        LL_CANDIDATES, MAGLEV_SIZE, RESTEER_TRIES, RING_SIZE, TABLE_CHUNK,
-    },
+    maps::{policy, Endpoint, Function, LL_CANDIDATES, RESTEER_TRIES},
     stats::Counter,
 };
 
@@ -19,24 +16,23 @@ use crate::{
     variant::Variant,
 };
 
-/// Slot at `position` of a function's live ring.
+/// Slot at `position` (wrapped) of a function's live ring.
 #[inline(always)]
 fn ring_slot(function: &Function, position: u32) -> Option<u32> {
-    let position = position & (RING_SIZE - 1);
-    let chunk = RING.get(ring_chunk_index(function.index, function.generation, position / TABLE_CHUNK))?;
-    Some(chunk[(position % TABLE_CHUNK) as usize] as u32)
+    let (chunk, offset) = function.ring_position(position);
+    Some(RING.get(chunk)?[offset] as u32)
 }
 
-/// Slot at `position` of a function's live Maglev table.
+/// Slot at `position` (wrapped) of a function's live Maglev table.
 #[inline(always)]
 fn maglev_slot(function: &Function, position: u32) -> Option<u32> {
-    let chunk = MAGLEV.get(maglev_chunk_index(function.index, function.generation, position / TABLE_CHUNK))?;
-    Some(chunk[(position % TABLE_CHUNK) as usize] as u32)
+    let (chunk, offset) = function.maglev_position(position);
+    Some(MAGLEV.get(chunk)?[offset] as u32)
 }
 
 #[inline(always)]
 fn load(function: &Function, slot: u32) -> u64 {
-    LOADS.get(worker_index(function.index, slot)).copied().unwrap_or(u64::MAX)
+    LOADS.get(function.worker_index(slot)).copied().unwrap_or(u64::MAX)
 }
 
 /// Counts a request sent to `slot` into its load estimate, for the
@@ -44,7 +40,7 @@ fn load(function: &Function, slot: u32) -> u64 {
 #[inline(always)]
 pub fn charge(function: &Function, slot: u32) {
     if function.policy == policy::LEAST_LOADED || function.policy == policy::P2C {
-        if let Some(p) = LOADS.get_ptr_mut(worker_index(function.index, slot)) {
+        if let Some(p) = LOADS.get_ptr_mut(function.worker_index(slot)) {
             crate::variant::xadd(p, 1);
         }
     }
@@ -67,7 +63,7 @@ pub fn by_policy<V: Variant>(function: &Function, key: u64, pkt: &Packet) -> Res
         return Err(Counter::PassNoWorker);
     }
     let slot = match function.policy {
-        policy::HASH => maglev_slot(function, hash::reduce(affinity_hash(key, pkt), MAGLEV_SIZE)),
+        policy::HASH => maglev_slot(function, affinity_hash(key, pkt)),
         policy::P2C => {
             // SAFETY: a helper without preconditions.
             let r = unsafe { bpf_get_prandom_u32() };
@@ -115,7 +111,7 @@ pub fn other_than<V: Variant>(function: &Function, busy: &Endpoint) -> Result<u3
     let turn = V::next_turn(function.index);
     for i in 0..RESTEER_TRIES {
         let slot = ring_slot(function, turn.wrapping_add(i)).ok_or(Counter::PassBusyExhausted)?;
-        let w = maps::worker(worker_index(function.index, slot)).ok_or(Counter::PassBusyExhausted)?;
+        let w = maps::worker(function.worker_index(slot)).ok_or(Counter::PassBusyExhausted)?;
         let same = w.port == busy.port && same_address(w.family, &w.addr, &busy.addr);
         if !same {
             return Ok(slot);

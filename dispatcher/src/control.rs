@@ -12,9 +12,8 @@ use std::net::SocketAddr;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use dispatcher_common::maps::{
-    egress, family, maglev_chunk_index, policy, ring_chunk_index, worker_index, worker_state, Endpoint,
-    Function, ServiceSlot, TableChunk, Worker, Workflow, LL_CANDIDATES, MAGLEV_CHUNKS, MAX_FUNCTIONS,
-    MAX_WORKERS_PER_FUNCTION, MAX_WORKFLOW_STEPS, RING_CHUNKS, TABLE_CHUNK,
+    egress, family, policy, worker_state, Endpoint, Function, Geometry, ServiceSlot, TableChunk, Worker, Workflow,
+    LL_CANDIDATES, MAX_WORKERS_PER_FUNCTION, MAX_WORKFLOW_STEPS, TABLE_CHUNK,
 };
 
 use crate::{
@@ -43,6 +42,7 @@ pub fn configure_interface(maps: &mut Maps, iface_mac: [u8; 6], egress_config: &
 
 /// Writes a whole config: services, functions with their workers, workflows.
 pub fn apply(maps: &mut Maps, config: &Config) -> Result<()> {
+    fits(&maps.geometry()?, config)?;
     for addr in &config.service.addresses {
         add_service(maps, endpoint(*addr, config.service.port))
             .with_context(|| format!("cannot add service {addr} port {}", config.service.port))?;
@@ -58,9 +58,9 @@ pub fn apply(maps: &mut Maps, config: &Config) -> Result<()> {
 }
 
 /// Adds a service address and port to SERVICES, in the first free of its
-/// two slots (see `service_slots`).
+/// two slots (see `Geometry::service_slots`).
 pub fn add_service(maps: &mut Maps, e: Endpoint) -> Result<()> {
-    let (a, b) = dispatcher_common::maps::service_slots(&e);
+    let (a, b) = maps.geometry()?.service_slots(&e);
     for i in [a, b] {
         let slot = maps.services.get(&i, 0)?;
         if slot.in_use != 0 && slot.endpoint == e {
@@ -73,7 +73,27 @@ pub fn add_service(maps: &mut Maps, e: Endpoint) -> Result<()> {
             return Ok(());
         }
     }
-    bail!("both table slots of this service address are taken by others: use another address (this is rare)")
+    bail!("both table slots of this service address are taken by others: use another address (rare with the host's table; on a NIC's small table, try a few)")
+}
+
+/// Whether `config` fits the data plane's geometry: the config's own
+/// limits are the host's; a NIC's tables can be far smaller.
+pub fn fits(g: &Geometry, config: &Config) -> Result<()> {
+    let sized = |what: &str, have: usize, most: u32| {
+        if have > most as usize {
+            bail!(
+                "{what}: the config has {have}, the data plane's maps hold {most} (sized at load, e.g. by --hw-map-entries): \
+                 remove some, or load with larger maps"
+            )
+        }
+        Ok(())
+    };
+    sized("functions", config.functions.len(), g.functions)?;
+    for f in &config.functions {
+        sized(&format!("functions.workers of function {}", f.id), f.workers.len(), g.workers_per_function)?;
+    }
+    sized("workflows", config.workflows.len(), g.workflows)?;
+    sized("service.addresses", config.service.addresses.len(), g.service_slots)
 }
 
 /// A worker's identity: its address and port.
@@ -101,21 +121,22 @@ pub fn function_workers(maps: &Maps, f: &Function) -> Result<Vec<(u8, Worker)>> 
     if end == 0 {
         return Ok(Vec::new());
     }
-    let all = map_batch::read_range(&maps.workers, worker_index(f.index, 0), end)?;
+    let all = map_batch::read_range(&maps.workers, f.worker_index(0), end)?;
     Ok(all.into_iter().enumerate().filter(|(_, w)| w.family != 0).map(|(slot, w)| (slot as u8, w)).collect())
 }
 
 /// The smallest function index no function uses.
-fn free_index(maps: &Maps) -> Result<u32> {
-    let mut used = vec![false; MAX_FUNCTIONS as usize];
+fn free_index(maps: &Maps, g: &Geometry) -> Result<u32> {
+    let mut used = vec![false; g.functions as usize];
     for entry in maps.functions.iter() {
         let (_, f) = entry?;
-        used[f.index as usize] = true;
+        if let Some(u) = used.get_mut(f.index as usize) {
+            *u = true;
+        }
     }
-    used.iter()
-        .position(|u| !u)
-        .map(|i| i as u32)
-        .ok_or_else(|| anyhow!("all {MAX_FUNCTIONS} function slots are in use: remove a function first"))
+    used.iter().position(|u| !u).map(|i| i as u32).ok_or_else(|| {
+        anyhow!("all {} function rows of the data plane are in use: remove a function first", g.functions)
+    })
 }
 
 fn add_registration(maps: &mut Maps, e: Endpoint) -> Result<()> {
@@ -155,13 +176,15 @@ fn write_function(
     current: Option<(Function, Vec<(u8, Worker)>)>,
     workers: &[Worker],
 ) -> Result<()> {
-    if workers.len() > MAX_WORKERS_PER_FUNCTION as usize {
-        bail!("function {id}: {} workers, at most {MAX_WORKERS_PER_FUNCTION}", workers.len());
+    let g = maps.geometry()?;
+    let most = g.workers_per_function;
+    if workers.len() > most as usize {
+        bail!("function {id}: {} workers, the data plane holds at most {most} per function", workers.len());
     }
     let (index, generation, current) = match current {
         Some((f, slots)) => (f.index, 1 - f.generation, slots),
         None => {
-            let index = free_index(maps)?;
+            let index = free_index(maps, &g)?;
             maps.rr_cursors.set(index, 0, 0)?;
             (index, 0, Vec::new())
         }
@@ -172,7 +195,7 @@ fn write_function(
     // its way to the old table never meets a stranger in its slot).
     // (A linear search: at most 64 slots, cheaper than hashing them.)
     let slot_of = |e: Endpoint| current.iter().find(|(_, w)| worker_endpoint(w) == e).map(|(s, _)| *s);
-    let mut taken = [false; MAX_WORKERS_PER_FUNCTION as usize];
+    let mut taken = vec![false; most as usize];
     let mut placed: Vec<(u8, Worker)> = Vec::with_capacity(workers.len());
     let mut fresh = Vec::new();
     for w in workers {
@@ -186,10 +209,10 @@ fn write_function(
     }
     let occupied: Vec<u8> = current.iter().map(|(s, _)| *s).collect();
     for w in fresh {
-        let slot = (0..MAX_WORKERS_PER_FUNCTION as u8)
+        let slot = (0..most as u8)
             .find(|s| !taken[*s as usize] && !occupied.contains(s))
-            .or_else(|| (0..MAX_WORKERS_PER_FUNCTION as u8).find(|s| !taken[*s as usize]))
-            .expect("at most MAX_WORKERS_PER_FUNCTION workers");
+            .or_else(|| (0..most as u8).find(|s| !taken[*s as usize]))
+            .expect("at most workers_per_function workers");
         taken[slot as usize] = true;
         placed.push((slot, w));
     }
@@ -199,7 +222,7 @@ fn write_function(
     let (mut changed_keys, mut changed) = (Vec::new(), Vec::new());
     let mut fresh_slots = Vec::new();
     for (slot, w) in &placed {
-        let i = worker_index(index, *slot as u32);
+        let i = g.worker_base(index) + *slot as u32;
         let previous = current.iter().find(|(s, _)| s == slot).map(|(_, w)| *w);
         if previous.map(|p| worker_endpoint(&p)) != Some(worker_endpoint(w)) {
             fresh_slots.push(i);
@@ -224,21 +247,32 @@ fn write_function(
         // Only Maglev reads names (formatting them is a fair share of a change's time).
         .map(|(slot, w)| Member { slot: *slot, weight: w.weight.max(1), name: if policy == policy::HASH { worker_name(w) } else { String::new() } })
         .collect();
-    let too_small = || format!("function {id}: cannot write its selection tables (on a NIC, are its maps capped below the table size by --hw-map-entries?)");
-    write_table(&mut maps.ring, &tables::ring(&members), |c| ring_chunk_index(index, generation, c), RING_CHUNKS).with_context(too_small)?;
+    let mut entry = Function {
+        index,
+        worker_base: g.worker_base(index),
+        ring_base: g.ring_base(index, generation),
+        maglev_base: g.maglev_base(index, generation),
+        ring_mask: (g.ring_size - 1) as u16,
+        maglev_mask: (g.maglev_size - 1) as u16,
+        policy,
+        generation,
+        up_count: members.len() as u8,
+        slot_end: placed.iter().chain(&current).map(|(slot, _)| slot + 1).max().unwrap_or(0),
+        ..Default::default()
+    };
+    write_table(&mut maps.ring, &tables::ring(&members, g.ring_size), entry.ring_base)?;
     if policy == policy::HASH {
-        write_table(&mut maps.maglev, &tables::maglev(&members), |c| maglev_chunk_index(index, generation, c), MAGLEV_CHUNKS)
-            .with_context(too_small)?;
+        write_table(&mut maps.maglev, &tables::maglev(&members, g.maglev_size), entry.maglev_base)?;
     }
-    let loads = up_loads(maps, index, up.iter().map(|(slot, _)| *slot))?;
+    let loads = up_loads(maps, &entry, up.iter().map(|(slot, _)| *slot))?;
+    rank(&mut entry, &loads);
 
     // 4. The flip.
-    let slot_end = placed.iter().chain(&current).map(|(slot, _)| slot + 1).max().unwrap_or(0);
-    maps.functions.insert(id, function_entry(index, policy, generation, members.len(), &loads, slot_end), 0)?;
+    maps.functions.insert(id, entry, 0)?;
 
     // 5. Slots that left the set.
     let left: Vec<&(u8, Worker)> = current.iter().filter(|(slot, _)| !placed.iter().any(|(s, _)| s == slot)).collect();
-    let keys: Vec<u32> = left.iter().map(|(slot, _)| worker_index(index, *slot as u32)).collect();
+    let keys: Vec<u32> = left.iter().map(|(slot, _)| entry.worker_index(*slot as u32)).collect();
     map_batch::write(&mut maps.workers, &keys, &vec![Worker::default(); keys.len()])?;
     for (_, w) in left {
         drop_registration(maps, worker_endpoint(w))?;
@@ -246,56 +280,43 @@ fn write_function(
     Ok(())
 }
 
-/// The loads of the given slots of function `index` (one batched read of
-/// the range they span).
-fn up_loads(maps: &Maps, index: u32, slots: impl Iterator<Item = u8> + Clone) -> Result<Vec<(u8, u64)>> {
+/// The loads of the given slots of function `f` (one batched read of the
+/// range they span).
+fn up_loads(maps: &Maps, f: &Function, slots: impl Iterator<Item = u8> + Clone) -> Result<Vec<(u8, u64)>> {
     let Some(end) = slots.clone().map(|s| s as u32 + 1).max() else { return Ok(Vec::new()) };
     let start = slots.clone().min().unwrap_or(0) as u32;
-    let loads = map_batch::read_range(&maps.loads, worker_index(index, start), end - start)?;
+    let loads = map_batch::read_range(&maps.loads, f.worker_index(start), end - start)?;
     Ok(slots.map(|slot| (slot, loads[(slot as u32 - start) as usize])).collect())
 }
 
-fn function_entry(index: u32, policy: u8, generation: u8, up_count: usize, loads: &[(u8, u64)], slot_end: u8) -> Function {
+/// Ranks a function's least-loaded candidates from its up slots' loads.
+fn rank(f: &mut Function, loads: &[(u8, u64)]) {
     let ranked = tables::least_loaded(loads);
-    let mut ll_slots = [0u8; LL_CANDIDATES];
-    ll_slots[..ranked.len()].copy_from_slice(&ranked);
-    Function {
-        index,
-        policy,
-        generation,
-        up_count: up_count as u8,
-        ll_count: ranked.len() as u8,
-        ll_slots,
-        slot_end,
-        _pad: [0; 3],
-    }
+    f.ll_slots = [0u8; LL_CANDIDATES];
+    f.ll_slots[..ranked.len()].copy_from_slice(&ranked);
+    f.ll_count = ranked.len() as u8;
 }
 
-/// Writes a whole selection table into its chunks (one batched call).
-fn write_table(
-    map: &mut aya::maps::Array<aya::maps::MapData, TableChunk>,
-    table: &[u8],
-    index: impl Fn(u32) -> u32,
-    chunks: u32,
-) -> Result<()> {
-    let keys: Vec<u32> = (0..chunks).map(index).collect();
-    let values: Vec<TableChunk> = (0..chunks as usize)
+/// Writes a whole selection table into its chunks from chunk `first` (one
+/// batched call).
+fn write_table(map: &mut aya::maps::Array<aya::maps::MapData, TableChunk>, table: &[u8], first: u32) -> Result<()> {
+    let chunks: Vec<TableChunk> = table
+        .chunks(TABLE_CHUNK as usize)
         .map(|c| {
             let mut chunk = [0u8; TABLE_CHUNK as usize];
-            let start = (c * TABLE_CHUNK as usize).min(table.len());
-            let end = table.len().min(start + TABLE_CHUNK as usize);
-            chunk[..end - start].copy_from_slice(&table[start..end]);
+            chunk[..c.len()].copy_from_slice(c);
             chunk
         })
         .collect();
-    map_batch::write(map, &keys, &values)
+    let keys: Vec<u32> = (first..first + chunks.len() as u32).collect();
+    map_batch::write(map, &keys, &chunks).context("cannot write a selection table (are the maps smaller than their geometry?)")
 }
 
 /// Writes the load a worker reported (its in-flight requests) and re-ranks
 /// the function's least-loaded candidates.
 pub fn set_load(maps: &mut Maps, id: u32, slot: u8, load: u64) -> Result<()> {
     let f = maps.functions.get(&id, 0).with_context(|| format!("no function {id}"))?;
-    maps.loads.set(worker_index(f.index, slot as u32), load, 0)?;
+    maps.loads.set(f.worker_index(slot as u32), load, 0)?;
     refresh_least_loaded(maps, id)
 }
 
@@ -314,10 +335,10 @@ pub fn refresh_least_loaded(maps: &mut Maps, id: u32) -> Result<()> {
 /// (its up workers, as the caller knows them): one LOADS read per slot and
 /// one FUNCTIONS update.
 pub fn rank_least_loaded(maps: &mut Maps, id: u32, up_slots: &[u8]) -> Result<()> {
-    let f = maps.functions.get(&id, 0).with_context(|| format!("no function {id}"))?;
-    let loads = up_loads(maps, f.index, up_slots.iter().copied())?;
-    let entry = function_entry(f.index, f.policy, f.generation, f.up_count as usize, &loads, f.slot_end);
-    maps.functions.insert(id, entry, 0)?;
+    let mut f = maps.functions.get(&id, 0).with_context(|| format!("no function {id}"))?;
+    let loads = up_loads(maps, &f, up_slots.iter().copied())?;
+    rank(&mut f, &loads);
+    maps.functions.insert(id, f, 0)?;
     Ok(())
 }
 
@@ -327,7 +348,7 @@ pub fn remove_function(maps: &mut Maps, id: u32) -> Result<()> {
     let f = maps.functions.get(&id, 0).with_context(|| format!("no function {id}"))?;
     maps.functions.remove(&id)?;
     for (slot, w) in function_workers(maps, &f)? {
-        maps.workers.set(worker_index(f.index, slot as u32), Worker::default(), 0)?;
+        maps.workers.set(f.worker_index(slot as u32), Worker::default(), 0)?;
         drop_registration(maps, worker_endpoint(&w))?;
     }
     Ok(())
@@ -395,12 +416,13 @@ pub fn add_function(maps: &mut Maps, id: u32, policy: u8) -> Result<()> {
 
 /// Adds a worker to function `id` (or updates it, if already there), up.
 pub fn add_worker(maps: &mut Maps, id: u32, worker: Worker) -> Result<()> {
+    let most = maps.geometry()?.workers_per_function;
     change_workers(maps, id, |workers| {
         let e = worker_endpoint(&worker);
         match workers.iter().position(|w| worker_endpoint(w) == e) {
             Some(k) => workers[k] = worker,
-            None if workers.len() >= MAX_WORKERS_PER_FUNCTION as usize => {
-                bail!("function {id} has {MAX_WORKERS_PER_FUNCTION} workers already, the most it can have")
+            None if workers.len() >= most as usize => {
+                bail!("function {id} has {most} workers already, the most the data plane holds per function")
             }
             None => workers.push(worker),
         }
@@ -452,7 +474,7 @@ pub fn reconcile(maps: &mut Maps, config: &Config) -> Result<()> {
         remove_function(maps, id)?;
     }
     let keep_services: Vec<Endpoint> = config.service.addresses.iter().map(|a| endpoint(*a, config.service.port)).collect();
-    for i in 0..dispatcher_common::maps::SERVICE_SLOTS {
+    for i in 0..maps.geometry()?.service_slots {
         let slot = maps.services.get(&i, 0)?;
         if slot.in_use != 0 && !keep_services.contains(&slot.endpoint) {
             maps.services.set(i, ServiceSlot::default(), 0)?;

@@ -32,8 +32,8 @@ pub struct RunOptions {
     /// On SIGTERM/SIGINT, leave the data plane attached (and pinned) for
     /// the next daemon to adopt.
     pub keep_attached: bool,
-    /// `--mode hw`: map sizes on the device.
-    pub hw_sizes: crate::offload::Sizes,
+    /// `--mode hw`: what the device holds.
+    pub device: crate::offload::Device,
 }
 
 /// The config file (if any) with the command line's additions, validated.
@@ -87,7 +87,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         control::apply(&mut adopted.maps, &config)?;
         adopted
     } else {
-        Attached::attach(&opts.iface, opts.mode, &pin_dir, &config, opts.hw_sizes)?
+        Attached::attach(&opts.iface, opts.mode, &pin_dir, &config, opts.device)?
     };
     info!(
         services = ?config.service.addresses,

@@ -16,10 +16,7 @@ use aya::{
     Ebpf,
 };
 use dispatcher_common::{
-    maps::{
-        maglev_chunk_index, names, ring_chunk_index, Endpoint, Function, ServiceSlot, Settings, TableChunk,
-        Traffic, Worker, Workflow, TABLE_CHUNK,
-    },
+    maps::{names, Endpoint, Function, Geometry, ServiceSlot, Settings, TableChunk, Traffic, Worker, Workflow},
     stats::Counter,
 };
 use nix::fcntl::{Flock, FlockArg};
@@ -128,15 +125,43 @@ impl Maps {
     }
 
     /// Writes the per-interface settings: the source MAC of every
-    /// dispatched frame and how frames leave.
+    /// dispatched frame and how frames leave (the geometry stays).
     pub fn set_settings(&mut self, src_mac: [u8; 6], egress_mode: u8) -> Result<()> {
-        let settings = Settings { src_mac, egress: egress_mode, _pad: 0 };
+        let settings = Settings { src_mac, egress: egress_mode, ..self.settings.get(&0, 0)? };
         self.settings.set(0, settings, 0)?;
         Ok(())
     }
 
-    /// Every counter, summed over CPUs, in `Counter` order.
+    /// Records the geometry the maps were created with (once, at load).
+    fn set_geometry(&mut self, geometry: Geometry) -> Result<()> {
+        let settings = Settings { geometry, ..self.settings.get(&0, 0)? };
+        self.settings.set(0, settings, 0)?;
+        Ok(())
+    }
+
+    /// The sizes of this data plane's tables, as its loader chose them.
+    pub fn geometry(&self) -> Result<Geometry> {
+        let g = self.settings.get(&0, 0).context("cannot read SETTINGS")?.geometry;
+        if let Some(problem) = g.problem() {
+            bail!("the data plane's SETTINGS hold no usable geometry ({problem}): it was pinned by another version of the dispatcher; stop it and start this one");
+        }
+        Ok(g)
+    }
+
+    /// Every counter, in `Counter` order, whichever variant counts: the
+    /// host program's per-CPU STATS plus the offloaded program's STATS_HW
+    /// (a data plane runs one of them; the other's stay zero).
     pub fn counters(&self) -> Result<Vec<(Counter, u64)>> {
+        let hw = self.counters_hw()?;
+        Ok(self
+            .counters_host()?
+            .into_iter()
+            .map(|(c, n)| (c, n + hw.iter().find(|(h, _)| *h == c).map_or(0, |(_, m)| *m)))
+            .collect())
+    }
+
+    /// The host variant's counters, summed over CPUs, in `Counter` order.
+    pub fn counters_host(&self) -> Result<Vec<(Counter, u64)>> {
         Counter::ALL
             .iter()
             .map(|&c| {
@@ -146,28 +171,37 @@ impl Maps {
             .collect()
     }
 
-    /// The offload variant's counters, in `Counter` order. On a device
-    /// whose maps were capped (`--hw-map-entries`) the counters past the
-    /// end cannot be counted by the program either: they read 0.
+    /// The offload variant's counters, in `Counter` order. A device whose
+    /// maps hold fewer entries than there are counters (`--hw-map-entries`)
+    /// keeps only the first ones; the others are left out.
     pub fn counters_hw(&self) -> Result<Vec<(Counter, u64)>> {
         Counter::ALL
             .iter()
-            .map(|&c| match self.stats_hw.get(&(c as u32), 0) {
-                Ok(n) => Ok((c, n)),
-                Err(aya::maps::MapError::OutOfBounds { .. }) => Ok((c, 0)),
-                Err(e) => Err(e.into()),
-            })
+            .filter(|&&c| (c as u32) < self.stats_hw.len())
+            .map(|&c| Ok((c, self.stats_hw.get(&(c as u32), 0)?)))
             .collect()
     }
 
-    /// Packets and bytes at `index` of a per-CPU traffic map, summed.
-    pub fn traffic(map: &PerCpuArray<MapData, Traffic>, index: u32) -> Result<Traffic> {
-        let per_cpu = map.get(&index, 0)?;
-        Ok(per_cpu.iter().fold(Traffic::default(), |a, t| Traffic {
-            packets: a.packets + t.packets,
-            bytes: a.bytes + t.bytes,
-        }))
+    /// Packets and bytes dispatched to the function at row `index`, by
+    /// either variant.
+    pub fn function_traffic(&self, index: u32) -> Result<Traffic> {
+        Ok(add(per_cpu_traffic(&self.function_stats, index)?, self.function_stats_hw.get(&index, 0).unwrap_or_default()))
     }
+
+    /// Packets and bytes dispatched to the worker at WORKERS `index`, by
+    /// either variant.
+    pub fn worker_traffic(&self, index: u32) -> Result<Traffic> {
+        Ok(add(per_cpu_traffic(&self.worker_stats, index)?, self.worker_stats_hw.get(&index, 0).unwrap_or_default()))
+    }
+}
+
+fn add(a: Traffic, b: Traffic) -> Traffic {
+    Traffic { packets: a.packets + b.packets, bytes: a.bytes + b.bytes }
+}
+
+/// Packets and bytes at `index` of a per-CPU traffic map, summed.
+fn per_cpu_traffic(map: &PerCpuArray<MapData, Traffic>, index: u32) -> Result<Traffic> {
+    Ok(map.get(&index, 0)?.iter().fold(Traffic::default(), |a, t| add(a, *t)))
 }
 
 /// The map key for `addr:port` (IPv4 stored IPv4-mapped), as in SERVICES
@@ -192,10 +226,16 @@ pub const HW_PROGRAM: &str = "dispatch_hw";
 pub const YARDSTICK_FLOOR: &str = "yardstick_floor";
 pub const YARDSTICK_ONE_LOOKUP: &str = "yardstick_one_lookup";
 
-/// Loads the object and the named programs into the kernel (verifying
-/// them) without attaching anything.
-pub fn load(programs: &[&str]) -> Result<Ebpf> {
-    let mut ebpf = Ebpf::load(object()).context("cannot load the eBPF object")?;
+/// Loads the object, its maps sized by `geometry`, and the named programs
+/// into the kernel (verifying them) without attaching anything.
+pub fn load(programs: &[&str], geometry: &Geometry) -> Result<Ebpf> {
+    let mut loader = aya::EbpfLoader::new();
+    for name in MAP_NAMES {
+        if let Some(entries) = geometry.map_entries(name) {
+            loader.map_max_entries(name, entries);
+        }
+    }
+    let mut ebpf = loader.load(object()).context("cannot load the eBPF object")?;
     for name in programs {
         let program: &mut Xdp = ebpf
             .program_mut(name)
@@ -214,9 +254,16 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// With the host's geometry.
     pub fn new() -> Result<Loaded> {
-        let mut ebpf = load(&PROGRAMS)?;
-        let maps = Maps::take(&mut ebpf, None)?;
+        Loaded::with_geometry(Geometry::HOST)
+    }
+
+    /// With maps sized by `geometry` (a NIC's, say), recorded in SETTINGS.
+    pub fn with_geometry(geometry: Geometry) -> Result<Loaded> {
+        let mut ebpf = load(&PROGRAMS, &geometry)?;
+        let mut maps = Maps::take(&mut ebpf, None)?;
+        maps.set_geometry(geometry)?;
         Ok(Loaded { ebpf, maps })
     }
 
@@ -236,7 +283,7 @@ pub const LINK_PIN: &str = "link";
 pub const PROGRAM_PIN: &str = "program";
 
 /// Every map the daemon pins and the CLI reads.
-const MAP_NAMES: [&str; 17] = [
+pub const MAP_NAMES: [&str; 17] = [
     names::SERVICES,
     names::SETTINGS,
     names::FUNCTIONS,
@@ -287,7 +334,7 @@ impl Attached {
     /// Everything is pinned into a staging directory first and renamed to
     /// `pin_dir` once the program is configured and attached, so the pin
     /// directory appears complete in one step: its existence means "running".
-    pub fn attach(iface: &str, mode: Mode, pin_dir: &Path, config: &Config, sizes: offload::Sizes) -> Result<Attached> {
+    pub fn attach(iface: &str, mode: Mode, pin_dir: &Path, config: &Config, device: offload::Device) -> Result<Attached> {
         let mac = interface_mac(iface)?;
         if pin_dir.exists() {
             bail!("a data plane is already pinned at {}: adopt it instead", pin_dir.display());
@@ -303,7 +350,7 @@ impl Attached {
         std::fs::create_dir_all(&staging)
             .with_context(|| format!("cannot create {}", staging.display()))?;
 
-        let staged = Self::attach_staged(iface, mode, &staging, config, mac, sizes).and_then(|(maps, mode)| {
+        let staged = Self::attach_staged(iface, mode, &staging, config, mac, device).and_then(|(maps, mode)| {
             std::fs::rename(&staging, pin_dir)
                 .with_context(|| format!("cannot move pins to {}", pin_dir.display()))?;
             Ok((maps, mode))
@@ -327,12 +374,14 @@ impl Attached {
         Ok(link.info().context("cannot read the link's info")?.program_id())
     }
 
-    fn attach_staged(iface: &str, mode: Mode, staging: &Path, config: &Config, mac: [u8; 6], sizes: offload::Sizes) -> Result<(Maps, XdpMode)> {
+    fn attach_staged(iface: &str, mode: Mode, staging: &Path, config: &Config, mac: [u8; 6], device: offload::Device) -> Result<(Maps, XdpMode)> {
         if mode == Mode::Hw {
-            return Self::attach_staged_hw(iface, staging, config, mac, sizes);
+            return Self::attach_staged_hw(iface, staging, config, mac, device);
         }
-        let mut ebpf = load(&[PROGRAM])?;
+        let geometry = Geometry::HOST;
+        let mut ebpf = load(&[PROGRAM], &geometry)?;
         let mut maps = Maps::take(&mut ebpf, Some(staging))?;
+        maps.set_geometry(geometry)?;
         crate::control::configure_interface(&mut maps, mac, &config.egress)?;
         crate::control::apply(&mut maps, config)?;
 
@@ -356,9 +405,12 @@ impl Attached {
 
     /// `--mode hw`: the offload variant and the maps it uses bound to the
     /// NIC (offload.rs), configured, attached in hardware mode.
-    fn attach_staged_hw(iface: &str, staging: &Path, config: &Config, mac: [u8; 6], sizes: offload::Sizes) -> Result<(Maps, XdpMode)> {
+    fn attach_staged_hw(iface: &str, staging: &Path, config: &Config, mac: [u8; 6], device: offload::Device) -> Result<(Maps, XdpMode)> {
         let ifindex = offload::ifindex(iface)?;
-        let bound = offload::load_bound(iface, ifindex, sizes, &MAP_NAMES)?;
+        let geometry = device.geometry()?;
+        info!(iface, ?geometry, "sizing the maps for the device");
+        crate::control::fits(&geometry, config)?;
+        let bound = offload::load_bound(iface, ifindex, &device, &geometry, &MAP_NAMES)?;
         let mut by_name: std::collections::HashMap<String, Map> = bound.maps.into_iter().collect();
         let mut maps = Maps::build(|name| {
             let map = by_name.remove(name).ok_or_else(|| anyhow!("map {name} was not created"))?;
@@ -366,6 +418,7 @@ impl Attached {
             map.pin(&path).with_context(|| format!("cannot pin map {name} at {}", path.display()))?;
             Ok(map)
         })?;
+        maps.set_geometry(geometry)?;
         crate::control::configure_interface(&mut maps, mac, &config.egress)?;
         crate::control::apply(&mut maps, config)?;
         let program_pin = staging.join(PROGRAM_PIN);
@@ -460,7 +513,8 @@ fn explain_attach_error(e: ProgramError, iface: &str) -> anyhow::Error {
 /// The reference model reads the same maps the kernel program does.
 impl dispatcher_common::model::View for Maps {
     fn is_service(&self, e: &Endpoint) -> bool {
-        let (a, b) = dispatcher_common::maps::service_slots(e);
+        let Ok(geometry) = self.geometry() else { return false };
+        let (a, b) = geometry.service_slots(e);
         [a, b].iter().any(|i| self.services.get(i, 0).is_ok_and(|s| s.in_use != 0 && s.endpoint == *e))
     }
     fn is_registered(&self, e: &Endpoint) -> bool {
@@ -476,12 +530,12 @@ impl dispatcher_common::model::View for Maps {
         self.workers.get(&index, 0).ok()
     }
     fn ring_slot(&self, f: &Function, position: u32) -> Option<u8> {
-        let chunk = self.ring.get(&ring_chunk_index(f.index, f.generation, position / TABLE_CHUNK), 0).ok()?;
-        Some(chunk[(position % TABLE_CHUNK) as usize])
+        let (chunk, offset) = f.ring_position(position);
+        Some(self.ring.get(&chunk, 0).ok()?[offset])
     }
     fn maglev_slot(&self, f: &Function, position: u32) -> Option<u8> {
-        let chunk = self.maglev.get(&maglev_chunk_index(f.index, f.generation, position / TABLE_CHUNK), 0).ok()?;
-        Some(chunk[(position % TABLE_CHUNK) as usize])
+        let (chunk, offset) = f.maglev_position(position);
+        Some(self.maglev.get(&chunk, 0).ok()?[offset])
     }
     fn load(&self, worker_index: u32) -> Option<u64> {
         self.loads.get(&worker_index, 0).ok()

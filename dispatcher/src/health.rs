@@ -110,7 +110,7 @@ impl Health {
         let mut changed = false;
         for (function, slot, state) in slots {
             let Ok(f) = maps.functions.get(&function, 0) else { continue };
-            maps.loads.set(dispatcher_common::maps::worker_index(f.index, slot as u32), hb.in_flight as u64, 0)?;
+            maps.loads.set(f.worker_index(slot as u32), hb.in_flight as u64, 0)?;
             if state == worker_state::DOWN {
                 control::set_worker_state(maps, function, hb.worker, worker_state::UP)?;
                 self.counters.marked_up += 1;

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use anyhow::Result;
-use dispatcher_common::maps::{policy, worker_index, worker_state, Function, MAX_WORKFLOW_STEPS};
+use dispatcher_common::maps::{policy, worker_state, Function, MAX_WORKFLOW_STEPS};
 use serde::Serialize;
 
 use crate::{control, data_plane::Maps};
@@ -62,11 +62,24 @@ pub fn state_name(s: u8) -> &'static str {
     }
 }
 
+/// The table sizes the data plane's maps were created with.
+pub fn geometry(maps: &Maps) -> Result<serde_json::Value> {
+    let g = maps.geometry()?;
+    Ok(serde_json::json!({
+        "functions": g.functions,
+        "workers_per_function": g.workers_per_function,
+        "ring_size": g.ring_size,
+        "maglev_size": g.maglev_size,
+        "service_slots": g.service_slots,
+        "workflows": g.workflows,
+    }))
+}
+
 pub fn functions(maps: &Maps) -> Result<Vec<FunctionInfo>> {
     let mut out = Vec::new();
     for entry in maps.functions.iter() {
         let (id, f) = entry?;
-        let traffic = Maps::traffic(&maps.function_stats, f.index)?;
+        let traffic = maps.function_traffic(f.index)?;
         out.push(FunctionInfo {
             id,
             index: f.index,
@@ -90,8 +103,8 @@ pub fn workers(maps: &Maps, function: Option<u32>) -> Result<Vec<WorkerInfo>> {
             continue;
         }
         for (slot, w) in control::function_workers(maps, &f.entry)? {
-            let i = worker_index(f.index, slot as u32);
-            let traffic = Maps::traffic(&maps.worker_stats, i)?;
+            let i = f.entry.worker_index(slot as u32);
+            let traffic = maps.worker_traffic(i)?;
             out.push(WorkerInfo {
                 function: f.id,
                 slot,

@@ -60,7 +60,8 @@ enum Command {
         #[arg(long)]
         keep_attached: bool,
         /// --mode hw: at most this many entries per map on the device (its
-        /// map memory is small; netdevsim takes 2).
+        /// map memory is small; netdevsim takes 2). The tables shrink to
+        /// fit: fewer functions, workers per function, ring and Maglev slots.
         #[arg(long, value_name = "N")]
         hw_map_entries: Option<u32>,
     },
@@ -346,8 +347,8 @@ enum OffloadCmd {
 
 #[derive(Subcommand)]
 enum MapsCmd {
-    /// Dump every pinned map, or the one named (functions, workers,
-    /// workflows, counters).
+    /// Dump every pinned map, or the one named (geometry: the table sizes
+    /// the maps were created with; functions, workers, workflows, counters).
     Dump {
         name: Option<String>,
         #[command(flatten)]
@@ -384,8 +385,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if hw_map_entries.is_some() && mode != Mode::Hw {
                 anyhow::bail!("--hw-map-entries sizes maps on the NIC: it goes with --mode hw");
             }
-            let hw_sizes = dispatcher::offload::Sizes { max_entries: hw_map_entries };
-            let opts = RunOptions { iface, mode, config, vips, port, bpffs: cli.bpffs, keep_attached, hw_sizes };
+            let device = dispatcher::offload::Device { max_entries: hw_map_entries };
+            let opts = RunOptions { iface, mode, config, vips, port, bpffs: cli.bpffs, keep_attached, device };
             tokio_runtime()?.block_on(daemon::run(opts))?;
         }
         Command::Stats { iface, json, watch } => {
@@ -588,7 +589,7 @@ fn workflows_cmd(bpffs: &Path, action: WorkflowsCmd) -> Result<()> {
 
 fn maps_dump(bpffs: &Path, name: Option<&str>, target: &Target) -> Result<()> {
     let maps = open(bpffs, target)?;
-    let all = ["functions", "workers", "workflows", "counters"];
+    let all = ["geometry", "functions", "workers", "workflows", "counters"];
     let names: Vec<&str> = match name {
         Some(n) if all.contains(&n) => vec![n],
         Some(n) => anyhow::bail!("no map view {n}: choose one of {}", all.join(", ")),
@@ -600,6 +601,7 @@ fn maps_dump(bpffs: &Path, name: Option<&str>, target: &Target) -> Result<()> {
             "functions" => serde_json::to_value(inspect::functions(&maps)?)?,
             "workers" => serde_json::to_value(inspect::workers(&maps, None)?)?,
             "workflows" => serde_json::to_value(inspect::workflows(&maps)?)?,
+            "geometry" => serde_json::Value::Array(vec![inspect::geometry(&maps)?]),
             _ => serde_json::Value::Array(
                 maps.counters()?
                     .into_iter()

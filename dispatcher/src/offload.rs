@@ -18,6 +18,7 @@ use std::{
 use anyhow::{anyhow, Context as _, Result};
 use aya::maps::{Map, MapData};
 use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_insn};
+use dispatcher_common::maps::Geometry;
 
 use crate::data_plane::{object, HW_PROGRAM};
 
@@ -27,26 +28,42 @@ pub struct Bound {
     pub maps: Vec<(String, Map)>,
 }
 
-/// How maps are sized on the device.
+/// What the device can hold, as the operator tells it.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Sizes {
-    /// Caps every bound map's entries (a device's map memory is small;
-    /// netdevsim takes at most 2 entries per map).
+pub struct Device {
+    /// Entries each map on the device may have (a NIC's map memory is
+    /// small; netdevsim takes at most 2 per map). None: the host's sizes.
     pub max_entries: Option<u32>,
 }
 
-/// Creates the maps of the object (those `dispatch_hw` uses bound to
-/// `ifindex`), then loads `dispatch_hw` bound to it.
-pub fn load_bound(iface: &str, ifindex: u32, sizes: Sizes, names: &[&str]) -> Result<Bound> {
+impl Device {
+    /// The table sizes that fit the device (see `Geometry::fitting`).
+    pub fn geometry(&self) -> Result<Geometry> {
+        match self.max_entries {
+            None => Ok(Geometry::HOST),
+            Some(n) => Geometry::fitting(n).ok_or_else(|| {
+                anyhow!("--hw-map-entries {n} is too small: a function's ring needs two entries per map (its two generations); give 2 or more")
+            }),
+        }
+    }
+}
+
+/// Creates the maps of the object, sized by `geometry` (those `dispatch_hw`
+/// uses bound to `ifindex`, and within the device's limit), then loads
+/// `dispatch_hw` bound to it.
+pub fn load_bound(iface: &str, ifindex: u32, device: &Device, geometry: &Geometry, names: &[&str]) -> Result<Bound> {
     let mut obj = aya_obj::Object::parse(object()).map_err(|e| anyhow!("cannot parse the eBPF object: {e}"))?;
     let used = crate::offload_check::check_object(object(), HW_PROGRAM, Default::default())?.maps;
     let mut created: Vec<(String, OwnedFd)> = Vec::new();
     for name in names {
         let map = obj.maps.get(*name).with_context(|| format!("the eBPF object has no map {name}: rebuild the dispatcher"))?;
         let bound = used.iter().any(|u| u == name);
-        let entries = match (bound, sizes.max_entries) {
-            (true, Some(cap)) => map.max_entries().min(cap),
-            _ => map.max_entries(),
+        let entries = geometry.map_entries(name).unwrap_or(map.max_entries());
+        // Only the counters can outgrow the geometry (STATS_HW has one entry
+        // per counter): a small device keeps the first ones.
+        let entries = match (bound, device.max_entries) {
+            (true, Some(most)) => entries.min(most),
+            _ => entries,
         };
         let fd = create_map(name, map, entries, bound.then_some(ifindex)).map_err(|e| explain_map_error(e, name, iface, entries, bound))?;
         created.push((name.to_string(), fd));

@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use dispatcher_common::{
-    maps::{family, worker_index, Endpoint, Function, Settings, Worker, Workflow},
+    maps::{family, Endpoint, Function, Settings, Worker, Workflow},
     model::{self, View},
     protocol::{error_code, flags, kind, FaasHdr},
     stats::Counter,
@@ -129,7 +129,7 @@ pub fn answer(view: &impl View, datagram: &[u8], source: SocketAddr, random: u32
             }
             Answer::Dispatch {
                 to: worker_socket_addr(&d.worker),
-                worker_index: worker_index(d.function.index, d.slot as u32),
+                worker_index: d.function.worker_index(d.slot as u32),
                 policy: d.function.policy,
                 counter: d.counter,
                 message: Message { hdr, payload: message.payload },

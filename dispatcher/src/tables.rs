@@ -1,15 +1,15 @@
 //! The selection tables user space computes for the data plane, so that no
 //! policy scans workers per packet:
 //!
-//! - the *ring*: RING_SIZE slots in smooth weighted round-robin order
+//! - the *ring*: `ring_size` slots in smooth weighted round-robin order
 //!   (nginx's algorithm), walked by round-robin and sampled by p2c;
-//! - the *Maglev table* (Eisenbud et al., NSDI'16): MAGLEV_SIZE slots where
-//!   every worker fills positions in the order of its own permutation, in
-//!   proportion to its weight, so that adding or removing one worker moves
-//!   only about 1/N of the keys;
+//! - the *Maglev table* (Eisenbud et al., NSDI'16): `maglev_size` slots
+//!   where every worker fills positions in the order of its own permutation,
+//!   in proportion to its weight, so that adding or removing one worker
+//!   moves only about 1/N of the keys;
 //! - the *least-loaded candidates*: the LL_CANDIDATES least loaded workers.
 
-use dispatcher_common::maps::{LL_CANDIDATES, MAGLEV_SIZE, RING_SIZE};
+use dispatcher_common::maps::LL_CANDIDATES;
 
 /// An up worker as the tables see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,28 +21,28 @@ pub struct Member {
     pub name: String,
 }
 
-/// Smooth weighted round-robin over `members`, RING_SIZE long. Each
-/// member appears about RING_SIZE * weight / total times, spread out.
-pub fn ring(members: &[Member]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(RING_SIZE as usize);
+/// Smooth weighted round-robin over `members`, `size` long. Each member
+/// appears about size * weight / total times, spread out.
+pub fn ring(members: &[Member], size: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(size as usize);
     if members.is_empty() {
-        out.resize(RING_SIZE as usize, 0);
+        out.resize(size as usize, 0);
         return out;
     }
     if members.iter().all(|m| m.weight == members[0].weight) {
         // Equal weights: smooth weighted round-robin is plain rotation in
-        // member order; skip its RING_SIZE x members steps.
-        out.extend(members.iter().map(|m| m.slot).cycle().take(RING_SIZE as usize));
+        // member order; skip its size x members steps.
+        out.extend(members.iter().map(|m| m.slot).cycle().take(size as usize));
         return out;
     }
-    smooth_weighted(members)
+    smooth_weighted(members, size)
 }
 
-fn smooth_weighted(members: &[Member]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(RING_SIZE as usize);
+fn smooth_weighted(members: &[Member], size: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(size as usize);
     let total: i64 = members.iter().map(|m| m.weight as i64).sum();
     let mut current = vec![0i64; members.len()];
-    for _ in 0..RING_SIZE {
+    for _ in 0..size {
         for (c, m) in current.iter_mut().zip(members) {
             *c += m.weight as i64;
         }
@@ -64,11 +64,17 @@ fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
     h
 }
 
-/// The Maglev lookup table over `members`, MAGLEV_SIZE long. Weighted: in
-/// every round each member claims `weight` positions.
-pub fn maglev(members: &[Member]) -> Vec<u8> {
-    let m = MAGLEV_SIZE as u64;
-    let mut table = vec![u8::MAX; MAGLEV_SIZE as usize];
+/// The Maglev lookup table over `members`, `size` long (a power of two).
+/// Weighted: in every round each member claims `weight` positions.
+///
+/// The paper takes a prime length so that any skip visits every position;
+/// here the length is a power of two (the data plane indexes by a mask, as
+/// the NFP has no modulo) and skips are odd, which visits every position
+/// just the same (an odd skip is coprime with a power of two).
+pub fn maglev(members: &[Member], size: u32) -> Vec<u8> {
+    debug_assert!(size.is_power_of_two());
+    let m = size as u64;
+    let mut table = vec![u8::MAX; size as usize];
     if members.is_empty() {
         table.fill(0);
         return table;
@@ -77,7 +83,7 @@ pub fn maglev(members: &[Member]) -> Vec<u8> {
         .iter()
         .map(|w| {
             let offset = fnv1a(0x5eed_0001, w.name.as_bytes()) % m;
-            let skip = fnv1a(0x5eed_0002, w.name.as_bytes()) % (m - 1) + 1;
+            let skip = (fnv1a(0x5eed_0002, w.name.as_bytes()) % m) | 1;
             (offset, skip)
         })
         .collect();
@@ -115,6 +121,10 @@ pub fn least_loaded(loads: &[(u8, u64)]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dispatcher_common::maps::Geometry;
+
+    const RING_SIZE: u32 = Geometry::HOST.ring_size;
+    const MAGLEV_SIZE: u32 = Geometry::HOST.maglev_size;
 
     fn members(n: u8) -> Vec<Member> {
         (0..n).map(|i| Member { slot: i, weight: 1, name: format!("10.0.{}.{}:9000", i / 200, i % 200 + 1) }).collect()
@@ -128,24 +138,24 @@ mod tests {
     fn ring_is_weighted_and_spread() {
         let mut m = members(3);
         m[2].weight = 2;
-        let r = ring(&m);
+        let r = ring(&m, RING_SIZE);
         assert_eq!(r.len(), RING_SIZE as usize);
         assert!((share(&r, 2) - 0.5).abs() < 0.01, "{}", share(&r, 2));
         assert!((share(&r, 0) - 0.25).abs() < 0.01);
         // Spread: the heavy worker never takes three turns in a row.
         assert!(r.windows(3).all(|w| !(w[0] == 2 && w[1] == 2 && w[2] == 2)));
         // Equal weights: strict rotation, the same as the general algorithm.
-        let r = ring(&members(4));
+        let r = ring(&members(4), RING_SIZE);
         assert_eq!(&r[..8], &[0, 1, 2, 3, 0, 1, 2, 3]);
         for n in [1, 3, 16, 64] {
-            assert_eq!(ring(&members(n)), smooth_weighted(&members(n)), "{n} members");
+            assert_eq!(ring(&members(n), RING_SIZE), smooth_weighted(&members(n), RING_SIZE), "{n} members");
         }
     }
 
     #[test]
     fn maglev_is_balanced() {
         for n in [1u8, 2, 7, 64] {
-            let t = maglev(&members(n));
+            let t = maglev(&members(n), MAGLEV_SIZE);
             assert!(t.iter().all(|&s| s < n));
             for s in 0..n {
                 let expected = 1.0 / n as f64;
@@ -158,36 +168,48 @@ mod tests {
     fn maglev_honours_weights() {
         let mut m = members(4);
         m[0].weight = 3;
-        let t = maglev(&m);
+        let t = maglev(&m, MAGLEV_SIZE);
         assert!((share(&t, 0) - 0.5).abs() < 0.02, "{}", share(&t, 0));
     }
 
     /// Removing or adding one of N workers moves about 1/N of the keys: the
     /// Maglev property the hash policy relies on. Maglev trades some extra
-    /// movement for balance, more as N nears MAGLEV_SIZE / 100: measured
+    /// movement for balance, more as N nears the table size / 100: measured
     /// here 1.0x the ideal at N = 5 and 10, 1.3x at 32, 1.6x at 64.
     #[test]
     fn one_worker_change_moves_about_one_nth_of_the_keys() {
         for n in [5u8, 10, 32, 64] {
             let all = members(n);
-            let before = maglev(&all);
+            let before = maglev(&all, MAGLEV_SIZE);
             // Remove the middle worker.
             let removed: Vec<Member> = all.iter().filter(|m| m.slot != n / 2).cloned().collect();
-            let after = maglev(&removed);
+            let after = maglev(&removed, MAGLEV_SIZE);
             let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count() as f64 / before.len() as f64;
             let ideal = 1.0 / n as f64;
             println!("n={n}: removing one moved {:.2}% of keys (ideal {:.2}%)", moved * 100.0, ideal * 100.0);
             assert!(moved >= ideal * 0.95 && moved <= ideal * 1.75, "n={n} moved {moved}");
             // Adding it back restores the table exactly.
-            assert_eq!(maglev(&all), before);
+            assert_eq!(maglev(&all, MAGLEV_SIZE), before);
             // Adding a new worker: about 1/(N+1) move.
             let mut grown = all.clone();
             grown.push(Member { slot: n, weight: 1, name: "10.9.9.9:9000".into() });
-            let after = maglev(&grown);
+            let after = maglev(&grown, MAGLEV_SIZE);
             let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count() as f64 / before.len() as f64;
             let ideal = 1.0 / (n as f64 + 1.0);
             println!("n={n}: adding one moved {:.2}% of keys (ideal {:.2}%)", moved * 100.0, ideal * 100.0);
             assert!(moved >= ideal * 0.95 && moved <= ideal * 1.75, "n={n} moved {moved}");
+        }
+    }
+
+    /// The smallest tables (a NIC's): every position filled, every member
+    /// present.
+    #[test]
+    fn small_tables_hold_every_member() {
+        for n in [1u8, 2] {
+            let t = maglev(&members(n), 32);
+            assert_eq!(t.len(), 32);
+            assert!((0..n).all(|s| t.contains(&s)) && t.iter().all(|&s| s < n));
+            assert_eq!(ring(&members(n), 32).len(), 32);
         }
     }
 

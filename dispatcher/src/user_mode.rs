@@ -28,7 +28,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use dispatcher_common::{
-    maps::{policy, worker_index, worker_state, Endpoint, Function, Settings, Worker, Workflow, LL_CANDIDATES, MAX_WORKFLOW_STEPS},
+    maps::{policy, worker_state, Endpoint, Function, Geometry, Settings, Worker, Workflow, LL_CANDIDATES, MAX_WORKFLOW_STEPS},
     model::View,
     stats::Counter,
 };
@@ -47,7 +47,7 @@ pub struct Tables {
     services: HashSet<Endpoint>,
     functions: HashMap<u32, Function>,
     workflows: HashMap<u32, Workflow>,
-    /// By `worker_index(function index, slot)`.
+    /// By `Function::worker_index` (the host geometry's layout).
     workers: HashMap<u32, Worker>,
     registered: HashSet<Endpoint>,
     /// By function index: the ring and (hash policy) the Maglev table.
@@ -73,13 +73,14 @@ impl Tables {
             loads: HashMap::new(),
             turns: Vec::new(),
         };
+        let g = Geometry::HOST;
         for (index, f) in config.functions.iter().enumerate() {
             let index = index as u32;
             let mut members = Vec::new();
             for (slot, w) in f.workers.iter().enumerate() {
                 // No frame is rewritten here: the MAC does not matter.
                 let w = crate::config::WorkerConfig { mac: Some(w.mac.unwrap_or_default()), ..w.clone() }.to_map(f.id)?;
-                let i = worker_index(index, slot as u32);
+                let i = g.worker_base(index) + slot as u32;
                 t.workers.insert(i, w);
                 t.loads.insert(i, Cell::new(0));
                 t.registered.insert(endpoint(w_ip(&w), u16::from_be_bytes(w.port)));
@@ -97,17 +98,19 @@ impl Tables {
                 f.id,
                 Function {
                     index,
+                    worker_base: g.worker_base(index),
+                    ring_mask: (g.ring_size - 1) as u16,
+                    maglev_mask: (g.maglev_size - 1) as u16,
                     policy,
-                    generation: 0,
                     up_count: members.len() as u8,
                     ll_count: ll_count as u8,
                     ll_slots,
                     slot_end: f.workers.len() as u8,
-                    _pad: [0; 3],
+                    ..Default::default()
                 },
             );
-            t.rings.push(tables::ring(&members));
-            t.maglevs.push(if policy == policy::HASH { tables::maglev(&members) } else { Vec::new() });
+            t.rings.push(tables::ring(&members, g.ring_size));
+            t.maglevs.push(if policy == policy::HASH { tables::maglev(&members, g.maglev_size) } else { Vec::new() });
             t.turns.push(Cell::new(0));
         }
         for w in &config.workflows {
@@ -149,10 +152,10 @@ impl View for Tables {
         self.workers.get(&index).copied()
     }
     fn ring_slot(&self, f: &Function, position: u32) -> Option<u8> {
-        self.rings.get(f.index as usize)?.get(position as usize).copied()
+        self.rings.get(f.index as usize)?.get((position & f.ring_mask as u32) as usize).copied()
     }
     fn maglev_slot(&self, f: &Function, position: u32) -> Option<u8> {
-        self.maglevs.get(f.index as usize)?.get(position as usize).copied()
+        self.maglevs.get(f.index as usize)?.get((position & f.maglev_mask as u32) as usize).copied()
     }
     fn load(&self, worker_index: u32) -> Option<u64> {
         self.loads.get(&worker_index).map(Cell::get)

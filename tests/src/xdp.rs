@@ -2,14 +2,22 @@
 
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use dispatcher::{config::Config, control, data_plane::Loaded};
-use dispatcher_common::{maps::egress, stats::Counter};
+use dispatcher_common::{
+    maps::{egress, Geometry},
+    stats::Counter,
+};
 
 use crate::packets::IFACE_MAC;
 
 /// The data plane loaded (not attached), its source MAC set to IFACE_MAC
 /// and `config` (TOML) applied.
 pub fn data_plane(config: &str) -> Loaded {
-    let mut dp = Loaded::new().expect("load the data plane (are you root?)");
+    data_plane_with(config, Geometry::HOST)
+}
+
+/// `data_plane`, with maps sized by `geometry` (a NIC's, say).
+pub fn data_plane_with(config: &str, geometry: Geometry) -> Loaded {
+    let mut dp = Loaded::with_geometry(geometry).expect("load the data plane (are you root?)");
     dp.maps.set_settings(IFACE_MAC, egress::TX).unwrap();
     control::apply(&mut dp.maps, &Config::parse(config).expect("a valid test config")).unwrap();
     dp

@@ -34,6 +34,10 @@ fn run_errors_name_the_problem_and_the_fix() {
     fails_saying(&["run", "--iface", "lo"], "service.addresses is empty");
     fails_saying(&["run", "--iface", "lo", "--vip", "10.0.0.1", "--mode", "turbo"], "invalid value 'turbo' for '--mode");
     fails_saying(&["run", "--iface", "lo", "--vip", "10.0.0.1", "--mode", "hw"], "lo refused to hold map SERVICES");
+    fails_saying(&["run", "--iface", "lo", "--vip", "10.0.0.1", "--mode", "hw", "--hw-map-entries", "1"], "--hw-map-entries 1 is too small");
+    // Three VIPs do not fit a two-slot SERVICES: refused before the device is touched.
+    let vips = ["--vip", "10.0.0.1", "--vip", "10.0.0.2", "--vip", "10.0.0.3"];
+    fails_saying(&[&["run", "--iface", "lo", "--mode", "hw", "--hw-map-entries", "2"][..], &vips].concat(), "service.addresses: the config has 3, the data plane's maps hold 2");
     fails_saying(&["stats"], "no data plane is pinned under");
     fails_saying(&["workers", "add", "--function", "1", "--addr", "10.0.0.2:9000", "--mac", "zz"], "--mac zz: not a MAC address");
     fails_saying(&["workers", "add", "--function", "1", "--addr", "10.0.0.2", "--mac", "02:00:00:00:00:01"], "invalid value '10.0.0.2' for '--addr");

@@ -13,7 +13,7 @@ use dispatcher::{
 };
 use dispatcher_common::{
     checksum,
-    maps::{policy, RING_SIZE},
+    maps::policy,
     model::{self, Verdict, View},
     protocol::{FaasHdr, MAGIC},
     stats::Counter,
@@ -243,7 +243,7 @@ fn data_plane() -> Loaded {
 }
 
 fn counters(dp: &Loaded, hw: bool) -> Vec<u64> {
-    let c = if hw { dp.maps.counters_hw() } else { dp.maps.counters() };
+    let c = if hw { dp.maps.counters_hw() } else { dp.maps.counters_host() };
     c.unwrap().into_iter().map(|(_, n)| n).collect()
 }
 
@@ -276,11 +276,11 @@ fn compare(dp: &Loaded, hw: bool, frame: &[u8]) {
     let d = outcome.dispatch.unwrap();
     let slot = (0..2u32)
         .find(|s| {
-            let w = dp.maps.worker(dispatcher_common::maps::worker_index(d.function.index, *s));
+            let w = dp.maps.worker(d.function.worker_index(*s));
             w.is_some_and(|w| w.mac == out[0..6])
         })
         .expect("the kernel chose a worker of the function");
-    let position = (0..RING_SIZE).find(|p| dp.maps.ring_slot(&d.function, *p) == Some(slot as u8)).expect("slot in the ring");
+    let position = (0..=d.function.ring_mask as u32).find(|p| dp.maps.ring_slot(&d.function, *p) == Some(slot as u8)).expect("slot in the ring");
     let mut expected = frame.to_vec();
     model::process(&mut expected, &dp.maps, position | (position << 8));
     assert_eq!(out, expected, "p2c output bytes (hw: {hw})");

@@ -38,7 +38,7 @@ fn data_plane() -> Loaded {
 }
 
 fn total(dp: &Loaded, hw: bool) -> (u64, Vec<u64>) {
-    let c = if hw { dp.maps.counters_hw() } else { dp.maps.counters() }.unwrap();
+    let c = if hw { dp.maps.counters_hw() } else { dp.maps.counters_host() }.unwrap();
     let v: Vec<u64> = c.iter().map(|(_, n)| *n).collect();
     (v.iter().sum(), v)
 }

@@ -12,7 +12,7 @@ use dispatcher::{
 };
 use dispatcher_common::{
     hash,
-    maps::MAGLEV_SIZE,
+    maps::Geometry,
     protocol::{flags, kind, FaasHdr},
     stats::Counter,
 };
@@ -157,13 +157,13 @@ fn hash_policy_follows_the_maglev_table_user_space_computed() {
         .enumerate()
         .map(|(slot, name)| Member { slot: slot as u8, weight: 1, name: name.clone() })
         .collect();
-    let table = tables::maglev(&members);
+    let table = tables::maglev(&members, Geometry::HOST.maglev_size);
     let mut seen = HashMap::new();
     for key in 1..=500u64 {
         let mut hdr = FaasHdr::new(kind::REQUEST, 11, key);
         hdr.key = (key * 7919).to_be_bytes();
         let (to, _) = dispatch(&dp, &frame(CLIENT, &hdr));
-        let slot = table[hash::reduce(hash::key_hash(key * 7919), MAGLEV_SIZE) as usize];
+        let slot = table[(hash::key_hash(key * 7919) & (Geometry::HOST.maglev_size - 1)) as usize];
         assert_eq!(to, addr(&workers[slot as usize]), "key {key}");
         // The same key always lands on the same worker.
         assert_eq!(dispatch(&dp, &frame("10.0.0.99:1234", &hdr)).0, to);
@@ -321,9 +321,9 @@ fn traffic_is_counted_per_function_and_worker() {
         dispatch(&dp, &input);
     }
     let f = dp.maps.functions.get(&1, 0).unwrap();
-    let by_function = dispatcher::data_plane::Maps::traffic(&dp.maps.function_stats, f.index).unwrap();
+    let by_function = dp.maps.function_traffic(f.index).unwrap();
     assert_eq!((by_function.packets, by_function.bytes), (3, 3 * input.len() as u64));
-    let by_worker = dispatcher::data_plane::Maps::traffic(&dp.maps.worker_stats, dispatcher_common::maps::worker_index(f.index, 0)).unwrap();
+    let by_worker = dp.maps.worker_traffic(f.worker_index(0)).unwrap();
     assert_eq!(by_worker.packets, 3);
 }
 
@@ -348,4 +348,56 @@ fn a_new_worker_set_takes_effect_in_one_step() {
     assert_eq!(verdict, XDP_DROP);
     let (to, _) = dispatch(&dp, &busy_from("10.0.0.10:9000", 10, 0));
     assert!(to == addr("10.0.9.1:9000") || to == addr("10.0.9.2:9000"), "{to}");
+}
+
+/// A NIC's geometry (netdevsim's two entries per map: one function of two
+/// workers, 32-slot tables, two SERVICES slots), on the host: both variants
+/// dispatch by every policy within it, and the control plane refuses what
+/// does not fit with the limit named.
+#[test]
+fn a_two_entry_geometry_dispatches_and_refuses_what_does_not_fit() {
+    let geometry = Geometry::fitting(2).unwrap();
+    let config = |policy: &str| {
+        format!(
+            r#"
+            [service]
+            addresses = ["10.0.0.1"]
+            [[functions]]
+            id = 7
+            policy = "{policy}"
+            workers = [
+              {{ addr = "10.0.0.10:9000", mac = "02:00:00:00:00:10" }},
+              {{ addr = "10.0.0.11:9000", mac = "02:00:00:00:00:11" }},
+            ]
+            "#
+        )
+    };
+    for policy in ["round-robin", "hash", "least-loaded", "p2c"] {
+        let mut dp = tests::xdp::data_plane_with(&config(policy), geometry);
+        for program in [PROGRAM, HW_PROGRAM] {
+            let counts = count_by_worker((0..64u64).map(|i| {
+                let mut hdr = FaasHdr::new(kind::REQUEST, 7, i);
+                hdr.key = (i + 1).to_be_bytes();
+                let (verdict, out) = run(dp.named(program), &frame(CLIENT, &hdr));
+                assert_eq!(verdict, XDP_TX, "{policy} {program}: not dispatched");
+                assert_checksums_verify(&out, false);
+                destination_and_header(&out).0
+            }));
+            assert!(counts.keys().all(|a| [addr("10.0.0.10:9000"), addr("10.0.0.11:9000")].contains(a)), "{policy} {program}: {counts:?}");
+            if policy == "round-robin" || policy == "hash" {
+                assert_eq!(counts.len(), 2, "{policy} {program}: both workers get requests: {counts:?}");
+            }
+        }
+        // A third worker (10.0.0.12) and a second function do not fit.
+        let mut worker = Config::parse(&config(policy)).unwrap().functions[0].workers[0].to_map(7).unwrap();
+        worker.addr[3] = 12;
+        let err = control::add_worker(&mut dp.maps, 7, worker).unwrap_err();
+        assert!(format!("{err:#}").contains("the most the data plane holds per function"), "{err:#}");
+        let err = control::add_function(&mut dp.maps, 8, 0).unwrap_err();
+        assert!(format!("{err:#}").contains("all 1 function rows"), "{err:#}");
+    }
+    // A config that does not fit is refused before anything is written.
+    let mut dp = tests::xdp::data_plane_with(&config("hash"), geometry);
+    let err = control::apply(&mut dp.maps, &Config::parse(CONFIG).unwrap()).unwrap_err();
+    assert!(format!("{err:#}").contains("functions: the config has 8, the data plane's maps hold 1"), "{err:#}");
 }

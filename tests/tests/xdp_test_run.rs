@@ -78,7 +78,7 @@ fn run(dp: &Loaded, v: Variant, frame: &[u8]) -> (u32, Vec<u8>) {
 
 fn counters(dp: &Loaded, v: Variant) -> Vec<(Counter, u64)> {
     match v {
-        Variant::Host => dp.maps.counters().unwrap(),
+        Variant::Host => dp.maps.counters_host().unwrap(),
         Variant::Hw => dp.maps.counters_hw().unwrap(),
     }
 }

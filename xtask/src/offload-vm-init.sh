@@ -61,13 +61,39 @@ if dispatcher maps dump --json > /tmp/out 2>&1 && dispatcher stats >> /tmp/out 2
 else
     fail cli_reads_offloaded_maps
 fi
-# Adding a function writes its ring chunks (indexes 0-15): more than the
-# device's 2 entries, refused with the reason.
-if dispatcher functions add 1 > /tmp/out 2>&1; then
-    fail "function_beyond_the_device_maps (it succeeded)"
-else
-    ok function_beyond_the_device_maps_is_refused
+# 3b. The CLI adds and reads workers on the offloaded maps. Two entries per
+#     map hold one function of two workers (`dispatcher maps dump geometry`).
+: > /tmp/out
+cli() { echo "\$ dispatcher $*" >> /tmp/out; dispatcher "$@" >> /tmp/out 2>&1; }
+if cli maps dump geometry && grep -q "workers_per_function" /tmp/out \
+    && cli functions add 1 --policy hash \
+    && cli workers add --function 1 --addr 10.0.1.1:9000 --mac 02:00:00:00:01:01 \
+    && cli workers add --function 1 --addr 10.0.1.2:9000 --mac 02:00:00:00:01:02 --weight 2 \
+    && cli workers list --function 1 --json \
+    && grep -q '"addr":"10.0.1.1:9000"' /tmp/out && grep -q '"addr":"10.0.1.2:9000","mac":"02:00:00:00:01:02","weight":2,"state":"up"' /tmp/out \
+    && cli functions list --json && grep -q '"policy":"hash","workers":2,"up":2' /tmp/out; then
+    ok cli_adds_and_reads_workers_on_offloaded_maps
     sed 's/^/    /' /tmp/out
+else
+    fail cli_adds_and_reads_workers_on_offloaded_maps
+fi
+# What does not fit the device is refused with the limit named.
+: > /tmp/out
+if ! cli workers add --function 1 --addr 10.0.1.3:9000 --mac 02:00:00:00:01:03 \
+    && grep -q "the most the data plane holds per function" /tmp/out \
+    && ! cli functions add 2 && grep -q "all 1 function rows of the data plane are in use" /tmp/out; then
+    ok what_does_not_fit_the_device_is_refused
+    sed 's/^/    /' /tmp/out
+else
+    fail what_does_not_fit_the_device_is_refused
+fi
+# Removing a worker rewrites the tables on the device in one step.
+: > /tmp/out
+if cli workers rm --function 1 --addr 10.0.1.1:9000 && cli workers list --function 1 --json \
+    && ! grep -q '10.0.1.1:9000",' /tmp/out && cli functions list --json && grep -q '"workers":1,"up":1' /tmp/out; then
+    ok cli_removes_a_worker_on_offloaded_maps
+else
+    fail cli_removes_a_worker_on_offloaded_maps
 fi
 
 # 4. SIGTERM detaches and removes the pins.

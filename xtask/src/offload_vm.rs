@@ -2,7 +2,7 @@
 //! kernel's software model of an offloading NIC, in a VM (this machine
 //! cannot load modules, and no Debian kernel ships netdevsim).
 //!
-//! Pinned Debian 12 kernel packages are downloaded with apt-get and
+//! A Debian 12 (6.1) kernel's packages are downloaded with apt-get and
 //! unpacked (not installed); netdevsim is built out of tree from the
 //! matching linux-source against the matching headers; an initramfs holds
 //! busybox, the release `dispatcher` binary with its libraries, and
@@ -20,15 +20,77 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::cmd::{self, step, Counts};
 
-/// The kernel under test: Debian 12's, pinned (the archive replaces
-/// packages over time; a newer ABI number means a new pin here).
-const ABI: &str = "6.1.0-47";
-const VERSION: &str = "6.1.170-3";
+/// The kernel series under test: Debian 12's 6.1. Within it the archive
+/// keeps only recent builds (an exact pin breaks within months), so the
+/// build is chosen by `pick_kernel` and recorded in the cache.
+const SERIES: &str = "6.1";
 const INIT: &str = include_str!("offload-vm-init.sh");
 
-fn cache() -> Result<PathBuf> {
+/// One build of the kernel: its ABI name (`6.1.0-47`) and package version.
+struct Kernel {
+    abi: String,
+    version: String,
+}
+
+fn cache_root() -> Result<PathBuf> {
     let home = std::env::var_os("HOME").context("HOME is not set")?;
-    Ok(PathBuf::from(home).join(".cache/faas-dispatcher/offload-vm").join(ABI))
+    Ok(PathBuf::from(home).join(".cache/faas-dispatcher/offload-vm"))
+}
+
+/// A kernel already cached with its netdevsim built (no download needed),
+/// else the newest build whose image, headers, kbuild and source packages
+/// are all in the archive at one version.
+fn pick_kernel(root: &Path) -> Result<Kernel> {
+    let mut cached: Vec<Kernel> = fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version = fs::read_to_string(e.path().join("version")).ok()?;
+            let abi = e.file_name().into_string().ok()?;
+            e.path().join(format!("src/linux-source-{SERIES}/drivers/net/netdevsim/netdevsim.ko")).exists().then(|| Kernel { abi, version: version.trim().to_string() })
+        })
+        .collect();
+    cached.sort_by_key(|k| abi_number(&k.abi));
+    if let Some(k) = cached.pop() {
+        return Ok(k);
+    }
+    if let Some(k) = newest_complete_kernel() {
+        return Ok(k);
+    }
+    step("no complete kernel in the package lists: apt-get update");
+    cmd::run("apt-get", &["update", "-q"], &[])?;
+    newest_complete_kernel().with_context(|| {
+        format!("the archive has no linux-image-{SERIES}.0-N-amd64 whose headers, linux-kbuild-{SERIES} and linux-source-{SERIES} share its version")
+    })
+}
+
+fn abi_number(abi: &str) -> u32 {
+    abi.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+fn newest_complete_kernel() -> Option<Kernel> {
+    let pattern = format!("^linux-image-{}\\.0-[0-9]+-amd64$", SERIES.replace('.', "\\."));
+    let names = cmd::output("apt-cache", &["search", "--names-only", &pattern])?;
+    let mut abis: Vec<String> = names
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.strip_prefix("linux-image-")?.strip_suffix("-amd64").map(str::to_string))
+        .collect();
+    abis.sort_by_key(|a| std::cmp::Reverse(abi_number(a)));
+    abis.into_iter().find_map(|abi| {
+        let version = versions(&format!("linux-image-{abi}-amd64")).into_iter().next()?;
+        let companions = [format!("linux-headers-{abi}-amd64"), format!("linux-headers-{abi}-common"), format!("linux-kbuild-{SERIES}"), format!("linux-source-{SERIES}")];
+        companions.iter().all(|p| versions(p).contains(&version)).then_some(Kernel { abi, version })
+    })
+}
+
+/// The versions of `package` the package lists offer, newest first.
+fn versions(package: &str) -> Vec<String> {
+    cmd::output("apt-cache", &["madison", package])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| Some(l.split('|').nth(1)?.trim().to_string()))
+        .collect()
 }
 
 /// Runs the checks; returns what passed and failed, and whether the whole
@@ -41,24 +103,33 @@ pub fn run(workspace: &Path) -> (Counts, Result<()>) {
 
 fn run_counted(workspace: &Path, counts: &mut Counts) -> Result<()> {
     crate::bootstrap::ensure_packages(&[("qemu-system-x86_64", "qemu-system-x86"), ("/bin/busybox", "busybox-static"), ("cpio", "cpio"), ("make", "make"), ("gcc", "gcc")])?;
-    let cache = cache()?;
+    let kernel = pick_kernel(&cache_root()?)?;
+    let abi = kernel.abi.as_str();
+    let cache = cache_root()?.join(abi);
     let root = cache.join("root");
-    let headers = root.join(format!("usr/src/linux-headers-{ABI}-amd64"));
-    let nsim_dir = cache.join("src/linux-source-6.1/drivers/net/netdevsim");
+    let headers = root.join(format!("usr/src/linux-headers-{abi}-amd64"));
+    let nsim_dir = cache.join(format!("src/linux-source-{SERIES}/drivers/net/netdevsim"));
     let module = nsim_dir.join("netdevsim.ko");
     if !module.exists() {
-        fetch_kernel(&cache, &root)?;
+        fetch_kernel(&kernel, &cache, &root)?;
         step("building netdevsim out of tree against the kernel's headers");
         fs::create_dir_all(cache.join("src"))?;
         cmd::run(
             "tar",
-            &["-xJf", root.join("usr/src/linux-source-6.1.tar.xz").to_str().unwrap(), "-C", cache.join("src").to_str().unwrap(), "--wildcards", "linux-source-6.1/drivers/net/netdevsim/*"],
+            &[
+                "-xJf",
+                root.join(format!("usr/src/linux-source-{SERIES}.tar.xz")).to_str().unwrap(),
+                "-C",
+                cache.join("src").to_str().unwrap(),
+                "--wildcards",
+                &format!("linux-source-{SERIES}/drivers/net/netdevsim/*"),
+            ],
             &[],
         )?;
         // The headers' Makefile includes the common headers by absolute
         // path; they are unpacked here, not installed.
         let makefile = headers.join("Makefile");
-        let common = root.join(format!("usr/src/linux-headers-{ABI}-common/Makefile"));
+        let common = root.join(format!("usr/src/linux-headers-{abi}-common/Makefile"));
         fs::write(&makefile, format!("include {}\n", common.display()))?;
         cmd::run(
             "make",
@@ -66,32 +137,34 @@ fn run_counted(workspace: &Path, counts: &mut Counts) -> Result<()> {
             &[],
         )
         .context("building netdevsim failed")?;
+        fs::write(cache.join("version"), &kernel.version)?;
     }
     step("building the release dispatcher");
     cmd::cargo(&["build", "--quiet", "--release", "--package", "dispatcher"])?;
-    let initrd = build_initramfs(&cache, &root, &module, &workspace.join("target/release/dispatcher"))?;
-    step("booting the VM (qemu, software emulation) and running the checks inside");
-    let output = boot(&root.join(format!("boot/vmlinuz-{ABI}-amd64")), &initrd)?;
+    let initrd = build_initramfs(abi, &cache, &root, &module, &workspace.join("target/release/dispatcher"))?;
+    step(&format!("booting the VM (Debian kernel {abi}, {}; qemu, software emulation) and running the checks inside", kernel.version));
+    let output = boot(&root.join(format!("boot/vmlinuz-{abi}-amd64")), &initrd)?;
     report(&output, counts)
 }
 
-fn fetch_kernel(cache: &Path, root: &Path) -> Result<()> {
+fn fetch_kernel(kernel: &Kernel, cache: &Path, root: &Path) -> Result<()> {
+    let Kernel { abi, version } = kernel;
     let debs = cache.join("debs");
     fs::create_dir_all(&debs)?;
     let packages = [
-        format!("linux-image-{ABI}-amd64={VERSION}"),
-        format!("linux-headers-{ABI}-amd64={VERSION}"),
-        format!("linux-headers-{ABI}-common={VERSION}"),
-        format!("linux-kbuild-6.1={VERSION}"),
-        format!("linux-source-6.1={VERSION}"),
+        format!("linux-image-{abi}-amd64={version}"),
+        format!("linux-headers-{abi}-amd64={version}"),
+        format!("linux-headers-{abi}-common={version}"),
+        format!("linux-kbuild-{SERIES}={version}"),
+        format!("linux-source-{SERIES}={version}"),
     ];
     if fs::read_dir(&debs)?.count() < packages.len() {
-        step(&format!("downloading the Debian kernel {ABI} ({VERSION}): image, headers, kbuild, source (~220 MB)"));
+        step(&format!("downloading the Debian kernel {abi} ({version}): image, headers, kbuild, source (~220 MB)"));
         let mut args = vec!["download"];
         args.extend(packages.iter().map(String::as_str));
         let status = Command::new("apt-get").args(&args).current_dir(&debs).status().context("apt-get")?;
         if !status.success() {
-            bail!("apt-get download failed: run `apt-get update`; if {VERSION} left the archive, pin a newer ABI in xtask/src/offload_vm.rs");
+            bail!("apt-get download of the kernel {abi} ({version}) failed: run `apt-get update` and try again");
         }
     }
     fs::create_dir_all(root)?;
@@ -103,7 +176,7 @@ fn fetch_kernel(cache: &Path, root: &Path) -> Result<()> {
 
 /// busybox, the dispatcher and its libraries, the two modules, the config
 /// and /init, as a gzipped newc cpio archive.
-fn build_initramfs(cache: &Path, root: &Path, module: &Path, dispatcher: &Path) -> Result<PathBuf> {
+fn build_initramfs(abi: &str, cache: &Path, root: &Path, module: &Path, dispatcher: &Path) -> Result<PathBuf> {
     let dir = cache.join("initramfs");
     if dir.exists() {
         fs::remove_dir_all(&dir)?;
@@ -118,34 +191,17 @@ fn build_initramfs(cache: &Path, root: &Path, module: &Path, dispatcher: &Path) 
     }
     fs::copy("/lib64/ld-linux-x86-64.so.2", dir.join("lib64/ld-linux-x86-64.so.2"))?;
     fs::copy(module, dir.join("lib/netdevsim.ko"))?;
-    let psample = root.join(format!("lib/modules/{ABI}-amd64/kernel/net/psample/psample.ko"));
+    let psample = root.join(format!("lib/modules/{abi}-amd64/kernel/net/psample/psample.ko"));
     fs::copy(&psample, dir.join("lib/psample.ko")).with_context(|| format!("{} missing from the image package", psample.display()))?;
-    fs::write(dir.join("dispatcher.toml"), format!("[service]\naddresses = [\"{}\"]\n", service_address_for_two_entries()))?;
+    // netdevsim holds 2 entries per map: with `--hw-map-entries 2` SERVICES
+    // has two slots, one function two workers.
+    fs::write(dir.join("dispatcher.toml"), "[service]\naddresses = [\"10.0.0.1\"]\n")?;
     fs::write(dir.join("init"), INIT)?;
     cmd::run("chmod", &["+x", dir.join("init").to_str().unwrap()], &[])?;
     let initrd = cache.join("initrd.gz");
     let script = format!("cd {} && find . | cpio -o -H newc --quiet | gzip -1 > {}", dir.display(), initrd.display());
     cmd::run("sh", &["-c", &script], &[])?;
     Ok(initrd)
-}
-
-/// netdevsim holds 2 entries per map; SERVICES is a two-choice table of
-/// 1,024 slots, and adding a service reads both of its slots. A service
-/// address whose two slots are 0 or 1 fits (about one address in 260,000).
-fn service_address_for_two_entries() -> String {
-    for n in 1..(1u32 << 24) {
-        let ip = std::net::Ipv4Addr::from(0x0a00_0000 | n);
-        let e = dispatcher_common::maps::Endpoint {
-            addr: ip.to_ipv6_mapped().octets(),
-            port: dispatcher_common::protocol::DEFAULT_SERVICE_PORT.to_be_bytes(),
-            _pad: [0; 2],
-        };
-        let (a, b) = dispatcher_common::maps::service_slots(&e);
-        if a < 2 && b < 2 {
-            return ip.to_string();
-        }
-    }
-    panic!("no address of 10.0.0.0/8 has both service slots in 0..2")
 }
 
 fn boot(kernel: &Path, initrd: &Path) -> Result<String> {

@@ -20,7 +20,7 @@ use dispatcher::{
     health::Health,
     heartbeat::{self, Heartbeat},
 };
-use dispatcher_common::maps::{egress, worker_index};
+use dispatcher_common::maps::egress;
 use hdrhistogram::Histogram;
 
 const KEY: &str = "bench-key-0123456789";
@@ -48,7 +48,7 @@ fn main() {
     let mut health = Health::new(health_config);
     let from = "10.1.0.3:9000".parse().unwrap();
     let f1 = dp.maps.functions.get(&1, 0).unwrap();
-    let slot_index = worker_index(f1.index, 2);
+    let slot_index = f1.worker_index(2);
     let mut hist = Histogram::<u64>::new_with_bounds(1, 10_000_000, 3).unwrap();
     let reports = 5_000u32;
     for i in 1..=reports {
