@@ -139,6 +139,23 @@ impl Maps {
         Ok(())
     }
 
+    /// Writes zero into every entry of the offload variant's XADD counters
+    /// (STATS_HW, FUNCTION_STATS_HW, WORKER_STATS_HW). On the NFP an atomic
+    /// add works only on a word the host created with a map update (the
+    /// driver then byte-swaps those words between the card's big-endian
+    /// counters and the host); LOADS and RR_CURSORS entries are written
+    /// whenever a function or worker slot is set up.
+    fn create_counters_hw(&mut self) -> Result<()> {
+        fn zero_all<V: aya::Pod + Default>(map: &mut Array<MapData, V>) -> Result<()> {
+            let keys: Vec<u32> = (0..map.len()).collect();
+            let zeros: Vec<V> = keys.iter().map(|_| V::default()).collect();
+            crate::map_batch::write(map, &keys, &zeros)
+        }
+        zero_all(&mut self.stats_hw).context("cannot create the counters of STATS_HW")?;
+        zero_all(&mut self.function_stats_hw).context("cannot create the counters of FUNCTION_STATS_HW")?;
+        zero_all(&mut self.worker_stats_hw).context("cannot create the counters of WORKER_STATS_HW")
+    }
+
     /// The sizes of this data plane's tables, as its loader chose them.
     pub fn geometry(&self) -> Result<Geometry> {
         let g = self.settings.get(&0, 0).context("cannot read SETTINGS")?.geometry;
@@ -419,6 +436,7 @@ impl Attached {
             Ok(map)
         })?;
         maps.set_geometry(geometry)?;
+        maps.create_counters_hw()?;
         crate::control::configure_interface(&mut maps, mac, &config.egress)?;
         crate::control::apply(&mut maps, config)?;
         let program_pin = staging.join(PROGRAM_PIN);

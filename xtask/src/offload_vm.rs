@@ -160,7 +160,7 @@ fn fetch_kernel(kernel: &Kernel, cache: &Path, root: &Path) -> Result<()> {
     ];
     if fs::read_dir(&debs)?.count() < packages.len() {
         step(&format!("downloading the Debian kernel {abi} ({version}): image, headers, kbuild, source (~220 MB)"));
-        let mut args = vec!["download"];
+        let mut args = vec!["-o", "APT::Sandbox::User=root", "download"];
         args.extend(packages.iter().map(String::as_str));
         let status = Command::new("apt-get").args(&args).current_dir(&debs).status().context("apt-get")?;
         if !status.success() {
