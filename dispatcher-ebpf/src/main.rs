@@ -108,7 +108,7 @@ fn try_dispatch<V: Variant>(ctx: &XdpContext) -> Result<(Counter, u32), Counter>
         kind::REQUEST => request(hdr)?,
         kind::STEP => {
             registered(&pkt)?;
-            step(hdr)?
+            step::<V>(hdr)?
         }
         kind::BUSY => {
             registered(&pkt)?;
@@ -129,7 +129,7 @@ fn try_dispatch<V: Variant>(ctx: &XdpContext) -> Result<(Counter, u32), Counter>
 
     // Every check is done: from here on the packet is written.
     rewrite::toward_worker(ctx, &pkt, hdr_ptr, &decision.edit, worker, &settings.src_mac)?;
-    select::charge(function, slot);
+    select::charge::<V>(function, slot);
     let action = V::transmit(settings)?;
     V::traffic(function.index, index, pkt.len);
     Ok((decision.counter, action))
@@ -167,13 +167,13 @@ fn request(hdr: &FaasHdr) -> Result<Decision, Counter> {
 
 /// A STEP invokes step `step` of `workflow_id`.
 #[inline(always)]
-fn step(hdr: &FaasHdr) -> Result<Decision, Counter> {
+fn step<V: Variant>(hdr: &FaasHdr) -> Result<Decision, Counter> {
     let workflow = maps::workflow(hdr.workflow_id()).ok_or(Counter::PassBadStep)?;
     let step = hdr.step as usize;
     if step >= MAX_WORKFLOW_STEPS || step as u32 >= workflow.step_count {
         return Err(Counter::PassBadStep);
     }
-    let function_id = workflow.functions[step];
+    let function_id = V::word_of_eight(&workflow.functions, step);
     Ok(Decision {
         function: maps::function(function_id).ok_or(Counter::PassUnknownFunction)?,
         edit: HeaderEdit::Step { function_id, last: step as u32 + 1 == workflow.step_count },

@@ -45,7 +45,8 @@ pub static WORKERS: Array<Worker> = Array::with_max_entries(HOST.worker_slots(),
 
 /// Estimated in-flight requests per worker slot: user space writes the
 /// reported value; the data plane adds 1 per request it sends there under
-/// least-loaded and p2c, so bursts between reports spread out.
+/// least-loaded and p2c, so bursts between reports spread out (the host
+/// variant only: see `Variant::charge`).
 #[map]
 pub static LOADS: Array<u64> = Array::with_max_entries(HOST.worker_slots(), 0);
 
@@ -60,8 +61,9 @@ pub static RING: Array<TableChunk> = Array::with_max_entries(HOST.functions * 2 
 #[map]
 pub static MAGLEV: Array<TableChunk> = Array::with_max_entries(HOST.functions * 2 * HOST.maglev_size / TABLE_CHUNK, 0);
 
-/// Round-robin turn counter per function index. Incremented atomically by
-/// the data plane; user space only creates the entries.
+/// Round-robin turn counter per function index. Advanced by the data plane
+/// (a fetch-add on the host, read and update on the NFP: `Variant::next_turn`);
+/// user space only creates the entries.
 #[map]
 pub static RR_CURSORS: Array<u64> = Array::with_max_entries(HOST.functions, 0);
 

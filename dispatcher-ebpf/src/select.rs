@@ -18,16 +18,16 @@ use crate::{
 
 /// Slot at `position` (wrapped) of a function's live ring.
 #[inline(always)]
-fn ring_slot(function: &Function, position: u32) -> Option<u32> {
+fn ring_slot<V: Variant>(function: &Function, position: u32) -> Option<u32> {
     let (chunk, offset) = function.ring_position(position);
-    Some(RING.get(chunk)?[offset] as u32)
+    Some(V::table_slot(RING.get(chunk)?, offset) as u32)
 }
 
 /// Slot at `position` (wrapped) of a function's live Maglev table.
 #[inline(always)]
-fn maglev_slot(function: &Function, position: u32) -> Option<u32> {
+fn maglev_slot<V: Variant>(function: &Function, position: u32) -> Option<u32> {
     let (chunk, offset) = function.maglev_position(position);
-    Some(MAGLEV.get(chunk)?[offset] as u32)
+    Some(V::table_slot(MAGLEV.get(chunk)?, offset) as u32)
 }
 
 #[inline(always)]
@@ -36,12 +36,12 @@ fn load(function: &Function, slot: u32) -> u64 {
 }
 
 /// Counts a request sent to `slot` into its load estimate, for the
-/// policies that read loads (an XADD: no direct store into a map value).
+/// policies that read loads (see `Variant::charge`).
 #[inline(always)]
-pub fn charge(function: &Function, slot: u32) {
+pub fn charge<V: Variant>(function: &Function, slot: u32) {
     if function.policy == policy::LEAST_LOADED || function.policy == policy::P2C {
         if let Some(p) = LOADS.get_ptr_mut(function.worker_index(slot)) {
-            crate::variant::xadd(p, 1);
+            V::charge(p);
         }
     }
 }
@@ -63,17 +63,17 @@ pub fn by_policy<V: Variant>(function: &Function, key: u64, pkt: &Packet) -> Res
         return Err(Counter::PassNoWorker);
     }
     let slot = match function.policy {
-        policy::HASH => maglev_slot(function, affinity_hash(key, pkt)),
+        policy::HASH => maglev_slot::<V>(function, affinity_hash(key, pkt)),
         policy::P2C => {
             // SAFETY: a helper without preconditions.
             let r = unsafe { bpf_get_prandom_u32() };
-            match (ring_slot(function, r), ring_slot(function, r >> 8)) {
+            match (ring_slot::<V>(function, r), ring_slot::<V>(function, r >> 8)) {
                 (Some(a), Some(b)) => Some(if load(function, b) < load(function, a) { b } else { a }),
                 _ => None,
             }
         }
         policy::LEAST_LOADED => least_loaded(function),
-        _ => ring_slot(function, V::next_turn(function.index)),
+        _ => ring_slot::<V>(function, V::next_turn(function.index)),
     };
     slot.ok_or(Counter::PassNoWorker)
 }
@@ -110,7 +110,7 @@ pub fn other_than<V: Variant>(function: &Function, busy: &Endpoint) -> Result<u3
     }
     let turn = V::next_turn(function.index);
     for i in 0..RESTEER_TRIES {
-        let slot = ring_slot(function, turn.wrapping_add(i)).ok_or(Counter::PassBusyExhausted)?;
+        let slot = ring_slot::<V>(function, turn.wrapping_add(i)).ok_or(Counter::PassBusyExhausted)?;
         let w = maps::worker(function.worker_index(slot)).ok_or(Counter::PassBusyExhausted)?;
         let same = w.port == busy.port && same_address(w.family, &w.addr, &busy.addr);
         if !same {

@@ -1,12 +1,19 @@
 //! What differs between the host program (`dispatch`) and the one that can
 //! be offloaded to a Netronome NFP (`dispatch_hw`): how counters are kept,
-//! how a round-robin turn is taken, and how the frame leaves. Everything
-//! else is the same code, monomorphised twice.
+//! how a round-robin turn is taken, whether dispatches count into the load
+//! estimates, how a byte or word is read out of a map value at a computed
+//! offset, and how the frame leaves. Everything else is the same code,
+//! monomorphised twice.
+//!
+//! Two NFP rules shape the offload variant (`dispatcher offload check`
+//! checks both): it reads map values only at offsets known at verification,
+//! and it keeps each 4-byte word of a map value either as a plain value or
+//! as an atomic counter, never both.
 
 use aya_ebpf::bindings::xdp_action;
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use dispatcher_common::{
-    maps::{egress, Settings, Traffic},
+    maps::{egress, Settings, TableChunk, Traffic},
     stats::Counter,
 };
 
@@ -25,6 +32,18 @@ pub trait Variant {
     fn traffic(function_index: u32, worker_index: u32, bytes: u64);
     /// The next round-robin turn of a function.
     fn next_turn(function_index: u32) -> u32;
+    /// Counts a request sent to a worker into its load estimate (LOADS).
+    fn charge(load: *mut u64);
+    /// Word `index` (< 8) of eight u32 in a map value.
+    fn word_of_eight(words: &[u32; 8], index: usize) -> u32;
+    /// Byte `offset` (< 32) of a selection table chunk.
+    #[inline(always)]
+    fn table_slot(chunk: &TableChunk, offset: usize) -> u8 {
+        // SAFETY: a 32-byte map value, 8-byte aligned like every map value:
+        // eight u32 words.
+        let words = unsafe { &*(chunk as *const TableChunk as *const [u32; 8]) };
+        (Self::word_of_eight(words, offset / 4) >> ((offset % 4) * 8)) as u8
+    }
     /// Sends the rewritten frame; `Err` if it cannot leave.
     fn transmit(settings: &Settings) -> Result<u32, Counter>;
 }
@@ -99,6 +118,21 @@ impl Variant for Host {
     }
 
     #[inline(always)]
+    fn charge(load: *mut u64) {
+        xadd(load, 1);
+    }
+
+    #[inline(always)]
+    fn word_of_eight(words: &[u32; 8], index: usize) -> u32 {
+        words[index & 7]
+    }
+
+    #[inline(always)]
+    fn table_slot(chunk: &TableChunk, offset: usize) -> u8 {
+        chunk[offset & 31]
+    }
+
+    #[inline(always)]
     fn transmit(settings: &Settings) -> Result<u32, Counter> {
         if settings.egress != egress::REDIRECT {
             return Ok(xdp_action::XDP_TX);
@@ -111,7 +145,7 @@ impl Variant for Host {
 }
 
 /// The offload variant: plain arrays with XADD (no per-CPU maps, no fetch
-/// atomics, no redirect on the NFP).
+/// atomics, no redirect on the NFP), map values read at constant offsets.
 pub struct Hw;
 
 impl Variant for Hw {
@@ -137,17 +171,31 @@ impl Variant for Hw {
 
     #[inline(always)]
     fn next_turn(function_index: u32) -> u32 {
-        match RR_CURSORS.get_ptr_mut(function_index) {
-            Some(p) => {
-                // The NFP has no fetch-add: read, then add. Concurrent
-                // packets may share a turn; no increment is lost.
-                // SAFETY: a map value, valid and aligned.
-                let turn = unsafe { core::ptr::read_volatile(p) };
-                xadd(p, 1);
-                turn as u32
-            }
-            None => 0,
+        // No fetch-add on the NFP, and a cursor cannot be both read and
+        // added to: read it, write the next turn with a map update.
+        // Packets racing on other cores may share a turn.
+        let turn = RR_CURSORS.get(function_index).copied().unwrap_or(0);
+        let _ = RR_CURSORS.set(function_index, turn.wrapping_add(1), 0);
+        turn as u32
+    }
+
+    /// No charging: least-loaded and p2c read LOADS, and a word cannot be
+    /// both read and added to. Loads move only with the workers' reports.
+    #[inline(always)]
+    fn charge(_load: *mut u64) {}
+
+    /// All eight words read (volatile: at their constant offsets, as the
+    /// NFP needs), the one wanted picked by value, without branches.
+    #[inline(always)]
+    fn word_of_eight(words: &[u32; 8], index: usize) -> u32 {
+        let p = words.as_ptr();
+        let mut out = 0u32;
+        for k in 0..8 {
+            // SAFETY: k < 8, within the array.
+            let w = unsafe { core::ptr::read_volatile(p.add(k)) };
+            out |= w & 0u32.wrapping_sub((index == k) as u32);
         }
+        out
     }
 
     #[inline(always)]

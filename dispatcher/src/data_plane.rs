@@ -143,8 +143,8 @@ impl Maps {
     /// (STATS_HW, FUNCTION_STATS_HW, WORKER_STATS_HW). On the NFP an atomic
     /// add works only on a word the host created with a map update (the
     /// driver then byte-swaps those words between the card's big-endian
-    /// counters and the host); LOADS and RR_CURSORS entries are written
-    /// whenever a function or worker slot is set up.
+    /// counters and the host). The offload variant reads LOADS and
+    /// RR_CURSORS as plain values (variant.rs), so they need nothing here.
     fn create_counters_hw(&mut self) -> Result<()> {
         fn zero_all<V: aya::Pod + Default>(map: &mut Array<MapData, V>) -> Result<()> {
             let keys: Vec<u32> = (0..map.len()).collect();

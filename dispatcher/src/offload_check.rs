@@ -1,17 +1,21 @@
 //! `dispatcher offload check [OBJECT]`: a static check of a compiled XDP
 //! object against what the Netronome NFP accepts for hardware offload
 //! (../shared/design/OFFLOAD.md, from the kernel's nfp driver): helpers,
-//! map types, flags and sizes, no direct stores into map values, atomics,
-//! the instruction set, return codes, stack, the context fields, map keys
-//! on the stack, and an instruction count estimate.
+//! map types, flags and sizes, no direct stores into map values, map value
+//! reads at constant offsets only, each map value word either a plain value
+//! or an atomic counter (never both), atomics, the instruction set, return
+//! codes, stack, the context fields, map keys on the stack, and an
+//! instruction count estimate.
 //!
 //! The object is parsed and linked with aya-obj (bpf-to-bpf calls inlined
 //! into one instruction stream, as the kernel sees it; map loads pointed at
 //! placeholder descriptors so each can be traced to its map). The program
 //! is then walked by a small abstract interpreter that knows, for every
-//! register at every instruction, whether it may hold a map value pointer,
-//! the context, a stack address or a constant: enough to name each
-//! violation with its instruction.
+//! register at every instruction, whether it may hold a map value pointer
+//! (of which map, at which constant offsets), the context, a stack address
+//! or a constant: enough to name each violation with its instruction. A
+//! pointer spilled to the stack and reloaded is not followed (the NFP's
+//! checks on it then go unchecked here, never falsely reported).
 
 use std::collections::{HashMap, HashSet};
 
@@ -71,6 +75,8 @@ pub enum Rule {
     MapBtf,
     GlobalData,
     MapValueStore,
+    MapValueOffset,
+    MapValueUse,
     Atomic,
     InstructionSet,
     ReturnCode,
@@ -91,6 +97,8 @@ impl Rule {
             Rule::MapBtf => "BTF map",
             Rule::GlobalData => "global data",
             Rule::MapValueStore => "store into a map value",
+            Rule::MapValueOffset => "map value offset",
+            Rule::MapValueUse => "map value use",
             Rule::Atomic => "atomic",
             Rule::InstructionSet => "instruction set",
             Rule::ReturnCode => "return code",
@@ -251,21 +259,78 @@ enum Val {
     Ctx,
     /// The frame pointer plus this offset.
     Stack(i64),
-    /// A pointer into a map value (or null, before the check).
-    MapValue,
+    /// A pointer into a value of map `map` (None: of some map), at one of
+    /// the offsets `offsets` (or null, before the check).
+    MapValue { map: Option<usize>, offsets: Offsets },
     /// A map descriptor (the k-th map).
     Map(usize),
+}
+
+/// Where a map value pointer may point in the value: a set of constant
+/// offsets below 64 (the NFP's largest entry), or somewhere variable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Offsets {
+    /// Bit k: offset k.
+    Known(u64),
+    Variable,
+}
+
+impl Offsets {
+    fn union(self, other: Offsets) -> Offsets {
+        match (self, other) {
+            (Offsets::Known(a), Offsets::Known(b)) => Offsets::Known(a | b),
+            _ => Offsets::Variable,
+        }
+    }
+
+    /// Every offset moved by `by`; variable when one leaves 0..64.
+    fn shifted(self, by: i64) -> Offsets {
+        let Offsets::Known(mask) = self else { return Offsets::Variable };
+        let mut out = 0u64;
+        for k in (0..64).filter(|k| mask & (1 << k) != 0) {
+            match u32::try_from(k + by) {
+                Ok(n) if n < 64 => out |= 1 << n,
+                _ => return Offsets::Variable,
+            }
+        }
+        Offsets::Known(out)
+    }
+
+    fn each(self) -> impl Iterator<Item = i64> {
+        let mask = match self {
+            Offsets::Known(m) => m,
+            Offsets::Variable => 0,
+        };
+        (0..64).filter(move |k| mask & (1 << k) != 0)
+    }
 }
 
 impl Val {
     fn join(self, other: Val) -> Val {
         match (self, other) {
             (a, b) if a == b => a,
+            (Val::MapValue { map: m1, offsets: o1 }, Val::MapValue { map: m2, offsets: o2 }) => {
+                Val::MapValue { map: if m1 == m2 { m1 } else { None }, offsets: o1.union(o2) }
+            }
             // Conservative for the store rule: "may be a map value".
-            (Val::MapValue, _) | (_, Val::MapValue) => Val::MapValue,
+            (v @ Val::MapValue { .. }, _) | (_, v @ Val::MapValue { .. }) => v,
             _ => Val::Unknown,
         }
     }
+
+    fn is_map_value(self) -> bool {
+        matches!(self, Val::MapValue { .. })
+    }
+}
+
+/// How a program uses a 4-byte word of a map's values. The NFP keeps each
+/// word either as a plain value or as an atomic counter (which it stores
+/// big-endian, swapping on host access): a word both read and atomically
+/// added is refused ("map value use type conflict").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum WordUse {
+    Read,
+    Atomic,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -392,7 +457,31 @@ pub fn check(program: &str, section: &str, insns: &[Insn], maps: &[MapFacts], li
     }
 
     // The data-flow rules.
-    let stack = walk(insns, maps, &mut add);
+    let (stack, uses) = walk(insns, maps, &mut add);
+    // Words both read and added to, grouped by the two instructions.
+    let mut conflicts: std::collections::BTreeMap<(usize, usize, usize), (i64, i64)> = Default::default();
+    for (&((map, word), use_), &atomic) in &uses {
+        if use_ != WordUse::Atomic {
+            continue;
+        }
+        if let Some(&read) = uses.get(&((map, word), WordUse::Read)) {
+            let span = conflicts.entry((atomic, map, read)).or_insert((word, word));
+            *span = (span.0.min(word), span.1.max(word));
+        }
+    }
+    for ((atomic, map, read), (first, last)) in conflicts {
+        add(
+            Some(atomic),
+            Rule::MapValueUse,
+            format!(
+                "adds atomically to bytes {}..{} of map {}'s value, which instruction {read} reads: \
+                 the NFP keeps a word either as an atomic counter or as a plain value, not both",
+                first * 4,
+                last * 4 + 4,
+                maps[map].name
+            ),
+        );
+    }
     if -stack > limits.max_stack {
         add(None, Rule::Stack, format!("{} bytes of stack, more than {}", -stack, limits.max_stack));
     }
@@ -428,11 +517,26 @@ fn map_type_name(t: u32) -> &'static str {
     }
 }
 
+/// Each (map, value word) and how the program uses it, with the first
+/// instruction that does.
+type WordUses = HashMap<((usize, i64), WordUse), usize>;
+
 /// Walks every path of the program with abstract register contents until
-/// nothing changes; reports stores into map values, map keys not on the
-/// stack, context reads other than data/data_end, and return codes.
-/// Returns the lowest stack offset used (negative).
-fn walk(insns: &[Insn], maps: &[MapFacts], add: &mut impl FnMut(Option<usize>, Rule, String)) -> i64 {
+/// nothing changes; reports stores into map values, map value reads at a
+/// variable offset, map keys not on the stack, context reads other than
+/// data/data_end, and return codes. Returns the lowest stack offset used
+/// (negative) and how each map value word is used.
+fn walk(insns: &[Insn], maps: &[MapFacts], add: &mut impl FnMut(Option<usize>, Rule, String)) -> (i64, WordUses) {
+    let mut uses: WordUses = HashMap::new();
+    // Marks the words an access of `size` bytes at `offsets` + `off` covers.
+    let mut mark = |i: usize, map: Option<usize>, offsets: Offsets, off: i64, size: i64, use_: WordUse| {
+        let Some(map) = map else { return };
+        for start in offsets.each() {
+            for word in (start + off).div_euclid(4)..=(start + off + size - 1).div_euclid(4) {
+                uses.entry(((map, word), use_)).or_insert(i);
+            }
+        }
+    };
     let mut states: HashMap<usize, State> = HashMap::new();
     let mut entry = State { regs: [Val::Unknown; 11], callee: false };
     entry.regs[1] = Val::Ctx;
@@ -462,7 +566,7 @@ fn walk(insns: &[Insn], maps: &[MapFacts], add: &mut impl FnMut(Option<usize>, R
             CLASS_LD if insn.code == (CLASS_LD | MODE_IMM | SIZE_DW) => {
                 s.regs[d] = match insn.src {
                     PSEUDO_MAP_FD => map_of(insn.imm, maps).map_or(Val::Unknown, Val::Map),
-                    PSEUDO_MAP_VALUE => Val::MapValue,
+                    PSEUDO_MAP_VALUE => Val::MapValue { map: None, offsets: Offsets::Variable },
                     _ => Val::Const(((insns.get(i + 1).map_or(0, |n| n.imm) as u32 as i64) << 32) | insn.imm as u32 as i64),
                 };
                 next = vec![i + 2];
@@ -470,6 +574,17 @@ fn walk(insns: &[Insn], maps: &[MapFacts], add: &mut impl FnMut(Option<usize>, R
             CLASS_LDX => {
                 if let Val::Stack(base) = s.regs[r] {
                     lowest = lowest.min(base + insn.off as i64);
+                }
+                if let Val::MapValue { map, offsets } = s.regs[r] {
+                    if offsets == Offsets::Variable {
+                        report(
+                            i,
+                            Rule::MapValueOffset,
+                            "reads a map value at a variable offset: the NFP reads map values only at offsets known when it verifies (read whole words at constant offsets and pick by value)".into(),
+                            add,
+                        );
+                    }
+                    mark(i, map, offsets, insn.off as i64, access_size(insn.code), WordUse::Read);
                 }
                 if s.regs[r] == Val::Ctx && insn.off != 0 && insn.off != 4 {
                     report(
@@ -486,7 +601,10 @@ fn walk(insns: &[Insn], maps: &[MapFacts], add: &mut impl FnMut(Option<usize>, R
                     lowest = lowest.min(base + insn.off as i64);
                 }
                 let atomic = insn.code & 0xe0 == MODE_ATOMIC;
-                if s.regs[d] == Val::MapValue && !atomic && insn.code & 0xe0 == MODE_MEM {
+                if let (true, Val::MapValue { map, offsets }) = (atomic, s.regs[d]) {
+                    mark(i, map, offsets, insn.off as i64, access_size(insn.code), WordUse::Atomic);
+                }
+                if s.regs[d].is_map_value() && !atomic && insn.code & 0xe0 == MODE_MEM {
                     report(
                         i,
                         Rule::MapValueStore,
@@ -501,7 +619,9 @@ fn walk(insns: &[Insn], maps: &[MapFacts], add: &mut impl FnMut(Option<usize>, R
                     (OP_MOV, _, v) if class == CLASS_ALU64 || matches!(v, Val::Const(_)) => v,
                     (OP_ADD, Val::Stack(b), Val::Const(c)) => Val::Stack(b + c),
                     (OP_SUB, Val::Stack(b), Val::Const(c)) => Val::Stack(b - c),
-                    (OP_ADD | OP_SUB, Val::MapValue, _) => Val::MapValue,
+                    (OP_ADD, Val::MapValue { map, offsets }, Val::Const(c)) if class == CLASS_ALU64 => Val::MapValue { map, offsets: offsets.shifted(c) },
+                    (OP_SUB, Val::MapValue { map, offsets }, Val::Const(c)) if class == CLASS_ALU64 => Val::MapValue { map, offsets: offsets.shifted(-c) },
+                    (OP_ADD | OP_SUB, Val::MapValue { map, .. }, _) => Val::MapValue { map, offsets: Offsets::Variable },
                     (OP_ADD, Val::Const(a), Val::Const(b)) => Val::Const(a.wrapping_add(b)),
                     _ => Val::Unknown,
                 };
@@ -545,7 +665,11 @@ fn walk(insns: &[Insn], maps: &[MapFacts], add: &mut impl FnMut(Option<usize>, R
                             );
                         }
                     }
-                    s.regs[0] = if insn.imm == 1 { Val::MapValue } else { Val::Unknown };
+                    s.regs[0] = match (insn.imm, s.regs[1]) {
+                        (1, Val::Map(k)) => Val::MapValue { map: Some(k), offsets: Offsets::Known(1) },
+                        (1, _) => Val::MapValue { map: None, offsets: Offsets::Known(1) },
+                        _ => Val::Unknown,
+                    };
                     for reg in &mut s.regs[1..=5] {
                         *reg = Val::Unknown;
                     }
@@ -559,7 +683,17 @@ fn walk(insns: &[Insn], maps: &[MapFacts], add: &mut impl FnMut(Option<usize>, R
             merge(&mut states, &mut work, n, s);
         }
     }
-    lowest
+    (lowest, uses)
+}
+
+/// Bytes a load or store of `code` moves.
+fn access_size(code: u8) -> i64 {
+    match code & 0x18 {
+        SIZE_W => 4,
+        0x08 => 2,
+        0x10 => 1,
+        _ => 8,
+    }
 }
 
 fn merge(states: &mut HashMap<usize, State>, work: &mut Vec<usize>, at: usize, s: State) {
@@ -651,6 +785,18 @@ mod tests {
             ),
             (Rule::MapValueStore, with_lookup(0, &[i(CLASS_ST | MODE_MEM | SIZE_DW, 0, 0, 0, 7)]), ok_map.to_vec()),
             (Rule::MapValueStore, with_lookup(0, &[mov_x(3, 0), add_k(3, 8), i(CLASS_STX | MODE_MEM | SIZE_W, 3, 1, 0, 0)]), ok_map.to_vec()),
+            // r3 = r0 + r6 (unknown); r4 = *(u8 *)(r3 + 0)
+            (
+                Rule::MapValueOffset,
+                with_lookup(0, &[mov_x(3, 0), i(CLASS_ALU64 | OP_ADD | SRC_X, 3, 6, 0, 0), i(CLASS_LDX | MODE_MEM | 0x10, 4, 3, 0, 0)]),
+                ok_map.to_vec(),
+            ),
+            // r1 = *(u32 *)(r0 + 4); lock *(u64 *)(r0 + 0) += r1
+            (
+                Rule::MapValueUse,
+                with_lookup(0, &[i(CLASS_LDX | MODE_MEM | SIZE_W, 1, 0, 4, 0), i(CLASS_STX | MODE_ATOMIC | SIZE_DW, 0, 1, 0, ATOMIC_ADD)]),
+                ok_map.to_vec(),
+            ),
             (Rule::Atomic, with_lookup(0, &[mov_k(1, 1), i(CLASS_STX | MODE_ATOMIC | SIZE_DW, 0, 1, 0, ATOMIC_ADD | 0x01)]), ok_map.to_vec()),
             (Rule::Atomic, with_lookup(0, &[mov_k(1, 1), i(CLASS_STX | MODE_ATOMIC | 0x10, 0, 1, 0, ATOMIC_ADD)]), ok_map.to_vec()),
             (Rule::InstructionSet, vec![mov_k(0, 7), i(CLASS_ALU64 | OP_MOD, 0, 0, 0, 3), exit()], vec![]),
@@ -675,6 +821,28 @@ mod tests {
             let found = rules(&program, &maps);
             assert_eq!(found, vec![rule], "expected only {rule:?} for {program:?}");
         }
+    }
+
+    /// Constant offsets stay constant through pointer arithmetic, and a
+    /// word read beside a word added to is no conflict.
+    #[test]
+    fn constant_offsets_and_separate_words_pass() {
+        // r3 = r0 + 8; r4 = *(u32 *)(r3 + 4) (bytes 12..16); r1 = 1;
+        // lock *(u64 *)(r0 + 0) += r1 (bytes 0..8)
+        let p = with_lookup(
+            0,
+            &[mov_x(3, 0), add_k(3, 8), i(CLASS_LDX | MODE_MEM | SIZE_W, 4, 3, 4, 0), mov_k(1, 1), i(CLASS_STX | MODE_ATOMIC | SIZE_DW, 0, 1, 0, ATOMIC_ADD)],
+        );
+        let mut map = array("A");
+        map.value_size = 16;
+        assert_eq!(rules(&p, &[map]), vec![]);
+        // The conflict names the map, the bytes and both instructions.
+        let p = with_lookup(0, &[i(CLASS_LDX | MODE_MEM | SIZE_DW, 1, 0, 0, 0), i(CLASS_STX | MODE_ATOMIC | SIZE_DW, 0, 1, 0, ATOMIC_ADD)]);
+        let report = check("p", "xdp", &p, &[array("CURSORS")], Limits::default());
+        assert_eq!(report.violations.len(), 1, "{}", report.text());
+        let v = &report.violations[0];
+        assert_eq!(v.insn, Some(p.len() - 3));
+        assert!(v.detail.contains("bytes 0..8 of map CURSORS's value, which instruction 7 reads"), "{}", v.detail);
     }
 
     #[test]
