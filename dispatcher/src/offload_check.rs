@@ -259,6 +259,8 @@ enum Val {
     Ctx,
     /// The frame pointer plus this offset.
     Stack(i64),
+    /// The frame pointer plus a computed offset.
+    StackVariable,
     /// A pointer into a value of map `map` (None: of some map), at one of
     /// the offsets `offsets` (or null, before the check).
     MapValue { map: Option<usize>, offsets: Offsets },
@@ -575,6 +577,9 @@ fn walk(insns: &[Insn], maps: &[MapFacts], add: &mut impl FnMut(Option<usize>, R
                 if let Val::Stack(base) = s.regs[r] {
                     lowest = lowest.min(base + insn.off as i64);
                 }
+                if s.regs[r] == Val::StackVariable {
+                    report(i, Rule::Stack, VARIABLE_STACK.into(), add);
+                }
                 if let Val::MapValue { map, offsets } = s.regs[r] {
                     if offsets == Offsets::Variable {
                         report(
@@ -600,6 +605,9 @@ fn walk(insns: &[Insn], maps: &[MapFacts], add: &mut impl FnMut(Option<usize>, R
                 if let Val::Stack(base) = s.regs[d] {
                     lowest = lowest.min(base + insn.off as i64);
                 }
+                if s.regs[d] == Val::StackVariable {
+                    report(i, Rule::Stack, VARIABLE_STACK.into(), add);
+                }
                 let atomic = insn.code & 0xe0 == MODE_ATOMIC;
                 if let (true, Val::MapValue { map, offsets }) = (atomic, s.regs[d]) {
                     mark(i, map, offsets, insn.off as i64, access_size(insn.code), WordUse::Atomic);
@@ -619,6 +627,7 @@ fn walk(insns: &[Insn], maps: &[MapFacts], add: &mut impl FnMut(Option<usize>, R
                     (OP_MOV, _, v) if class == CLASS_ALU64 || matches!(v, Val::Const(_)) => v,
                     (OP_ADD, Val::Stack(b), Val::Const(c)) => Val::Stack(b + c),
                     (OP_SUB, Val::Stack(b), Val::Const(c)) => Val::Stack(b - c),
+                    (OP_ADD | OP_SUB, Val::Stack(_) | Val::StackVariable, _) => Val::StackVariable,
                     (OP_ADD, Val::MapValue { map, offsets }, Val::Const(c)) if class == CLASS_ALU64 => Val::MapValue { map, offsets: offsets.shifted(c) },
                     (OP_SUB, Val::MapValue { map, offsets }, Val::Const(c)) if class == CLASS_ALU64 => Val::MapValue { map, offsets: offsets.shifted(-c) },
                     (OP_ADD | OP_SUB, Val::MapValue { map, .. }, _) => Val::MapValue { map, offsets: Offsets::Variable },
@@ -665,6 +674,14 @@ fn walk(insns: &[Insn], maps: &[MapFacts], add: &mut impl FnMut(Option<usize>, R
                             );
                         }
                     }
+                    if insn.imm == 2 && !matches!(s.regs[3], Val::Stack(off) if off % 4 == 0) {
+                        report(
+                            i,
+                            Rule::MapKeyNotOnStack,
+                            "the value map_update_elem writes is not on the stack at a constant, 4-byte aligned offset (the NFP reads it only there)".into(),
+                            add,
+                        );
+                    }
                     s.regs[0] = match (insn.imm, s.regs[1]) {
                         (1, Val::Map(k)) => Val::MapValue { map: Some(k), offsets: Offsets::Known(1) },
                         (1, _) => Val::MapValue { map: None, offsets: Offsets::Known(1) },
@@ -685,6 +702,8 @@ fn walk(insns: &[Insn], maps: &[MapFacts], add: &mut impl FnMut(Option<usize>, R
     }
     (lowest, uses)
 }
+
+const VARIABLE_STACK: &str = "reaches the stack at a computed offset: the NFP accesses the stack only at constant offsets";
 
 /// Bytes a load or store of `code` moves.
 fn access_size(code: u8) -> i64 {
@@ -809,6 +828,14 @@ mod tests {
             (Rule::InstructionSet, vec![mov_k(0, 2), mov_k(1, 3), i(CLASS_ALU64 | OP_MUL | SRC_X, 0, 1, 0, 0), exit()], vec![]),
             (Rule::ReturnCode, vec![mov_k(0, 4), exit()], vec![]), // XDP_REDIRECT
             (Rule::Stack, vec![i(CLASS_ST | MODE_MEM | SIZE_DW, 10, 0, -520, 0), mov_k(0, 2), exit()], vec![]),
+            // r3 = fp + r6 (unknown); *(u8 *)(r3 - 8) = 0
+            (Rule::Stack, vec![mov_x(3, 10), i(CLASS_ALU64 | OP_ADD | SRC_X, 3, 6, 0, 0), i(CLASS_ST | MODE_MEM | 0x10, 3, 0, -8, 0), mov_k(0, 2), exit()], vec![]),
+            // map_update_elem(map, fp - 8, r0 = 7 (not a stack address), 0)
+            (
+                Rule::MapKeyNotOnStack,
+                [vec![i(CLASS_ST | MODE_MEM | SIZE_W, 10, 0, -8, 0), mov_x(2, 10), add_k(2, -8), mov_k(3, 7), mov_k(4, 0)], ld_map(1, 0).to_vec(), vec![call(2), mov_k(0, 2), exit()]].concat(),
+                ok_map.to_vec(),
+            ),
             (Rule::InstructionCount, std::iter::repeat_n(mov_k(0, 2), 3000).chain([exit()]).collect(), vec![]),
             (
                 Rule::MapKeyNotOnStack,
