@@ -103,7 +103,31 @@ pub fn run(workspace: &Path) -> (Counts, Result<()>) {
 
 fn run_counted(workspace: &Path, counts: &mut Counts) -> Result<()> {
     crate::bootstrap::ensure_packages(&[("qemu-system-x86_64", "qemu-system-x86"), ("/bin/busybox", "busybox-static"), ("cpio", "cpio"), ("make", "make"), ("gcc", "gcc")])?;
-    let kernel = pick_kernel(&cache_root()?)?;
+    let mut kernel = pick_kernel(&cache_root()?)?;
+    let module = match prepare(&kernel) {
+        Ok(module) => module,
+        Err(e) => {
+            // Stale package lists name builds the archive no longer has.
+            step(&format!("{e:#}; refreshing the package lists (apt-get update) and choosing again"));
+            cmd::run("apt-get", &["update", "-q"], &[])?;
+            kernel = newest_complete_kernel().context("the archive has no complete Debian 12 kernel build")?;
+            prepare(&kernel)?
+        }
+    };
+    let abi = kernel.abi.as_str();
+    let cache = cache_root()?.join(abi);
+    let root = cache.join("root");
+    step("building the release dispatcher");
+    cmd::cargo(&["build", "--quiet", "--release", "--package", "dispatcher"])?;
+    let initrd = build_initramfs(abi, &cache, &root, &module, &workspace.join("target/release/dispatcher"))?;
+    step(&format!("booting the VM (Debian kernel {abi}, {}; qemu, software emulation) and running the checks inside", kernel.version));
+    let output = boot(&root.join(format!("boot/vmlinuz-{abi}-amd64")), &initrd)?;
+    report(&output, counts)
+}
+
+/// The kernel's packages downloaded and unpacked, and netdevsim built
+/// against them (both cached): the module's path.
+fn prepare(kernel: &Kernel) -> Result<PathBuf> {
     let abi = kernel.abi.as_str();
     let cache = cache_root()?.join(abi);
     let root = cache.join("root");
@@ -111,7 +135,7 @@ fn run_counted(workspace: &Path, counts: &mut Counts) -> Result<()> {
     let nsim_dir = cache.join(format!("src/linux-source-{SERIES}/drivers/net/netdevsim"));
     let module = nsim_dir.join("netdevsim.ko");
     if !module.exists() {
-        fetch_kernel(&kernel, &cache, &root)?;
+        fetch_kernel(kernel, &cache, &root)?;
         step("building netdevsim out of tree against the kernel's headers");
         fs::create_dir_all(cache.join("src"))?;
         cmd::run(
@@ -139,12 +163,7 @@ fn run_counted(workspace: &Path, counts: &mut Counts) -> Result<()> {
         .context("building netdevsim failed")?;
         fs::write(cache.join("version"), &kernel.version)?;
     }
-    step("building the release dispatcher");
-    cmd::cargo(&["build", "--quiet", "--release", "--package", "dispatcher"])?;
-    let initrd = build_initramfs(abi, &cache, &root, &module, &workspace.join("target/release/dispatcher"))?;
-    step(&format!("booting the VM (Debian kernel {abi}, {}; qemu, software emulation) and running the checks inside", kernel.version));
-    let output = boot(&root.join(format!("boot/vmlinuz-{abi}-amd64")), &initrd)?;
-    report(&output, counts)
+    Ok(module)
 }
 
 fn fetch_kernel(kernel: &Kernel, cache: &Path, root: &Path) -> Result<()> {
