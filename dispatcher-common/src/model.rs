@@ -279,15 +279,16 @@ fn other_than(f: &Function, busy: &Endpoint, view: &impl View) -> Result<u32, Co
     if f.up_count == 0 {
         return Err(Counter::PassBusyExhausted);
     }
+    let is_other = |slot: u32| view.worker(f.worker_index(slot)).is_some_and(|w| !(w.port == busy.port && worker_address(&w) == busy.addr));
     let turn = view.turn(f.index);
     for i in 0..RESTEER_TRIES {
         let slot = view.ring_slot(f, turn.wrapping_add(i)).ok_or(Counter::PassBusyExhausted)? as u32;
-        let w = view.worker(f.worker_index(slot)).ok_or(Counter::PassBusyExhausted)?;
-        if !(w.port == busy.port && worker_address(&w) == busy.addr) {
+        if is_other(slot) {
             return Ok(slot);
         }
     }
-    Err(Counter::PassBusyExhausted)
+    // Then the least-loaded candidates (distinct workers).
+    f.ll_slots[..(f.ll_count as usize).min(LL_CANDIDATES)].iter().map(|&s| s as u32).find(|&s| is_other(s)).ok_or(Counter::PassBusyExhausted)
 }
 
 /// A worker's address as an endpoint holds it (IPv4-mapped for IPv4).

@@ -102,7 +102,9 @@ fn least_loaded(function: &Function) -> Option<u32> {
 }
 
 /// For a BUSY: the next ring positions from a round-robin turn, until one
-/// holds a worker other than `busy` (RESTEER_TRIES at most).
+/// holds a worker other than `busy` (RESTEER_TRIES at most); then, as
+/// heavily skewed weights can fill those positions with the busy worker,
+/// the least-loaded candidates user space ranked (distinct workers).
 #[inline(always)]
 pub fn other_than<V: Variant>(function: &Function, busy: &Endpoint) -> Result<u32, Counter> {
     if function.up_count == 0 {
@@ -111,13 +113,25 @@ pub fn other_than<V: Variant>(function: &Function, busy: &Endpoint) -> Result<u3
     let turn = V::next_turn(function.index);
     for i in 0..RESTEER_TRIES {
         let slot = ring_slot::<V>(function, turn.wrapping_add(i)).ok_or(Counter::PassBusyExhausted)?;
-        let w = maps::worker(function.worker_index(slot)).ok_or(Counter::PassBusyExhausted)?;
-        let same = w.port == busy.port && same_address(w.family, &w.addr, &busy.addr);
-        if !same {
+        if is_other(function, slot, busy) {
+            return Ok(slot);
+        }
+    }
+    for i in 0..LL_CANDIDATES {
+        let slot = function.ll_slots[i] as u32;
+        if i < function.ll_count as usize && is_other(function, slot, busy) {
             return Ok(slot);
         }
     }
     Err(Counter::PassBusyExhausted)
+}
+
+/// Whether `slot` holds a worker other than the one at `busy`. Not
+/// inlined: its eight call sites would cost the offload variant ~200
+/// instructions of the NFP's budget (`dispatcher offload check`).
+#[inline(never)]
+fn is_other(function: &Function, slot: u32, busy: &Endpoint) -> bool {
+    maps::worker(function.worker_index(slot)).is_some_and(|w| !(w.port == busy.port && same_address(w.family, &w.addr, &busy.addr)))
 }
 
 /// Does a worker's address (IPv4 in 4 bytes, or IPv6) equal an endpoint's

@@ -256,6 +256,11 @@ const HASH: u32 = 1;
 enum Val {
     Unknown,
     Const(i64),
+    /// One of several small constants (bit k: k, for k < 64): what paths
+    /// that set a register to different constants join into. The kernel
+    /// verifier (and the NFP's) follow each path with its own constant, so
+    /// a map value pointer moved by one stays at a known offset.
+    Consts(u64),
     Ctx,
     /// The frame pointer plus this offset.
     Stack(i64),
@@ -311,6 +316,9 @@ impl Val {
     fn join(self, other: Val) -> Val {
         match (self, other) {
             (a, b) if a == b => a,
+            (a, b) if a.small_constants().is_some() && b.small_constants().is_some() => {
+                Val::Consts(a.small_constants().unwrap_or(0) | b.small_constants().unwrap_or(0))
+            }
             (Val::MapValue { map: m1, offsets: o1 }, Val::MapValue { map: m2, offsets: o2 }) => {
                 Val::MapValue { map: if m1 == m2 { m1 } else { None }, offsets: o1.union(o2) }
             }
@@ -322,6 +330,15 @@ impl Val {
 
     fn is_map_value(self) -> bool {
         matches!(self, Val::MapValue { .. })
+    }
+
+    /// The constants this may be, when all are in 0..64.
+    fn small_constants(self) -> Option<u64> {
+        match self {
+            Val::Const(c) if (0..64).contains(&c) => Some(1 << c),
+            Val::Consts(mask) => Some(mask),
+            _ => None,
+        }
     }
 }
 
@@ -630,6 +647,10 @@ fn walk(insns: &[Insn], maps: &[MapFacts], add: &mut impl FnMut(Option<usize>, R
                     (OP_ADD | OP_SUB, Val::Stack(_) | Val::StackVariable, _) => Val::StackVariable,
                     (OP_ADD, Val::MapValue { map, offsets }, Val::Const(c)) if class == CLASS_ALU64 => Val::MapValue { map, offsets: offsets.shifted(c) },
                     (OP_SUB, Val::MapValue { map, offsets }, Val::Const(c)) if class == CLASS_ALU64 => Val::MapValue { map, offsets: offsets.shifted(-c) },
+                    (OP_ADD, Val::MapValue { map, offsets }, Val::Consts(mask)) if class == CLASS_ALU64 => Val::MapValue {
+                        map,
+                        offsets: (0..64).filter(|k| mask & (1 << k) != 0).fold(Offsets::Known(0), |acc, k| acc.union(offsets.shifted(k))),
+                    },
                     (OP_ADD | OP_SUB, Val::MapValue { map, .. }, _) => Val::MapValue { map, offsets: Offsets::Variable },
                     (OP_ADD, Val::Const(a), Val::Const(b)) => Val::Const(a.wrapping_add(b)),
                     _ => Val::Unknown,
@@ -859,6 +880,24 @@ mod tests {
         let p = with_lookup(
             0,
             &[mov_x(3, 0), add_k(3, 8), i(CLASS_LDX | MODE_MEM | SIZE_W, 4, 3, 4, 0), mov_k(1, 1), i(CLASS_STX | MODE_ATOMIC | SIZE_DW, 0, 1, 0, ATOMIC_ADD)],
+        );
+        let mut map = array("A");
+        map.value_size = 16;
+        assert_eq!(rules(&p, &[map]), vec![]);
+        // r4 = 1 on one path, 13 on the other; then r3 = r0 + r4 and a
+        // byte read: a constant offset on each path (as LLVM merges the
+        // tails of two branches), not a variable one.
+        let p = with_lookup(
+            0,
+            &[
+                i(CLASS_JMP | 0x10, 6, 0, 2, 0), // if r6 == 0 goto +2
+                mov_k(4, 1),
+                i(CLASS_JMP | JMP_JA, 0, 0, 1, 0),
+                mov_k(4, 13),
+                mov_x(3, 0),
+                i(CLASS_ALU64 | OP_ADD | SRC_X, 3, 4, 0, 0),
+                i(CLASS_LDX | MODE_MEM | 0x10, 5, 3, 0, 0),
+            ],
         );
         let mut map = array("A");
         map.value_size = 16;

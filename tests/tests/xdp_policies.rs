@@ -313,6 +313,35 @@ fn busy_is_resteered_to_another_worker_and_counted() {
     }
 }
 
+/// Weights of 20:1 fill most ring positions with the heavy worker: when it
+/// says BUSY, the next ring positions are often all its own, and the
+/// re-steer falls back to the least-loaded candidates: another worker,
+/// every time, in both variants.
+#[test]
+fn busy_finds_the_other_worker_whatever_the_weights() {
+    let dp = tests::xdp::data_plane(
+        r#"
+        [service]
+        addresses = ["10.0.0.1"]
+        [[functions]]
+        id = 30
+        workers = [
+          { addr = "10.0.0.41:9000", mac = "02:00:00:00:00:41", weight = 20 },
+          { addr = "10.0.0.42:9000", mac = "02:00:00:00:00:42" },
+        ]
+        "#,
+    );
+    for program in [PROGRAM, HW_PROGRAM] {
+        for i in 0..50 {
+            let before = dp.maps.counters().unwrap();
+            let (verdict, out) = run(dp.named(program), &busy_from("10.0.0.41:9000", 30, 0));
+            assert_eq!(verdict, XDP_TX, "{program} round {i}: not re-steered");
+            assert_counted(&before, &dp.maps.counters().unwrap(), Counter::Resteered, "busy");
+            assert_eq!(destination_and_header(&out).0, addr("10.0.0.42:9000"), "{program} round {i}");
+        }
+    }
+}
+
 #[test]
 fn traffic_is_counted_per_function_and_worker() {
     let dp = data_plane();
