@@ -23,22 +23,22 @@ use dispatcher_common::{
 const HOST: Geometry = Geometry::HOST;
 
 /// Service addresses and ports (VIPs), IPv4-mapped or IPv6: a two-choice
-/// hash table in an array (see `service_slots`). Written by user space from
+/// hash table in an array (see `Geometry::service_slots`). Written by user space from
 /// the config; read per packet.
 #[map]
 pub static SERVICES: Array<ServiceSlot> = Array::with_max_entries(HOST.service_slots, 0);
 
-/// Per-interface settings (one entry): source MAC, egress mode. Written by
-/// the loader; read per dispatched packet.
+/// Per-interface settings (one entry): source MAC, egress mode, geometry.
+/// Written by the loader; read per UDP packet (the SERVICES mask).
 #[map]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 
-/// Functions by id: dense index, policy, live table generation, up count,
-/// least-loaded candidates. Replaced whole by user space; read per request.
+/// Functions by id: dense index, row bases and masks of the live tables,
+/// policy, up count, least-loaded candidates. Replaced whole by user space; read per request.
 #[map]
 pub static FUNCTIONS: HashMap<u32, Function> = HashMap::with_max_entries(HOST.functions, 0);
 
-/// Workers at `worker_index(function index, slot)`: address, MAC, port.
+/// Workers at `Function::worker_index(slot)`: address, MAC, port.
 /// Written by user space; read per dispatch.
 #[map]
 pub static WORKERS: Array<Worker> = Array::with_max_entries(HOST.worker_slots(), 0);

@@ -40,7 +40,7 @@ pub trait Variant {
     #[inline(always)]
     fn table_slot(chunk: &TableChunk, offset: usize) -> u8 {
         // SAFETY: a 32-byte map value, 8-byte aligned like every map value:
-        // eight u32 words.
+        // eight u32 words. Byte k of a word is its k-th lowest (bpfel).
         let words = unsafe { &*(chunk as *const TableChunk as *const [u32; 8]) };
         (Self::word_of_eight(words, offset / 4) >> ((offset % 4) * 8)) as u8
     }
