@@ -37,6 +37,7 @@ pub const MAX_SERVICES: u32 = 64;
 pub const MAX_FUNCTIONS: u32 = 1024;
 /// Up to this many workers per function: a slot index fits a byte.
 pub const MAX_WORKERS_PER_FUNCTION: u32 = 64;
+const _: () = assert!(MAX_WORKERS_PER_FUNCTION <= 256, "slots are bytes");
 /// Up to this many workflows, of up to MAX_WORKFLOW_STEPS steps.
 pub const MAX_WORKFLOWS: u32 = 1024;
 pub const MAX_WORKFLOW_STEPS: usize = 8;
@@ -420,7 +421,6 @@ mod tests {
     fn host_geometry_is_valid() {
         let h = Geometry::HOST;
         assert_eq!(h.problem(), None);
-        assert!(MAX_WORKERS_PER_FUNCTION <= 256, "slots are bytes");
         assert!(h.ring_size >= 4 * h.workers_per_function, "weights need room in the ring");
         assert!(h.maglev_size > 100 * h.workers_per_function, "Maglev wants M >> N");
         assert_eq!(h.map_entries(names::MAGLEV), Some(1024 * 2 * 512));

@@ -72,6 +72,8 @@ pub struct Maps {
     pub stats_hw: Array<MapData, u64>,
     pub function_stats_hw: Array<MapData, Traffic>,
     pub worker_stats_hw: Array<MapData, Traffic>,
+    /// SETTINGS' geometry, read once: it never changes after the load.
+    geometry: std::cell::OnceCell<Geometry>,
 }
 
 impl Maps {
@@ -95,6 +97,7 @@ impl Maps {
             stats_hw: Array::try_from(get(names::STATS_HW)?)?,
             function_stats_hw: Array::try_from(get(names::FUNCTION_STATS_HW)?)?,
             worker_stats_hw: Array::try_from(get(names::WORKER_STATS_HW)?)?,
+            geometry: std::cell::OnceCell::new(),
         })
     }
 
@@ -136,6 +139,7 @@ impl Maps {
     fn set_geometry(&mut self, geometry: Geometry) -> Result<()> {
         let settings = Settings { geometry, ..self.settings.get(&0, 0)? };
         self.settings.set(0, settings, 0)?;
+        self.geometry = geometry.into();
         Ok(())
     }
 
@@ -156,13 +160,17 @@ impl Maps {
         zero_all(&mut self.worker_stats_hw).context("cannot create the counters of WORKER_STATS_HW")
     }
 
-    /// The sizes of this data plane's tables, as its loader chose them.
+    /// The sizes of this data plane's tables, as its loader chose them
+    /// (read from SETTINGS on first use).
     pub fn geometry(&self) -> Result<Geometry> {
+        if let Some(g) = self.geometry.get() {
+            return Ok(*g);
+        }
         let g = self.settings.get(&0, 0).context("cannot read SETTINGS")?.geometry;
         if let Some(problem) = g.problem() {
             bail!("the data plane's SETTINGS hold no usable geometry ({problem}): it was pinned by another version of the dispatcher; stop it and start this one");
         }
-        Ok(g)
+        Ok(*self.geometry.get_or_init(|| g))
     }
 
     /// Every counter, in `Counter` order, whichever variant counts: the

@@ -129,7 +129,7 @@ pub fn answer(view: &impl View, datagram: &[u8], source: SocketAddr, random: u32
             }
             Answer::Dispatch {
                 to: worker_socket_addr(&d.worker),
-                worker_index: d.function.worker_index(d.slot as u32),
+                worker_index: d.function.worker_index(d.slot),
                 policy: d.function.policy,
                 counter: d.counter,
                 message: Message { hdr, payload: message.payload },
