@@ -107,7 +107,7 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, Counter> {
         }
     }
     let l3 = offset;
-    let (fam, l4) = if ether_type == 0x0800 {
+    let (fam, l4, ip_end) = if ether_type == 0x0800 {
         need(l3 + 20)?;
         let vihl = frame[l3];
         let header_len = (vihl & 0x0f) as usize * 4;
@@ -120,14 +120,25 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, Counter> {
         if be16(frame, l3 + 6) & 0x3fff != 0 {
             return Err(Counter::PassFragment);
         }
-        (family::IPV4, l3 + header_len)
+        let total_len = be16(frame, l3 + 2) as usize;
+        if total_len < header_len {
+            return Err(Counter::PassBadLength);
+        }
+        (family::IPV4, l3 + header_len, l3 + total_len)
     } else if ether_type == 0x86DD {
         need(l3 + IPV6_LEN)?;
-        (family::IPV6, skip_ipv6_extensions(frame, frame[l3 + 6], l3 + IPV6_LEN)?)
+        let ip_end = l3 + IPV6_LEN + be16(frame, l3 + 4) as usize;
+        (family::IPV6, skip_ipv6_extensions(frame, frame[l3 + 6], l3 + IPV6_LEN)?, ip_end)
     } else {
         return Err(Counter::PassNotIp);
     };
     need(l4 + UDP_LEN)?;
+    // The IP packet within the frame (padding may follow), the UDP datagram
+    // within the IP payload (it may end before it).
+    let udp_len = be16(frame, l4 + 4) as usize;
+    if ip_end > frame.len() || udp_len < UDP_LEN || l4 + udp_len > ip_end {
+        return Err(Counter::PassBadLength);
+    }
     let src_port = [frame[l4], frame[l4 + 1]];
     let dst_port = [frame[l4 + 2], frame[l4 + 3]];
     let (src, dst) = if fam == family::IPV4 {
@@ -143,10 +154,12 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, Counter> {
 }
 
 fn skip_ipv6_extensions(frame: &[u8], mut next: u8, mut offset: usize) -> Result<usize, Counter> {
-    for _ in 0..MAX_IPV6_EXT_HEADERS {
+    for i in 0..MAX_IPV6_EXT_HEADERS {
         match next {
             17 => return Ok(offset),
             44 => return Err(Counter::PassFragment),
+            // Hop-by-hop options only right after the IPv6 header.
+            0 if i > 0 => return Err(Counter::PassIpv6ExtHeader),
             0 | 43 | 60 => {}
             50 | 51 => return Err(Counter::PassIpv6ExtHeader),
             _ => return Err(Counter::PassNotUdp),
@@ -320,6 +333,15 @@ pub fn edit_header(hdr: &mut FaasHdr, edit: &HeaderEdit, src: &Endpoint) {
     }
 }
 
+/// Whether a dispatched packet leaves from the service address and port it
+/// was sent to, rather than keeping its source: STEPs and re-steered BUSYs
+/// come from a worker and may go back to that very worker, whose kernel
+/// would drop a packet with its own address as the source (a martian).
+/// Their answers go to `reply_*`, so the source carries nothing they need.
+pub fn leaves_from_service(edit: &HeaderEdit) -> bool {
+    matches!(edit, HeaderEdit::Step { .. } | HeaderEdit::Resteer { .. })
+}
+
 /// What the program does with a frame: its verdict and counter, and the
 /// dispatch (if any). `frame` is rewritten in place when dispatched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -375,21 +397,36 @@ fn rewrite(frame: &mut [u8], p: &Parsed, hdr: &FaasHdr, d: &Dispatch, settings: 
     let old_port = [frame[l4 + 2], frame[l4 + 3]];
     patch = patch.bytes(&old_port, &d.worker.port);
     frame[l4 + 2..l4 + 4].copy_from_slice(&d.worker.port);
+    // A STEP or re-steered BUSY came from a worker and may go back to it:
+    // it leaves from the service address and port (see `leaves_from_service`).
+    let from_service = leaves_from_service(&d.edit);
+    if from_service {
+        let old_port = [frame[l4], frame[l4 + 1]];
+        patch = patch.bytes(&old_port, &p.dst.port);
+        frame[l4..l4 + 2].copy_from_slice(&p.dst.port);
+    }
     let l3 = p.l3_offset;
+    // (offset in the IP header, new bytes): the destination, and for a
+    // packet that leaves from the service, the source.
     if p.family == family::IPV4 {
-        let mut old = [0u8; 4];
-        old.copy_from_slice(&frame[l3 + 16..l3 + 20]);
-        let mut new = [0u8; 4];
-        new.copy_from_slice(&d.worker.addr[..4]);
-        patch = patch.bytes(&old, &new);
-        let ip_check = Patch::new(be16(frame, l3 + 10)).bytes(&old, &new).finish();
-        frame[l3 + 10..l3 + 12].copy_from_slice(&ip_check.to_be_bytes());
-        frame[l3 + 16..l3 + 20].copy_from_slice(&new);
+        let mut ip_patch = Patch::new(be16(frame, l3 + 10));
+        let destination = [d.worker.addr[0], d.worker.addr[1], d.worker.addr[2], d.worker.addr[3]];
+        let source = [p.dst.addr[12], p.dst.addr[13], p.dst.addr[14], p.dst.addr[15]];
+        for (at, new) in [(16, destination), (12, source)].into_iter().take(if from_service { 2 } else { 1 }) {
+            let mut old = [0u8; 4];
+            old.copy_from_slice(&frame[l3 + at..l3 + at + 4]);
+            patch = patch.bytes(&old, &new);
+            ip_patch = ip_patch.bytes(&old, &new);
+            frame[l3 + at..l3 + at + 4].copy_from_slice(&new);
+        }
+        frame[l3 + 10..l3 + 12].copy_from_slice(&ip_patch.finish().to_be_bytes());
     } else {
-        let mut old = [0u8; 16];
-        old.copy_from_slice(&frame[l3 + 24..l3 + 40]);
-        patch = patch.bytes(&old, &d.worker.addr);
-        frame[l3 + 24..l3 + 40].copy_from_slice(&d.worker.addr);
+        for (at, new) in [(24, d.worker.addr), (8, p.dst.addr)].into_iter().take(if from_service { 2 } else { 1 }) {
+            let mut old = [0u8; 16];
+            old.copy_from_slice(&frame[l3 + at..l3 + at + 16]);
+            patch = patch.bytes(&old, &new);
+            frame[l3 + at..l3 + at + 16].copy_from_slice(&new);
+        }
     }
     if udp_check != 0 {
         frame[l4 + 6..l4 + 8].copy_from_slice(&patch.finish_udp().to_be_bytes());

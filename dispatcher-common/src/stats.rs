@@ -50,11 +50,17 @@ counters! {
     /// stack, which reassembles; the daemon dispatches it (the slow path).
     PassFragment => "pass_fragment",
     /// IPv6 extension headers the program does not walk (routing with
-    /// segments left, AH, ESP) or a chain longer than its bound: passed.
+    /// segments left, AH, ESP), hop-by-hop options anywhere but first, or
+    /// a chain longer than its bound: passed.
     PassIpv6ExtHeader => "pass_ipv6_ext_header",
     /// Headers that do not parse within the frame (truncated, bad IHL):
     /// passed untouched.
     PassMalformed => "pass_malformed",
+    /// An IP or UDP length field that lies: the IPv4 total length or IPv6
+    /// payload length promises more than the frame holds (or the IPv4 one
+    /// less than its header), or the UDP length is under 8 or runs past
+    /// the IP payload. Passed untouched: a strict receiver would drop it.
+    PassBadLength => "pass_bad_length",
     /// To the service, but shorter than UDP + the 48-byte FaaS header.
     PassShort => "pass_short",
     /// To the service, but the magic is wrong: not a FaaS packet.

@@ -82,8 +82,9 @@ fn mapped(a: [u8; 4], port: [u8; 2]) -> Endpoint {
 }
 
 impl Packet {
-    /// Parses down to the UDP header. Non-UDP traffic, fragments and
-    /// anything that does not fit in the frame are `Err` with their counter.
+    /// Parses down to the UDP header. Non-UDP traffic, fragments, anything
+    /// that does not fit in the frame and length fields that lie are `Err`
+    /// with their counter.
     #[inline(always)]
     pub fn parse(ctx: &XdpContext) -> Result<Packet, Counter> {
         let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Counter::PassMalformed)?;
@@ -106,7 +107,7 @@ impl Packet {
         }
 
         let l3_offset = offset;
-        let (family, l4_offset) = if ether_type == ETH_P_IP {
+        let (family, l4_offset, ip_end) = if ether_type == ETH_P_IP {
             let ip: *mut Ipv4Hdr = ptr_at(ctx, offset).ok_or(Counter::PassMalformed)?;
             let vihl = unsafe { (*ip).vihl };
             let header_len = ((vihl & 0x0F) as usize) * 4;
@@ -119,17 +120,30 @@ impl Packet {
             if u16::from_be_bytes(unsafe { (*ip).frags }) & IPV4_MF_OR_OFFSET != 0 {
                 return Err(Counter::PassFragment);
             }
-            (family::IPV4, offset + header_len)
+            let total_len = u16::from_be_bytes(unsafe { (*ip).tot_len }) as usize;
+            if total_len < header_len {
+                return Err(Counter::PassBadLength);
+            }
+            (family::IPV4, offset + header_len, offset + total_len)
         } else if ether_type == ETH_P_IPV6 {
             let ip: *mut Ipv6Hdr = ptr_at(ctx, offset).ok_or(Counter::PassMalformed)?;
+            let payload_len = u16::from_be_bytes(unsafe { (*ip).payload_len }) as usize;
             let l4 = skip_ipv6_extensions(ctx, unsafe { (*ip).next_hdr }, offset + Ipv6Hdr::LEN)?;
-            (family::IPV6, l4)
+            (family::IPV6, l4, offset + Ipv6Hdr::LEN + payload_len)
         } else {
             return Err(Counter::PassNotIp);
         };
 
         let udp: *mut UdpHdr = ptr_at(ctx, l4_offset).ok_or(Counter::PassMalformed)?;
         let (src_port, dst_port) = unsafe { ((*udp).src, (*udp).dst) };
+        // The lengths a strict receiver checks: the IP packet within the
+        // frame (Ethernet padding may follow it), the UDP datagram within
+        // the IP payload (it may end before it).
+        let frame_len = ctx.data_end() - ctx.data();
+        let udp_len = u16::from_be_bytes(unsafe { (*udp).len }) as usize;
+        if ip_end > frame_len || udp_len < UdpHdr::LEN || l4_offset + udp_len > ip_end {
+            return Err(Counter::PassBadLength);
+        }
         let (src, dst) = if family == family::IPV4 {
             let ip: *mut Ipv4Hdr = ptr_at(ctx, l3_offset).ok_or(Counter::PassMalformed)?;
             unsafe { (mapped((*ip).src_addr, src_port), mapped((*ip).dst_addr, dst_port)) }
@@ -147,7 +161,7 @@ impl Packet {
             family,
             src,
             dst,
-            len: (ctx.data_end() - ctx.data()) as u64,
+            len: frame_len as u64,
             l4_offset,
         })
     }
@@ -166,15 +180,18 @@ impl Packet {
     }
 }
 
-/// Walks up to MAX_IPV6_EXT_HEADERS hop-by-hop, routing (with no segments
-/// left: the destination is final) and destination-options headers, and
-/// returns the offset of the UDP header.
+/// Walks up to MAX_IPV6_EXT_HEADERS hop-by-hop (first only), routing (with
+/// no segments left: the destination is final) and destination-options
+/// headers, and returns the offset of the UDP header.
 #[inline(always)]
 fn skip_ipv6_extensions(ctx: &XdpContext, mut next: u8, mut offset: usize) -> Result<usize, Counter> {
-    for _ in 0..MAX_IPV6_EXT_HEADERS {
+    for i in 0..MAX_IPV6_EXT_HEADERS {
         match next {
             IPPROTO_UDP => return Ok(offset),
             IPV6_FRAGMENT => return Err(Counter::PassFragment),
+            // Hop-by-hop options come first or not at all (RFC 8200 4.1;
+            // a receiver drops them anywhere else).
+            IPV6_HOP_BY_HOP if i > 0 => return Err(Counter::PassIpv6ExtHeader),
             IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => {}
             // ESP, AH: not walked.
             IPV6_ESP | IPV6_AH => return Err(Counter::PassIpv6ExtHeader),

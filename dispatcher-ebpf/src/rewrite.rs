@@ -1,8 +1,11 @@
 //! Writing the decision into the packet: FaaS header edits (workflow and
 //! re-steering fields), then destination MAC, IP and UDP port toward the
 //! worker and the source MAC, with the IPv4 header and UDP checksums patched
-//! incrementally. The source IP and port stay the client's (or the
-//! sending worker's), so the worker answers them directly.
+//! incrementally. A REQUEST keeps the client's source IP and port, so the
+//! worker answers the client directly. A STEP or re-steered BUSY leaves
+//! from the service address and port it was sent to: it came from a worker
+//! and may go back to that same worker, whose kernel drops a packet with
+//! its own address as the source (a martian); its answer goes to `reply_*`.
 //!
 //! Every check happened before the first write, so a packet that is not
 //! dispatched leaves untouched.
@@ -32,6 +35,15 @@ pub enum HeaderEdit {
     Step { function_id: u32, last: bool },
     /// A BUSY becomes a REQUEST (or STEP) again, re-steered once more.
     Resteer { kind: u8, resteers: u8 },
+}
+
+impl HeaderEdit {
+    /// Whether the packet came from a worker and so leaves from the
+    /// service address (see the module's comment).
+    #[inline(always)]
+    fn from_service(&self) -> bool {
+        matches!(self, HeaderEdit::Step { .. } | HeaderEdit::Resteer { .. })
+    }
 }
 
 /// Sets a header field, patching the UDP checksum for the change.
@@ -103,16 +115,32 @@ pub fn toward_worker(
     let hdr = unsafe { &mut *hdr };
     let udp_check = u16::from_be_bytes(udp.check);
     let mut patch = edit_header(hdr, edit, pkt, Patch::new(udp_check));
-    set(&mut patch, &mut udp.dst, worker.port);
+    // A packet that leaves from the service gets the old destination (the
+    // service address and port it was sent to) as its source, and the
+    // worker as its destination. The checksums cover the sum of source and
+    // destination, so that sum loses the old source and gains the worker,
+    // just as a plain dispatch loses the old destination: one patch either
+    // way, from whichever field the worker's address replaces in the sum.
+    let from_service = edit.from_service();
+    let old_port = if from_service { udp.src } else { udp.dst };
+    patch = patch.bytes(&old_port, &worker.port);
+    if from_service {
+        udp.src = udp.dst;
+    }
+    udp.dst = worker.port;
 
     match (ip4, ip6) {
         (Some(ip), _) => {
             let ip = unsafe { &mut *ip };
             let new_addr = [worker.addr[0], worker.addr[1], worker.addr[2], worker.addr[3]];
-            let mut ip_patch = Patch::new(u16::from_be_bytes(ip.check));
-            // The UDP pseudo-header holds the destination address too.
-            patch = patch.bytes(&ip.dst_addr, &new_addr);
-            set(&mut ip_patch, &mut ip.dst_addr, new_addr);
+            let old_addr = if from_service { ip.src_addr } else { ip.dst_addr };
+            // The UDP pseudo-header holds the addresses too.
+            patch = patch.bytes(&old_addr, &new_addr);
+            let ip_patch = Patch::new(u16::from_be_bytes(ip.check)).bytes(&old_addr, &new_addr);
+            if from_service {
+                ip.src_addr = ip.dst_addr;
+            }
+            ip.dst_addr = new_addr;
             ip.check = ip_patch.finish().to_be_bytes();
             // A zero UDP checksum over IPv4 means "none": it stays zero.
             if udp_check != 0 {
@@ -121,7 +149,12 @@ pub fn toward_worker(
         }
         (None, Some(ip)) => {
             let ip = unsafe { &mut *ip };
-            set(&mut patch, &mut ip.dst_addr, worker.addr);
+            let old_addr = if from_service { ip.src_addr } else { ip.dst_addr };
+            patch = patch.bytes(&old_addr, &worker.addr);
+            if from_service {
+                ip.src_addr = ip.dst_addr;
+            }
+            ip.dst_addr = worker.addr;
             // IPv6 forbids a zero UDP checksum; a sender that sent one sent
             // an invalid packet, which is forwarded as it came.
             if udp_check != 0 {

@@ -264,6 +264,11 @@ enum Val {
     Ctx,
     /// The frame pointer plus this offset.
     Stack(i64),
+    /// The frame pointer plus one of several constant offsets: what paths
+    /// that point a register at different stack slots join into (LLVM
+    /// merges map lookups whose keys sit in different slots into one
+    /// call). The verifiers follow each path with its own offset.
+    Stacks(StackSet),
     /// The frame pointer plus a computed offset.
     StackVariable,
     /// A pointer into a value of map `map` (None: of some map), at one of
@@ -280,6 +285,33 @@ enum Offsets {
     /// Bit k: offset k.
     Known(u64),
     Variable,
+}
+
+/// A set of stack offsets, each in -STACK_SPAN..=0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct StackSet([u64; STACK_WORDS]);
+
+/// Offsets a stack set holds: the kernel's 512-byte stack, with room.
+const STACK_SPAN: i64 = 575;
+const STACK_WORDS: usize = (STACK_SPAN as usize + 64) / 64;
+
+impl StackSet {
+    /// The set of `offsets`, if every one is in range.
+    fn of(offsets: impl IntoIterator<Item = i64>) -> Option<StackSet> {
+        let mut bits = [0u64; STACK_WORDS];
+        for off in offsets {
+            if !(-STACK_SPAN..=0).contains(&off) {
+                return None;
+            }
+            let k = (-off) as usize;
+            bits[k / 64] |= 1 << (k % 64);
+        }
+        Some(StackSet(bits))
+    }
+
+    fn each(self) -> impl Iterator<Item = i64> {
+        (0..=STACK_SPAN).filter(move |&k| self.0[k as usize / 64] & (1 << (k % 64)) != 0).map(|k| -k)
+    }
 }
 
 impl Offsets {
@@ -316,6 +348,10 @@ impl Val {
     fn join(self, other: Val) -> Val {
         match (self, other) {
             (a, b) if a == b => a,
+            (a, b) if a.stack_offsets().is_some() && b.stack_offsets().is_some() => {
+                let offsets = a.stack_offsets().into_iter().flatten().chain(b.stack_offsets().into_iter().flatten());
+                StackSet::of(offsets).map_or(Val::StackVariable, Val::Stacks)
+            }
             (a, b) if a.small_constants().is_some() && b.small_constants().is_some() => {
                 Val::Consts(a.small_constants().unwrap_or(0) | b.small_constants().unwrap_or(0))
             }
@@ -325,6 +361,30 @@ impl Val {
             // Conservative for the store rule: "may be a map value".
             (v @ Val::MapValue { .. }, _) | (_, v @ Val::MapValue { .. }) => v,
             _ => Val::Unknown,
+        }
+    }
+
+    /// The stack offsets this points at, when they are all constant.
+    fn stack_offsets(self) -> Option<Vec<i64>> {
+        match self {
+            Val::Stack(off) => Some(vec![off]),
+            Val::Stacks(set) => Some(set.each().collect()),
+            _ => None,
+        }
+    }
+
+    /// A key or value on the stack where the NFP reads one: at constant,
+    /// 4-byte aligned offsets (on every path).
+    fn on_stack_aligned(self) -> bool {
+        self.stack_offsets().is_some_and(|offs| offs.iter().all(|off| off % 4 == 0))
+    }
+
+    /// This stack pointer moved by `by`.
+    fn stack_moved(self, by: i64) -> Val {
+        match self.stack_offsets() {
+            Some(offs) if offs.len() == 1 => Val::Stack(offs[0] + by),
+            Some(offs) => StackSet::of(offs.into_iter().map(|o| o + by)).map_or(Val::StackVariable, Val::Stacks),
+            None => Val::StackVariable,
         }
     }
 
@@ -355,17 +415,58 @@ enum WordUse {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct State {
     regs: [Val; 11],
+    /// What registers were spilled to the 8-byte stack slots (slot k at
+    /// offset -8(k+1)): the verifiers track a spilled pointer and give it
+    /// back on the fill, and LLVM spills key pointers under register
+    /// pressure.
+    spills: [Val; SPILL_SLOTS],
     /// Inside a bpf-to-bpf callee: its exits return to the caller.
     callee: bool,
 }
 
+const SPILL_SLOTS: usize = 64;
+
+/// The spill slot of an 8-byte access at stack offset `off`.
+fn spill_slot(off: i64) -> Option<usize> {
+    (off < 0 && off % 8 == 0).then(|| (-off / 8 - 1) as usize).filter(|&k| k < SPILL_SLOTS)
+}
+
 impl State {
+    fn new(regs: [Val; 11], callee: bool) -> State {
+        State { regs, spills: [Val::Unknown; SPILL_SLOTS], callee }
+    }
+
     fn join(&self, other: &State) -> State {
         let mut regs = self.regs;
         for (r, o) in regs.iter_mut().zip(other.regs) {
             *r = r.join(o);
         }
-        State { regs, callee: self.callee || other.callee }
+        let mut spills = self.spills;
+        for (r, o) in spills.iter_mut().zip(other.spills) {
+            *r = r.join(o);
+        }
+        State { regs, spills, callee: self.callee || other.callee }
+    }
+
+    /// A store of `size` bytes at each of `bases` + `off`: a full-width
+    /// store of a register at one known slot records it; anything else
+    /// forgets the slots it may touch.
+    fn store_to_stack(&mut self, bases: &[i64], off: i64, size: i64, spilled: Option<Val>) {
+        if let ([base], Some(v), 8) = (bases, spilled, size) {
+            if let Some(k) = spill_slot(base + off) {
+                self.spills[k] = v;
+                return;
+            }
+        }
+        for base in bases {
+            let (lo, hi) = (base + off, base + off + size);
+            for (k, slot) in self.spills.iter_mut().enumerate() {
+                let start = -8 * (k as i64 + 1);
+                if start < hi && lo < start + 8 {
+                    *slot = Val::Unknown;
+                }
+            }
+        }
     }
 }
 
@@ -557,7 +658,7 @@ fn walk(insns: &[Insn], maps: &[MapFacts], add: &mut impl FnMut(Option<usize>, R
         }
     };
     let mut states: HashMap<usize, State> = HashMap::new();
-    let mut entry = State { regs: [Val::Unknown; 11], callee: false };
+    let mut entry = State::new([Val::Unknown; 11], false);
     entry.regs[1] = Val::Ctx;
     entry.regs[10] = Val::Stack(0);
     states.insert(0, entry);
@@ -591,8 +692,8 @@ fn walk(insns: &[Insn], maps: &[MapFacts], add: &mut impl FnMut(Option<usize>, R
                 next = vec![i + 2];
             }
             CLASS_LDX => {
-                if let Val::Stack(base) = s.regs[r] {
-                    lowest = lowest.min(base + insn.off as i64);
+                if let Some(bases) = s.regs[r].stack_offsets() {
+                    lowest = bases.iter().fold(lowest, |l, b| l.min(b + insn.off as i64));
                 }
                 if s.regs[r] == Val::StackVariable {
                     report(i, Rule::Stack, VARIABLE_STACK.into(), add);
@@ -608,6 +709,10 @@ fn walk(insns: &[Insn], maps: &[MapFacts], add: &mut impl FnMut(Option<usize>, R
                     }
                     mark(i, map, offsets, insn.off as i64, access_size(insn.code), WordUse::Read);
                 }
+                let fill = match (s.regs[r], access_size(insn.code)) {
+                    (Val::Stack(base), 8) => spill_slot(base + insn.off as i64).map(|k| s.spills[k]),
+                    _ => None,
+                };
                 if s.regs[r] == Val::Ctx && insn.off != 0 && insn.off != 4 {
                     report(
                         i,
@@ -616,11 +721,25 @@ fn walk(insns: &[Insn], maps: &[MapFacts], add: &mut impl FnMut(Option<usize>, R
                         add,
                     );
                 }
-                s.regs[d] = Val::Unknown;
+                s.regs[d] = fill.unwrap_or(Val::Unknown);
             }
             CLASS_ST | CLASS_STX => {
-                if let Val::Stack(base) = s.regs[d] {
-                    lowest = lowest.min(base + insn.off as i64);
+                // Spills: a register stored whole at a known slot is
+                // remembered; other stores into the stack forget what they
+                // may overwrite. (Stores through registers of unknown
+                // provenance, packet pointers among them, are taken not to
+                // hit the stack: a stack pointer that lost its offset in a
+                // join is already reported where it is used.)
+                match s.regs[d].stack_offsets() {
+                    Some(bases) => {
+                        let spilled = (class == CLASS_STX && insn.code & 0xe0 == MODE_MEM).then_some(s.regs[r]);
+                        s.store_to_stack(&bases, insn.off as i64, access_size(insn.code), spilled);
+                    }
+                    None if s.regs[d] == Val::StackVariable => s.spills = [Val::Unknown; SPILL_SLOTS],
+                    None => {}
+                }
+                if let Some(bases) = s.regs[d].stack_offsets() {
+                    lowest = bases.iter().fold(lowest, |l, b| l.min(b + insn.off as i64));
                 }
                 if s.regs[d] == Val::StackVariable {
                     report(i, Rule::Stack, VARIABLE_STACK.into(), add);
@@ -642,9 +761,9 @@ fn walk(insns: &[Insn], maps: &[MapFacts], add: &mut impl FnMut(Option<usize>, R
                 let operand = if insn.code & SRC_X != 0 { s.regs[r] } else { Val::Const(insn.imm as i64) };
                 s.regs[d] = match (op, s.regs[d], operand) {
                     (OP_MOV, _, v) if class == CLASS_ALU64 || matches!(v, Val::Const(_)) => v,
-                    (OP_ADD, Val::Stack(b), Val::Const(c)) => Val::Stack(b + c),
-                    (OP_SUB, Val::Stack(b), Val::Const(c)) => Val::Stack(b - c),
-                    (OP_ADD | OP_SUB, Val::Stack(_) | Val::StackVariable, _) => Val::StackVariable,
+                    (OP_ADD, v @ (Val::Stack(_) | Val::Stacks(_)), Val::Const(c)) => v.stack_moved(c),
+                    (OP_SUB, v @ (Val::Stack(_) | Val::Stacks(_)), Val::Const(c)) => v.stack_moved(-c),
+                    (OP_ADD | OP_SUB, Val::Stack(_) | Val::Stacks(_) | Val::StackVariable, _) => Val::StackVariable,
                     (OP_ADD, Val::MapValue { map, offsets }, Val::Const(c)) if class == CLASS_ALU64 => Val::MapValue { map, offsets: offsets.shifted(c) },
                     (OP_SUB, Val::MapValue { map, offsets }, Val::Const(c)) if class == CLASS_ALU64 => Val::MapValue { map, offsets: offsets.shifted(-c) },
                     (OP_ADD, Val::MapValue { map, offsets }, Val::Consts(mask)) if class == CLASS_ALU64 => Val::MapValue {
@@ -675,7 +794,10 @@ fn walk(insns: &[Insn], maps: &[MapFacts], add: &mut impl FnMut(Option<usize>, R
                     // Into the callee with the caller's arguments; back
                     // here with its result unknown.
                     let target = (i as i64 + insn.imm as i64 + 1) as usize;
-                    let callee = State { regs: s.regs, callee: true };
+                    let callee = State::new(s.regs, true);
+                    // What the callee writes through pointers into this
+                    // frame is not followed: forget the spills.
+                    s.spills = [Val::Unknown; SPILL_SLOTS];
                     merge(&mut states, &mut work, target, callee);
                     s.regs[0] = Val::Unknown;
                     for reg in &mut s.regs[1..=5] {
@@ -684,9 +806,7 @@ fn walk(insns: &[Insn], maps: &[MapFacts], add: &mut impl FnMut(Option<usize>, R
                 }
                 JMP_CALL => {
                     if matches!(insn.imm, 1..=3) {
-                        let key = s.regs[2];
-                        let on_stack = matches!(key, Val::Stack(off) if off % 4 == 0);
-                        if !on_stack {
+                        if !s.regs[2].on_stack_aligned() {
                             report(
                                 i,
                                 Rule::MapKeyNotOnStack,
@@ -695,7 +815,7 @@ fn walk(insns: &[Insn], maps: &[MapFacts], add: &mut impl FnMut(Option<usize>, R
                             );
                         }
                     }
-                    if insn.imm == 2 && !matches!(s.regs[3], Val::Stack(off) if off % 4 == 0) {
+                    if insn.imm == 2 && !s.regs[3].on_stack_aligned() {
                         report(
                             i,
                             Rule::MapKeyNotOnStack,
@@ -873,6 +993,39 @@ mod tests {
 
     /// Constant offsets stay constant through pointer arithmetic, and a
     /// word read beside a word added to is no conflict.
+    /// LLVM spills key pointers under register pressure and merges lookups
+    /// whose keys sit in different slots; the verifiers follow both (a
+    /// spilled stack pointer comes back from its slot, each path keeps its
+    /// own offset). A slot overwritten with data gives back no pointer.
+    #[test]
+    fn spilled_and_joined_key_pointers_are_followed() {
+        let lookup = |prefix: &[Insn]| {
+            let mut p = vec![i(CLASS_ST | MODE_MEM | SIZE_W, 10, 0, -8, 0), i(CLASS_ST | MODE_MEM | SIZE_W, 10, 0, -12, 0)];
+            p.extend_from_slice(prefix);
+            p.extend(ld_map(1, 0));
+            p.extend([call(1), mov_k(0, 2), exit()]);
+            p
+        };
+        // r3 = fp - 8; *(u64 *)(fp - 32) = r3; r2 = *(u64 *)(fp - 32).
+        let spill = [mov_x(3, 10), add_k(3, -8), i(CLASS_STX | MODE_MEM | SIZE_DW, 10, 3, -32, 0), i(CLASS_LDX | MODE_MEM | SIZE_DW, 2, 10, -32, 0)];
+        assert_eq!(rules(&lookup(&spill), &[array("A")]), vec![]);
+        // The same, with the slot overwritten by a 4-byte store in between.
+        let clobbered = [spill[0], spill[1], spill[2], i(CLASS_ST | MODE_MEM | SIZE_W, 10, 0, -28, 7), spill[3]];
+        assert_eq!(rules(&lookup(&clobbered), &[array("A")]), vec![Rule::MapKeyNotOnStack]);
+        // r2 = fp - 8 on one path, fp - 12 on the other, then one lookup.
+        let joined = [
+            mov_x(2, 10),
+            i(CLASS_JMP | 0x10, 6, 0, 2, 0), // if r6 == 0 goto +2
+            add_k(2, -8),
+            i(CLASS_JMP | JMP_JA, 0, 0, 1, 0),
+            add_k(2, -12),
+        ];
+        assert_eq!(rules(&lookup(&joined), &[array("A")]), vec![]);
+        // One of the joined offsets unaligned: refused.
+        let unaligned = [joined[0], joined[1], joined[2], joined[3], add_k(2, -10)];
+        assert_eq!(rules(&lookup(&unaligned), &[array("A")]), vec![Rule::MapKeyNotOnStack]);
+    }
+
     #[test]
     fn constant_offsets_and_separate_words_pass() {
         // r3 = r0 + 8; r4 = *(u32 *)(r3 + 4) (bytes 12..16); r1 = 1;

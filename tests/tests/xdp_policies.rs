@@ -430,3 +430,90 @@ fn a_two_entry_geometry_dispatches_and_refuses_what_does_not_fit() {
     let err = control::apply(&mut dp.maps, &Config::parse(CONFIG).unwrap()).unwrap_err();
     assert!(format!("{err:#}").contains("functions: the config has 8, the data plane's maps hold 1"), "{err:#}");
 }
+
+/// A STEP (and a re-steered BUSY) comes from a worker and may go back to
+/// that very worker: a workflow whose steps share one worker. It must leave
+/// from the service address and port, not the worker's own (its kernel
+/// would drop a packet from itself as a martian), with checksums right, in
+/// both variants, IPv4 and IPv6.
+#[test]
+fn steps_and_resteers_leave_from_the_service_address() {
+    let dp = tests::xdp::data_plane(
+        r#"
+        [service]
+        addresses = ["10.0.0.1", "fd00::1"]
+        [[functions]]
+        id = 1
+        workers = [{ addr = "10.0.0.21:9000", mac = "02:00:00:00:00:21" }]
+        [[functions]]
+        id = 2
+        workers = [{ addr = "10.0.0.21:9000", mac = "02:00:00:00:00:21" }]
+        [[functions]]
+        id = 3
+        workers = [{ addr = "[fd00::21]:9000", mac = "02:00:00:00:00:21" }]
+        [[functions]]
+        id = 4
+        workers = [{ addr = "[fd00::21]:9000", mac = "02:00:00:00:00:21" }]
+        [[functions]]
+        id = 5
+        workers = [
+          { addr = "10.0.0.31:9000", mac = "02:00:00:00:00:31" },
+          { addr = "10.0.0.32:9000", mac = "02:00:00:00:00:32" },
+        ]
+        [[workflows]]
+        id = 100
+        steps = [1, 2]
+        [[workflows]]
+        id = 101
+        steps = [3, 4]
+        "#,
+    );
+    let step = |workflow: u32, reply: std::net::Ipv6Addr| {
+        let mut hdr = FaasHdr::new(kind::STEP, 1, 77);
+        hdr.workflow_id = workflow.to_be_bytes();
+        hdr.step = 1;
+        hdr.flags = flags::REPLY_SET;
+        hdr.reply_port = 40000u16.to_be_bytes();
+        hdr.reply_addr = reply.octets();
+        hdr
+    };
+    let client_v4 = std::net::Ipv4Addr::new(10, 0, 0, 2).to_ipv6_mapped();
+    let mut busy = FaasHdr::new(kind::BUSY, 5, 9);
+    busy.flags = flags::REPLY_SET;
+    busy.reply_port = 40000u16.to_be_bytes();
+    busy.reply_addr = client_v4.octets();
+    let cases = [
+        ("IPv4 STEP back to its own worker", "10.0.0.21:9000", VIP, step(100, client_v4), "10.0.0.21:9000", Counter::DispatchedStep),
+        ("IPv6 STEP back to its own worker", "[fd00::21]:9000", "[fd00::1]:7770", step(101, "fd00::2".parse().unwrap()), "[fd00::21]:9000", Counter::DispatchedStep),
+        ("IPv4 BUSY re-steered", "10.0.0.31:9000", VIP, busy, "10.0.0.32:9000", Counter::Resteered),
+    ];
+    for (case, from, to, hdr, worker, counter) in cases {
+        let input = udp_frame(CLIENT_MAC, IFACE_MAC, &[], addr(from), addr(to), &faas_payload(&hdr, b"step input"));
+        for program in [PROGRAM, HW_PROGRAM] {
+            let before = dp.maps.counters().unwrap();
+            let (verdict, out) = run(dp.named(program), &input);
+            assert_eq!(verdict, XDP_TX, "{case} ({program})");
+            assert_counted(&before, &dp.maps.counters().unwrap(), counter, case);
+            assert_checksums_verify(&out, false);
+            assert_eq!(destination_and_header(&out).0, addr(worker), "{case} ({program})");
+            assert_eq!(source_of(&out), addr(to), "{case} ({program}): leaves from the service address and port");
+            assert_eq!(destination_and_header(&out).1.reply_port(), 40000, "{case}: the answer still goes to the client");
+        }
+    }
+    // A REQUEST keeps the client's source: the worker answers it directly.
+    let request = udp_frame(CLIENT_MAC, IFACE_MAC, &[], addr(CLIENT), addr(VIP), &faas_payload(&FaasHdr::new(kind::REQUEST, 1, 1), b"x"));
+    let (_, out) = run(dp.named(PROGRAM), &request);
+    assert_eq!(source_of(&out), addr(CLIENT));
+}
+
+/// The source address and port of a frame.
+fn source_of(frame: &[u8]) -> SocketAddr {
+    let headers = etherparse::PacketHeaders::from_ethernet_slice(frame).expect("parsable frame");
+    let Some(etherparse::TransportHeader::Udp(udp)) = headers.transport else { panic!("not UDP") };
+    let ip: std::net::IpAddr = match headers.net.expect("IP") {
+        etherparse::NetHeaders::Ipv4(h, _) => h.source.into(),
+        etherparse::NetHeaders::Ipv6(h, _) => h.source.into(),
+        etherparse::NetHeaders::Arp(_) => panic!("not IP"),
+    };
+    SocketAddr::new(ip, udp.source_port)
+}
