@@ -22,7 +22,10 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub iface: String,
-    pub mode: Mode,
+    /// As asked; None: the default (drv where it works, else skb).
+    pub mode: Option<Mode>,
+    /// `--veth-peer-xdp`: the operator vouches for a veth peer we cannot see.
+    pub veth_peer_xdp: bool,
     pub config: Option<PathBuf>,
     /// Service addresses added to the config's.
     pub vips: Vec<IpAddr>,
@@ -69,7 +72,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     // Signals first: from here on SIGTERM/SIGINT/SIGHUP are handled, not fatal.
     let shutdown = shutdown_signal()?;
     let mut hup = signal(SignalKind::hangup())?;
-    if opts.mode == Mode::User {
+    if opts.mode == Some(Mode::User) {
         return run_user(opts, shutdown, hup).await;
     }
     let mut config = effective_config(&opts)?;
@@ -87,7 +90,17 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         control::apply(&mut adopted.maps, &config)?;
         adopted
     } else {
-        Attached::attach(&opts.iface, opts.mode, &pin_dir, &config, opts.device)?
+        let mode = match opts.mode {
+            Some(mode @ (Mode::Skb | Mode::Hw | Mode::User)) => mode,
+            // Only XDP_TX needs the veth's peer: a redirect leaves by
+            // another interface.
+            Some(Mode::Drv) | None if config.egress.redirect_to.is_some() => Mode::Drv,
+            asked @ (Some(Mode::Drv) | None) => {
+                let link = crate::veth::inspect(&opts.iface).await?;
+                crate::veth::choose_drv_or_skb(&opts.iface, asked.is_some(), opts.veth_peer_xdp, &link)?
+            }
+        };
+        Attached::attach(&opts.iface, mode, &pin_dir, &config, opts.device)?
     };
     info!(
         services = ?config.service.addresses,
@@ -100,7 +113,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
     // Not fatal: the data plane dispatches whether or not its log is read.
     // The offloaded program has none (the NFP cannot log).
-    if opts.mode != Mode::Hw {
+    if opts.mode != Some(Mode::Hw) {
         if let Err(e) = attached.program_id().and_then(crate::kernel_log::forward) {
             warn!("{e:#}");
         }

@@ -36,5 +36,6 @@ pub mod stats;
 pub mod tables;
 pub mod udp_batch;
 pub mod user_mode;
+pub mod veth;
 pub mod worker;
 pub mod wire;

@@ -41,11 +41,18 @@ enum Command {
         /// The interface to attach to (not used with --mode user).
         #[arg(long)]
         iface: Option<String>,
-        /// XDP mode: drv (native, the default, falls back to skb), skb, hw
-        /// (offloaded to the NIC: a Netronome NFP), or user (no XDP:
-        /// dispatch from user space over UDP sockets).
-        #[arg(long, value_enum, default_value = "drv")]
-        mode: Mode,
+        /// XDP mode: drv (native), skb, hw (offloaded to the NIC: a
+        /// Netronome NFP), or user (no XDP: dispatch from user space over
+        /// UDP sockets). Default: drv, or skb where drv would not work (a
+        /// driver without native XDP, a veth whose peer runs no XDP
+        /// program); the log says which and why.
+        #[arg(long, value_enum)]
+        mode: Option<Mode>,
+        /// With --mode drv on a veth whose peer is in a namespace this
+        /// process cannot see (a pod's eth0): the peer does run an XDP
+        /// program in driver mode, which drv mode on a veth needs.
+        #[arg(long)]
+        veth_peer_xdp: bool,
         /// TOML config: service addresses and port, functions and workers.
         #[arg(long)]
         config: Option<PathBuf>,
@@ -376,17 +383,20 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Run { iface, mode, config, vips, port, keep_attached, hw_map_entries } => {
+        Command::Run { iface, mode, veth_peer_xdp, config, vips, port, keep_attached, hw_map_entries } => {
             let iface = match (iface, mode) {
                 (Some(iface), _) => iface,
-                (None, Mode::User) => String::new(),
+                (None, Some(Mode::User)) => String::new(),
                 (None, _) => anyhow::bail!("--iface: name the interface to attach to (`ip link` lists them), or use --mode user"),
             };
-            if hw_map_entries.is_some() && mode != Mode::Hw {
+            if hw_map_entries.is_some() && mode != Some(Mode::Hw) {
                 anyhow::bail!("--hw-map-entries sizes maps on the NIC: it goes with --mode hw");
             }
+            if veth_peer_xdp && mode != Some(Mode::Drv) {
+                anyhow::bail!("--veth-peer-xdp vouches for a veth's peer in drv mode: it goes with --mode drv");
+            }
             let device = dispatcher::offload::Device { max_entries: hw_map_entries };
-            let opts = RunOptions { iface, mode, config, vips, port, bpffs: cli.bpffs, keep_attached, device };
+            let opts = RunOptions { iface, mode, veth_peer_xdp, config, vips, port, bpffs: cli.bpffs, keep_attached, device };
             tokio_runtime()?.block_on(daemon::run(opts))?;
         }
         Command::Stats { iface, json, watch } => {

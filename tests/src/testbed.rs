@@ -201,6 +201,15 @@ impl Testbed {
         host
     }
 
+    /// Gives `host` the IPv6 address fd99::N (N: its IPv4 address's last
+    /// byte) on eth0, without duplicate address detection (so it is usable
+    /// at once), and returns it.
+    pub fn add_ipv6(&self, host: &Host) -> std::net::Ipv6Addr {
+        let ip = std::net::Ipv6Addr::new(0xfd99, 0, 0, 0, 0, 0, 0, host.ip.octets()[3] as u16);
+        sh("ip", &["-n", &host.ns, "addr", "add", &format!("{ip}/64"), "dev", "eth0", "nodad"]);
+        ip
+    }
+
     /// A second interface `name` for `host`, on the same bridge (for
     /// two-arm egress). Frames redirected to it reach the switch only with
     /// NAPI on its peer, so GRO is turned on there.
@@ -319,6 +328,17 @@ impl Testbed {
         args.extend_from_slice(extra);
         let process = self.spawn(worker, &worker.role, &dispatcher_bin(), &args);
         self.wait_for_udp_port(worker, WORKER_PORT, Duration::from_secs(10));
+        process
+    }
+
+    /// Starts the reference worker on `worker`'s IPv6 address `ip` (port
+    /// 9000) and waits until its socket is there.
+    pub fn serve_ipv6(&self, worker: &Host, ip: std::net::Ipv6Addr, functions: &str, extra: &[&str]) -> Process {
+        let listen = format!("[{ip}]:{WORKER_PORT}");
+        let mut args = vec!["serve", "--listen", &listen, "--functions", functions];
+        args.extend_from_slice(extra);
+        let process = self.spawn(worker, &format!("{}-ipv6", worker.role), &dispatcher_bin(), &args);
+        self.wait_for_port(worker, &["/proc/net/udp6"], WORKER_PORT, Duration::from_secs(10));
         process
     }
 

@@ -394,3 +394,72 @@ fn hw_mode_on_a_device_without_offload_is_refused_cleanly() {
     let out = tb.exec(&dsp, &dispatcher_bin(), &["run", "--iface", "eth0", "--hw-map-entries", "2", "--config", conf.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("goes with --mode hw"));
 }
+
+/// A workflow whose steps both run on one worker: the worker sends its
+/// STEP to the service address and the data plane sends it straight back
+/// to that worker. It must leave from the service address (a packet whose
+/// source is the worker's own address is dropped by the worker's kernel as
+/// a martian), through XDP, through the slow path (steps too large for one
+/// packet), and over IPv6.
+#[test]
+fn a_workflow_whose_steps_share_one_worker_is_answered() {
+    let mut tb = Testbed::new("self");
+    let dsp = tb.add_host("dsp", 1);
+    let client = tb.add_host("client", 2);
+    let worker = tb.add_host("worker", 10);
+    tb.enable_xdp_tx(&dsp);
+    let (dsp6, worker6) = (tb.add_ipv6(&dsp), tb.add_ipv6(&worker));
+    tb.add_ipv6(&client);
+    let conf = format!(
+        "[service]\naddresses = [\"{}\", \"{dsp6}\"]\n\n\
+         [[functions]]\nid = 1\nworkers = [{{ addr = \"{}:9000\", mac = \"{m}\" }}]\n\n\
+         [[functions]]\nid = 2\nworkers = [{{ addr = \"{}:9000\", mac = \"{m}\" }}]\n\n\
+         [[functions]]\nid = 3\nworkers = [{{ addr = \"[{worker6}]:9000\", mac = \"{m}\" }}]\n\n\
+         [[functions]]\nid = 4\nworkers = [{{ addr = \"[{worker6}]:9000\", mac = \"{m}\" }}]\n\n\
+         [[workflows]]\nid = 100\nsteps = [1, 2]\n\n[[workflows]]\nid = 101\nsteps = [3, 4]\n",
+        dsp.ip,
+        worker.ip,
+        worker.ip,
+        m = worker.mac_string()
+    );
+    let conf = tb.write_file("dispatcher.toml", &conf);
+    // One worker process per address family, each serving both steps.
+    let v4 = format!("{}:7770", dsp.ip);
+    let v6 = format!("[{dsp6}]:7770");
+    let _w4 = tb.serve(&worker, "1=upper,2=reverse", &["--dispatcher", &v4]);
+    let _w6 = tb.serve_ipv6(&worker, worker6, "3=upper,4=reverse", &["--dispatcher", &v6]);
+    let _dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &conf, &[]);
+    tb.wait_for_udp_port(&dsp, 7770, Duration::from_secs(10));
+
+    let call = |to: &str, workflow: &str, payload: &str| {
+        let out = tb.exec(&client, &dispatcher_bin(), &["invoke", "--timeout-ms", "3000", "--to", to, workflow, payload]);
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).trim().to_string(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let before = stats(&tb, &dsp);
+    // Through XDP: every packet of it fits in one frame.
+    for i in 0..5 {
+        let (code, stdout, stderr) = call(&v4, "100", &format!("same worker {i}"));
+        assert_eq!(code, Some(0), "IPv4 round {i}: {stderr}\n{}", tb.logs());
+        assert_eq!(stdout, format!("{i} REKROW EMAS"));
+    }
+    let s = stats(&tb, &dsp);
+    assert_eq!(s.get(Counter::DispatchedStep) - before.get(Counter::DispatchedStep), 5, "{s:?}");
+    // Over IPv6, through XDP.
+    for i in 0..5 {
+        let (code, stdout, stderr) = call(&v6, "101", &format!("over ipv6 {i}"));
+        assert_eq!(code, Some(0), "IPv6 round {i}: {stderr}\n{}", tb.logs());
+        assert_eq!(stdout, format!("{i} 6VPI REVO"));
+        assert!(stderr.contains(&format!("RESPONSE from [{worker6}]:9000")), "{stderr}");
+    }
+    let after_v6 = stats(&tb, &dsp);
+    assert_eq!(after_v6.get(Counter::DispatchedStep) - s.get(Counter::DispatchedStep), 5, "{after_v6:?}");
+    assert_eq!(after_v6.get(Counter::DispatchedWorkflow) - before.get(Counter::DispatchedWorkflow), 10, "{after_v6:?}");
+    // Through the slow path: 4,000 bytes arrive in fragments, the request
+    // and its STEP both.
+    let big = "s".repeat(4000);
+    let (code, stdout, stderr) = call(&v4, "100", &big);
+    assert_eq!(code, Some(0), "slow path: {stderr}\n{}", tb.logs());
+    assert_eq!(stdout, "S".repeat(4000));
+    let slow = stats(&tb, &dsp);
+    assert!(slow.get(Counter::PassFragment) - after_v6.get(Counter::PassFragment) >= 6, "request and STEP in fragments: {slow:?}");
+}

@@ -24,17 +24,60 @@ PINS=/sys/fs/bpf/dispatcher/$IF
 offloaded() { [ "$(cat $DBG/ports/0/bpf_offloaded_id)" != 0 ]; }
 echo "OFFLOAD-TEST info kernel $(uname -r), netdevsim interface $IF"
 
-ok() { echo "OFFLOAD-TEST ok $1"; }
-fail() { echo "OFFLOAD-TEST FAIL $1"; cat /tmp/out; }
+# Timing: seconds since boot from /proc/uptime; `since T` is the time
+# since T. Every step announces itself before it starts, so a hang names
+# the step, and reports how long it took, so a slow machine shows as slow.
+now() { cut -d' ' -f1 /proc/uptime; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+at_least() { awk -v a="$1" -v b="$(now)" -v n="$2" 'BEGIN { exit !(b - a >= n) }'; }
+begin() { STEP=$1; STEP_STARTED=$(now); echo "OFFLOAD-TEST step $STEP"; }
+ok() { echo "OFFLOAD-TEST ok $1 ($(since $STEP_STARTED) s)"; }
+fail() { echo "OFFLOAD-TEST FAIL $1 ($(since $STEP_STARTED) s)"; tail -n 40 /tmp/out; }
+# Bounds for single waits (in the guest's time): generous, since loading
+# dispatch_hw under emulation takes 20-25 s on an idle machine here; the
+# host bounds the whole run as well.
+WAIT_LIMIT=900
+STOP_LIMIT=120
+
+# Whether process $1 is running (not exited, not a zombie left unreaped).
+alive() { s=$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null); [ -n "$s" ] && [ "$s" != Z ]; }
+# start_daemon ARGS...: `dispatcher ARGS` in the background, its log in
+# /tmp/run.log.
+start_daemon() { dispatcher "$@" > /tmp/run.log 2>&1 & DAEMON=$!; DAEMON_STARTED=$(now); }
+# wait_log NEEDLE: until the daemon's log says NEEDLE (0), or the daemon
+# exits or WAIT_LIMIT passes without it (1). Waits for the event, not for
+# a count of sleeps.
+wait_log() {
+    while ! grep -q "$1" /tmp/run.log; do
+        if ! alive $DAEMON; then grep -q "$1" /tmp/run.log; return; fi
+        if at_least $DAEMON_STARTED $WAIT_LIMIT; then echo "(no \"$1\" after $WAIT_LIMIT s)" >> /tmp/run.log; return 1; fi
+        sleep 0.2
+    done
+    echo "OFFLOAD-TEST time \"$1\" $(since $DAEMON_STARTED) s after the daemon started"
+}
+# stop_daemon: SIGTERM, then wait for the exit (SIGKILL after STOP_LIMIT);
+# its exit status in DAEMON_STATUS.
+stop_daemon() {
+    t=$(now)
+    kill -TERM $DAEMON
+    while alive $DAEMON; do
+        if at_least $t $STOP_LIMIT; then echo "(still running $STOP_LIMIT s after SIGTERM: SIGKILL)" >> /tmp/run.log; kill -KILL $DAEMON; fi
+        sleep 0.2
+    done
+    wait $DAEMON
+    DAEMON_STATUS=$?
+    echo "OFFLOAD-TEST time the daemon exited ($DAEMON_STATUS) $(since $t) s after SIGTERM"
+}
 # expect_refusal NAME NEEDLE ARGS...: dispatcher ARGS fails, says NEEDLE,
 # and leaves no pins and no program behind.
 expect_refusal() {
     name=$1; needle=$2; shift 2
-    if dispatcher "$@" > /tmp/out 2>&1; then fail "$name (it succeeded)"; return; fi
+    begin "$name"
+    if timeout $WAIT_LIMIT dispatcher "$@" > /tmp/out 2>&1; then fail "$name (it succeeded)"; return; fi
     if ! grep -q "$needle" /tmp/out; then fail "$name (no \"$needle\")"; return; fi
     if [ -e "$PINS" ]; then fail "$name (pins left behind)"; return; fi
     if offloaded; then fail "$name (a program left offloaded)"; return; fi
-    ok "$name"; cat /tmp/out | sed 's/^/    /'
+    ok "$name"; tail -n 5 /tmp/out | sed 's/^/    /'
 }
 RUN="run --iface $IF --mode hw --config /dispatcher.toml"
 
@@ -43,19 +86,21 @@ RUN="run --iface $IF --mode hw --config /dispatcher.toml"
 expect_refusal maps_too_large_for_the_device "give a smaller --hw-map-entries" $RUN
 
 # 2. With 2 entries per map: bound, attached in hardware mode, pinned.
-dispatcher $RUN --hw-map-entries 2 > /tmp/run.log 2>&1 &
-DAEMON=$!
-for i in $(seq 1 100); do [ -e "$PINS/link" ] && break; sleep 0.2; done
-cp /tmp/run.log /tmp/out
-if [ -e "$PINS/link" ] && offloaded && grep -q "mode=Hardware" /tmp/run.log; then
+begin binds_and_attaches_in_hw_mode
+start_daemon $RUN --hw-map-entries 2
+ATTACHED=0
+if wait_log "data plane attached" && [ -e "$PINS/link" ] && offloaded && grep -q "mode=Hardware" /tmp/run.log; then
+    ATTACHED=1
     ok binds_and_attaches_in_hw_mode
     echo "    program $(cat $DBG/ports/0/bpf_offloaded_id) offloaded to $IF"
 else
+    cp /tmp/run.log /tmp/out
     fail binds_and_attaches_in_hw_mode
 fi
 
 # 3. The CLI reads the offloaded maps (the host reads them through the
 #    driver; the daemon wrote SETTINGS and SERVICES there already).
+begin cli_reads_offloaded_maps
 if dispatcher maps dump --json > /tmp/out 2>&1 && dispatcher stats >> /tmp/out 2>&1 && dispatcher functions list >> /tmp/out 2>&1; then
     ok cli_reads_offloaded_maps
 else
@@ -63,8 +108,9 @@ else
 fi
 # 3b. The CLI adds and reads workers on the offloaded maps. Two entries per
 #     map hold one function of two workers (`dispatcher maps dump geometry`).
+begin cli_adds_and_reads_workers_on_offloaded_maps
 : > /tmp/out
-cli() { echo "\$ dispatcher $*" >> /tmp/out; dispatcher "$@" >> /tmp/out 2>&1; }
+cli() { echo "\$ dispatcher $*" >> /tmp/out; timeout $WAIT_LIMIT dispatcher "$@" >> /tmp/out 2>&1; }
 if cli maps dump geometry && grep -q "workers_per_function" /tmp/out \
     && cli functions add 1 --policy hash \
     && cli workers add --function 1 --addr 10.0.1.1:9000 --mac 02:00:00:00:01:01 \
@@ -78,6 +124,7 @@ else
     fail cli_adds_and_reads_workers_on_offloaded_maps
 fi
 # What does not fit the device is refused with the limit named.
+begin what_does_not_fit_the_device_is_refused
 : > /tmp/out
 if ! cli workers add --function 1 --addr 10.0.1.3:9000 --mac 02:00:00:00:01:03 \
     && grep -q "the most the data plane holds per function" /tmp/out \
@@ -88,6 +135,7 @@ else
     fail what_does_not_fit_the_device_is_refused
 fi
 # Removing a worker rewrites the tables on the device in one step.
+begin cli_removes_a_worker_on_offloaded_maps
 : > /tmp/out
 if cli workers rm --function 1 --addr 10.0.1.1:9000 && cli workers list --function 1 --json \
     && ! grep -q '10.0.1.1:9000",' /tmp/out && cli functions list --json && grep -q '"workers":1,"up":1' /tmp/out; then
@@ -96,31 +144,49 @@ else
     fail cli_removes_a_worker_on_offloaded_maps
 fi
 
-# 4. SIGTERM detaches and removes the pins.
-kill -TERM $DAEMON
-wait $DAEMON
+# 4. SIGTERM detaches and removes the pins: of a program proven attached.
+begin sigterm_detaches
+stop_daemon
 cp /tmp/run.log /tmp/out
-if [ ! -e "$PINS" ] && ! offloaded; then ok sigterm_detaches; else fail sigterm_detaches; fi
+if [ $ATTACHED = 1 ] && [ $DAEMON_STATUS = 0 ] && [ ! -e "$PINS" ] && ! offloaded; then
+    ok sigterm_detaches
+else
+    echo "(attached before: $ATTACHED; exit status $DAEMON_STATUS)" >> /tmp/out
+    fail sigterm_detaches
+fi
 
 # 5. --keep-attached leaves it offloaded and pinned; the next daemon adopts
 #    it; that one's SIGTERM detaches.
-wait_for() { for i in $(seq 1 100); do eval "$1" && return 0; sleep 0.2; done; return 1; }
-dispatcher $RUN --hw-map-entries 2 --keep-attached > /tmp/run.log 2>&1 &
-DAEMON=$!
-wait_for '[ -e "$PINS/link" ]'
-kill -TERM $DAEMON
-wait $DAEMON
+begin keep_attached_leaves_it_offloaded
+start_daemon $RUN --hw-map-entries 2 --keep-attached
+KEPT=0
+if wait_log "data plane attached"; then
+    stop_daemon
+    if [ $DAEMON_STATUS = 0 ] && [ -e "$PINS/link" ] && offloaded; then KEPT=1; fi
+else
+    stop_daemon
+fi
 cp /tmp/run.log /tmp/out
-if [ -e "$PINS/link" ] && offloaded; then ok keep_attached_leaves_it_offloaded; else fail keep_attached_leaves_it_offloaded; fi
-dispatcher $RUN --hw-map-entries 2 > /tmp/run.log 2>&1 &
-DAEMON=$!
-wait_for 'grep -q "adopted" /tmp/run.log'
+if [ $KEPT = 1 ]; then ok keep_attached_leaves_it_offloaded; else fail keep_attached_leaves_it_offloaded; fi
+
+begin adopted_by_the_next_daemon
+start_daemon $RUN --hw-map-entries 2
+ADOPTED=0
+if [ $KEPT = 1 ] && wait_log "adopted" && offloaded; then ADOPTED=1; fi
 cp /tmp/run.log /tmp/out
-if grep -q "adopted" /tmp/run.log && offloaded; then ok adopted_by_the_next_daemon; else fail adopted_by_the_next_daemon; fi
-kill -TERM $DAEMON
-wait $DAEMON
+if [ $ADOPTED = 1 ]; then ok adopted_by_the_next_daemon; else fail adopted_by_the_next_daemon; fi
+
+begin the_adopter_detaches
+stop_daemon
 cp /tmp/run.log /tmp/out
-if [ ! -e "$PINS" ] && ! offloaded; then ok the_adopter_detaches; else fail the_adopter_detaches; fi
+if [ $ADOPTED = 1 ] && [ $DAEMON_STATUS = 0 ] && [ ! -e "$PINS" ] && ! offloaded; then
+    ok the_adopter_detaches
+else
+    echo "(adopted before: $ADOPTED; exit status $DAEMON_STATUS)" >> /tmp/out
+    fail the_adopter_detaches
+fi
+# Whatever failed above, the device starts the refusals clean.
+rm -rf "$PINS"
 
 # 6. The device's refusals, flipped through netdevsim's debugfs knobs.
 echo N > $DBG/bpf_bind_accept

@@ -13,7 +13,7 @@ use std::{
     fs,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _, Result};
@@ -121,8 +121,9 @@ fn run_counted(workspace: &Path, counts: &mut Counts) -> Result<()> {
     cmd::cargo(&["build", "--quiet", "--release", "--package", "dispatcher"])?;
     let initrd = build_initramfs(abi, &cache, &root, &module, &workspace.join("target/release/dispatcher"))?;
     step(&format!("booting the VM (Debian kernel {abi}, {}; qemu, software emulation) and running the checks inside", kernel.version));
-    let output = boot(&root.join(format!("boot/vmlinuz-{abi}-amd64")), &initrd)?;
-    report(&output, counts)
+    let console = cache.join("console.log");
+    let output = boot(&root.join(format!("boot/vmlinuz-{abi}-amd64")), &initrd, &console)?;
+    report(&output, &console, counts)
 }
 
 /// The kernel's packages downloaded and unpacked, and netdevsim built
@@ -223,7 +224,18 @@ fn build_initramfs(abi: &str, cache: &Path, root: &Path, module: &Path, dispatch
     Ok(initrd)
 }
 
-fn boot(kernel: &Path, initrd: &Path) -> Result<String> {
+/// The whole run's bound: generous (loading `dispatch_hw` alone takes
+/// 20-25 s under emulation here, and a loaded machine is slower), but it
+/// ends. Progress is reported as it happens, so a slow run shows as slow.
+const VM_DEADLINE: Duration = Duration::from_secs(30 * 60);
+
+/// Boots the VM with its console streamed to `console` (a file, never a
+/// pipe: a pipe that nobody reads while qemu runs fills up with a long
+/// console, such as a verifier log, and blocks the guest until the
+/// deadline). Each check's line is echoed as it appears, with the time
+/// since boot. Returns the whole console.
+fn boot(kernel: &Path, initrd: &Path, console: &Path) -> Result<String> {
+    let file = fs::File::create(console).with_context(|| format!("cannot create {}", console.display()))?;
     let mut child = Command::new("qemu-system-x86_64")
         .args(["-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2", "-m", "1024", "-nographic", "-no-reboot"])
         .arg("-kernel")
@@ -232,44 +244,81 @@ fn boot(kernel: &Path, initrd: &Path) -> Result<String> {
         .arg(initrd)
         .args(["-append", "console=ttyS0 panic=-1 quiet"])
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(file.try_clone()?)
+        .stderr(file)
         .spawn()
         .context("cannot start qemu-system-x86_64")?;
-    // Bounded: the checks take under a minute under emulation.
-    let deadline = std::time::Instant::now() + Duration::from_secs(600);
-    loop {
-        if child.try_wait()?.is_some() {
-            break;
+    let started = Instant::now();
+    let mut shown = 0;
+    let status = loop {
+        let status = child.try_wait()?;
+        let text = String::from_utf8_lossy(&fs::read(console).unwrap_or_default()).into_owned();
+        // Echo complete lines only.
+        let complete = text.rfind('\n').map_or(0, |i| i + 1);
+        if complete > shown {
+            for line in text[shown..complete].lines() {
+                echo(line, started.elapsed());
+            }
+            shown = complete;
         }
-        if std::time::Instant::now() > deadline {
+        if let Some(status) = status {
+            break status;
+        }
+        if started.elapsed() > VM_DEADLINE {
             let _ = child.kill();
-            bail!("the VM did not power off within 10 minutes");
+            let _ = child.wait();
+            bail!(
+                "the VM did not power off within {} minutes; the end of its console ({}):\n{}",
+                VM_DEADLINE.as_secs() / 60,
+                console.display(),
+                tail(&text, 60)
+            );
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let text = String::from_utf8_lossy(&fs::read(console)?).into_owned();
+    for line in text[shown..].lines() {
+        echo(line, started.elapsed());
     }
-    let out = child.wait_with_output()?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    step(&format!("the VM powered off after {:.0} s ({status})", started.elapsed().as_secs_f64()));
+    Ok(text)
 }
 
-fn report(output: &str, counts: &mut Counts) -> Result<()> {
+/// Prints a check's result or timing line from the console as it comes.
+fn echo(line: &str, since_boot: Duration) {
+    if let Some(rest) = line.trim().strip_prefix("OFFLOAD-TEST ") {
+        println!("[{:>6.1} s] {rest}", since_boot.as_secs_f64());
+    }
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Counts the checks (their lines were echoed as they came) and, for a
+/// failure, prints the output the guest showed with it.
+fn report(output: &str, console: &Path, counts: &mut Counts) -> Result<()> {
     let (mut passed, mut failed) = (0, 0);
+    let mut in_failure = false;
     for line in output.lines() {
-        if let Some(rest) = line.trim_start().strip_prefix("OFFLOAD-TEST ") {
-            println!("{rest}");
+        if let Some(rest) = line.trim().strip_prefix("OFFLOAD-TEST ") {
+            in_failure = rest.starts_with("FAIL ");
             if rest.starts_with("ok ") {
                 passed += 1;
-            } else if rest.starts_with("FAIL ") {
+            } else if in_failure {
                 failed += 1;
+                println!("--- {rest}:");
             }
-        } else if line.starts_with("    ") || failed > 0 {
-            println!("{line}");
+        } else if in_failure {
+            println!("    {line}");
         }
     }
-    println!("offload-test: {passed} passed, {failed} failed");
+    println!("offload-test: {passed} passed, {failed} failed (console: {})", console.display());
     *counts = Counts { passed, failed };
     if !output.contains("OFFLOAD-TEST done") {
-        bail!("the VM did not finish its checks; its console:\n{output}");
+        bail!("the VM did not finish its checks; the end of its console:\n{}", tail(output, 60));
     }
     if failed > 0 || passed == 0 {
         bail!("offload-test failed");
