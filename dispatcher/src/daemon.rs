@@ -76,6 +76,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         return run_user(opts, shutdown, hup).await;
     }
     let mut config = effective_config(&opts)?;
+    check_egress_for_mode(opts.mode, &config)?;
     let mut learned = neighbours::fill_missing(&mut config).await?;
     let iface_mac = interface_mac(&opts.iface)?;
     privileges::require_bpf_admin("dispatcher run")?;
@@ -120,7 +121,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
     let mut maps = attached.maps_handle()?;
     let mut refresh = tokio::time::interval(Duration::from_millis(config.neighbours.refresh_ms.max(100)));
-    let service = service::run(config.service.port, &pin_dir);
+    let mut port = config.service.port;
+    let service = service::run(port, &pin_dir);
     tokio::pin!(service);
     let mut health_task = match config.health.clone() {
         Some(h) => Some(health::start(h, attached.maps_handle()?).await?),
@@ -132,8 +134,14 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             () = &mut shutdown => break,
             r = &mut service => { r?; break; }
             _ = hup.recv() => {
-                if let Some(new) = reload(&opts, &mut maps).await {
+                if let Some(new) = reload(&opts, &mut maps, iface_mac).await {
                     learned = new.learned;
+                    if new.port != port {
+                        // The old socket closes as its future is dropped.
+                        info!(old = port, new = new.port, "SIGHUP: the service port changed; the slow path moves to it");
+                        port = new.port;
+                        service.set(service::run(port, &pin_dir));
+                    }
                     if health_task.as_ref().map(|h| &h.config) != new.health.as_ref() {
                         // Stop the old listener, and wait until its socket is
                         // closed: the new one may bind the same address.
@@ -201,16 +209,31 @@ struct Reloaded {
     /// Workers whose MACs were learned from the neighbour table.
     learned: Vec<SocketAddr>,
     health: Option<crate::config::HealthConfig>,
+    /// The service port, which the slow path's socket follows.
+    port: u16,
+}
+
+/// The offload variant has no redirect (the NFP transmits with XDP_TX
+/// only): a config that asks for one is refused in hw mode.
+fn check_egress_for_mode(mode: Option<Mode>, config: &Config) -> Result<()> {
+    if let (Some(Mode::Hw), Some(target)) = (mode, &config.egress.redirect_to) {
+        anyhow::bail!(
+            "[egress] redirect_to = \"{target}\" cannot go with --mode hw: the offloaded program sends every request back out of the NIC it came in on (XDP_TX; the NFP has no redirect). Remove [egress], or run in drv or skb mode"
+        );
+    }
+    Ok(())
 }
 
 /// SIGHUP: re-read the config and apply the difference. A bad config is
 /// reported and changes nothing.
-async fn reload(opts: &RunOptions, maps: &mut crate::data_plane::Maps) -> Option<Reloaded> {
+async fn reload(opts: &RunOptions, maps: &mut crate::data_plane::Maps, iface_mac: [u8; 6]) -> Option<Reloaded> {
     let result = async {
         let mut config = effective_config(opts)?;
+        check_egress_for_mode(opts.mode, &config)?;
         let learned = neighbours::fill_missing(&mut config).await?;
+        control::configure_interface(maps, iface_mac, &config.egress)?;
         control::reconcile(maps, &config)?;
-        anyhow::Ok(Reloaded { learned, health: config.health })
+        anyhow::Ok(Reloaded { learned, health: config.health, port: config.service.port })
     };
     match result.await {
         Ok(reloaded) => {

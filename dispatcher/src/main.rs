@@ -134,6 +134,11 @@ enum Command {
         /// for checking latency meters).
         #[arg(long, default_value_t = 0)]
         delay_us: u64,
+        /// Hold at most this many requests at once: one that arrives beyond
+        /// it goes back to the dispatcher as BUSY (needs --dispatcher), which
+        /// re-steers it to another worker. 0: every request is BUSY.
+        #[arg(long, value_name = "N", requires = "dispatcher")]
+        max_in_flight: Option<u32>,
         /// Send heartbeats with this worker's load to the dispatcher's
         /// health address (its config's [health] listen).
         #[arg(long, requires = "heartbeat_key")]
@@ -438,7 +443,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
-        Command::Serve { listen, functions, dispatcher, delay_us, heartbeat_to, heartbeat_key, heartbeat_ms, capacity, memcached } => {
+        Command::Serve { listen, functions, dispatcher, delay_us, max_in_flight, heartbeat_to, heartbeat_key, heartbeat_ms, capacity, memcached } => {
             let delay = Duration::from_micros(delay_us);
             let heartbeats = heartbeat_to.map(|to| worker::HeartbeatTarget {
                 to,
@@ -449,7 +454,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             tokio_runtime()?.block_on(async {
                 let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
                 tokio::select! {
-                    r = worker::serve(listen, functions, dispatcher, delay, heartbeats, memcached) => r,
+                    r = worker::serve(listen, functions, worker::Limits { service: dispatcher, delay, max_in_flight }, heartbeats, memcached) => r,
                     _ = tokio::signal::ctrl_c() => Ok(()),
                     _ = term.recv() => Ok(()),
                 }

@@ -250,14 +250,25 @@ async fn send_heartbeats(listen: SocketAddr, target: HeartbeatTarget, in_flight:
 /// plain thread, so that one core's worth of worker keeps up with a load
 /// generator's hundred thousand requests a second; the async runtime only
 /// carries the heartbeats.
+/// How a worker paces its answers, and where it sends STEPs and BUSYs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Limits {
+    /// The dispatcher's service address (for STEP and BUSY).
+    pub service: Option<SocketAddr>,
+    /// Each answer this late.
+    pub delay: Duration,
+    /// Requests beyond this many in flight go back as BUSY.
+    pub max_in_flight: Option<u32>,
+}
+
 pub async fn serve(
     listen: SocketAddr,
     table: FunctionTable,
-    service: Option<SocketAddr>,
-    delay: Duration,
+    limits: Limits,
     heartbeats: Option<HeartbeatTarget>,
     memcached: Option<SocketAddr>,
 ) -> Result<()> {
+    let Limits { service, delay, max_in_flight } = limits;
     let kv = match memcached {
         Some(addr) => {
             let client = memcache::Client::connect(format!("memcache://{addr}?timeout=1"))
@@ -287,7 +298,7 @@ pub async fn serve(
     // Not joined: the process ends with the runtime (a blocking task would
     // keep the runtime's shutdown waiting on recvmmsg).
     thread::Builder::new().name("answers".into()).spawn(move || {
-        let _ = done_tx.send(answer_loop(&socket, &table, service, kv.as_ref(), delay, &in_flight));
+        let _ = done_tx.send(answer_loop(&socket, &table, Limits { service, delay, max_in_flight }, kv.as_ref(), &in_flight));
     })?;
     done_rx.await.unwrap_or_else(|_| Err(anyhow::anyhow!("the worker's answer thread ended")))
 }
@@ -298,31 +309,43 @@ const BATCH: usize = 64;
 /// Receives, runs and answers, a batch at a time. With a delay, answers go
 /// to a second thread that holds each one until its time: the delay is the
 /// same for all, so they fall due in the order they were made.
-fn answer_loop(
-    socket: &std::net::UdpSocket,
-    table: &FunctionTable,
-    service: Option<SocketAddr>,
-    kv: Option<&memcache::Client>,
-    delay: Duration,
-    in_flight: &Arc<AtomicU32>,
-) -> Result<()> {
+fn answer_loop(socket: &std::net::UdpSocket, table: &FunctionTable, limits: Limits, kv: Option<&memcache::Client>, in_flight: &Arc<AtomicU32>) -> Result<()> {
+    let Limits { service, delay, max_in_flight } = limits;
     let delayed = (!delay.is_zero())
         .then(|| spawn_delayed_sender(socket.try_clone()?, in_flight.clone()))
         .transpose()?;
     let mut receiver = BatchReceiver::new(BATCH, 65536);
     let mut sender = BatchSender::new(BATCH);
     let mut answers: Vec<(Vec<u8>, Option<SocketAddr>)> = Vec::with_capacity(BATCH);
+    let mut busies: Vec<(Vec<u8>, Option<SocketAddr>)> = Vec::new();
     loop {
         let n = receiver.recv(socket).context("cannot receive requests")?;
-        in_flight.fetch_add(n as u32, Ordering::Relaxed);
+        let held = in_flight.fetch_add(n as u32, Ordering::Relaxed);
         answers.clear();
+        busies.clear();
         for k in 0..n {
             let (datagram, from) = receiver.get(k);
             let Some(from) = from else { continue };
+            let over_limit = max_in_flight.is_some_and(|max| held + k as u32 - busies.len() as u32 >= max);
+            if let (true, Some(service)) = (over_limit, service) {
+                // At once, not after the delay: another worker can serve it.
+                if let Some(m) = busy(datagram, from) {
+                    busies.push((m.to_bytes(), Some(service)));
+                }
+                continue;
+            }
             if let Some((answer, to)) = handle(table, service, kv, datagram, from) {
                 answers.push((answer.to_bytes(), Some(to)));
             }
         }
+        if !busies.is_empty() {
+            let sent = sender.send(socket, &busies).context("cannot send BUSY")?;
+            if sent < busies.len() {
+                warn!(dropped = busies.len() - sent, "send buffer full: BUSYs dropped");
+            }
+            in_flight.fetch_sub(busies.len() as u32, Ordering::Relaxed);
+        }
+        let n = n - busies.len();
         match &delayed {
             None => {
                 let sent = sender.send(socket, &answers).context("cannot send answers")?;
@@ -341,6 +364,22 @@ fn answer_loop(
             }
         }
     }
+}
+
+/// A request sent back as BUSY (PROTOCOL.md): unchanged but for the kind,
+/// with `reply_*` set to where the answer goes. None for datagrams that are
+/// not requests.
+pub fn busy(datagram: &[u8], source: SocketAddr) -> Option<Message> {
+    let msg = Message::parse(datagram).ok().filter(|m| matches!(m.hdr.kind, kind::REQUEST | kind::STEP))?;
+    let mut hdr = msg.hdr;
+    if hdr.flags & flags::REPLY_SET == 0 {
+        let source = crate::data_plane::endpoint(source.ip(), source.port());
+        hdr.flags |= flags::REPLY_SET;
+        hdr.reply_port = source.port;
+        hdr.reply_addr = source.addr;
+    }
+    hdr.kind = kind::BUSY;
+    Some(Message { hdr, payload: msg.payload })
 }
 
 type Delayed = (Instant, (Vec<u8>, Option<SocketAddr>));
@@ -391,6 +430,19 @@ mod tests {
         let (answer, _) = handle(&t, None, None, &Message::request(2, 5, b"").to_bytes(), src).unwrap();
         assert_eq!(answer.error_parts().unwrap().0, error_code::UNKNOWN_FUNCTION);
         assert!(handle(&t, None, None, b"junk", src).is_none());
+    }
+
+    #[test]
+    fn busy_sends_the_request_back_with_reply_set_to_its_source() {
+        let src: SocketAddr = "10.0.0.2:4000".parse().unwrap();
+        let request = Message::request(1, 99, b"ping");
+        let back = busy(&request.to_bytes(), src).unwrap();
+        assert_eq!(back.hdr.kind, kind::BUSY);
+        assert_eq!((back.hdr.request_id(), back.hdr.function_id(), &back.payload[..]), (99, 1, &b"ping"[..]));
+        assert_eq!(back.reply_target("10.9.9.9:1".parse().unwrap()), src, "the answer still goes to the client");
+        assert!(busy(b"junk", src).is_none());
+        let response = request.response(b"pong".to_vec());
+        assert!(busy(&response.to_bytes(), src).is_none(), "only requests are sent back");
     }
 
     #[test]

@@ -342,6 +342,28 @@ impl Testbed {
         process
     }
 
+    /// Sends one datagram from `bind` inside `host`'s namespace to `to`, and
+    /// returns the first answer within `timeout` with its source. For
+    /// headers `dispatcher invoke` will not send (other versions, STEPs).
+    pub fn udp_exchange(&self, host: &Host, bind: std::net::SocketAddr, to: std::net::SocketAddr, datagram: &[u8], timeout: Duration) -> Option<(Vec<u8>, std::net::SocketAddr)> {
+        let ns_path = PathBuf::from("/run/netns").join(&host.ns);
+        thread::scope(|s| {
+            s.spawn(|| {
+                // setns moves only this thread, which ends here.
+                setns(fs::File::open(&ns_path).expect("open namespace"), CloneFlags::CLONE_NEWNET).expect("enter namespace");
+                let socket = std::net::UdpSocket::bind(bind).unwrap_or_else(|e| panic!("bind {bind} in {}: {e}", host.role));
+                socket.set_read_timeout(Some(timeout)).unwrap();
+                socket.send_to(datagram, to).expect("send");
+                let mut buf = vec![0u8; 65536];
+                let (n, from) = socket.recv_from(&mut buf).ok()?;
+                buf.truncate(n);
+                Some((buf, from))
+            })
+            .join()
+            .expect("exchange thread")
+        })
+    }
+
     /// Starts `dispatcher run --iface eth0 --config CONFIG EXTRA` on `dsp`
     /// under `name`, and waits until its data plane is up.
     pub fn run_dispatcher(&self, dsp: &Host, name: &str, config: &Path, extra: &[&str]) -> Process {

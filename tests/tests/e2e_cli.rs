@@ -170,3 +170,71 @@ fn reload_applies_only_the_difference() {
     assert_eq!(bed.invoke(1, 2), HashMap::from([(a1.clone(), 2)]));
     assert!(!bed.ok(&["functions", "list"]).lines().any(|l| l.starts_with("2 ")));
 }
+
+/// SIGHUP follows every part of the config, not just functions: a new
+/// service port (the data plane and the slow path's socket both move), a
+/// new service address, and a new `[egress]`.
+#[test]
+fn sighup_moves_the_service_port_addresses_and_egress() {
+    let mut tb = Testbed::new("hupall");
+    let dsp = tb.add_host("dsp", 1);
+    let client = tb.add_host("client", 2);
+    let worker = tb.add_host("worker", 10);
+    tb.enable_xdp_tx(&dsp);
+    tb.add_interface(&dsp, "eth1");
+    tests::testbed::sh("ip", &["-n", &dsp.ns, "addr", "add", "10.99.0.100/32", "dev", "eth0"]);
+    let base = config(dsp.ip, &[(1, &[&worker])], "");
+    let path = tb.write_file("dispatcher.toml", &base);
+    let _worker = tb.serve(&worker, "echo", &[]);
+    let dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &path, &[]);
+    tb.wait_for_udp_port(&dsp, 7770, Duration::from_secs(10));
+    let bin = dispatcher_bin();
+    let invoke = |to: &str, function: &str| {
+        let out = tb.exec(&client, &bin, &["invoke", "--timeout-ms", "500", "--to", to, function, "hup"]);
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let dispatched = || dispatcher::stats::Snapshot::read(&tb.pin_dir(&dsp)).unwrap().get(dispatcher_common::stats::Counter::DispatchedRequest);
+    let hup_and_wait = |count: usize| {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(dispatcher.pid() as i32), nix::sys::signal::Signal::SIGHUP).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while dispatcher.log().matches("configuration reloaded").count() < count {
+            assert!(std::time::Instant::now() < deadline, "no reload in the log:\n{}", dispatcher.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let old = format!("{}:7770", dsp.ip);
+    assert_eq!(invoke(&old, "1").0, Some(0));
+
+    // Port 7771 and a second address.
+    let moved = base.replace("port = 7770", "").replace(&format!("addresses = [\"{}\"]", dsp.ip), &format!("addresses = [\"{}\", \"10.99.0.100\"]\nport = 7771", dsp.ip));
+    tb.write_file("dispatcher.toml", &moved);
+    hup_and_wait(1);
+    tb.wait_for_udp_port(&dsp, 7771, Duration::from_secs(10));
+    let before = dispatched();
+    for to in [format!("{}:7771", dsp.ip), "10.99.0.100:7771".to_string()] {
+        let (code, stderr) = invoke(&to, "1");
+        assert_eq!(code, Some(0), "{to}: {stderr}\n{}", dispatcher.log());
+    }
+    assert_eq!(dispatched() - before, 2, "both dispatched by XDP on the new port");
+    // The slow path moved too: it answers ERROR 1 on the new port...
+    let (code, stderr) = invoke(&format!("{}:7771", dsp.ip), "99");
+    assert!(code == Some(2) && stderr.contains("ERROR 1 "), "{stderr}");
+    // ...and nothing serves the old one any more.
+    let (code, stderr) = invoke(&old, "1");
+    assert_ne!(code, Some(0), "the old port still answers: {stderr}");
+    assert_eq!(dispatched() - before, 2, "nothing dispatched on the old port");
+
+    // [egress]: requests now leave by eth1.
+    let sent = || {
+        let out = tb.exec(&dsp, std::path::Path::new("cat"), &["/sys/class/net/eth1/statistics/tx_packets"]);
+        String::from_utf8_lossy(&out.stdout).trim().parse::<u64>().unwrap_or(0)
+    };
+    tb.write_file("dispatcher.toml", &format!("{moved}\n[egress]\nredirect_to = \"eth1\"\n"));
+    hup_and_wait(2);
+    let before_tx = sent();
+    for _ in 0..3 {
+        let (code, stderr) = invoke(&format!("{}:7771", dsp.ip), "1");
+        assert_eq!(code, Some(0), "{stderr}\n{}", dispatcher.log());
+    }
+    assert!(sent() >= before_tx + 3, "eth1 sent {before_tx} -> {}", sent());
+}
