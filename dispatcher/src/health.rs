@@ -90,11 +90,13 @@ impl Health {
             }
             Err(Refused::Stale) => {
                 self.counters.dropped_stale_or_replayed += 1;
+                warn!(%from, "heartbeat dropped: sent too far from this clock (stale, or the clocks disagree)");
                 return Ok(());
             }
         };
         if self.seen.get(&hb.worker).is_some_and(|(_, last)| hb.sent_ns <= *last) {
             self.counters.dropped_stale_or_replayed += 1;
+            warn!(%from, worker = %hb.worker, "heartbeat dropped: not later than the last one accepted (a replay)");
             return Ok(());
         }
         if !self.index.by_worker.contains_key(&hb.worker) {

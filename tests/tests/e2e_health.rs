@@ -74,11 +74,46 @@ fn missed_heartbeats_mark_a_worker_down_and_resumed_ones_up() {
     wait_for_state(&tb, &dsp, &a2, "up");
     assert_eq!(invoke_counts(&tb, &client, &dsp, 4), HashMap::from([(a1.clone(), 2), (a2.clone(), 2)]));
 
-    // A heartbeat for the silent worker under the wrong key changes nothing.
-    let _forger = tb.serve(&client, "echo", &["--heartbeat-to", &hb_to, "--heartbeat-key", "not-the-key-at-all-000", "--heartbeat-ms", "50"]);
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(worker_states(&tb, &dsp)[&a3], "down");
-    assert!(dispatcher.log().contains("bad MAC"), "{}", dispatcher.log());
+    // Forged heartbeats in the silent worker's name, from its own address:
+    // under a wrong key, stale, and a replay of one it sent. None may bring
+    // it up or move its load.
+    let hb_to: std::net::SocketAddr = hb_to.parse().unwrap();
+    let from: std::net::SocketAddr = format!("{}:41000", silent.ip).parse().unwrap();
+    let forged = |key: &str, sent_ns: u64| dispatcher::heartbeat::Heartbeat { worker: a3.parse().unwrap(), in_flight: 77, capacity: 0, sent_ns }.encode(key.as_bytes());
+    let send = |bytes: &[u8]| {
+        assert!(tb.udp_exchange(&silent, from, hb_to, bytes, Duration::from_millis(50)).is_none(), "heartbeats get no answer");
+    };
+    let wait_for_log = |needle: &str, count: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while dispatcher.log().matches(needle).count() < count {
+            assert!(std::time::Instant::now() < deadline, "no `{needle}` x{count} in the log:\n{}", dispatcher.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let load_of = |addr: &str| {
+        let out = tb.exec(&dsp, &dispatcher_bin(), &["workers", "list", "--json"]);
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        list.as_array().unwrap().iter().find(|w| w["addr"] == addr).map(|w| w["load"].clone()).expect("the worker is listed")
+    };
+    let load_before = load_of(&a3);
+    let now = dispatcher::heartbeat::now_ns();
+    send(&forged("not-the-key-at-all-000", now));
+    wait_for_log("heartbeat with a bad MAC dropped", 1);
+    send(&forged(KEY, now - 60_000_000_000));
+    wait_for_log("sent too far from this clock", 1);
+    assert_eq!(worker_states(&tb, &dsp)[&a3], "down", "a forged heartbeat brought the worker up");
+    assert_eq!(load_of(&a3), load_before, "a forged heartbeat moved the load");
+    // A real one (the key leaked, say) brings it up; replayed after it has
+    // gone down again, it changes nothing.
+    let genuine = forged(KEY, dispatcher::heartbeat::now_ns());
+    send(&genuine);
+    wait_for_state(&tb, &dsp, &a3, "up");
+    wait_for_state(&tb, &dsp, &a3, "down");
+    let load_down = load_of(&a3);
+    send(&genuine);
+    wait_for_log("not later than the last one accepted (a replay)", 1);
+    assert_eq!(worker_states(&tb, &dsp)[&a3], "down", "a refused heartbeat brought the worker up");
+    assert_eq!(load_of(&a3), load_down, "a refused heartbeat moved the load");
     dispatcher.assert_running();
 
     // SIGHUP with a new key restarts health with it: the workers, still on
