@@ -77,10 +77,24 @@ impl Process {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until the process's log says `needle` `count` times, or
+    /// panics after `timeout`, showing the log.
+    pub fn wait_for_log(&self, needle: &str, count: usize, timeout: Duration) {
+        wait_for_text(&self.log, needle, count, timeout);
+    }
+
     /// Panics, showing the log, if the process has exited.
     pub fn assert_running(&mut self) {
         if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
             panic!("{} exited early ({status}); its output:\n{}", self.name, self.log());
+        }
+    }
+
+    /// SIGKILL, and wait until it is gone.
+    pub fn kill_hard(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 
@@ -143,7 +157,8 @@ impl Testbed {
     /// directory and a private bpffs (which `ip netns exec` cannot hide,
     /// unlike /sys/fs/bpf).
     pub fn new(label: &str) -> Testbed {
-        let name = format!("fd{}{}{label}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        sweep_stale_testbeds();
+        let name = format!("fd{}-{}{label}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let dir = PathBuf::from("/run").join(&name);
         let bpffs = dir.join("bpffs");
         let switch_ns = format!("{name}-sw");
@@ -238,10 +253,7 @@ impl Testbed {
     pub fn spawn(&self, host: &Host, name: &str, program: &Path, args: &[&str]) -> Process {
         let log = self.dir.join(format!("{name}.log"));
         let file = fs::File::create(&log).expect("create log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &host.ns])
-            .arg(program)
-            .args(args)
+        let child = in_namespace(&host.ns, program, args)
             .env("DISPATCHER_BPFFS", &self.bpffs)
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log"))
@@ -255,15 +267,42 @@ impl Testbed {
         }
     }
 
-    /// Runs `program args` in `host`'s namespace to completion.
+    /// Runs `program args` in `host`'s namespace to completion, within
+    /// EXEC_TIMEOUT: a command that hangs (a `dispatcher run` that should
+    /// have been refused, say) fails the test instead of hanging the suite.
     pub fn exec(&self, host: &Host, program: &Path, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &host.ns])
-            .arg(program)
-            .args(args)
+        let mut child = in_namespace(&host.ns, program, args)
             .env("DISPATCHER_BPFFS", &self.bpffs)
-            .output()
-            .expect("run in namespace")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run in namespace");
+        // Read both pipes while waiting, so a chatty command cannot block.
+        let (mut out, mut err) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
+        let stdout = thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut out, &mut v);
+            v
+        });
+        let stderr = thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut err, &mut v);
+            v
+        });
+        let deadline = Instant::now() + EXEC_TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("`{} {}` in {} did not finish within {EXEC_TIMEOUT:?}", program.display(), args.join(" "), host.role);
+            }
+            thread::sleep(Duration::from_millis(5));
+        };
+        Output { status, stdout: stdout.join().expect("stdout reader"), stderr: stderr.join().expect("stderr reader") }
     }
 
     /// Waits until something in `host` listens on UDP `port`.
@@ -396,6 +435,81 @@ impl Drop for Testbed {
         let _ = umount2(&self.bpffs, MntFlags::MNT_DETACH);
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Waits until something on this host (the test's own namespace) listens
+/// on UDP `port`, or panics after `timeout`.
+pub fn wait_for_local_udp_port(port: u16, timeout: Duration) {
+    let needle = format!(":{port:04X} ");
+    let deadline = Instant::now() + timeout;
+    loop {
+        let tables = ["/proc/net/udp", "/proc/net/udp6"].map(|t| fs::read_to_string(t).unwrap_or_default());
+        if tables.iter().any(|t| t.contains(&needle)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "nothing listens on UDP port {port} after {timeout:?}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits until the file at `path` contains `needle` `count` times, or
+/// panics after `timeout` showing it.
+pub fn wait_for_text(path: &Path, needle: &str, count: usize, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = fs::read_to_string(path).unwrap_or_default();
+        if text.matches(needle).count() >= count {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no `{needle}` (x{count}) in {} after {timeout:?}:\n{text}", path.display());
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The longest a command run to completion in a testbed may take (pktgen
+/// runs of a few seconds included).
+const EXEC_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// `ip netns exec NS program args`, killed if the test process dies (a
+/// killed test run leaves no daemon or worker behind). The death signal
+/// goes with the spawning thread's exit, which is how long a test owns the
+/// processes it starts.
+fn in_namespace(ns: &str, program: &Path, args: &[&str]) -> Command {
+    use std::os::unix::process::CommandExt as _;
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]).arg(program).args(args);
+    // SAFETY: prctl is async-signal-safe; nothing else runs in the child
+    // between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from));
+    }
+    cmd
+}
+
+/// Removes what testbeds of test processes that no longer run left behind
+/// (a run killed before its drops ran): their namespaces, bpffs mounts and
+/// scratch directories. Named `fd<pid>-...`; once per test process.
+fn sweep_stale_testbeds() {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(|| {
+        let stale = |name: &str| {
+            let pid = name.strip_prefix("fd").and_then(|rest| rest.split('-').next()).and_then(|p| p.parse::<u32>().ok());
+            pid.is_some_and(|pid| pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists())
+        };
+        for entry in fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if stale(&name) {
+                let _ = Command::new("ip").args(["netns", "del", &name]).status();
+            }
+        }
+        for entry in fs::read_dir("/run").into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if stale(&name) {
+                let _ = umount2(&entry.path().join("bpffs"), MntFlags::MNT_DETACH);
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    });
 }
 
 /// The `dispatcher` binary: $DISPATCHER_BIN, or the one cargo built next

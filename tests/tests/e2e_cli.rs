@@ -108,12 +108,7 @@ fn cli_changes_workers_functions_and_workflows_of_a_running_data_plane() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("ERROR 2"), "{}", String::from_utf8_lossy(&out.stderr));
     }
     let logged = |n: u32| format!("pass_no_worker: {n} packets so far on this CPU");
-    for _ in 0..100 {
-        if dispatcher.log().contains(&logged(1)) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    dispatcher.wait_for_log(&logged(1), 1, Duration::from_secs(10));
     let log = dispatcher.log();
     assert!(log.contains(&logged(1)), "no kernel log line in the daemon's output:\n{log}");
     assert!(!log.contains(&logged(3)), "only powers of two are logged:\n{log}");
@@ -141,15 +136,7 @@ fn reload_applies_only_the_difference() {
     assert_eq!(bed.invoke(1, 2), HashMap::from([(a1.clone(), 2)]));
 
     let hup = |pid: u32| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGHUP).unwrap();
-    let wait_for_log = |needle: &str, count: usize| {
-        for _ in 0..100 {
-            if dispatcher.log().matches(needle).count() >= count {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("no `{needle}` in the log:\n{}", dispatcher.log());
-    };
+    let wait_for_log = |needle: &str, count: usize| dispatcher.wait_for_log(needle, count, Duration::from_secs(10));
 
     // Function 1 moves to w2; function 2 appears.
     bed.tb.write_file("dispatcher.toml", &conf(&[&w2], "\n[[functions]]\nid = 2\n"));
@@ -196,11 +183,7 @@ fn sighup_moves_the_service_port_addresses_and_egress() {
     let dispatched = || dispatcher::stats::Snapshot::read(&tb.pin_dir(&dsp)).unwrap().get(dispatcher_common::stats::Counter::DispatchedRequest);
     let hup_and_wait = |count: usize| {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(dispatcher.pid() as i32), nix::sys::signal::Signal::SIGHUP).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while dispatcher.log().matches("configuration reloaded").count() < count {
-            assert!(std::time::Instant::now() < deadline, "no reload in the log:\n{}", dispatcher.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        dispatcher.wait_for_log("configuration reloaded", count, Duration::from_secs(10));
     };
     let old = format!("{}:7770", dsp.ip);
     assert_eq!(invoke(&old, "1").0, Some(0));

@@ -185,7 +185,7 @@ fn the_data_plane_outlives_the_daemon_and_is_adopted() {
 
     // 2. A second daemon adopts it (counters continue), and a second one at
     //    the same time is refused.
-    let second = tb.spawn(&dsp, "second", &dispatcher_bin(), &["run", "--iface", "eth0", "--config", conf.to_str().unwrap()]);
+    let mut second = tb.spawn(&dsp, "second", &dispatcher_bin(), &["run", "--iface", "eth0", "--config", conf.to_str().unwrap()]);
     tb.wait_for_udp_port(&dsp, 7770, Duration::from_secs(20));
     assert!(second.log().contains("adopted"), "{}", second.log());
     let out = tb.exec(&dsp, &dispatcher_bin(), &["run", "--iface", "eth0", "--config", conf.to_str().unwrap()]);
@@ -195,8 +195,7 @@ fn the_data_plane_outlives_the_daemon_and_is_adopted() {
     assert_eq!(dispatched(), 3);
 
     // 3. Killed outright: still dispatching.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(second.pid() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    second.kill_hard();
     invoke_ok("after kill -9");
     assert_eq!(dispatched(), 4);
 

@@ -28,9 +28,10 @@ fn worker_states(tb: &Testbed, dsp: &Host) -> HashMap<String, String> {
     list.as_array().unwrap().iter().map(|w| (w["addr"].as_str().unwrap().to_string(), w["state"].as_str().unwrap().to_string())).collect()
 }
 
-/// Polls until `addr` has `state` (or panics after 5 s).
+/// Polls until `addr` has `state` (or panics after 10 s).
 fn wait_for_state(tb: &Testbed, dsp: &Host, addr: &str, state: &str) {
-    for _ in 0..250 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
         if worker_states(tb, dsp).get(addr).map(String::as_str) == Some(state) {
             return;
         }
@@ -83,13 +84,7 @@ fn missed_heartbeats_mark_a_worker_down_and_resumed_ones_up() {
     let send = |bytes: &[u8]| {
         assert!(tb.udp_exchange(&silent, from, hb_to, bytes, Duration::from_millis(50)).is_none(), "heartbeats get no answer");
     };
-    let wait_for_log = |needle: &str, count: usize| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while dispatcher.log().matches(needle).count() < count {
-            assert!(std::time::Instant::now() < deadline, "no `{needle}` x{count} in the log:\n{}", dispatcher.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
+    let wait_for_log = |needle: &str, count: usize| dispatcher.wait_for_log(needle, count, Duration::from_secs(10));
     let load_of = |addr: &str| {
         let out = tb.exec(&dsp, &dispatcher_bin(), &["workers", "list", "--json"]);
         let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");

@@ -31,7 +31,7 @@ fn responder(port: u16, delay_us: u64) -> Responder {
         .stderr(Stdio::null())
         .spawn()
         .expect("start the responder");
-    std::thread::sleep(Duration::from_millis(300));
+    tests::testbed::wait_for_local_udp_port(port, Duration::from_secs(10));
     Responder(child)
 }
 

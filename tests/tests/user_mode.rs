@@ -75,7 +75,9 @@ fn user_mode_dispatches_by_policy_runs_workflows_and_reloads() {
         spawn(&["serve", "--listen", &format!("127.0.0.1:{w2}"), "--functions", "1=upper,2=reverse,3=echo", "--dispatcher", &service], None),
         spawn(&["run", "--mode", "user", "--config", conf.to_str().unwrap()], Some(&log)),
     ]);
-    std::thread::sleep(Duration::from_millis(500));
+    for p in [w1, w2, port] {
+        tests::testbed::wait_for_local_udp_port(p, Duration::from_secs(10));
+    }
     let (a1, a2) = (format!("127.0.0.1:{w1}"), format!("127.0.0.1:{w2}"));
 
     // Round-robin: alternating, answered by the workers themselves.
@@ -101,7 +103,7 @@ fn user_mode_dispatches_by_policy_runs_workflows_and_reloads() {
     std::fs::write(&conf, config(port, w1, w2, &format!("{{ addr = \"{a2}\" }}"))).unwrap();
     let pid = nix::unistd::Pid::from_raw(procs.0[2].id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
-    std::thread::sleep(Duration::from_millis(400));
+    tests::testbed::wait_for_text(&log, "configuration reloaded", 1, Duration::from_secs(10));
     for _ in 0..3 {
         assert_eq!(invoke(port, 1, "y").unwrap().0, a2);
     }
