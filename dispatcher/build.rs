@@ -19,7 +19,10 @@ const TARGET: &str = "bpfel-unknown-none";
 
 fn main() -> anyhow::Result<()> {
     check_toolchain()?;
-    let ebpf_dir = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?.join(PACKAGE);
+    let ebpf_dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace root")?
+        .join(PACKAGE);
     let common_dir = ebpf_dir.with_file_name("dispatcher-common");
     println!("cargo:rerun-if-changed={}", ebpf_dir.display());
     println!("cargo:rerun-if-changed={}", common_dir.display());
@@ -36,7 +39,16 @@ fn main() -> anyhow::Result<()> {
     ]
     .join("\x1f");
     let output = Command::new("rustup")
-        .args(["run", "nightly", "cargo", "build", "--package", PACKAGE, "--bins", "--release"])
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "build",
+            "--package",
+            PACKAGE,
+            "--bins",
+            "--release",
+        ])
         .args(["--target", TARGET, "-Z", "build-std=core", "--target-dir"])
         .arg(&target_dir)
         .current_dir(&ebpf_dir)
@@ -77,7 +89,9 @@ fn check_toolchain() -> anyhow::Result<()> {
     let sysroot = String::from_utf8_lossy(&sysroot.stdout);
     let core_src = Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library/core");
     if !core_src.exists() {
-        return Err(anyhow!("rust-src for the nightly toolchain is missing: {fix}"));
+        return Err(anyhow!(
+            "rust-src for the nightly toolchain is missing: {fix}"
+        ));
     }
     Ok(())
 }

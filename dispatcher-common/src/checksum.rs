@@ -101,7 +101,10 @@ mod tests {
     struct Lcg(u64);
     impl Lcg {
         fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             self.0 >> 16
         }
     }
@@ -118,7 +121,11 @@ mod tests {
             hdr[11] = 0;
             let check = checksum(0, &hdr);
             hdr[10..12].copy_from_slice(&check.to_be_bytes());
-            assert_eq!(checksum(0, &hdr), 0, "a header with its checksum sums to zero");
+            assert_eq!(
+                checksum(0, &hdr),
+                0,
+                "a header with its checksum sums to zero"
+            );
 
             let old: [u8; 4] = hdr[16..20].try_into().unwrap();
             let new = (rng.next() as u32).to_be_bytes();

@@ -107,7 +107,9 @@ impl Geometry {
             return None;
         }
         let per_function = |most: u32| prev_power_of_two((entries / functions).min(most));
-        let chunks = |most_slots: u32| prev_power_of_two((entries / (2 * functions)).min(most_slots / TABLE_CHUNK));
+        let chunks = |most_slots: u32| {
+            prev_power_of_two((entries / (2 * functions)).min(most_slots / TABLE_CHUNK))
+        };
         Some(Geometry {
             service_slots: prev_power_of_two(entries.min(h.service_slots)),
             functions,
@@ -185,7 +187,9 @@ impl Geometry {
     /// The two SERVICES slots where `e` may live.
     #[inline(always)]
     pub fn service_slots(&self, e: &Endpoint) -> (u32, u32) {
-        let h = crate::hash::fmix32(crate::hash::fold_address(&e.addr) ^ u16::from_be_bytes(e.port) as u32);
+        let h = crate::hash::fmix32(
+            crate::hash::fold_address(&e.addr) ^ u16::from_be_bytes(e.port) as u32,
+        );
         let mask = self.service_slots.wrapping_sub(1);
         (h & mask, (h >> 10) & mask)
     }
@@ -193,7 +197,11 @@ impl Geometry {
 
 /// The largest power of two not above `n` (0 for 0).
 const fn prev_power_of_two(n: u32) -> u32 {
-    if n == 0 { 0 } else { 1 << (31 - n.leading_zeros()) }
+    if n == 0 {
+        0
+    } else {
+        1 << (31 - n.leading_zeros())
+    }
 }
 
 /// Address family of a [`Worker`] or of a packet.
@@ -337,7 +345,10 @@ impl Function {
     #[inline(always)]
     pub const fn maglev_position(&self, position: u32) -> (u32, usize) {
         let p = position & self.maglev_mask as u32;
-        (self.maglev_base + p / TABLE_CHUNK, (p % TABLE_CHUNK) as usize)
+        (
+            self.maglev_base + p / TABLE_CHUNK,
+            (p % TABLE_CHUNK) as usize,
+        )
     }
 }
 
@@ -395,8 +406,9 @@ mod pod {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use core::mem::size_of;
+
+    use super::*;
 
     /// The sizes both halves rely on; a change here changes the map ABI.
     /// Key + value stay within the NFP's 64-byte entries.
@@ -421,8 +433,14 @@ mod tests {
     fn host_geometry_is_valid() {
         let h = Geometry::HOST;
         assert_eq!(h.problem(), None);
-        assert!(h.ring_size >= 4 * h.workers_per_function, "weights need room in the ring");
-        assert!(h.maglev_size > 100 * h.workers_per_function, "Maglev wants M >> N");
+        assert!(
+            h.ring_size >= 4 * h.workers_per_function,
+            "weights need room in the ring"
+        );
+        assert!(
+            h.maglev_size > 100 * h.workers_per_function,
+            "Maglev wants M >> N"
+        );
         assert_eq!(h.map_entries(names::MAGLEV), Some(1024 * 2 * 512));
     }
 
@@ -435,14 +453,30 @@ mod tests {
         for entries in [2, 3, 5, 16, 100, 1000, 4096, 65536, 1 << 20, u32::MAX] {
             let g = Geometry::fitting(entries).unwrap();
             assert_eq!(g.problem(), None, "{entries}: {g:?}");
-            for name in [names::SERVICES, names::FUNCTIONS, names::WORKERS, names::RING, names::MAGLEV, names::WORKFLOWS] {
+            for name in [
+                names::SERVICES,
+                names::FUNCTIONS,
+                names::WORKERS,
+                names::RING,
+                names::MAGLEV,
+                names::WORKFLOWS,
+            ] {
                 let n = g.map_entries(name).unwrap();
                 assert!(n >= 1 && n <= entries, "{entries}: {name} needs {n}");
             }
         }
         // netdevsim: one function of two workers, one-chunk tables.
         let g = Geometry::fitting(2).unwrap();
-        assert_eq!((g.functions, g.workers_per_function, g.ring_size, g.maglev_size, g.service_slots), (1, 2, 32, 32, 2));
+        assert_eq!(
+            (
+                g.functions,
+                g.workers_per_function,
+                g.ring_size,
+                g.maglev_size,
+                g.service_slots
+            ),
+            (1, 2, 32, 32, 2)
+        );
         assert_eq!(Geometry::fitting(u32::MAX), Some(Geometry::HOST));
     }
 

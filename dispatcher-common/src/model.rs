@@ -13,8 +13,8 @@ use crate::{
     checksum::Patch,
     hash,
     maps::{
-        egress, family, policy, Endpoint, Function, Settings, Worker, Workflow, LL_CANDIDATES, MAX_RESTEERS,
-        MAX_WORKFLOW_STEPS, RESTEER_TRIES,
+        egress, family, policy, Endpoint, Function, Settings, Worker, Workflow, LL_CANDIDATES,
+        MAX_RESTEERS, MAX_WORKFLOW_STEPS, RESTEER_TRIES,
     },
     protocol::{flags, kind, FaasHdr, MAGIC, VERSION},
     stats::Counter,
@@ -61,9 +61,19 @@ pub struct Dispatch {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeaderEdit {
     None,
-    StartWorkflow { workflow_id: u32, function_id: u32, last: bool },
-    Step { function_id: u32, last: bool },
-    Resteer { kind: u8, resteers: u8 },
+    StartWorkflow {
+        workflow_id: u32,
+        function_id: u32,
+        last: bool,
+    },
+    Step {
+        function_id: u32,
+        last: bool,
+    },
+    Resteer {
+        kind: u8,
+        resteers: u8,
+    },
 }
 
 /// Where the headers of a parsed frame are.
@@ -90,12 +100,22 @@ fn mapped(a: &[u8], port: [u8; 2]) -> Endpoint {
     addr[10] = 0xff;
     addr[11] = 0xff;
     addr[12..].copy_from_slice(&a[..4]);
-    Endpoint { addr, port, _pad: [0; 2] }
+    Endpoint {
+        addr,
+        port,
+        _pad: [0; 2],
+    }
 }
 
 /// Parses down to the UDP header, exactly as `Packet::parse` does.
 pub fn parse(frame: &[u8]) -> Result<Parsed, Counter> {
-    let need = |end: usize| if frame.len() >= end { Ok(()) } else { Err(Counter::PassMalformed) };
+    let need = |end: usize| {
+        if frame.len() >= end {
+            Ok(())
+        } else {
+            Err(Counter::PassMalformed)
+        }
+    };
     need(ETH_LEN)?;
     let mut offset = ETH_LEN;
     let mut ether_type = be16(frame, 12);
@@ -128,7 +148,11 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, Counter> {
     } else if ether_type == 0x86DD {
         need(l3 + IPV6_LEN)?;
         let ip_end = l3 + IPV6_LEN + be16(frame, l3 + 4) as usize;
-        (family::IPV6, skip_ipv6_extensions(frame, frame[l3 + 6], l3 + IPV6_LEN)?, ip_end)
+        (
+            family::IPV6,
+            skip_ipv6_extensions(frame, frame[l3 + 6], l3 + IPV6_LEN)?,
+            ip_end,
+        )
     } else {
         return Err(Counter::PassNotIp);
     };
@@ -142,15 +166,35 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, Counter> {
     let src_port = [frame[l4], frame[l4 + 1]];
     let dst_port = [frame[l4 + 2], frame[l4 + 3]];
     let (src, dst) = if fam == family::IPV4 {
-        (mapped(&frame[l3 + 12..], src_port), mapped(&frame[l3 + 16..], dst_port))
+        (
+            mapped(&frame[l3 + 12..], src_port),
+            mapped(&frame[l3 + 16..], dst_port),
+        )
     } else {
         let mut s = [0u8; 16];
         let mut d = [0u8; 16];
         s.copy_from_slice(&frame[l3 + 8..l3 + 24]);
         d.copy_from_slice(&frame[l3 + 24..l3 + 40]);
-        (Endpoint { addr: s, port: src_port, _pad: [0; 2] }, Endpoint { addr: d, port: dst_port, _pad: [0; 2] })
+        (
+            Endpoint {
+                addr: s,
+                port: src_port,
+                _pad: [0; 2],
+            },
+            Endpoint {
+                addr: d,
+                port: dst_port,
+                _pad: [0; 2],
+            },
+        )
     };
-    Ok(Parsed { l3_offset: l3, l4_offset: l4, family: fam, src, dst })
+    Ok(Parsed {
+        l3_offset: l3,
+        l4_offset: l4,
+        family: fam,
+        src,
+        dst,
+    })
 }
 
 fn skip_ipv6_extensions(frame: &[u8], mut next: u8, mut offset: usize) -> Result<usize, Counter> {
@@ -185,7 +229,13 @@ fn skip_ipv6_extensions(frame: &[u8], mut next: u8, mut offset: usize) -> Result
 /// Decides what to run for a FaaS header that arrived from `src`, and picks
 /// the worker: everything short of writing. `random` stands for the
 /// kernel's bpf_get_prandom_u32 (p2c).
-pub fn decide(hdr: &FaasHdr, src: &Endpoint, packet_family: u8, view: &impl View, random: u32) -> Result<Dispatch, Counter> {
+pub fn decide(
+    hdr: &FaasHdr,
+    src: &Endpoint,
+    packet_family: u8,
+    view: &impl View,
+    random: u32,
+) -> Result<Dispatch, Counter> {
     let (function, edit, counter) = match hdr.kind {
         kind::REQUEST => request(hdr, view)?,
         kind::STEP => {
@@ -202,15 +252,27 @@ pub fn decide(hdr: &FaasHdr, src: &Endpoint, packet_family: u8, view: &impl View
         HeaderEdit::Resteer { .. } => other_than(&function, src, view)?,
         _ => by_policy(&function, hdr.key(), src, view, random)?,
     };
-    let worker = view.worker(function.worker_index(slot)).ok_or(Counter::PassNoWorker)?;
+    let worker = view
+        .worker(function.worker_index(slot))
+        .ok_or(Counter::PassNoWorker)?;
     if worker.family != packet_family {
         return Err(Counter::PassFamilyMismatch);
     }
-    Ok(Dispatch { function, slot, worker, edit, counter })
+    Ok(Dispatch {
+        function,
+        slot,
+        worker,
+        edit,
+        counter,
+    })
 }
 
 fn registered(src: &Endpoint, view: &impl View) -> Result<(), Counter> {
-    if view.is_registered(src) { Ok(()) } else { Err(Counter::DropNotRegistered) }
+    if view.is_registered(src) {
+        Ok(())
+    } else {
+        Err(Counter::DropNotRegistered)
+    }
 }
 
 fn request(hdr: &FaasHdr, view: &impl View) -> Result<(Function, HeaderEdit, Counter), Counter> {
@@ -223,19 +285,40 @@ fn request(hdr: &FaasHdr, view: &impl View) -> Result<(Function, HeaderEdit, Cou
         return Err(Counter::PassBadStep);
     }
     let function_id = w.functions[0];
-    let f = view.function(function_id).ok_or(Counter::PassUnknownFunction)?;
-    Ok((f, HeaderEdit::StartWorkflow { workflow_id: id, function_id, last: w.step_count == 1 }, Counter::DispatchedWorkflow))
+    let f = view
+        .function(function_id)
+        .ok_or(Counter::PassUnknownFunction)?;
+    Ok((
+        f,
+        HeaderEdit::StartWorkflow {
+            workflow_id: id,
+            function_id,
+            last: w.step_count == 1,
+        },
+        Counter::DispatchedWorkflow,
+    ))
 }
 
 fn step(hdr: &FaasHdr, view: &impl View) -> Result<(Function, HeaderEdit, Counter), Counter> {
-    let w = view.workflow(hdr.workflow_id()).ok_or(Counter::PassBadStep)?;
+    let w = view
+        .workflow(hdr.workflow_id())
+        .ok_or(Counter::PassBadStep)?;
     let step = hdr.step as usize;
     if step >= MAX_WORKFLOW_STEPS || step as u32 >= w.step_count {
         return Err(Counter::PassBadStep);
     }
     let function_id = w.functions[step];
-    let f = view.function(function_id).ok_or(Counter::PassUnknownFunction)?;
-    Ok((f, HeaderEdit::Step { function_id, last: step as u32 + 1 == w.step_count }, Counter::DispatchedStep))
+    let f = view
+        .function(function_id)
+        .ok_or(Counter::PassUnknownFunction)?;
+    Ok((
+        f,
+        HeaderEdit::Step {
+            function_id,
+            last: step as u32 + 1 == w.step_count,
+        },
+        Counter::DispatchedStep,
+    ))
 }
 
 fn busy(hdr: &FaasHdr, view: &impl View) -> Result<(Function, HeaderEdit, Counter), Counter> {
@@ -243,9 +326,22 @@ fn busy(hdr: &FaasHdr, view: &impl View) -> Result<(Function, HeaderEdit, Counte
     if resteers >= MAX_RESTEERS {
         return Err(Counter::PassBusyExhausted);
     }
-    let kind = if hdr.workflow_id() == 0 { kind::REQUEST } else { kind::STEP };
-    let f = view.function(hdr.function_id()).ok_or(Counter::PassUnknownFunction)?;
-    Ok((f, HeaderEdit::Resteer { kind, resteers: resteers + 1 }, Counter::Resteered))
+    let kind = if hdr.workflow_id() == 0 {
+        kind::REQUEST
+    } else {
+        kind::STEP
+    };
+    let f = view
+        .function(hdr.function_id())
+        .ok_or(Counter::PassUnknownFunction)?;
+    Ok((
+        f,
+        HeaderEdit::Resteer {
+            kind,
+            resteers: resteers + 1,
+        },
+        Counter::Resteered,
+    ))
 }
 
 /// The affinity hash: the key, or the client's address and port.
@@ -257,7 +353,13 @@ pub fn affinity_hash(key: u64, src: &Endpoint) -> u32 {
     }
 }
 
-fn by_policy(f: &Function, key: u64, src: &Endpoint, view: &impl View, random: u32) -> Result<u32, Counter> {
+fn by_policy(
+    f: &Function,
+    key: u64,
+    src: &Endpoint,
+    view: &impl View,
+    random: u32,
+) -> Result<u32, Counter> {
     if f.up_count == 0 {
         return Err(Counter::PassNoWorker);
     }
@@ -292,21 +394,34 @@ fn other_than(f: &Function, busy: &Endpoint, view: &impl View) -> Result<u32, Co
     if f.up_count == 0 {
         return Err(Counter::PassBusyExhausted);
     }
-    let is_other = |slot: u32| view.worker(f.worker_index(slot)).is_some_and(|w| !(w.port == busy.port && worker_address(&w) == busy.addr));
+    let is_other = |slot: u32| {
+        view.worker(f.worker_index(slot))
+            .is_some_and(|w| !(w.port == busy.port && worker_address(&w) == busy.addr))
+    };
     let turn = view.turn(f.index);
     for i in 0..RESTEER_TRIES {
-        let slot = view.ring_slot(f, turn.wrapping_add(i)).ok_or(Counter::PassBusyExhausted)? as u32;
+        let slot = view
+            .ring_slot(f, turn.wrapping_add(i))
+            .ok_or(Counter::PassBusyExhausted)? as u32;
         if is_other(slot) {
             return Ok(slot);
         }
     }
     // Then the least-loaded candidates (distinct workers).
-    f.ll_slots[..(f.ll_count as usize).min(LL_CANDIDATES)].iter().map(|&s| s as u32).find(|&s| is_other(s)).ok_or(Counter::PassBusyExhausted)
+    f.ll_slots[..(f.ll_count as usize).min(LL_CANDIDATES)]
+        .iter()
+        .map(|&s| s as u32)
+        .find(|&s| is_other(s))
+        .ok_or(Counter::PassBusyExhausted)
 }
 
 /// A worker's address as an endpoint holds it (IPv4-mapped for IPv4).
 pub fn worker_address(w: &Worker) -> [u8; 16] {
-    if w.family == family::IPV4 { mapped(&w.addr, [0; 2]).addr } else { w.addr }
+    if w.family == family::IPV4 {
+        mapped(&w.addr, [0; 2]).addr
+    } else {
+        w.addr
+    }
 }
 
 /// Applies `edit` to a header (for user space, which forwards headers it
@@ -314,7 +429,11 @@ pub fn worker_address(w: &Worker) -> [u8; 16] {
 pub fn edit_header(hdr: &mut FaasHdr, edit: &HeaderEdit, src: &Endpoint) {
     match *edit {
         HeaderEdit::None => {}
-        HeaderEdit::StartWorkflow { workflow_id, function_id, last } => {
+        HeaderEdit::StartWorkflow {
+            workflow_id,
+            function_id,
+            last,
+        } => {
             hdr.function_id = function_id.to_be_bytes();
             hdr.workflow_id = workflow_id.to_be_bytes();
             hdr.step = 0;
@@ -354,12 +473,28 @@ pub struct Outcome {
 /// Runs the whole program over `frame`.
 pub fn process(frame: &mut [u8], view: &impl View, random: u32) -> Outcome {
     match try_process(frame, view, random) {
-        Ok((verdict, d)) => Outcome { verdict, counter: d.counter, dispatch: Some(d) },
-        Err(c) => Outcome { verdict: if c.is_drop() { Verdict::Drop } else { Verdict::Pass }, counter: c, dispatch: None },
+        Ok((verdict, d)) => Outcome {
+            verdict,
+            counter: d.counter,
+            dispatch: Some(d),
+        },
+        Err(c) => Outcome {
+            verdict: if c.is_drop() {
+                Verdict::Drop
+            } else {
+                Verdict::Pass
+            },
+            counter: c,
+            dispatch: None,
+        },
     }
 }
 
-fn try_process(frame: &mut [u8], view: &impl View, random: u32) -> Result<(Verdict, Dispatch), Counter> {
+fn try_process(
+    frame: &mut [u8],
+    view: &impl View,
+    random: u32,
+) -> Result<(Verdict, Dispatch), Counter> {
     let p = parse(frame)?;
     if !view.is_service(&p.dst) {
         return Err(Counter::PassNotService);
@@ -379,7 +514,11 @@ fn try_process(frame: &mut [u8], view: &impl View, random: u32) -> Result<(Verdi
     let d = decide(&hdr, &p.src, p.family, view, random)?;
     let settings = view.settings().ok_or(Counter::PassNotConfigured)?;
     rewrite(frame, &p, &hdr, &d, &settings);
-    let verdict = if settings.egress == egress::REDIRECT { Verdict::Redirect } else { Verdict::Tx };
+    let verdict = if settings.egress == egress::REDIRECT {
+        Verdict::Redirect
+    } else {
+        Verdict::Tx
+    };
     Ok((verdict, d))
 }
 
@@ -410,9 +549,22 @@ fn rewrite(frame: &mut [u8], p: &Parsed, hdr: &FaasHdr, d: &Dispatch, settings: 
     // packet that leaves from the service, the source.
     if p.family == family::IPV4 {
         let mut ip_patch = Patch::new(be16(frame, l3 + 10));
-        let destination = [d.worker.addr[0], d.worker.addr[1], d.worker.addr[2], d.worker.addr[3]];
-        let source = [p.dst.addr[12], p.dst.addr[13], p.dst.addr[14], p.dst.addr[15]];
-        for (at, new) in [(16, destination), (12, source)].into_iter().take(if from_service { 2 } else { 1 }) {
+        let destination = [
+            d.worker.addr[0],
+            d.worker.addr[1],
+            d.worker.addr[2],
+            d.worker.addr[3],
+        ];
+        let source = [
+            p.dst.addr[12],
+            p.dst.addr[13],
+            p.dst.addr[14],
+            p.dst.addr[15],
+        ];
+        for (at, new) in [(16, destination), (12, source)]
+            .into_iter()
+            .take(if from_service { 2 } else { 1 })
+        {
             let mut old = [0u8; 4];
             old.copy_from_slice(&frame[l3 + at..l3 + at + 4]);
             patch = patch.bytes(&old, &new);
@@ -421,7 +573,10 @@ fn rewrite(frame: &mut [u8], p: &Parsed, hdr: &FaasHdr, d: &Dispatch, settings: 
         }
         frame[l3 + 10..l3 + 12].copy_from_slice(&ip_patch.finish().to_be_bytes());
     } else {
-        for (at, new) in [(24, d.worker.addr), (8, p.dst.addr)].into_iter().take(if from_service { 2 } else { 1 }) {
+        for (at, new) in [(24, d.worker.addr), (8, p.dst.addr)]
+            .into_iter()
+            .take(if from_service { 2 } else { 1 })
+        {
             let mut old = [0u8; 16];
             old.copy_from_slice(&frame[l3 + at..l3 + at + 16]);
             patch = patch.bytes(&old, &new);

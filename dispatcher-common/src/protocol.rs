@@ -141,8 +141,9 @@ impl FaasHdr {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use core::mem::offset_of;
+
+    use super::*;
 
     /// Pins the header layout to the table in PROTOCOL.md.
     #[test]

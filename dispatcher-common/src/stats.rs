@@ -95,7 +95,10 @@ impl Counter {
     pub const fn is_dispatch(self) -> bool {
         matches!(
             self,
-            Counter::DispatchedRequest | Counter::DispatchedWorkflow | Counter::DispatchedStep | Counter::Resteered
+            Counter::DispatchedRequest
+                | Counter::DispatchedWorkflow
+                | Counter::DispatchedStep
+                | Counter::Resteered
         )
     }
 
@@ -109,7 +112,10 @@ impl Counter {
     /// not ours? The host program logs these, through aya-log, at
     /// rising intervals.
     pub const fn is_alarm(self) -> bool {
-        matches!(self, Counter::PassNoWorker | Counter::PassBusyExhausted | Counter::DropEgressFailed)
+        matches!(
+            self,
+            Counter::PassNoWorker | Counter::PassBusyExhausted | Counter::DropEgressFailed
+        )
     }
 }
 

@@ -69,7 +69,12 @@ fn run<V: Variant>(ctx: &XdpContext) -> u32 {
             // Off the hot path (only packets that were not dispatched), and
             // rate-limited: the 1st, 2nd, 4th, 8th... on each CPU.
             if V::LOGS && reason.is_alarm() && seen.is_power_of_two() {
-                warn!(ctx, "{}: {} packets so far on this CPU (logged at powers of two)", reason.name(), seen);
+                warn!(
+                    ctx,
+                    "{}: {} packets so far on this CPU (logged at powers of two)",
+                    reason.name(),
+                    seen
+                );
             }
             if reason.is_drop() {
                 xdp_action::XDP_DROP
@@ -128,7 +133,14 @@ fn try_dispatch<V: Variant>(ctx: &XdpContext) -> Result<(Counter, u32), Counter>
     }
 
     // Every check is done: from here on the packet is written.
-    rewrite::toward_worker(ctx, &pkt, hdr_ptr, &decision.edit, worker, &settings.src_mac)?;
+    rewrite::toward_worker(
+        ctx,
+        &pkt,
+        hdr_ptr,
+        &decision.edit,
+        worker,
+        &settings.src_mac,
+    )?;
     select::charge::<V>(function, slot);
     let action = V::transmit(settings)?;
     V::traffic(function.index, index, pkt.len);
@@ -150,7 +162,11 @@ fn registered(pkt: &Packet) -> Result<(), Counter> {
 fn request(hdr: &FaasHdr) -> Result<Decision, Counter> {
     let id = hdr.function_id();
     if let Some(function) = maps::function(id) {
-        return Ok(Decision { function, edit: HeaderEdit::None, counter: Counter::DispatchedRequest });
+        return Ok(Decision {
+            function,
+            edit: HeaderEdit::None,
+            counter: Counter::DispatchedRequest,
+        });
     }
     let workflow = maps::workflow(id).ok_or(Counter::PassUnknownFunction)?;
     let steps = workflow.step_count;
@@ -160,7 +176,11 @@ fn request(hdr: &FaasHdr) -> Result<Decision, Counter> {
     let function_id = workflow.functions[0];
     Ok(Decision {
         function: maps::function(function_id).ok_or(Counter::PassUnknownFunction)?,
-        edit: HeaderEdit::StartWorkflow { workflow_id: id, function_id, last: steps == 1 },
+        edit: HeaderEdit::StartWorkflow {
+            workflow_id: id,
+            function_id,
+            last: steps == 1,
+        },
         counter: Counter::DispatchedWorkflow,
     })
 }
@@ -176,7 +196,10 @@ fn step<V: Variant>(hdr: &FaasHdr) -> Result<Decision, Counter> {
     let function_id = V::word_of_eight(&workflow.functions, step);
     Ok(Decision {
         function: maps::function(function_id).ok_or(Counter::PassUnknownFunction)?,
-        edit: HeaderEdit::Step { function_id, last: step as u32 + 1 == workflow.step_count },
+        edit: HeaderEdit::Step {
+            function_id,
+            last: step as u32 + 1 == workflow.step_count,
+        },
         counter: Counter::DispatchedStep,
     })
 }
@@ -189,10 +212,17 @@ fn busy(hdr: &FaasHdr) -> Result<Decision, Counter> {
     if resteers >= MAX_RESTEERS {
         return Err(Counter::PassBusyExhausted);
     }
-    let kind = if hdr.workflow_id() == 0 { kind::REQUEST } else { kind::STEP };
+    let kind = if hdr.workflow_id() == 0 {
+        kind::REQUEST
+    } else {
+        kind::STEP
+    };
     Ok(Decision {
         function: maps::function(hdr.function_id()).ok_or(Counter::PassUnknownFunction)?,
-        edit: HeaderEdit::Resteer { kind, resteers: resteers + 1 },
+        edit: HeaderEdit::Resteer {
+            kind,
+            resteers: resteers + 1,
+        },
         counter: Counter::Resteered,
     })
 }

@@ -15,7 +15,8 @@ use aya_ebpf::{
 };
 use dispatcher_common::{
     maps::{
-        Endpoint, Function, Geometry, ServiceSlot, Settings, TableChunk, Traffic, Worker, Workflow, TABLE_CHUNK,
+        Endpoint, Function, Geometry, ServiceSlot, Settings, TableChunk, Traffic, Worker, Workflow,
+        TABLE_CHUNK,
     },
     stats::Counter,
 };
@@ -54,12 +55,14 @@ pub static LOADS: Array<u64> = Array::with_max_entries(HOST.worker_slots(), 0);
 /// weighted round-robin order. Written by user space (the idle generation,
 /// then a FUNCTIONS flip); read by round-robin, p2c and BUSY re-steering.
 #[map]
-pub static RING: Array<TableChunk> = Array::with_max_entries(HOST.functions * 2 * HOST.ring_size / TABLE_CHUNK, 0);
+pub static RING: Array<TableChunk> =
+    Array::with_max_entries(HOST.functions * 2 * HOST.ring_size / TABLE_CHUNK, 0);
 
 /// Maglev lookup tables: per function and generation, `maglev_size` worker
 /// slots. Written like RING; read by the hash policy (32 MiB on the host).
 #[map]
-pub static MAGLEV: Array<TableChunk> = Array::with_max_entries(HOST.functions * 2 * HOST.maglev_size / TABLE_CHUNK, 0);
+pub static MAGLEV: Array<TableChunk> =
+    Array::with_max_entries(HOST.functions * 2 * HOST.maglev_size / TABLE_CHUNK, 0);
 
 /// Round-robin turn counter per function index. Advanced by the data plane
 /// (a fetch-add on the host, read and update on the NFP: `Variant::next_turn`);
@@ -91,7 +94,8 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUN
 #[map]
 pub static FUNCTION_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(HOST.functions, 0);
 #[map]
-pub static WORKER_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(HOST.worker_slots(), 0);
+pub static WORKER_STATS: PerCpuArray<Traffic> =
+    PerCpuArray::with_max_entries(HOST.worker_slots(), 0);
 
 /// Offload variant statistics: the same, in plain arrays updated with XADD
 /// (the NFP offloads no per-CPU maps).
@@ -109,7 +113,11 @@ pub static WORKER_STATS_HW: Array<Traffic> = Array::with_max_entries(HOST.worker
 #[inline(always)]
 pub fn is_service(settings: &Settings, e: &Endpoint) -> bool {
     let (a, b) = settings.geometry.service_slots(e);
-    let holds = |i: u32| SERVICES.get(i).is_some_and(|s| s.in_use != 0 && s.endpoint.same(e));
+    let holds = |i: u32| {
+        SERVICES
+            .get(i)
+            .is_some_and(|s| s.in_use != 0 && s.endpoint.same(e))
+    };
     holds(a) || holds(b)
 }
 

@@ -75,7 +75,9 @@ pub struct Packet {
 #[inline(always)]
 fn mapped(a: [u8; 4], port: [u8; 2]) -> Endpoint {
     Endpoint {
-        addr: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]],
+        addr: [
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+        ],
         port,
         _pad: [0; 2],
     }
@@ -146,13 +148,26 @@ impl Packet {
         }
         let (src, dst) = if family == family::IPV4 {
             let ip: *mut Ipv4Hdr = ptr_at(ctx, l3_offset).ok_or(Counter::PassMalformed)?;
-            unsafe { (mapped((*ip).src_addr, src_port), mapped((*ip).dst_addr, dst_port)) }
+            unsafe {
+                (
+                    mapped((*ip).src_addr, src_port),
+                    mapped((*ip).dst_addr, dst_port),
+                )
+            }
         } else {
             let ip: *mut Ipv6Hdr = ptr_at(ctx, l3_offset).ok_or(Counter::PassMalformed)?;
             unsafe {
                 (
-                    Endpoint { addr: (*ip).src_addr, port: src_port, _pad: [0; 2] },
-                    Endpoint { addr: (*ip).dst_addr, port: dst_port, _pad: [0; 2] },
+                    Endpoint {
+                        addr: (*ip).src_addr,
+                        port: src_port,
+                        _pad: [0; 2],
+                    },
+                    Endpoint {
+                        addr: (*ip).dst_addr,
+                        port: dst_port,
+                        _pad: [0; 2],
+                    },
                 )
             }
         };
@@ -184,7 +199,11 @@ impl Packet {
 /// no segments left: the destination is final) and destination-options
 /// headers, and returns the offset of the UDP header.
 #[inline(always)]
-fn skip_ipv6_extensions(ctx: &XdpContext, mut next: u8, mut offset: usize) -> Result<usize, Counter> {
+fn skip_ipv6_extensions(
+    ctx: &XdpContext,
+    mut next: u8,
+    mut offset: usize,
+) -> Result<usize, Counter> {
     for i in 0..MAX_IPV6_EXT_HEADERS {
         match next {
             IPPROTO_UDP => return Ok(offset),
@@ -212,7 +231,9 @@ fn skip_ipv6_extensions(ctx: &XdpContext, mut next: u8, mut offset: usize) -> Re
         IPPROTO_UDP => Ok(offset),
         IPV6_FRAGMENT => Err(Counter::PassFragment),
         // A chain longer than the bound.
-        IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_ESP | IPV6_AH => Err(Counter::PassIpv6ExtHeader),
+        IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_ESP | IPV6_AH => {
+            Err(Counter::PassIpv6ExtHeader)
+        }
         _ => Err(Counter::PassNotUdp),
     }
 }

@@ -30,7 +30,11 @@ pub enum HeaderEdit {
     /// A plain REQUEST: the header is forwarded as it came.
     None,
     /// A REQUEST for a workflow becomes step 0 of it.
-    StartWorkflow { workflow_id: u32, function_id: u32, last: bool },
+    StartWorkflow {
+        workflow_id: u32,
+        function_id: u32,
+        last: bool,
+    },
     /// A STEP gets the step's function and the last-step flag.
     Step { function_id: u32, last: bool },
     /// A BUSY becomes a REQUEST (or STEP) again, re-steered once more.
@@ -60,7 +64,11 @@ fn edit_header(hdr: &mut FaasHdr, edit: &HeaderEdit, pkt: &Packet, mut patch: Pa
     // of the checksum. `step` and `flags` share one; `version` and `kind`.
     match *edit {
         HeaderEdit::None => {}
-        HeaderEdit::StartWorkflow { workflow_id, function_id, last } => {
+        HeaderEdit::StartWorkflow {
+            workflow_id,
+            function_id,
+            last,
+        } => {
             set(&mut patch, &mut hdr.function_id, function_id.to_be_bytes());
             set(&mut patch, &mut hdr.workflow_id, workflow_id.to_be_bytes());
             let f = flags::REPLY_SET | if last { flags::LAST_STEP } else { 0 };
@@ -105,8 +113,16 @@ pub fn toward_worker(
 ) -> Result<(), Counter> {
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Counter::PassMalformed)?;
     let udp: *mut UdpHdr = ptr_at(ctx, pkt.l4_offset).ok_or(Counter::PassMalformed)?;
-    let ip4: Option<*mut Ipv4Hdr> = if pkt.family == family::IPV4 { ptr_at(ctx, pkt.l3_offset) } else { None };
-    let ip6: Option<*mut Ipv6Hdr> = if pkt.family == family::IPV6 { ptr_at(ctx, pkt.l3_offset) } else { None };
+    let ip4: Option<*mut Ipv4Hdr> = if pkt.family == family::IPV4 {
+        ptr_at(ctx, pkt.l3_offset)
+    } else {
+        None
+    };
+    let ip6: Option<*mut Ipv6Hdr> = if pkt.family == family::IPV6 {
+        ptr_at(ctx, pkt.l3_offset)
+    } else {
+        None
+    };
     if ip4.is_none() && ip6.is_none() {
         return Err(Counter::PassMalformed);
     }
@@ -132,8 +148,17 @@ pub fn toward_worker(
     match (ip4, ip6) {
         (Some(ip), _) => {
             let ip = unsafe { &mut *ip };
-            let new_addr = [worker.addr[0], worker.addr[1], worker.addr[2], worker.addr[3]];
-            let old_addr = if from_service { ip.src_addr } else { ip.dst_addr };
+            let new_addr = [
+                worker.addr[0],
+                worker.addr[1],
+                worker.addr[2],
+                worker.addr[3],
+            ];
+            let old_addr = if from_service {
+                ip.src_addr
+            } else {
+                ip.dst_addr
+            };
             // The UDP pseudo-header holds the addresses too.
             patch = patch.bytes(&old_addr, &new_addr);
             let ip_patch = Patch::new(u16::from_be_bytes(ip.check)).bytes(&old_addr, &new_addr);
@@ -149,7 +174,11 @@ pub fn toward_worker(
         }
         (None, Some(ip)) => {
             let ip = unsafe { &mut *ip };
-            let old_addr = if from_service { ip.src_addr } else { ip.dst_addr };
+            let old_addr = if from_service {
+                ip.src_addr
+            } else {
+                ip.dst_addr
+            };
             patch = patch.bytes(&old_addr, &worker.addr);
             if from_service {
                 ip.src_addr = ip.dst_addr;

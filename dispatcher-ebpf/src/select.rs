@@ -32,7 +32,10 @@ fn maglev_slot<V: Variant>(function: &Function, position: u32) -> Option<u32> {
 
 #[inline(always)]
 fn load(function: &Function, slot: u32) -> u64 {
-    LOADS.get(function.worker_index(slot)).copied().unwrap_or(u64::MAX)
+    LOADS
+        .get(function.worker_index(slot))
+        .copied()
+        .unwrap_or(u64::MAX)
 }
 
 /// Counts a request sent to `slot` into its load estimate, for the
@@ -52,7 +55,10 @@ pub fn affinity_hash(key: u64, pkt: &Packet) -> u32 {
     if key != 0 {
         hash::key_hash(key)
     } else {
-        hash::client_hash(hash::fold_address(&pkt.src.addr), u16::from_be_bytes(pkt.src.port))
+        hash::client_hash(
+            hash::fold_address(&pkt.src.addr),
+            u16::from_be_bytes(pkt.src.port),
+        )
     }
 }
 
@@ -67,8 +73,15 @@ pub fn by_policy<V: Variant>(function: &Function, key: u64, pkt: &Packet) -> Res
         policy::P2C => {
             // SAFETY: a helper without preconditions.
             let r = unsafe { bpf_get_prandom_u32() };
-            match (ring_slot::<V>(function, r), ring_slot::<V>(function, r >> 8)) {
-                (Some(a), Some(b)) => Some(if load(function, b) < load(function, a) { b } else { a }),
+            match (
+                ring_slot::<V>(function, r),
+                ring_slot::<V>(function, r >> 8),
+            ) {
+                (Some(a), Some(b)) => Some(if load(function, b) < load(function, a) {
+                    b
+                } else {
+                    a
+                }),
                 _ => None,
             }
         }
@@ -112,7 +125,8 @@ pub fn other_than<V: Variant>(function: &Function, busy: &Endpoint) -> Result<u3
     }
     let turn = V::next_turn(function.index);
     for i in 0..RESTEER_TRIES {
-        let slot = ring_slot::<V>(function, turn.wrapping_add(i)).ok_or(Counter::PassBusyExhausted)?;
+        let slot =
+            ring_slot::<V>(function, turn.wrapping_add(i)).ok_or(Counter::PassBusyExhausted)?;
         if is_other(function, slot, busy) {
             return Ok(slot);
         }
@@ -131,7 +145,8 @@ pub fn other_than<V: Variant>(function: &Function, busy: &Endpoint) -> Result<u3
 /// instructions of the NFP's budget (`dispatcher offload check`).
 #[inline(never)]
 fn is_other(function: &Function, slot: u32, busy: &Endpoint) -> bool {
-    maps::worker(function.worker_index(slot)).is_some_and(|w| !(w.port == busy.port && same_address(w.family, &w.addr, &busy.addr)))
+    maps::worker(function.worker_index(slot))
+        .is_some_and(|w| !(w.port == busy.port && same_address(w.family, &w.addr, &busy.addr)))
 }
 
 /// Does a worker's address (IPv4 in 4 bytes, or IPv6) equal an endpoint's

@@ -10,8 +10,9 @@
 //! and it keeps each 4-byte word of a map value either as a plain value or
 //! as an atomic counter, never both.
 
-use aya_ebpf::bindings::xdp_action;
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
+use aya_ebpf::bindings::xdp_action;
 use dispatcher_common::{
     maps::{egress, Settings, TableChunk, Traffic},
     stats::Counter,

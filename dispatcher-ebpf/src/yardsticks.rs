@@ -88,7 +88,10 @@ fn one_lookup(ctx: &XdpContext) -> Option<u32> {
         let ip = unsafe { &mut *ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN)? };
         let new = [10, 0, 0, 10];
         patch = patch.bytes(&ip.dst_addr, &new);
-        ip.check = Patch::new(u16::from_be_bytes(ip.check)).bytes(&ip.dst_addr, &new).finish().to_be_bytes();
+        ip.check = Patch::new(u16::from_be_bytes(ip.check))
+            .bytes(&ip.dst_addr, &new)
+            .finish()
+            .to_be_bytes();
         ip.dst_addr = new;
     } else {
         let ip = unsafe { &mut *ptr_at::<Ipv6Hdr>(ctx, EthHdr::LEN)? };
@@ -101,7 +104,13 @@ fn one_lookup(ctx: &XdpContext) -> Option<u32> {
     udp.check = patch.finish_udp().to_be_bytes();
     for i in 0..6 {
         eth.src_addr[i] = eth.dst_addr[i];
-        eth.dst_addr[i] = if i == 0 { 0x02 } else if i == 5 { 0x0a } else { 0 };
+        eth.dst_addr[i] = if i == 0 {
+            0x02
+        } else if i == 5 {
+            0x0a
+        } else {
+            0
+        };
     }
     Some(xdp_action::XDP_TX)
 }

@@ -23,7 +23,14 @@ pub fn ensure_mounted(dir: &Path) -> Result<()> {
     if is_bpffs(dir)? {
         return Ok(());
     }
-    mount(Some("bpffs"), dir, Some("bpf"), MsFlags::empty(), None::<&str>).with_context(|| {
+    mount(
+        Some("bpffs"),
+        dir,
+        Some("bpf"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .with_context(|| {
         format!(
             "cannot mount a bpffs at {} (mount -t bpf bpffs {0} by hand, or pass --bpffs DIR)",
             dir.display()
@@ -53,7 +60,11 @@ pub fn find_pin_dir(bpffs: &Path, iface: Option<&str>) -> Result<PathBuf> {
         return Ok(dir);
     }
     let mut dirs: Vec<PathBuf> = match std::fs::read_dir(&root) {
-        Ok(entries) => entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect(),
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect(),
         Err(_) => Vec::new(),
     };
     match dirs.len() {

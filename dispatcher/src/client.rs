@@ -28,7 +28,12 @@ pub fn random_request_id() -> u64 {
 /// the RESPONSE or ERROR with the same request id. The answer may come from
 /// any address (workers answer clients directly), so the socket is not
 /// connected.
-pub fn invoke(to: SocketAddr, function_id: u32, payload: &[u8], timeout: Duration) -> Result<Answer> {
+pub fn invoke(
+    to: SocketAddr,
+    function_id: u32,
+    payload: &[u8],
+    timeout: Duration,
+) -> Result<Answer> {
     if payload.len() > crate::worker::MAX_PAYLOAD {
         bail!(
             "the payload is {} bytes: a request carries at most {} in one UDP datagram (the protocol's ERROR 5); send less",
@@ -53,14 +58,27 @@ pub fn invoke(to: SocketAddr, function_id: u32, payload: &[u8], timeout: Duratio
         socket.set_read_timeout(Some(left))?;
         let (n, from) = match socket.recv_from(&mut buf) {
             Ok(r) => r,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
             Err(e) => return Err(e).context("receive failed"),
         };
         let latency = start.elapsed();
-        let Ok(message) = Message::parse(&buf[..n]) else { continue };
+        let Ok(message) = Message::parse(&buf[..n]) else {
+            continue;
+        };
         let answers = matches!(message.hdr.kind, kind::RESPONSE | kind::ERROR);
         if answers && message.hdr.request_id() == request_id {
-            return Ok(Answer { message, from, latency });
+            return Ok(Answer {
+                message,
+                from,
+                latency,
+            });
         }
     }
 }

@@ -29,8 +29,8 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use dispatcher_common::{
     maps::{
-        family, policy, worker_state, Worker, MAX_FUNCTIONS, MAX_SERVICES, MAX_WORKERS_PER_FUNCTION,
-        MAX_WORKFLOWS, MAX_WORKFLOW_STEPS,
+        family, policy, worker_state, Worker, MAX_FUNCTIONS, MAX_SERVICES,
+        MAX_WORKERS_PER_FUNCTION, MAX_WORKFLOWS, MAX_WORKFLOW_STEPS,
     },
     protocol::DEFAULT_SERVICE_PORT,
 };
@@ -72,7 +72,9 @@ pub struct Neighbours {
 
 impl Default for Neighbours {
     fn default() -> Self {
-        Neighbours { refresh_ms: default_refresh_ms() }
+        Neighbours {
+            refresh_ms: default_refresh_ms(),
+        }
     }
 }
 
@@ -178,9 +180,11 @@ pub struct WorkerConfig {
 /// MACs as people write them; macaddr's own serde form is a byte array.
 fn mac_from_str<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<MacAddr6>, D::Error> {
     let text = String::deserialize(d)?;
-    text.parse()
-        .map(Some)
-        .map_err(|_| serde::de::Error::custom(format!("`{text}` is not a MAC address (write it as 02:00:00:00:00:0a)")))
+    text.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "`{text}` is not a MAC address (write it as 02:00:00:00:00:0a)"
+        ))
+    })
 }
 
 fn default_weight() -> u16 {
@@ -245,7 +249,10 @@ impl Config {
             bail!("service.port: 0 is not a usable port (the default is {DEFAULT_SERVICE_PORT})");
         }
         if self.functions.len() > MAX_FUNCTIONS as usize {
-            bail!("functions: at most {MAX_FUNCTIONS} functions are supported, found {}", self.functions.len());
+            bail!(
+                "functions: at most {MAX_FUNCTIONS} functions are supported, found {}",
+                self.functions.len()
+            );
         }
         let mut ids = HashSet::new();
         for f in &self.functions {
@@ -262,7 +269,11 @@ impl Config {
             let mut addrs = HashSet::new();
             for w in &f.workers {
                 if !addrs.insert(w.addr) {
-                    bail!("functions.workers: worker {} is listed twice for function {}", w.addr, f.id);
+                    bail!(
+                        "functions.workers: worker {} is listed twice for function {}",
+                        w.addr,
+                        f.id
+                    );
                 }
                 if w.weight == 0 {
                     bail!("functions.workers: worker {} of function {} has weight 0: use 1 or more (or leave it out)", w.addr, f.id);
@@ -292,10 +303,17 @@ impl Config {
                 bail!("workflows: id {} is listed twice", w.id);
             }
             if w.steps.is_empty() || w.steps.len() > MAX_WORKFLOW_STEPS {
-                bail!("workflows: workflow {} has {} steps; give 1 to {MAX_WORKFLOW_STEPS}", w.id, w.steps.len());
+                bail!(
+                    "workflows: workflow {} has {} steps; give 1 to {MAX_WORKFLOW_STEPS}",
+                    w.id,
+                    w.steps.len()
+                );
             }
             if let Some(missing) = w.steps.iter().find(|s| !ids.contains(s)) {
-                bail!("workflows: workflow {} runs function {missing}, which is not in [[functions]]", w.id);
+                bail!(
+                    "workflows: workflow {} runs function {missing}, which is not in [[functions]]",
+                    w.id
+                );
             }
         }
         Ok(())
@@ -342,14 +360,21 @@ mod tests {
     fn errors_name_the_field_and_the_fix() {
         assert!(err("[service]\naddresses = []").contains("service.addresses is empty"));
         assert!(err("[service]\naddresses = [\"10.0.0.1\"]\nport = 0").contains("service.port"));
-        assert!(err("[service]\naddresses = [\"10.0.0.1\"]\nbogus = 1").contains("unknown field `bogus`"));
+        assert!(err("[service]\naddresses = [\"10.0.0.1\"]\nbogus = 1")
+            .contains("unknown field `bogus`"));
         assert!(err("[service]\naddresses = [\"nope\"]").contains("invalid IP address"));
-        let dup = "[service]\naddresses = [\"10.0.0.1\"]\n[[functions]]\nid = 1\n[[functions]]\nid = 1";
+        let dup =
+            "[service]\naddresses = [\"10.0.0.1\"]\n[[functions]]\nid = 1\n[[functions]]\nid = 1";
         assert!(err(dup).contains("id 1 is listed twice"));
         let no_mac = "[service]\naddresses = [\"10.0.0.1\"]\n[[functions]]\nid = 1\nworkers = [{ addr = \"10.0.0.2:1\" }]";
         let parsed = Config::parse(no_mac).expect("a MAC may be left to the neighbour table");
-        assert!(format!("{:#}", parsed.functions[0].workers[0].to_map(1).unwrap_err()).contains("has no `mac`"));
-        let bad_policy = "[service]\naddresses = [\"10.0.0.1\"]\n[[functions]]\nid = 1\npolicy = \"random\"";
+        assert!(format!(
+            "{:#}",
+            parsed.functions[0].workers[0].to_map(1).unwrap_err()
+        )
+        .contains("has no `mac`"));
+        let bad_policy =
+            "[service]\naddresses = [\"10.0.0.1\"]\n[[functions]]\nid = 1\npolicy = \"random\"";
         assert!(err(bad_policy).contains("unknown variant `random`"));
         let clash = "[service]\naddresses = [\"10.0.0.1\"]\n[[functions]]\nid = 1\n[[workflows]]\nid = 1\nsteps = [1]";
         assert!(err(clash).contains("also a function id"));
@@ -357,12 +382,17 @@ mod tests {
         assert!(err(missing).contains("runs function 2, which is not in [[functions]]"));
         let long = "[service]\naddresses = [\"10.0.0.1\"]\n[[functions]]\nid = 1\n[[workflows]]\nid = 9\nsteps = [1,1,1,1,1,1,1,1,1]";
         assert!(err(long).contains("has 9 steps"));
-        let health = |key: &str, nets: &str, down: u64| format!("[service]\naddresses = [\"10.0.0.1\"]\n[health]\nlisten = \"10.0.0.1:7771\"\nkey = \"{key}\"\nnetworks = [{nets}]\ndown_after_ms = {down}");
+        let health = |key: &str, nets: &str, down: u64| {
+            format!("[service]\naddresses = [\"10.0.0.1\"]\n[health]\nlisten = \"10.0.0.1:7771\"\nkey = \"{key}\"\nnetworks = [{nets}]\ndown_after_ms = {down}")
+        };
         assert!(Config::parse(&health("0123456789abcdef", "\"10.0.0.0/24\"", 500)).is_ok());
         assert!(err(&health("short", "\"10.0.0.0/24\"", 500)).contains("health.key"));
         assert!(err(&health("0123456789abcdef", "", 500)).contains("health.networks is empty"));
-        assert!(err(&health("0123456789abcdef", "\"10.0.0.0/33\"", 500)).contains("invalid IP address"));
-        assert!(err(&health("0123456789abcdef", "\"10.0.0.0/24\"", 10)).contains("health.down_after_ms"));
+        assert!(
+            err(&health("0123456789abcdef", "\"10.0.0.0/33\"", 500)).contains("invalid IP address")
+        );
+        assert!(err(&health("0123456789abcdef", "\"10.0.0.0/24\"", 10))
+            .contains("health.down_after_ms"));
         let bad_mac = "[service]\naddresses = [\"10.0.0.1\"]\n[[functions]]\nid = 1\nworkers = [{ addr = \"10.0.0.2:1\", mac = \"02:00\" }]";
         assert!(err(bad_mac).contains("`02:00` is not a MAC address"));
     }

@@ -12,8 +12,8 @@ use std::net::SocketAddr;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use dispatcher_common::maps::{
-    egress, family, policy, worker_state, Endpoint, Function, Geometry, ServiceSlot, TableChunk, Worker, Workflow,
-    LL_CANDIDATES, MAX_WORKERS_PER_FUNCTION, MAX_WORKFLOW_STEPS, TABLE_CHUNK,
+    egress, family, policy, worker_state, Endpoint, Function, Geometry, ServiceSlot, TableChunk,
+    Worker, Workflow, LL_CANDIDATES, MAX_WORKERS_PER_FUNCTION, MAX_WORKFLOW_STEPS, TABLE_CHUNK,
 };
 
 use crate::{
@@ -25,16 +25,23 @@ use crate::{
 
 /// Writes the per-interface settings: source MAC and egress (XDP_TX out of
 /// the attached interface, or XDP_REDIRECT to `egress.redirect_to`).
-pub fn configure_interface(maps: &mut Maps, iface_mac: [u8; 6], egress_config: &config::Egress) -> Result<()> {
+pub fn configure_interface(
+    maps: &mut Maps,
+    iface_mac: [u8; 6],
+    egress_config: &config::Egress,
+) -> Result<()> {
     match &egress_config.redirect_to {
         None => maps.set_settings(iface_mac, egress::TX),
         Some(target) => {
             let mac = interface_mac(target).context("egress.redirect_to")?;
-            let ifindex = nix::net::if_::if_nametoindex(target.as_str())
-                .map_err(|_| anyhow!("egress.redirect_to: interface {target} not found (`ip link` shows the names)"))?;
-            maps.egress
-                .set(0, ifindex, None, 0)
-                .with_context(|| format!("egress.redirect_to: cannot use {target} as a redirect target"))?;
+            let ifindex = nix::net::if_::if_nametoindex(target.as_str()).map_err(|_| {
+                anyhow!(
+                    "egress.redirect_to: interface {target} not found (`ip link` shows the names)"
+                )
+            })?;
+            maps.egress.set(0, ifindex, None, 0).with_context(|| {
+                format!("egress.redirect_to: cannot use {target} as a redirect target")
+            })?;
             maps.set_settings(mac, egress::REDIRECT)
         }
     }
@@ -48,7 +55,11 @@ pub fn apply(maps: &mut Maps, config: &Config) -> Result<()> {
             .with_context(|| format!("cannot add service {addr} port {}", config.service.port))?;
     }
     for f in &config.functions {
-        let workers: Vec<Worker> = f.workers.iter().map(|w| w.to_map(f.id)).collect::<Result<_>>()?;
+        let workers: Vec<Worker> = f
+            .workers
+            .iter()
+            .map(|w| w.to_map(f.id))
+            .collect::<Result<_>>()?;
         set_function(maps, f.id, f.policy.to_map(), &workers)?;
     }
     for w in &config.workflows {
@@ -69,7 +80,14 @@ pub fn add_service(maps: &mut Maps, e: Endpoint) -> Result<()> {
     }
     for i in [a, b] {
         if maps.services.get(&i, 0)?.in_use == 0 {
-            maps.services.set(i, ServiceSlot { endpoint: e, in_use: 1 }, 0)?;
+            maps.services.set(
+                i,
+                ServiceSlot {
+                    endpoint: e,
+                    in_use: 1,
+                },
+                0,
+            )?;
             return Ok(());
         }
     }
@@ -90,10 +108,18 @@ pub fn fits(g: &Geometry, config: &Config) -> Result<()> {
     };
     sized("functions", config.functions.len(), g.functions)?;
     for f in &config.functions {
-        sized(&format!("functions.workers of function {}", f.id), f.workers.len(), g.workers_per_function)?;
+        sized(
+            &format!("functions.workers of function {}", f.id),
+            f.workers.len(),
+            g.workers_per_function,
+        )?;
     }
     sized("workflows", config.workflows.len(), g.workflows)?;
-    sized("service.addresses", config.service.addresses.len(), g.service_slots)
+    sized(
+        "service.addresses",
+        config.service.addresses.len(),
+        g.service_slots,
+    )
 }
 
 /// A worker's identity: its address and port.
@@ -122,7 +148,12 @@ pub fn function_workers(maps: &Maps, f: &Function) -> Result<Vec<(u8, Worker)>> 
         return Ok(Vec::new());
     }
     let all = map_batch::read_range(&maps.workers, f.worker_index(0), end)?;
-    Ok(all.into_iter().enumerate().filter(|(_, w)| w.family != 0).map(|(slot, w)| (slot as u8, w)).collect())
+    Ok(all
+        .into_iter()
+        .enumerate()
+        .filter(|(_, w)| w.family != 0)
+        .map(|(slot, w)| (slot as u8, w))
+        .collect())
 }
 
 /// The smallest function index no function uses.
@@ -134,9 +165,15 @@ fn free_index(maps: &Maps, g: &Geometry) -> Result<u32> {
             *u = true;
         }
     }
-    used.iter().position(|u| !u).map(|i| i as u32).ok_or_else(|| {
-        anyhow!("all {} function rows of the data plane are in use: remove a function first", g.functions)
-    })
+    used.iter()
+        .position(|u| !u)
+        .map(|i| i as u32)
+        .ok_or_else(|| {
+            anyhow!(
+                "all {} function rows of the data plane are in use: remove a function first",
+                g.functions
+            )
+        })
 }
 
 fn add_registration(maps: &mut Maps, e: Endpoint) -> Result<()> {
@@ -179,7 +216,10 @@ fn write_function(
     let g = maps.geometry()?;
     let most = g.workers_per_function;
     if workers.len() > most as usize {
-        bail!("function {id}: {} workers, the data plane holds at most {most} per function", workers.len());
+        bail!(
+            "function {id}: {} workers, the data plane holds at most {most} per function",
+            workers.len()
+        );
     }
     let (index, generation, current) = match current {
         Some((f, slots)) => (f.index, 1 - f.generation, slots),
@@ -194,7 +234,12 @@ fn write_function(
     // one, preferring slots no worker held just now (so a packet still on
     // its way to the old table never meets a stranger in its slot).
     // (A linear search: at most 64 slots, cheaper than hashing them.)
-    let slot_of = |e: Endpoint| current.iter().find(|(_, w)| worker_endpoint(w) == e).map(|(s, _)| *s);
+    let slot_of = |e: Endpoint| {
+        current
+            .iter()
+            .find(|(_, w)| worker_endpoint(w) == e)
+            .map(|(s, _)| *s)
+    };
     let mut taken = vec![false; most as usize];
     let mut placed: Vec<(u8, Worker)> = Vec::with_capacity(workers.len());
     let mut fresh = Vec::new();
@@ -236,16 +281,31 @@ fn write_function(
             changed.push(*w);
         }
     }
-    map_batch::write(&mut maps.loads, &fresh_slots, &vec![0u64; fresh_slots.len()])?;
+    map_batch::write(
+        &mut maps.loads,
+        &fresh_slots,
+        &vec![0u64; fresh_slots.len()],
+    )?;
     map_batch::write(&mut maps.workers, &changed_keys, &changed)?;
 
     // 3. Tables of the idle generation.
-    let mut up: Vec<&(u8, Worker)> = placed.iter().filter(|(_, w)| w.state == worker_state::UP).collect();
+    let mut up: Vec<&(u8, Worker)> = placed
+        .iter()
+        .filter(|(_, w)| w.state == worker_state::UP)
+        .collect();
     up.sort_by_key(|(s, _)| *s);
     let members: Vec<Member> = up
         .iter()
         // Only Maglev reads names (formatting them is a fair share of a change's time).
-        .map(|(slot, w)| Member { slot: *slot, weight: w.weight.max(1), name: if policy == policy::HASH { worker_name(w) } else { String::new() } })
+        .map(|(slot, w)| Member {
+            slot: *slot,
+            weight: w.weight.max(1),
+            name: if policy == policy::HASH {
+                worker_name(w)
+            } else {
+                String::new()
+            },
+        })
         .collect();
     let mut entry = Function {
         index,
@@ -257,12 +317,25 @@ fn write_function(
         policy,
         generation,
         up_count: members.len() as u8,
-        slot_end: placed.iter().chain(&current).map(|(slot, _)| slot + 1).max().unwrap_or(0),
+        slot_end: placed
+            .iter()
+            .chain(&current)
+            .map(|(slot, _)| slot + 1)
+            .max()
+            .unwrap_or(0),
         ..Default::default()
     };
-    write_table(&mut maps.ring, &tables::ring(&members, g.ring_size), entry.ring_base)?;
+    write_table(
+        &mut maps.ring,
+        &tables::ring(&members, g.ring_size),
+        entry.ring_base,
+    )?;
     if policy == policy::HASH {
-        write_table(&mut maps.maglev, &tables::maglev(&members, g.maglev_size), entry.maglev_base)?;
+        write_table(
+            &mut maps.maglev,
+            &tables::maglev(&members, g.maglev_size),
+            entry.maglev_base,
+        )?;
     }
     let loads = up_loads(maps, &entry, up.iter().map(|(slot, _)| *slot))?;
     rank(&mut entry, &loads);
@@ -271,9 +344,19 @@ fn write_function(
     maps.functions.insert(id, entry, 0)?;
 
     // 5. Slots that left the set.
-    let left: Vec<&(u8, Worker)> = current.iter().filter(|(slot, _)| !placed.iter().any(|(s, _)| s == slot)).collect();
-    let keys: Vec<u32> = left.iter().map(|(slot, _)| entry.worker_index(*slot as u32)).collect();
-    map_batch::write(&mut maps.workers, &keys, &vec![Worker::default(); keys.len()])?;
+    let left: Vec<&(u8, Worker)> = current
+        .iter()
+        .filter(|(slot, _)| !placed.iter().any(|(s, _)| s == slot))
+        .collect();
+    let keys: Vec<u32> = left
+        .iter()
+        .map(|(slot, _)| entry.worker_index(*slot as u32))
+        .collect();
+    map_batch::write(
+        &mut maps.workers,
+        &keys,
+        &vec![Worker::default(); keys.len()],
+    )?;
     for (_, w) in left {
         drop_registration(maps, worker_endpoint(w))?;
     }
@@ -282,11 +365,19 @@ fn write_function(
 
 /// The loads of the given slots of function `f` (one batched read of the
 /// range they span).
-fn up_loads(maps: &Maps, f: &Function, slots: impl Iterator<Item = u8> + Clone) -> Result<Vec<(u8, u64)>> {
-    let Some(end) = slots.clone().map(|s| s as u32 + 1).max() else { return Ok(Vec::new()) };
+fn up_loads(
+    maps: &Maps,
+    f: &Function,
+    slots: impl Iterator<Item = u8> + Clone,
+) -> Result<Vec<(u8, u64)>> {
+    let Some(end) = slots.clone().map(|s| s as u32 + 1).max() else {
+        return Ok(Vec::new());
+    };
     let start = slots.clone().min().unwrap_or(0) as u32;
     let loads = map_batch::read_range(&maps.loads, f.worker_index(start), end - start)?;
-    Ok(slots.map(|slot| (slot, loads[(slot as u32 - start) as usize])).collect())
+    Ok(slots
+        .map(|slot| (slot, loads[(slot as u32 - start) as usize]))
+        .collect())
 }
 
 /// Ranks a function's least-loaded candidates from its up slots' loads.
@@ -299,7 +390,11 @@ fn rank(f: &mut Function, loads: &[(u8, u64)]) {
 
 /// Writes a whole selection table into its chunks from chunk `first` (one
 /// batched call).
-fn write_table(map: &mut aya::maps::Array<aya::maps::MapData, TableChunk>, table: &[u8], first: u32) -> Result<()> {
+fn write_table(
+    map: &mut aya::maps::Array<aya::maps::MapData, TableChunk>,
+    table: &[u8],
+    first: u32,
+) -> Result<()> {
     let chunks: Vec<TableChunk> = table
         .chunks(TABLE_CHUNK as usize)
         .map(|c| {
@@ -309,20 +404,27 @@ fn write_table(map: &mut aya::maps::Array<aya::maps::MapData, TableChunk>, table
         })
         .collect();
     let keys: Vec<u32> = (first..first + chunks.len() as u32).collect();
-    map_batch::write(map, &keys, &chunks).context("cannot write a selection table (are the maps smaller than their geometry?)")
+    map_batch::write(map, &keys, &chunks)
+        .context("cannot write a selection table (are the maps smaller than their geometry?)")
 }
 
 /// Writes the load a worker reported (its in-flight requests) and re-ranks
 /// the function's least-loaded candidates.
 pub fn set_load(maps: &mut Maps, id: u32, slot: u8, load: u64) -> Result<()> {
-    let f = maps.functions.get(&id, 0).with_context(|| format!("no function {id}"))?;
+    let f = maps
+        .functions
+        .get(&id, 0)
+        .with_context(|| format!("no function {id}"))?;
     maps.loads.set(f.worker_index(slot as u32), load, 0)?;
     refresh_least_loaded(maps, id)
 }
 
 /// Re-ranks the least-loaded candidates of function `id` from LOADS.
 pub fn refresh_least_loaded(maps: &mut Maps, id: u32) -> Result<()> {
-    let f = maps.functions.get(&id, 0).with_context(|| format!("no function {id}"))?;
+    let f = maps
+        .functions
+        .get(&id, 0)
+        .with_context(|| format!("no function {id}"))?;
     let up: Vec<u8> = function_workers(maps, &f)?
         .into_iter()
         .filter(|(_, w)| w.state == worker_state::UP)
@@ -335,7 +437,10 @@ pub fn refresh_least_loaded(maps: &mut Maps, id: u32) -> Result<()> {
 /// (its up workers, as the caller knows them): one LOADS read per slot and
 /// one FUNCTIONS update.
 pub fn rank_least_loaded(maps: &mut Maps, id: u32, up_slots: &[u8]) -> Result<()> {
-    let mut f = maps.functions.get(&id, 0).with_context(|| format!("no function {id}"))?;
+    let mut f = maps
+        .functions
+        .get(&id, 0)
+        .with_context(|| format!("no function {id}"))?;
     let loads = up_loads(maps, &f, up_slots.iter().copied())?;
     rank(&mut f, &loads);
     maps.functions.insert(id, f, 0)?;
@@ -345,10 +450,14 @@ pub fn rank_least_loaded(maps: &mut Maps, id: u32, up_slots: &[u8]) -> Result<()
 /// Removes function `id`: first from FUNCTIONS (no new packet finds it),
 /// then its workers.
 pub fn remove_function(maps: &mut Maps, id: u32) -> Result<()> {
-    let f = maps.functions.get(&id, 0).with_context(|| format!("no function {id}"))?;
+    let f = maps
+        .functions
+        .get(&id, 0)
+        .with_context(|| format!("no function {id}"))?;
     maps.functions.remove(&id)?;
     for (slot, w) in function_workers(maps, &f)? {
-        maps.workers.set(f.worker_index(slot as u32), Worker::default(), 0)?;
+        maps.workers
+            .set(f.worker_index(slot as u32), Worker::default(), 0)?;
         drop_registration(maps, worker_endpoint(&w))?;
     }
     Ok(())
@@ -357,7 +466,10 @@ pub fn remove_function(maps: &mut Maps, id: u32) -> Result<()> {
 /// Sets workflow `id` to run `steps` (function ids) in order.
 pub fn set_workflow(maps: &mut Maps, id: u32, steps: &[u32]) -> Result<()> {
     if steps.is_empty() || steps.len() > MAX_WORKFLOW_STEPS {
-        bail!("workflow {id}: {} steps; give 1 to {MAX_WORKFLOW_STEPS}", steps.len());
+        bail!(
+            "workflow {id}: {} steps; give 1 to {MAX_WORKFLOW_STEPS}",
+            steps.len()
+        );
     }
     if maps.functions.get(&id, 0).is_ok() {
         bail!("{id} is a function id: function and workflow ids share one space");
@@ -368,7 +480,14 @@ pub fn set_workflow(maps: &mut Maps, id: u32, steps: &[u32]) -> Result<()> {
     let mut functions = [0u32; MAX_WORKFLOW_STEPS];
     functions[..steps.len()].copy_from_slice(steps);
     maps.workflows
-        .insert(id, Workflow { step_count: steps.len() as u32, functions }, 0)
+        .insert(
+            id,
+            Workflow {
+                step_count: steps.len() as u32,
+                functions,
+            },
+            0,
+        )
         .with_context(|| format!("cannot write workflow {id}"))?;
     Ok(())
 }
@@ -384,7 +503,11 @@ fn current(maps: &Maps, id: u32) -> Result<(Function, Vec<(u8, Worker)>)> {
 
 /// Changes the workers of function `id` with `change` (given them as they
 /// are now) and writes the result as one step.
-fn change_workers(maps: &mut Maps, id: u32, change: impl FnOnce(&mut Vec<Worker>) -> Result<()>) -> Result<()> {
+fn change_workers(
+    maps: &mut Maps,
+    id: u32,
+    change: impl FnOnce(&mut Vec<Worker>) -> Result<()>,
+) -> Result<()> {
     let (f, slots) = current(maps, id)?;
     let mut workers: Vec<Worker> = slots.iter().map(|(_, w)| *w).collect();
     change(&mut workers)?;
@@ -410,7 +533,10 @@ pub fn add_function(maps: &mut Maps, id: u32, policy: u8) -> Result<()> {
         Ok(_) => Some(current(maps, id)?),
         Err(_) => None,
     };
-    let workers: Vec<Worker> = current.iter().flat_map(|(_, slots)| slots.iter().map(|(_, w)| *w)).collect();
+    let workers: Vec<Worker> = current
+        .iter()
+        .flat_map(|(_, slots)| slots.iter().map(|(_, w)| *w))
+        .collect();
     write_function(maps, id, policy, current, &workers)
 }
 
@@ -464,16 +590,31 @@ pub fn remove_workflow(maps: &mut Maps, id: u32) -> Result<()> {
 pub fn reconcile(maps: &mut Maps, config: &Config) -> Result<()> {
     apply(maps, config)?;
     let keep_workflows: Vec<u32> = config.workflows.iter().map(|w| w.id).collect();
-    let stale: Vec<u32> = maps.workflows.keys().filter_map(|k| k.ok()).filter(|id| !keep_workflows.contains(id)).collect();
+    let stale: Vec<u32> = maps
+        .workflows
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|id| !keep_workflows.contains(id))
+        .collect();
     for id in stale {
         remove_workflow(maps, id)?;
     }
     let keep_functions: Vec<u32> = config.functions.iter().map(|f| f.id).collect();
-    let stale: Vec<u32> = maps.functions.keys().filter_map(|k| k.ok()).filter(|id| !keep_functions.contains(id)).collect();
+    let stale: Vec<u32> = maps
+        .functions
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|id| !keep_functions.contains(id))
+        .collect();
     for id in stale {
         remove_function(maps, id)?;
     }
-    let keep_services: Vec<Endpoint> = config.service.addresses.iter().map(|a| endpoint(*a, config.service.port)).collect();
+    let keep_services: Vec<Endpoint> = config
+        .service
+        .addresses
+        .iter()
+        .map(|a| endpoint(*a, config.service.port))
+        .collect();
     for i in 0..maps.geometry()?.service_slots {
         let slot = maps.services.get(&i, 0)?;
         if slot.in_use != 0 && !keep_services.contains(&slot.endpoint) {

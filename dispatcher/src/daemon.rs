@@ -14,8 +14,9 @@ use tracing::{info, warn};
 use crate::{
     bpffs,
     config::{Config, Service},
+    control,
     data_plane::{interface_mac, Attached, Mode},
-    control, health, neighbours, privileges, service,
+    health, neighbours, privileges, service,
 };
 
 /// Everything `dispatcher run` is told on its command line.
@@ -98,7 +99,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             Some(Mode::Drv) | None if config.egress.redirect_to.is_some() => Mode::Drv,
             asked @ (Some(Mode::Drv) | None) => {
                 let link = crate::veth::inspect(&opts.iface).await?;
-                crate::veth::choose_drv_or_skb(&opts.iface, asked.is_some(), opts.veth_peer_xdp, &link)?
+                crate::veth::choose_drv_or_skb(
+                    &opts.iface,
+                    asked.is_some(),
+                    opts.veth_peer_xdp,
+                    &link,
+                )?
             }
         };
         Attached::attach(&opts.iface, mode, &pin_dir, &config, opts.device)?
@@ -120,7 +126,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         }
     }
     let mut maps = attached.maps_handle()?;
-    let mut refresh = tokio::time::interval(Duration::from_millis(config.neighbours.refresh_ms.max(100)));
+    let mut refresh =
+        tokio::time::interval(Duration::from_millis(config.neighbours.refresh_ms.max(100)));
     let mut port = config.service.port;
     let service = service::run(port, &pin_dir);
     tokio::pin!(service);
@@ -175,7 +182,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
 
 /// `--mode user`: no XDP, no pins; the serving thread dispatches from user
 /// space until SIGINT/SIGTERM, and takes a re-read config on SIGHUP.
-async fn run_user(opts: RunOptions, shutdown: impl std::future::Future<Output = ()>, mut hup: tokio::signal::unix::Signal) -> Result<()> {
+async fn run_user(
+    opts: RunOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+    mut hup: tokio::signal::unix::Signal,
+) -> Result<()> {
     let config = effective_config(&opts)?;
     if config.health.is_some() || config.metrics.is_some() {
         warn!("--mode user: [health] and [metrics] act on the XDP data plane's maps and are not served in user mode");
@@ -197,9 +208,15 @@ async fn run_user(opts: RunOptions, shutdown: impl std::future::Future<Output = 
             },
         }
     }
-    control.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    control
+        .stop
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     let counters = serving.await??;
-    let summary: Vec<String> = counters.iter().filter(|(_, n)| *n > 0).map(|(c, n)| format!("{}={n}", c.name())).collect();
+    let summary: Vec<String> = counters
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(c, n)| format!("{}={n}", c.name()))
+        .collect();
     info!(counters = %summary.join(" "), "user mode stopped");
     Ok(())
 }
@@ -226,14 +243,22 @@ fn check_egress_for_mode(mode: Option<Mode>, config: &Config) -> Result<()> {
 
 /// SIGHUP: re-read the config and apply the difference. A bad config is
 /// reported and changes nothing.
-async fn reload(opts: &RunOptions, maps: &mut crate::data_plane::Maps, iface_mac: [u8; 6]) -> Option<Reloaded> {
+async fn reload(
+    opts: &RunOptions,
+    maps: &mut crate::data_plane::Maps,
+    iface_mac: [u8; 6],
+) -> Option<Reloaded> {
     let result = async {
         let mut config = effective_config(opts)?;
         check_egress_for_mode(opts.mode, &config)?;
         let learned = neighbours::fill_missing(&mut config).await?;
         control::configure_interface(maps, iface_mac, &config.egress)?;
         control::reconcile(maps, &config)?;
-        anyhow::Ok(Reloaded { learned, health: config.health, port: config.service.port })
+        anyhow::Ok(Reloaded {
+            learned,
+            health: config.health,
+            port: config.service.port,
+        })
     };
     match result.await {
         Ok(reloaded) => {
@@ -269,10 +294,15 @@ async fn refresh_macs(learned: &[SocketAddr], maps: &mut crate::data_plane::Maps
             }
         };
         let mac_text = mac.to_string().to_lowercase();
-        for w in workers.iter().filter(|w| w.addr == addr.to_string() && w.mac != mac_text) {
+        for w in workers
+            .iter()
+            .filter(|w| w.addr == addr.to_string() && w.mac != mac_text)
+        {
             let updated = control::with_mac(maps, w.function, *addr, mac.into_array());
             match updated {
-                Ok(()) => info!(worker = %addr, function = w.function, old = %w.mac, new = %mac_text, "worker MAC changed"),
+                Ok(()) => {
+                    info!(worker = %addr, function = w.function, old = %w.mac, new = %mac_text, "worker MAC changed")
+                }
                 Err(e) => warn!(worker = %addr, "cannot update its MAC: {e:#}"),
             }
         }

@@ -16,7 +16,10 @@ use aya::{
     Ebpf,
 };
 use dispatcher_common::{
-    maps::{names, Endpoint, Function, Geometry, ServiceSlot, Settings, TableChunk, Traffic, Worker, Workflow},
+    maps::{
+        names, Endpoint, Function, Geometry, ServiceSlot, Settings, TableChunk, Traffic, Worker,
+        Workflow,
+    },
     stats::Counter,
 };
 use nix::fcntl::{Flock, FlockArg};
@@ -49,7 +52,6 @@ pub enum Mode {
     /// (user_mode.rs), where XDP is unavailable, and as a baseline.
     User,
 }
-
 
 /// Typed handles on every map of one data plane (see dispatcher-ebpf's
 /// maps.rs for what each holds and who writes it).
@@ -105,9 +107,9 @@ impl Maps {
     /// when given.
     fn take(ebpf: &mut Ebpf, pin_dir: Option<&Path>) -> Result<Maps> {
         Maps::build(|name| {
-            let map = ebpf
-                .take_map(name)
-                .ok_or_else(|| anyhow!("the eBPF object has no map {name}: rebuild the dispatcher"))?;
+            let map = ebpf.take_map(name).ok_or_else(|| {
+                anyhow!("the eBPF object has no map {name}: rebuild the dispatcher")
+            })?;
             if let Some(dir) = pin_dir {
                 let path = dir.join(name);
                 map.pin(&path)
@@ -130,14 +132,21 @@ impl Maps {
     /// Writes the per-interface settings: the source MAC of every
     /// dispatched frame and how frames leave (the geometry stays).
     pub fn set_settings(&mut self, src_mac: [u8; 6], egress_mode: u8) -> Result<()> {
-        let settings = Settings { src_mac, egress: egress_mode, ..self.settings.get(&0, 0)? };
+        let settings = Settings {
+            src_mac,
+            egress: egress_mode,
+            ..self.settings.get(&0, 0)?
+        };
         self.settings.set(0, settings, 0)?;
         Ok(())
     }
 
     /// Records the geometry the maps were created with (once, at load).
     fn set_geometry(&mut self, geometry: Geometry) -> Result<()> {
-        let settings = Settings { geometry, ..self.settings.get(&0, 0)? };
+        let settings = Settings {
+            geometry,
+            ..self.settings.get(&0, 0)?
+        };
         self.settings.set(0, settings, 0)?;
         self.geometry = geometry.into();
         Ok(())
@@ -156,7 +165,8 @@ impl Maps {
             crate::map_batch::write(map, &keys, &zeros)
         }
         zero_all(&mut self.stats_hw).context("cannot create the counters of STATS_HW")?;
-        zero_all(&mut self.function_stats_hw).context("cannot create the counters of FUNCTION_STATS_HW")?;
+        zero_all(&mut self.function_stats_hw)
+            .context("cannot create the counters of FUNCTION_STATS_HW")?;
         zero_all(&mut self.worker_stats_hw).context("cannot create the counters of WORKER_STATS_HW")
     }
 
@@ -166,7 +176,11 @@ impl Maps {
         if let Some(g) = self.geometry.get() {
             return Ok(*g);
         }
-        let g = self.settings.get(&0, 0).context("cannot read SETTINGS")?.geometry;
+        let g = self
+            .settings
+            .get(&0, 0)
+            .context("cannot read SETTINGS")?
+            .geometry;
         if let Some(problem) = g.problem() {
             bail!("the data plane's SETTINGS hold no usable geometry ({problem}): it was pinned by another version of the dispatcher; stop it and start this one");
         }
@@ -181,7 +195,12 @@ impl Maps {
         Ok(self
             .counters_host()?
             .into_iter()
-            .map(|(c, n)| (c, n + hw.iter().find(|(h, _)| *h == c).map_or(0, |(_, m)| *m)))
+            .map(|(c, n)| {
+                (
+                    c,
+                    n + hw.iter().find(|(h, _)| *h == c).map_or(0, |(_, m)| *m),
+                )
+            })
             .collect())
     }
 
@@ -210,23 +229,35 @@ impl Maps {
     /// Packets and bytes dispatched to the function at row `index`, by
     /// either variant.
     pub fn function_traffic(&self, index: u32) -> Result<Traffic> {
-        Ok(add(per_cpu_traffic(&self.function_stats, index)?, self.function_stats_hw.get(&index, 0).unwrap_or_default()))
+        Ok(add(
+            per_cpu_traffic(&self.function_stats, index)?,
+            self.function_stats_hw.get(&index, 0).unwrap_or_default(),
+        ))
     }
 
     /// Packets and bytes dispatched to the worker at WORKERS `index`, by
     /// either variant.
     pub fn worker_traffic(&self, index: u32) -> Result<Traffic> {
-        Ok(add(per_cpu_traffic(&self.worker_stats, index)?, self.worker_stats_hw.get(&index, 0).unwrap_or_default()))
+        Ok(add(
+            per_cpu_traffic(&self.worker_stats, index)?,
+            self.worker_stats_hw.get(&index, 0).unwrap_or_default(),
+        ))
     }
 }
 
 fn add(a: Traffic, b: Traffic) -> Traffic {
-    Traffic { packets: a.packets + b.packets, bytes: a.bytes + b.bytes }
+    Traffic {
+        packets: a.packets + b.packets,
+        bytes: a.bytes + b.bytes,
+    }
 }
 
 /// Packets and bytes at `index` of a per-CPU traffic map, summed.
 fn per_cpu_traffic(map: &PerCpuArray<MapData, Traffic>, index: u32) -> Result<Traffic> {
-    Ok(map.get(&index, 0)?.iter().fold(Traffic::default(), |a, t| add(a, *t)))
+    Ok(map
+        .get(&index, 0)?
+        .iter()
+        .fold(Traffic::default(), |a, t| add(a, *t)))
 }
 
 /// The map key for `addr:port` (IPv4 stored IPv4-mapped), as in SERVICES
@@ -244,7 +275,13 @@ pub fn endpoint(addr: IpAddr, port: u16) -> Endpoint {
 }
 
 /// XDP programs in the object.
-pub const PROGRAMS: [&str; 5] = [PROGRAM, HW_PROGRAM, PASS_PROGRAM, YARDSTICK_FLOOR, YARDSTICK_ONE_LOOKUP];
+pub const PROGRAMS: [&str; 5] = [
+    PROGRAM,
+    HW_PROGRAM,
+    PASS_PROGRAM,
+    YARDSTICK_FLOOR,
+    YARDSTICK_ONE_LOOKUP,
+];
 /// The variant that obeys the NFP's offload rules (same behaviour).
 pub const HW_PROGRAM: &str = "dispatch_hw";
 /// Benchmark yardsticks: a minimal L3 forwarder and a one-lookup dispatcher.
@@ -260,7 +297,9 @@ pub fn load(programs: &[&str], geometry: &Geometry) -> Result<Ebpf> {
             loader.map_max_entries(name, entries);
         }
     }
-    let mut ebpf = loader.load(object()).context("cannot load the eBPF object")?;
+    let mut ebpf = loader
+        .load(object())
+        .context("cannot load the eBPF object")?;
     for name in programs {
         let program: &mut Xdp = ebpf
             .program_mut(name)
@@ -330,11 +369,17 @@ pub const MAP_NAMES: [&str; 17] = [
 
 /// Turns an attached program's link into a bpf_link pinned in `dir`, so
 /// the data plane outlives this process.
-fn pin_link(program: &mut Xdp, link: aya::programs::xdp::XdpLinkId, iface: &str, dir: &Path) -> Result<()> {
+fn pin_link(
+    program: &mut Xdp,
+    link: aya::programs::xdp::XdpLinkId,
+    iface: &str,
+    dir: &Path,
+) -> Result<()> {
     let link = FdLink::try_from(program.take_link(link)?).map_err(|_| {
         anyhow!("the kernel attached {iface} without a bpf_link (kernel older than 5.9?): the data plane could not outlive the daemon")
     })?;
-    link.pin(dir.join(LINK_PIN)).context("cannot pin the XDP link")?;
+    link.pin(dir.join(LINK_PIN))
+        .context("cannot pin the XDP link")?;
     Ok(())
 }
 
@@ -359,10 +404,19 @@ impl Attached {
     /// Everything is pinned into a staging directory first and renamed to
     /// `pin_dir` once the program is configured and attached, so the pin
     /// directory appears complete in one step: its existence means "running".
-    pub fn attach(iface: &str, mode: Mode, pin_dir: &Path, config: &Config, device: offload::Device) -> Result<Attached> {
+    pub fn attach(
+        iface: &str,
+        mode: Mode,
+        pin_dir: &Path,
+        config: &Config,
+        device: offload::Device,
+    ) -> Result<Attached> {
         let mac = interface_mac(iface)?;
         if pin_dir.exists() {
-            bail!("a data plane is already pinned at {}: adopt it instead", pin_dir.display());
+            bail!(
+                "a data plane is already pinned at {}: adopt it instead",
+                pin_dir.display()
+            );
         }
         let parent = pin_dir.parent().context("pin directory has no parent")?;
         std::fs::create_dir_all(parent)
@@ -375,11 +429,13 @@ impl Attached {
         std::fs::create_dir_all(&staging)
             .with_context(|| format!("cannot create {}", staging.display()))?;
 
-        let staged = Self::attach_staged(iface, mode, &staging, config, mac, device).and_then(|(maps, mode)| {
-            std::fs::rename(&staging, pin_dir)
-                .with_context(|| format!("cannot move pins to {}", pin_dir.display()))?;
-            Ok((maps, mode))
-        });
+        let staged = Self::attach_staged(iface, mode, &staging, config, mac, device).and_then(
+            |(maps, mode)| {
+                std::fs::rename(&staging, pin_dir)
+                    .with_context(|| format!("cannot move pins to {}", pin_dir.display()))?;
+                Ok((maps, mode))
+            },
+        );
         if let Some(staging_root) = staging.parent() {
             if staged.is_err() {
                 // Removing the link's pin (its last reference) detaches it.
@@ -388,18 +444,39 @@ impl Attached {
             let _ = std::fs::remove_dir(staging_root); // only if empty
         }
         let (maps, mode) = staged?;
-        let link = PinnedLink::from_pin(pin_dir.join(LINK_PIN)).context("cannot open the pinned link")?;
+        let link =
+            PinnedLink::from_pin(pin_dir.join(LINK_PIN)).context("cannot open the pinned link")?;
         info!(iface, mode = ?mode, pins = %pin_dir.display(), "data plane attached");
-        Ok(Attached { link, maps, iface: iface.to_string(), mode: Some(mode), pin_dir: pin_dir.to_path_buf(), _lock: lock(pin_dir)? })
+        Ok(Attached {
+            link,
+            maps,
+            iface: iface.to_string(),
+            mode: Some(mode),
+            pin_dir: pin_dir.to_path_buf(),
+            _lock: lock(pin_dir)?,
+        })
     }
 
     /// The kernel's id of the attached program (through the pinned link).
     pub fn program_id(&self) -> Result<u32> {
-        let link = FdLink::from(PinnedLink::from_pin(self.pin_dir.join(LINK_PIN)).context("cannot open the pinned link")?);
-        Ok(link.info().context("cannot read the link's info")?.program_id())
+        let link = FdLink::from(
+            PinnedLink::from_pin(self.pin_dir.join(LINK_PIN))
+                .context("cannot open the pinned link")?,
+        );
+        Ok(link
+            .info()
+            .context("cannot read the link's info")?
+            .program_id())
     }
 
-    fn attach_staged(iface: &str, mode: Mode, staging: &Path, config: &Config, mac: [u8; 6], device: offload::Device) -> Result<(Maps, XdpMode)> {
+    fn attach_staged(
+        iface: &str,
+        mode: Mode,
+        staging: &Path,
+        config: &Config,
+        mac: [u8; 6],
+        device: offload::Device,
+    ) -> Result<(Maps, XdpMode)> {
         if mode == Mode::Hw {
             return Self::attach_staged_hw(iface, staging, config, mac, device);
         }
@@ -430,7 +507,13 @@ impl Attached {
 
     /// `--mode hw`: the offload variant and the maps it uses bound to the
     /// NIC (offload.rs), configured, attached in hardware mode.
-    fn attach_staged_hw(iface: &str, staging: &Path, config: &Config, mac: [u8; 6], device: offload::Device) -> Result<(Maps, XdpMode)> {
+    fn attach_staged_hw(
+        iface: &str,
+        staging: &Path,
+        config: &Config,
+        mac: [u8; 6],
+        device: offload::Device,
+    ) -> Result<(Maps, XdpMode)> {
         let ifindex = offload::ifindex(iface)?;
         let geometry = device.geometry()?;
         info!(iface, ?geometry, "sizing the maps for the device");
@@ -438,9 +521,12 @@ impl Attached {
         let bound = offload::load_bound(iface, ifindex, &device, &geometry, &MAP_NAMES)?;
         let mut by_name: std::collections::HashMap<String, Map> = bound.maps.into_iter().collect();
         let mut maps = Maps::build(|name| {
-            let map = by_name.remove(name).ok_or_else(|| anyhow!("map {name} was not created"))?;
+            let map = by_name
+                .remove(name)
+                .ok_or_else(|| anyhow!("map {name} was not created"))?;
             let path = staging.join(name);
-            map.pin(&path).with_context(|| format!("cannot pin map {name} at {}", path.display()))?;
+            map.pin(&path)
+                .with_context(|| format!("cannot pin map {name} at {}", path.display()))?;
             Ok(map)
         })?;
         maps.set_geometry(geometry)?;
@@ -474,7 +560,14 @@ impl Attached {
             )
         })?;
         info!(iface, pins = %pin_dir.display(), "adopted the running data plane");
-        Ok(Attached { link, maps, iface: iface.to_string(), mode: None, pin_dir: pin_dir.to_path_buf(), _lock: lock })
+        Ok(Attached {
+            link,
+            maps,
+            iface: iface.to_string(),
+            mode: None,
+            pin_dir: pin_dir.to_path_buf(),
+            _lock: lock,
+        })
     }
 
     /// Another handle on the same maps (for a task of its own).
@@ -484,13 +577,23 @@ impl Attached {
 
     /// Detaches the program and removes the pins.
     pub fn detach(self) -> Result<()> {
-        let Attached { link, pin_dir, iface, maps, _lock, .. } = self;
+        let Attached {
+            link,
+            pin_dir,
+            iface,
+            maps,
+            _lock,
+            ..
+        } = self;
         drop(maps);
         // The pin and this fd were the link's last references: dropping both
         // detaches the program.
-        let link = link.unpin().with_context(|| format!("cannot unpin the link at {}", pin_dir.display()))?;
+        let link = link
+            .unpin()
+            .with_context(|| format!("cannot unpin the link at {}", pin_dir.display()))?;
         drop(link);
-        std::fs::remove_dir_all(&pin_dir).with_context(|| format!("cannot remove pins at {}", pin_dir.display()))?;
+        std::fs::remove_dir_all(&pin_dir)
+            .with_context(|| format!("cannot remove pins at {}", pin_dir.display()))?;
         info!(iface = %iface, "data plane detached, pins removed");
         Ok(())
     }
@@ -499,9 +602,13 @@ impl Attached {
 /// Only one daemon manages a data plane: an exclusive flock on its pin
 /// directory, held for the daemon's life.
 fn lock(pin_dir: &Path) -> Result<Flock<std::fs::File>> {
-    let dir = std::fs::File::open(pin_dir).with_context(|| format!("cannot open {}", pin_dir.display()))?;
+    let dir = std::fs::File::open(pin_dir)
+        .with_context(|| format!("cannot open {}", pin_dir.display()))?;
     Flock::lock(dir, FlockArg::LockExclusiveNonblock).map_err(|_| {
-        anyhow!("another `dispatcher run` manages the data plane at {} (stop it first)", pin_dir.display())
+        anyhow!(
+            "another `dispatcher run` manages the data plane at {} (stop it first)",
+            pin_dir.display()
+        )
     })
 }
 
@@ -510,10 +617,12 @@ pub fn interface_mac(iface: &str) -> Result<[u8; 6]> {
     let path = format!("/sys/class/net/{iface}/address");
     let text = std::fs::read_to_string(&path)
         .map_err(|_| anyhow!("interface {iface} not found (`ip link` shows the names)"))?;
-    let mac: macaddr::MacAddr6 = text
-        .trim()
-        .parse()
-        .with_context(|| format!("interface {iface} has no Ethernet address ({})", text.trim()))?;
+    let mac: macaddr::MacAddr6 = text.trim().parse().with_context(|| {
+        format!(
+            "interface {iface} has no Ethernet address ({})",
+            text.trim()
+        )
+    })?;
     Ok(mac.into_array())
 }
 
@@ -522,7 +631,9 @@ fn explain_load_error(e: ProgramError, name: &str) -> anyhow::Error {
     if text.contains("Operation not permitted") || text.contains("EPERM") {
         return anyhow!("the kernel refused to load the XDP program {name}: permission denied (run as root, or with CAP_BPF and CAP_NET_ADMIN)\n{text}");
     }
-    anyhow!(e).context(format!("the kernel refused to load the XDP program {name} (verifier log above)"))
+    anyhow!(e).context(format!(
+        "the kernel refused to load the XDP program {name} (verifier log above)"
+    ))
 }
 
 fn explain_attach_error(e: ProgramError, iface: &str) -> anyhow::Error {
@@ -539,9 +650,15 @@ fn explain_attach_error(e: ProgramError, iface: &str) -> anyhow::Error {
 /// The reference model reads the same maps the kernel program does.
 impl dispatcher_common::model::View for Maps {
     fn is_service(&self, e: &Endpoint) -> bool {
-        let Ok(geometry) = self.geometry() else { return false };
+        let Ok(geometry) = self.geometry() else {
+            return false;
+        };
         let (a, b) = geometry.service_slots(e);
-        [a, b].iter().any(|i| self.services.get(i, 0).is_ok_and(|s| s.in_use != 0 && s.endpoint == *e))
+        [a, b].iter().any(|i| {
+            self.services
+                .get(i, 0)
+                .is_ok_and(|s| s.in_use != 0 && s.endpoint == *e)
+        })
     }
     fn is_registered(&self, e: &Endpoint) -> bool {
         self.registered.get(e, 0).is_ok()

@@ -17,7 +17,12 @@ use serde::Serialize;
 use tokio::net::UdpSocket;
 use tracing::{debug, info, warn};
 
-use crate::{config::HealthConfig, control, data_plane::Maps, heartbeat::{self, Heartbeat, Refused}};
+use crate::{
+    config::HealthConfig,
+    control,
+    data_plane::Maps,
+    heartbeat::{self, Heartbeat, Refused},
+};
 
 /// What the health listener saw; for logs and tests.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -52,7 +57,13 @@ pub struct Health {
 
 impl Health {
     pub fn new(config: HealthConfig) -> Health {
-        Health { config, index: Index::default(), seen: HashMap::new(), started: Instant::now(), counters: Counters::default() }
+        Health {
+            config,
+            index: Index::default(),
+            seen: HashMap::new(),
+            started: Instant::now(),
+            counters: Counters::default(),
+        }
     }
 
     fn rebuild_index(&mut self, maps: &Maps) -> Result<()> {
@@ -61,7 +72,11 @@ impl Health {
             let up = index.up_slots.entry(f.id).or_default();
             for (slot, w) in control::function_workers(maps, &f.entry)? {
                 let addr: SocketAddr = control::worker_name(&w).parse().expect("a socket address");
-                index.by_worker.entry(addr).or_default().push((f.id, slot, w.state));
+                index
+                    .by_worker
+                    .entry(addr)
+                    .or_default()
+                    .push((f.id, slot, w.state));
                 if w.state == worker_state::UP {
                     up.push(slot);
                 }
@@ -72,12 +87,23 @@ impl Health {
     }
 
     /// Handles one datagram from `from`.
-    pub fn on_datagram(&mut self, maps: &mut Maps, datagram: &[u8], from: SocketAddr) -> Result<()> {
-        if !self.config.networks.iter().any(|n| n.contains(&from.ip().to_canonical())) {
+    pub fn on_datagram(
+        &mut self,
+        maps: &mut Maps,
+        datagram: &[u8],
+        from: SocketAddr,
+    ) -> Result<()> {
+        if !self
+            .config
+            .networks
+            .iter()
+            .any(|n| n.contains(&from.ip().to_canonical()))
+        {
             self.counters.dropped_network += 1;
             return Ok(());
         }
-        let hb = match Heartbeat::decode(datagram, self.config.key.as_bytes(), heartbeat::now_ns()) {
+        let hb = match Heartbeat::decode(datagram, self.config.key.as_bytes(), heartbeat::now_ns())
+        {
             Ok(hb) => hb,
             Err(Refused::Malformed) => {
                 self.counters.dropped_malformed += 1;
@@ -94,7 +120,11 @@ impl Health {
                 return Ok(());
             }
         };
-        if self.seen.get(&hb.worker).is_some_and(|(_, last)| hb.sent_ns <= *last) {
+        if self
+            .seen
+            .get(&hb.worker)
+            .is_some_and(|(_, last)| hb.sent_ns <= *last)
+        {
             self.counters.dropped_stale_or_replayed += 1;
             warn!(%from, worker = %hb.worker, "heartbeat dropped: not later than the last one accepted (a replay)");
             return Ok(());
@@ -111,8 +141,11 @@ impl Health {
         self.counters.accepted += 1;
         let mut changed = false;
         for (function, slot, state) in slots {
-            let Ok(f) = maps.functions.get(&function, 0) else { continue };
-            maps.loads.set(f.worker_index(slot as u32), hb.in_flight as u64, 0)?;
+            let Ok(f) = maps.functions.get(&function, 0) else {
+                continue;
+            };
+            maps.loads
+                .set(f.worker_index(slot as u32), hb.in_flight as u64, 0)?;
             if state == worker_state::DOWN {
                 control::set_worker_state(maps, function, hb.worker, worker_state::UP)?;
                 self.counters.marked_up += 1;
@@ -183,17 +216,24 @@ impl Drop for Running {
 /// Binds the health address (failing here, with the reason, if it cannot)
 /// and runs the listener and the sweeps on a task of their own.
 pub async fn start(config: HealthConfig, maps: Maps) -> Result<Running> {
-    let socket = UdpSocket::bind(config.listen)
-        .await
-        .with_context(|| format!("health.listen: cannot bind {} (in use, or not an address of this host?)", config.listen))?;
+    let socket = UdpSocket::bind(config.listen).await.with_context(|| {
+        format!(
+            "health.listen: cannot bind {} (in use, or not an address of this host?)",
+            config.listen
+        )
+    })?;
     info!(listen = %config.listen, down_after_ms = config.down_after_ms, "health: listening for worker heartbeats");
     let task = tokio::spawn(serve(socket, config.clone(), maps));
-    Ok(Running { config, task: Some(task) })
+    Ok(Running {
+        config,
+        task: Some(task),
+    })
 }
 
 /// Listens for heartbeats and sweeps for silent workers until aborted.
 async fn serve(socket: UdpSocket, config: HealthConfig, mut maps: Maps) {
-    let mut sweep = tokio::time::interval(Duration::from_millis((config.down_after_ms / 4).max(20)));
+    let mut sweep =
+        tokio::time::interval(Duration::from_millis((config.down_after_ms / 4).max(20)));
     let mut health = Health::new(config);
     let mut buf = [0u8; 512];
     loop {

@@ -67,7 +67,9 @@ fn mac(key: &[u8], bytes: &[u8]) -> [u8; 16] {
 }
 
 pub fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 impl Heartbeat {
@@ -97,7 +99,12 @@ impl Heartbeat {
         }
         let expected = mac(key, &b[..SIGNED]);
         // Constant-time compare: a timing leak would help forge MACs.
-        if expected.iter().zip(&b[SIGNED..]).fold(0u8, |acc, (x, y)| acc | (x ^ y)) != 0 {
+        if expected
+            .iter()
+            .zip(&b[SIGNED..])
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            != 0
+        {
             return Err(Refused::Auth);
         }
         let be32 = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
@@ -125,7 +132,12 @@ mod tests {
     use super::*;
 
     fn sample() -> Heartbeat {
-        Heartbeat { worker: "10.0.0.10:9000".parse().unwrap(), in_flight: 7, capacity: 64, sent_ns: 1_000_000_000_000 }
+        Heartbeat {
+            worker: "10.0.0.10:9000".parse().unwrap(),
+            in_flight: 7,
+            capacity: 64,
+            sent_ns: 1_000_000_000_000,
+        }
     }
 
     #[test]
@@ -134,11 +146,20 @@ mod tests {
         let b = hb.encode(b"key");
         assert_eq!(b.len(), LEN);
         assert_eq!(Heartbeat::decode(&b, b"key", hb.sent_ns), Ok(hb));
-        assert_eq!(Heartbeat::decode(&b, b"other key", hb.sent_ns), Err(Refused::Auth));
+        assert_eq!(
+            Heartbeat::decode(&b, b"other key", hb.sent_ns),
+            Err(Refused::Auth)
+        );
         let mut altered = b;
         altered[27] ^= 1; // in_flight
-        assert_eq!(Heartbeat::decode(&altered, b"key", hb.sent_ns), Err(Refused::Auth));
-        assert_eq!(Heartbeat::decode(&b[..55], b"key", hb.sent_ns), Err(Refused::Malformed));
+        assert_eq!(
+            Heartbeat::decode(&altered, b"key", hb.sent_ns),
+            Err(Refused::Auth)
+        );
+        assert_eq!(
+            Heartbeat::decode(&b[..55], b"key", hb.sent_ns),
+            Err(Refused::Malformed)
+        );
         let late = hb.sent_ns + MAX_SKEW.as_nanos() as u64 + 1;
         assert_eq!(Heartbeat::decode(&b, b"key", late), Err(Refused::Stale));
     }

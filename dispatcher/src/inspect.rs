@@ -109,7 +109,12 @@ pub fn workers(maps: &Maps, function: Option<u32>) -> Result<Vec<WorkerInfo>> {
                 function: f.id,
                 slot,
                 addr: control::worker_name(&w),
-                mac: w.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+                mac: w
+                    .mac
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":"),
                 weight: w.weight,
                 state: state_name(w.state),
                 load: maps.loads.get(&i, 0)?,
@@ -126,7 +131,10 @@ pub fn workflows(maps: &Maps) -> Result<Vec<WorkflowInfo>> {
     for entry in maps.workflows.iter() {
         let (id, w) = entry?;
         let n = (w.step_count as usize).min(MAX_WORKFLOW_STEPS);
-        out.push(WorkflowInfo { id, steps: w.functions[..n].to_vec() });
+        out.push(WorkflowInfo {
+            id,
+            steps: w.functions[..n].to_vec(),
+        });
     }
     out.sort_by_key(|w| w.id);
     Ok(out)
@@ -145,14 +153,28 @@ pub fn table<T: Serialize>(rows: &[T]) -> String {
     let headers: Vec<String> = first.keys().cloned().collect();
     let cell = |v: &serde_json::Value| match v {
         serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Array(a) => a.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","),
+        serde_json::Value::Array(a) => a
+            .iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
         other => other.to_string(),
     };
-    let cells: Vec<Vec<String>> = values.iter().map(|row| headers.iter().map(|h| cell(&row[h])).collect()).collect();
+    let cells: Vec<Vec<String>> = values
+        .iter()
+        .map(|row| headers.iter().map(|h| cell(&row[h])).collect())
+        .collect();
     let widths: Vec<usize> = headers
         .iter()
         .enumerate()
-        .map(|(i, h)| cells.iter().map(|r| r[i].len()).chain([h.len()]).max().unwrap_or(0))
+        .map(|(i, h)| {
+            cells
+                .iter()
+                .map(|r| r[i].len())
+                .chain([h.len()])
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for (i, h) in headers.iter().enumerate() {

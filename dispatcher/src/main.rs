@@ -13,17 +13,21 @@ use clap::{Parser, Subcommand};
 use dispatcher::{
     bpffs, client,
     config::WorkerConfig,
-    control, inspect,
-    data_plane::Maps,
+    control,
     daemon::{self, RunOptions},
-    data_plane::Mode,
+    data_plane::{Maps, Mode},
+    inspect,
     stats::Snapshot,
     worker::{self, FunctionTable},
 };
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "dispatcher", version, about = "In-kernel (XDP) serverless request dispatcher")]
+#[command(
+    name = "dispatcher",
+    version,
+    about = "In-kernel (XDP) serverless request dispatcher"
+)]
 struct Cli {
     /// The bpffs mount under which data planes pin their maps
     /// (DIR/dispatcher/IF/); mounted if missing.
@@ -372,7 +376,10 @@ fn main() -> ExitCode {
     // netlink_proto warns when a finished request's handle is already
     // gone, which is how every one-shot neighbour query ends: not news.
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,netlink_proto=error")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,netlink_proto=error")),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -388,7 +395,16 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Run { iface, mode, veth_peer_xdp, config, vips, port, keep_attached, hw_map_entries } => {
+        Command::Run {
+            iface,
+            mode,
+            veth_peer_xdp,
+            config,
+            vips,
+            port,
+            keep_attached,
+            hw_map_entries,
+        } => {
             let iface = match (iface, mode) {
                 (Some(iface), _) => iface,
                 (None, Some(Mode::User)) => String::new(),
@@ -400,8 +416,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if veth_peer_xdp && mode != Some(Mode::Drv) {
                 anyhow::bail!("--veth-peer-xdp vouches for a veth's peer in drv mode: it goes with --mode drv");
             }
-            let device = dispatcher::offload::Device { max_entries: hw_map_entries };
-            let opts = RunOptions { iface, mode, veth_peer_xdp, config, vips, port, bpffs: cli.bpffs, keep_attached, device };
+            let device = dispatcher::offload::Device {
+                max_entries: hw_map_entries,
+            };
+            let opts = RunOptions {
+                iface,
+                mode,
+                veth_peer_xdp,
+                config,
+                vips,
+                port,
+                bpffs: cli.bpffs,
+                keep_attached,
+                device,
+            };
             tokio_runtime()?.block_on(daemon::run(opts))?;
         }
         Command::Stats { iface, json, watch } => {
@@ -430,20 +458,46 @@ fn run(cli: Cli) -> Result<ExitCode> {
             control::reconcile(&mut open(&cli.bpffs, &target)?, &config)?;
             eprintln!("applied");
         }
-        Command::Maps { action: MapsCmd::Dump { name, target } } => maps_dump(&cli.bpffs, name.as_deref(), &target)?,
-        Command::Offload { action: OffloadCmd::Check { object, program, max_instructions, max_stack } } => {
+        Command::Maps {
+            action: MapsCmd::Dump { name, target },
+        } => maps_dump(&cli.bpffs, name.as_deref(), &target)?,
+        Command::Offload {
+            action:
+                OffloadCmd::Check {
+                    object,
+                    program,
+                    max_instructions,
+                    max_stack,
+                },
+        } => {
             let bytes = match &object {
-                Some(path) => std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+                Some(path) => std::fs::read(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
                 None => dispatcher::data_plane::object().to_vec(),
             };
-            let limits = dispatcher::offload_check::Limits { max_instructions, max_stack, ..Default::default() };
+            let limits = dispatcher::offload_check::Limits {
+                max_instructions,
+                max_stack,
+                ..Default::default()
+            };
             let report = dispatcher::offload_check::check_object(&bytes, &program, limits)?;
             print!("{}", report.text());
             if !report.violations.is_empty() {
                 return Ok(ExitCode::from(1));
             }
         }
-        Command::Serve { listen, functions, dispatcher, delay_us, max_in_flight, heartbeat_to, heartbeat_key, heartbeat_ms, capacity, memcached } => {
+        Command::Serve {
+            listen,
+            functions,
+            dispatcher,
+            delay_us,
+            max_in_flight,
+            heartbeat_to,
+            heartbeat_key,
+            heartbeat_ms,
+            capacity,
+            memcached,
+        } => {
             let delay = Duration::from_micros(delay_us);
             let heartbeats = heartbeat_to.map(|to| worker::HeartbeatTarget {
                 to,
@@ -460,7 +514,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             })?;
         }
-        Command::Pktgen { to, rate, duration, functions, payload, drain_ms, batch, spin_us, json, plot, kernel } => {
+        Command::Pktgen {
+            to,
+            rate,
+            duration,
+            functions,
+            payload,
+            drain_ms,
+            batch,
+            spin_us,
+            json,
+            plot,
+            kernel,
+        } => {
             if kernel {
                 if !Path::new("/proc/net/pktgen").exists() {
                     anyhow::bail!(
@@ -486,7 +552,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let bar = (!json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
                 let bar = indicatif::ProgressBar::new(0);
-                bar.set_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} requests {per_sec}").expect("valid template"));
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{bar:40} {pos}/{len} requests {per_sec}",
+                    )
+                    .expect("valid template"),
+                );
                 bar
             });
             let report = dispatcher::pktgen::run(&opts, |sent, total| {
@@ -511,20 +582,37 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 eprintln!("latency plot: {}", path.display());
             }
         }
-        Command::Invoke { to, function_id, payload, payload_file, out, timeout_ms } => {
+        Command::Invoke {
+            to,
+            function_id,
+            payload,
+            payload_file,
+            out,
+            timeout_ms,
+        } => {
             let payload = match payload_file {
-                Some(path) => std::fs::read(&path).with_context(|| format!("cannot read --payload-file {}", path.display()))?,
+                Some(path) => std::fs::read(&path)
+                    .with_context(|| format!("cannot read --payload-file {}", path.display()))?,
                 None => payload.into_bytes(),
             };
-            let answer = client::invoke(to, function_id, &payload, Duration::from_millis(timeout_ms))?;
+            let answer =
+                client::invoke(to, function_id, &payload, Duration::from_millis(timeout_ms))?;
             let micros = answer.latency.as_secs_f64() * 1e6;
             if let Some((code, text)) = answer.message.error_parts() {
-                eprintln!("ERROR {code} from {} in {micros:.0} us: {text}", answer.from);
+                eprintln!(
+                    "ERROR {code} from {} in {micros:.0} us: {text}",
+                    answer.from
+                );
                 return Ok(ExitCode::from(2));
             }
-            eprintln!("RESPONSE from {} in {micros:.0} us ({} bytes)", answer.from, answer.message.payload.len());
+            eprintln!(
+                "RESPONSE from {} in {micros:.0} us ({} bytes)",
+                answer.from,
+                answer.message.payload.len()
+            );
             match out {
-                Some(path) => std::fs::write(&path, &answer.message.payload).with_context(|| format!("cannot write --out {}", path.display()))?,
+                Some(path) => std::fs::write(&path, &answer.message.payload)
+                    .with_context(|| format!("cannot write --out {}", path.display()))?,
                 None => println!("{}", String::from_utf8_lossy(&answer.message.payload)),
             }
         }
@@ -535,13 +623,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
 /// `--plot`'s file: refused before the run rather than after it.
 fn svg_path(s: &str) -> Result<PathBuf, String> {
     if !s.ends_with(".svg") {
-        return Err(format!("`{s}`: plots are written as SVG; give a file name ending in .svg"));
+        return Err(format!(
+            "`{s}`: plots are written as SVG; give a file name ending in .svg"
+        ));
     }
     Ok(PathBuf::from(s))
 }
 
 fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
 }
 
 fn open(bpffs: &Path, target: &Target) -> Result<Maps> {
@@ -560,31 +653,58 @@ fn render<T: serde::Serialize>(rows: &[T], json: bool) -> Result<()> {
 
 fn functions_cmd(bpffs: &Path, action: FunctionsCmd) -> Result<()> {
     match action {
-        FunctionsCmd::List(target) => render(&inspect::functions(&open(bpffs, &target)?)?, target.json),
-        FunctionsCmd::Add { id, policy, target } => {
-            control::add_function(&mut open(bpffs, &target)?, id, dispatcher::config::Policy::from(policy).to_map())
+        FunctionsCmd::List(target) => {
+            render(&inspect::functions(&open(bpffs, &target)?)?, target.json)
         }
+        FunctionsCmd::Add { id, policy, target } => control::add_function(
+            &mut open(bpffs, &target)?,
+            id,
+            dispatcher::config::Policy::from(policy).to_map(),
+        ),
         FunctionsCmd::Rm { id, target } => control::remove_function(&mut open(bpffs, &target)?, id),
     }
 }
 
 fn workers_cmd(bpffs: &Path, action: WorkersCmd) -> Result<()> {
     match action {
-        WorkersCmd::List { function, target } => render(&inspect::workers(&open(bpffs, &target)?, function)?, target.json),
-        WorkersCmd::Add { worker, mac, weight, target } => {
+        WorkersCmd::List { function, target } => render(
+            &inspect::workers(&open(bpffs, &target)?, function)?,
+            target.json,
+        ),
+        WorkersCmd::Add {
+            worker,
+            mac,
+            weight,
+            target,
+        } => {
             let mac = match mac {
-                Some(mac) => mac.parse().map_err(|_| anyhow::anyhow!("--mac {mac}: not a MAC address (write it as 02:00:00:00:00:0a)"))?,
+                Some(mac) => mac.parse().map_err(|_| {
+                    anyhow::anyhow!(
+                        "--mac {mac}: not a MAC address (write it as 02:00:00:00:00:0a)"
+                    )
+                })?,
                 // Learned from the neighbour table, as the daemon does.
-                None => tokio_runtime()?.block_on(async { dispatcher::neighbours::Resolver::new()?.resolve(worker.addr.ip()).await })?,
+                None => tokio_runtime()?.block_on(async {
+                    dispatcher::neighbours::Resolver::new()?
+                        .resolve(worker.addr.ip())
+                        .await
+                })?,
             };
             let mac = Some(mac);
-            let w = WorkerConfig { addr: worker.addr, mac, weight }.to_map(worker.function)?;
+            let w = WorkerConfig {
+                addr: worker.addr,
+                mac,
+                weight,
+            }
+            .to_map(worker.function)?;
             if weight == 0 {
                 anyhow::bail!("--weight 0: use 1 or more (drain a worker to stop its requests)");
             }
             control::add_worker(&mut open(bpffs, &target)?, worker.function, w)
         }
-        WorkersCmd::Rm { worker, target } => control::remove_worker(&mut open(bpffs, &target)?, worker.function, worker.addr),
+        WorkersCmd::Rm { worker, target } => {
+            control::remove_worker(&mut open(bpffs, &target)?, worker.function, worker.addr)
+        }
         WorkersCmd::Drain { worker, target } => control::set_worker_state(
             &mut open(bpffs, &target)?,
             worker.function,
@@ -596,8 +716,12 @@ fn workers_cmd(bpffs: &Path, action: WorkersCmd) -> Result<()> {
 
 fn workflows_cmd(bpffs: &Path, action: WorkflowsCmd) -> Result<()> {
     match action {
-        WorkflowsCmd::List(target) => render(&inspect::workflows(&open(bpffs, &target)?)?, target.json),
-        WorkflowsCmd::Add { id, steps, target } => control::set_workflow(&mut open(bpffs, &target)?, id, &steps),
+        WorkflowsCmd::List(target) => {
+            render(&inspect::workflows(&open(bpffs, &target)?)?, target.json)
+        }
+        WorkflowsCmd::Add { id, steps, target } => {
+            control::set_workflow(&mut open(bpffs, &target)?, id, &steps)
+        }
         WorkflowsCmd::Rm { id, target } => control::remove_workflow(&mut open(bpffs, &target)?, id),
     }
 }

@@ -23,7 +23,16 @@ use aya_obj::generated::{bpf_attr__bindgen_ty_3, bpf_cmd};
 type BatchAttr = bpf_attr__bindgen_ty_3;
 
 fn batch_attr(map_fd: u32, keys: u64, values: u64, count: u32) -> BatchAttr {
-    BatchAttr { in_batch: 0, out_batch: 0, keys, values, count, map_fd, elem_flags: 0, flags: 0 }
+    BatchAttr {
+        in_batch: 0,
+        out_batch: 0,
+        keys,
+        values,
+        count,
+        map_fd,
+        elem_flags: 0,
+        flags: 0,
+    }
 }
 
 /// Runs one batch command; `Ok(count)` is how many entries it handled.
@@ -31,7 +40,14 @@ fn batch(cmd: bpf_cmd, attr: &mut BatchAttr) -> std::io::Result<u32> {
     // SAFETY: `attr` is a valid, fully initialised bpf_attr prefix of the
     // size passed, and the pointers in it (set by the callers) point at
     // buffers of `count` keys and values that outlive the call.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd as libc::c_long, attr as *mut BatchAttr, size_of::<BatchAttr>() as u32) };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_long,
+            attr as *mut BatchAttr,
+            size_of::<BatchAttr>() as u32,
+        )
+    };
     if rc < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -42,7 +58,10 @@ fn batch(cmd: bpf_cmd, attr: &mut BatchAttr) -> std::io::Result<u32> {
 const ENOTSUPP: i32 = 524;
 
 fn unsupported(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP))
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)
+    )
 }
 
 /// Entries `first .. first + count` of an array map, in key order.
@@ -54,14 +73,26 @@ pub fn read_range<V: Pod>(map: &Array<MapData, V>, first: u32, count: u32) -> Re
     // For arrays the batch token is the key *before* the first one wanted.
     let before = first.wrapping_sub(1);
     let mut out_batch = 0u32;
-    let mut attr = batch_attr(map.map().fd().as_fd().as_raw_fd() as u32, keys.as_mut_ptr() as u64, values.as_mut_ptr() as u64, count);
-    attr.in_batch = if first == 0 { 0 } else { &before as *const u32 as u64 };
+    let mut attr = batch_attr(
+        map.map().fd().as_fd().as_raw_fd() as u32,
+        keys.as_mut_ptr() as u64,
+        values.as_mut_ptr() as u64,
+        count,
+    );
+    attr.in_batch = if first == 0 {
+        0
+    } else {
+        &before as *const u32 as u64
+    };
     attr.out_batch = &mut out_batch as *mut u32 as u64;
     match batch(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr) {
         Ok(n) if n == count => Ok(values),
         Ok(n) => anyhow::bail!("batch read of {count} entries from {first} returned {n}"),
-        Err(e) if unsupported(&e) => (first..first + count).map(|k| map.get(&k, 0).map_err(Into::into)).collect(),
-        Err(e) => Err(e).with_context(|| format!("cannot read entries {first}..{} of a map", first + count)),
+        Err(e) if unsupported(&e) => (first..first + count)
+            .map(|k| map.get(&k, 0).map_err(Into::into))
+            .collect(),
+        Err(e) => Err(e)
+            .with_context(|| format!("cannot read entries {first}..{} of a map", first + count)),
     }
 }
 
@@ -71,7 +102,12 @@ pub fn write<V: Pod>(map: &mut Array<MapData, V>, keys: &[u32], values: &[V]) ->
     if keys.is_empty() {
         return Ok(());
     }
-    let mut attr = batch_attr(map.map().fd().as_fd().as_raw_fd() as u32, keys.as_ptr() as u64, values.as_ptr() as u64, keys.len() as u32);
+    let mut attr = batch_attr(
+        map.map().fd().as_fd().as_raw_fd() as u32,
+        keys.as_ptr() as u64,
+        values.as_ptr() as u64,
+        keys.len() as u32,
+    );
     match batch(bpf_cmd::BPF_MAP_UPDATE_BATCH, &mut attr) {
         Ok(n) if n as usize == keys.len() => Ok(()),
         Ok(n) => anyhow::bail!("batch write of {} entries wrote {n}", keys.len()),

@@ -10,7 +10,13 @@ use tracing::{info, warn};
 use crate::{data_plane::Maps, inspect};
 
 /// Writes one metric family: HELP, TYPE, then a sample per (labels, value).
-fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: impl IntoIterator<Item = (String, f64)>) {
+fn family(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (String, f64)>,
+) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
     for (labels, value) in samples {
@@ -26,24 +32,65 @@ pub fn render(maps: &Maps) -> Result<String> {
         "dispatcher_packets_total",
         "counter",
         "Packets the XDP data plane handled, by outcome.",
-        maps.counters()?.into_iter().map(|(c, n)| (format!("outcome=\"{}\"", c.name()), n as f64)),
+        maps.counters()?
+            .into_iter()
+            .map(|(c, n)| (format!("outcome=\"{}\"", c.name()), n as f64)),
     );
     let functions = inspect::functions(maps)?;
     let label = |f: &inspect::FunctionInfo| format!("function=\"{}\"", f.id);
-    family(&mut out, "dispatcher_function_packets_total", "counter", "Requests dispatched per function.", functions.iter().map(|f| (label(f), f.packets as f64)));
-    family(&mut out, "dispatcher_function_bytes_total", "counter", "Bytes dispatched per function.", functions.iter().map(|f| (label(f), f.bytes as f64)));
-    family(&mut out, "dispatcher_function_up_workers", "gauge", "Workers of a function that get new requests.", functions.iter().map(|f| (label(f), f.up as f64)));
+    family(
+        &mut out,
+        "dispatcher_function_packets_total",
+        "counter",
+        "Requests dispatched per function.",
+        functions.iter().map(|f| (label(f), f.packets as f64)),
+    );
+    family(
+        &mut out,
+        "dispatcher_function_bytes_total",
+        "counter",
+        "Bytes dispatched per function.",
+        functions.iter().map(|f| (label(f), f.bytes as f64)),
+    );
+    family(
+        &mut out,
+        "dispatcher_function_up_workers",
+        "gauge",
+        "Workers of a function that get new requests.",
+        functions.iter().map(|f| (label(f), f.up as f64)),
+    );
     let workers = inspect::workers(maps, None)?;
-    let label = |w: &inspect::WorkerInfo| format!("function=\"{}\",worker=\"{}\"", w.function, w.addr);
-    family(&mut out, "dispatcher_worker_packets_total", "counter", "Requests dispatched to a worker.", workers.iter().map(|w| (label(w), w.packets as f64)));
-    family(&mut out, "dispatcher_worker_bytes_total", "counter", "Bytes dispatched to a worker.", workers.iter().map(|w| (label(w), w.bytes as f64)));
-    family(&mut out, "dispatcher_worker_load", "gauge", "A worker's in-flight estimate (reported, plus requests sent since).", workers.iter().map(|w| (label(w), w.load as f64)));
+    let label =
+        |w: &inspect::WorkerInfo| format!("function=\"{}\",worker=\"{}\"", w.function, w.addr);
+    family(
+        &mut out,
+        "dispatcher_worker_packets_total",
+        "counter",
+        "Requests dispatched to a worker.",
+        workers.iter().map(|w| (label(w), w.packets as f64)),
+    );
+    family(
+        &mut out,
+        "dispatcher_worker_bytes_total",
+        "counter",
+        "Bytes dispatched to a worker.",
+        workers.iter().map(|w| (label(w), w.bytes as f64)),
+    );
+    family(
+        &mut out,
+        "dispatcher_worker_load",
+        "gauge",
+        "A worker's in-flight estimate (reported, plus requests sent since).",
+        workers.iter().map(|w| (label(w), w.load as f64)),
+    );
     family(
         &mut out,
         "dispatcher_worker_up",
         "gauge",
         "1 if the worker gets new requests, 0 if down or draining.",
-        workers.iter().map(|w| (label(w), if w.state == "up" { 1.0 } else { 0.0 })),
+        workers
+            .iter()
+            .map(|w| (label(w), if w.state == "up" { 1.0 } else { 0.0 })),
     );
     Ok(out)
 }
@@ -61,13 +108,18 @@ pub fn spawn(listen: SocketAddr, pin_dir: PathBuf) -> Result<()> {
         };
         for request in server.incoming_requests() {
             let response = if request.url() != "/metrics" {
-                tiny_http::Response::from_string("not found: the metrics are at /metrics\n").with_status_code(404)
+                tiny_http::Response::from_string("not found: the metrics are at /metrics\n")
+                    .with_status_code(404)
             } else {
                 match render(&maps) {
                     Ok(text) => tiny_http::Response::from_string(text).with_header(
-                        "Content-Type: text/plain; version=0.0.4".parse::<tiny_http::Header>().expect("valid header"),
+                        "Content-Type: text/plain; version=0.0.4"
+                            .parse::<tiny_http::Header>()
+                            .expect("valid header"),
                     ),
-                    Err(e) => tiny_http::Response::from_string(format!("{e:#}\n")).with_status_code(500),
+                    Err(e) => {
+                        tiny_http::Response::from_string(format!("{e:#}\n")).with_status_code(500)
+                    }
                 }
             };
             let _ = request.respond(response);

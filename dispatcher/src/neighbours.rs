@@ -47,11 +47,18 @@ impl Resolver {
     /// the interface it leaves by.
     async fn next_hop(&self, ip: IpAddr) -> Result<(IpAddr, u32)> {
         let message = match ip {
-            IpAddr::V4(a) => RouteMessageBuilder::<std::net::Ipv4Addr>::new().destination_prefix(a, 32).build(),
-            IpAddr::V6(a) => RouteMessageBuilder::<std::net::Ipv6Addr>::new().destination_prefix(a, 128).build(),
+            IpAddr::V4(a) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                .destination_prefix(a, 32)
+                .build(),
+            IpAddr::V6(a) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                .destination_prefix(a, 128)
+                .build(),
         };
         let mut routes = self.handle.route().get(message).execute();
-        let route = routes.try_next().await?.ok_or_else(|| anyhow!("no route to {ip}"))?;
+        let route = routes
+            .try_next()
+            .await?
+            .ok_or_else(|| anyhow!("no route to {ip}"))?;
         let mut hop = ip;
         let mut oif = 0;
         for attr in &route.attributes {
@@ -67,13 +74,27 @@ impl Resolver {
 
     /// The MAC of `hop` on interface `ifindex`, if the table has a usable one.
     async fn lookup(&self, hop: IpAddr, ifindex: u32) -> Result<Option<MacAddr6>> {
-        let family = if hop.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
-        let mut entries = self.handle.neighbours().get().set_address_family(family).execute();
+        let family = if hop.is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        let mut entries = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(family)
+            .execute();
         while let Some(entry) = entries.try_next().await? {
             if entry.header.ifindex != ifindex
                 || !matches!(
                     entry.header.state,
-                    NeighbourState::Reachable | NeighbourState::Stale | NeighbourState::Delay | NeighbourState::Probe | NeighbourState::Permanent | NeighbourState::Noarp
+                    NeighbourState::Reachable
+                        | NeighbourState::Stale
+                        | NeighbourState::Delay
+                        | NeighbourState::Probe
+                        | NeighbourState::Permanent
+                        | NeighbourState::Noarp
                 )
             {
                 continue;
@@ -82,10 +103,16 @@ impl Resolver {
             let mut mac = None;
             for attr in &entry.attributes {
                 match attr {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => dst = Some(IpAddr::V4(*a)),
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => dst = Some(IpAddr::V6(*a)),
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
+                        dst = Some(IpAddr::V4(*a))
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
+                        dst = Some(IpAddr::V6(*a))
+                    }
                     NeighbourAttribute::LinkLayerAddress(bytes) if bytes.len() == 6 => {
-                        mac = Some(MacAddr6::new(bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5]))
+                        mac = Some(MacAddr6::new(
+                            bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5],
+                        ))
                     }
                     _ => {}
                 }
@@ -111,7 +138,11 @@ impl Resolver {
                 return Ok(mac);
             }
         }
-        let via = if hop == ip { String::new() } else { format!(" (via gateway {hop})") };
+        let via = if hop == ip {
+            String::new()
+        } else {
+            format!(" (via gateway {hop})")
+        };
         bail!("cannot learn the MAC of {ip}{via}: it did not answer ARP/ND within {RESOLVE_TIMEOUT:?}; is it up? Or set `mac` for it in the config")
     }
 }
@@ -119,7 +150,9 @@ impl Resolver {
 /// One datagram to the discard port of `hop`: the kernel resolves the
 /// next hop's MAC to send it.
 fn poke(hop: IpAddr) {
-    let bind: SocketAddr = if hop.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("valid");
+    let bind: SocketAddr = if hop.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+        .parse()
+        .expect("valid");
     if let Ok(socket) = std::net::UdpSocket::bind(bind) {
         let _ = socket.send_to(b"", SocketAddr::new(hop, 9));
     }
@@ -128,7 +161,13 @@ fn poke(hop: IpAddr) {
 /// Fills in the MAC of every configured worker that has none; returns the
 /// addresses it filled (the ones to keep refreshing).
 pub async fn fill_missing(config: &mut Config) -> Result<Vec<SocketAddr>> {
-    let missing: Vec<SocketAddr> = config.functions.iter().flat_map(|f| &f.workers).filter(|w| w.mac.is_none()).map(|w| w.addr).collect();
+    let missing: Vec<SocketAddr> = config
+        .functions
+        .iter()
+        .flat_map(|f| &f.workers)
+        .filter(|w| w.mac.is_none())
+        .map(|w| w.addr)
+        .collect();
     if missing.is_empty() {
         return Ok(Vec::new());
     }
@@ -136,11 +175,18 @@ pub async fn fill_missing(config: &mut Config) -> Result<Vec<SocketAddr>> {
     let mut learned: HashMap<IpAddr, MacAddr6> = HashMap::new();
     for addr in &missing {
         if !learned.contains_key(&addr.ip()) {
-            let mac = resolver.resolve(addr.ip()).await.map_err(|e| anyhow!("worker {addr}: {e:#}"))?;
+            let mac = resolver
+                .resolve(addr.ip())
+                .await
+                .map_err(|e| anyhow!("worker {addr}: {e:#}"))?;
             learned.insert(addr.ip(), mac);
         }
     }
-    for w in config.functions.iter_mut().flat_map(|f| f.workers.iter_mut()) {
+    for w in config
+        .functions
+        .iter_mut()
+        .flat_map(|f| f.workers.iter_mut())
+    {
         if w.mac.is_none() {
             w.mac = learned.get(&w.addr.ip()).copied();
         }

@@ -51,12 +51,21 @@ impl Device {
 /// Creates the maps of the object, sized by `geometry` (those `dispatch_hw`
 /// uses bound to `ifindex`, and within the device's limit), then loads
 /// `dispatch_hw` bound to it.
-pub fn load_bound(iface: &str, ifindex: u32, device: &Device, geometry: &Geometry, names: &[&str]) -> Result<Bound> {
-    let mut obj = aya_obj::Object::parse(object()).map_err(|e| anyhow!("cannot parse the eBPF object: {e}"))?;
+pub fn load_bound(
+    iface: &str,
+    ifindex: u32,
+    device: &Device,
+    geometry: &Geometry,
+    names: &[&str],
+) -> Result<Bound> {
+    let mut obj = aya_obj::Object::parse(object())
+        .map_err(|e| anyhow!("cannot parse the eBPF object: {e}"))?;
     let used = crate::offload_check::check_object(object(), HW_PROGRAM, Default::default())?.maps;
     let mut created: Vec<(String, OwnedFd)> = Vec::new();
     for name in names {
-        let map = obj.maps.get(*name).with_context(|| format!("the eBPF object has no map {name}: rebuild the dispatcher"))?;
+        let map = obj.maps.get(*name).with_context(|| {
+            format!("the eBPF object has no map {name}: rebuild the dispatcher")
+        })?;
         let bound = used.iter().any(|u| u == name);
         let entries = geometry.map_entries(name).unwrap_or(map.max_entries());
         // Only the counters can outgrow the geometry (STATS_HW has one entry
@@ -65,7 +74,8 @@ pub fn load_bound(iface: &str, ifindex: u32, device: &Device, geometry: &Geometr
             (true, Some(most)) => entries.min(most),
             _ => entries,
         };
-        let fd = create_map(name, map, entries, bound.then_some(ifindex)).map_err(|e| explain_map_error(e, name, iface, entries, bound))?;
+        let fd = create_map(name, map, entries, bound.then_some(ifindex))
+            .map_err(|e| explain_map_error(e, name, iface, entries, bound))?;
         created.push((name.to_string(), fd));
     }
     // Maps of other programs (aya-log's, global data) are not created: the
@@ -75,15 +85,36 @@ pub fn load_bound(iface: &str, ifindex: u32, device: &Device, geometry: &Geometr
     let fds: Vec<(String, i32, aya_obj::Map)> = obj
         .maps
         .iter()
-        .map(|(name, m)| (name.clone(), created.iter().find(|(n, _)| n == name).map_or(-1, |(_, fd)| fd.as_raw_fd()), m.clone()))
+        .map(|(name, m)| {
+            (
+                name.clone(),
+                created
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map_or(-1, |(_, fd)| fd.as_raw_fd()),
+                m.clone(),
+            )
+        })
         .collect();
-    obj.relocate_maps(fds.iter().map(|(n, fd, m)| (n.as_str(), *fd, m)), &text_sections)
-        .map_err(|e| anyhow!("cannot relocate the object's maps: {e}"))?;
-    obj.relocate_calls(&text_sections).map_err(|e| anyhow!("cannot link the object's functions: {e}"))?;
-    let program = obj.programs.get(HW_PROGRAM).context("the eBPF object has no dispatch_hw: rebuild the dispatcher")?;
-    let code = &obj.functions.get(&program.function_key()).context("dispatch_hw's code is missing")?.instructions;
+    obj.relocate_maps(
+        fds.iter().map(|(n, fd, m)| (n.as_str(), *fd, m)),
+        &text_sections,
+    )
+    .map_err(|e| anyhow!("cannot relocate the object's maps: {e}"))?;
+    obj.relocate_calls(&text_sections)
+        .map_err(|e| anyhow!("cannot link the object's functions: {e}"))?;
+    let program = obj
+        .programs
+        .get(HW_PROGRAM)
+        .context("the eBPF object has no dispatch_hw: rebuild the dispatcher")?;
+    let code = &obj
+        .functions
+        .get(&program.function_key())
+        .context("dispatch_hw's code is missing")?
+        .instructions;
     let license = obj.license.clone();
-    let program = load_program(code, &license, ifindex).map_err(|e| explain_load_error(e, iface))?;
+    let program =
+        load_program(code, &license, ifindex).map_err(|e| explain_load_error(e, iface))?;
 
     let maps = created
         .into_iter()
@@ -105,9 +136,19 @@ struct BpfError {
 fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> Result<OwnedFd, BpfError> {
     // SAFETY: `attr` is a zero-initialised bpf_attr with the command's
     // members set; pointers in it reference buffers that outlive the call.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd as libc::c_long, attr as *mut bpf_attr, std::mem::size_of::<bpf_attr>() as u32) };
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_long,
+            attr as *mut bpf_attr,
+            std::mem::size_of::<bpf_attr>() as u32,
+        )
+    };
     if fd < 0 {
-        return Err(BpfError { errno: std::io::Error::last_os_error().raw_os_error().unwrap_or(0), log: String::new() });
+        return Err(BpfError {
+            errno: std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+            log: String::new(),
+        });
     }
     // SAFETY: the kernel returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
@@ -122,7 +163,11 @@ fn zeroed_attr() -> bpf_attr {
 /// A kernel object name: at most 15 characters of [A-Za-z0-9_], NUL-ended.
 fn c_name(name: &str) -> [std::ffi::c_char; 16] {
     let mut out = [0 as std::ffi::c_char; 16];
-    for (o, b) in out.iter_mut().zip(name.bytes().filter(|b| b.is_ascii_alphanumeric() || *b == b'_').take(15)) {
+    for (o, b) in out.iter_mut().zip(
+        name.bytes()
+            .filter(|b| b.is_ascii_alphanumeric() || *b == b'_')
+            .take(15),
+    ) {
         *o = b as std::ffi::c_char;
     }
     out
@@ -130,7 +175,12 @@ fn c_name(name: &str) -> [std::ffi::c_char; 16] {
 
 /// BPF_MAP_CREATE: the object's type and sizes, no flags, no BTF; bound to
 /// `ifindex` when given.
-fn create_map(name: &str, map: &aya_obj::Map, entries: u32, ifindex: Option<u32>) -> Result<OwnedFd, BpfError> {
+fn create_map(
+    name: &str,
+    map: &aya_obj::Map,
+    entries: u32,
+    ifindex: Option<u32>,
+) -> Result<OwnedFd, BpfError> {
     let mut attr = zeroed_attr();
     // SAFETY: writing the map-create member of the union.
     let u = unsafe { &mut attr.__bindgen_anon_1 };
@@ -138,7 +188,11 @@ fn create_map(name: &str, map: &aya_obj::Map, entries: u32, ifindex: Option<u32>
     u.key_size = map.key_size();
     u.value_size = map.value_size();
     u.max_entries = entries;
-    u.map_flags = if ifindex.is_some() { 0 } else { map.map_flags() };
+    u.map_flags = if ifindex.is_some() {
+        0
+    } else {
+        map.map_flags()
+    };
     u.map_name = c_name(name);
     u.map_ifindex = ifindex.unwrap_or(0);
     bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr)
@@ -169,7 +223,13 @@ fn load_program(code: &[bpf_insn], license: &CString, ifindex: u32) -> Result<Ow
 
 const ENOTSUPP: i32 = 524;
 
-fn explain_map_error(e: BpfError, name: &str, iface: &str, entries: u32, bound: bool) -> anyhow::Error {
+fn explain_map_error(
+    e: BpfError,
+    name: &str,
+    iface: &str,
+    entries: u32,
+    bound: bool,
+) -> anyhow::Error {
     let why = std::io::Error::from_raw_os_error(e.errno);
     if !bound {
         return anyhow!("cannot create map {name} on the host: {why}");
@@ -190,7 +250,11 @@ fn explain_map_error(e: BpfError, name: &str, iface: &str, entries: u32, bound: 
 fn explain_load_error(e: BpfError, iface: &str) -> anyhow::Error {
     let why = std::io::Error::from_raw_os_error(e.errno);
     // A refusal before verification leaves only the statistics line.
-    let log = if e.log.is_empty() || e.log.starts_with("processed 0 insns") { String::new() } else { format!("\nthe verifier said:\n{}", e.log) };
+    let log = if e.log.is_empty() || e.log.starts_with("processed 0 insns") {
+        String::new()
+    } else {
+        format!("\nthe verifier said:\n{}", e.log)
+    };
     match e.errno {
         libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP => anyhow!(
             "{iface} refused to take {HW_PROGRAM} ({why}): the device does not offload eBPF, or its firmware does not \
@@ -203,19 +267,25 @@ fn explain_load_error(e: BpfError, iface: &str) -> anyhow::Error {
 
 /// The interface index of `iface`, or the error people see.
 pub fn ifindex(iface: &str) -> Result<u32> {
-    nix::net::if_::if_nametoindex(iface).map_err(|_| anyhow!("interface {iface} not found (`ip link` shows the names)"))
+    nix::net::if_::if_nametoindex(iface)
+        .map_err(|_| anyhow!("interface {iface} not found (`ip link` shows the names)"))
 }
 
 /// Pins a program descriptor at `path` (BPF_OBJ_PIN), so aya can open it
 /// (`Xdp::from_pin`) and attach it like any program.
 pub fn pin_program(program: &OwnedFd, path: &std::path::Path) -> Result<()> {
-    let c_path = CString::new(path.as_os_str().as_encoded_bytes()).context("a pin path without NUL bytes")?;
+    let c_path = CString::new(path.as_os_str().as_encoded_bytes())
+        .context("a pin path without NUL bytes")?;
     let mut attr = zeroed_attr();
     // SAFETY: writing the obj-pin member of the union.
     let u = unsafe { &mut attr.__bindgen_anon_4 };
     u.pathname = c_path.as_ptr() as u64;
     u.bpf_fd = program.as_raw_fd() as u32;
-    bpf(bpf_cmd::BPF_OBJ_PIN, &mut attr)
-        .map(drop)
-        .map_err(|e| anyhow!("cannot pin the program at {}: {}", path.display(), std::io::Error::from_raw_os_error(e.errno)))
+    bpf(bpf_cmd::BPF_OBJ_PIN, &mut attr).map(drop).map_err(|e| {
+        anyhow!(
+            "cannot pin the program at {}: {}",
+            path.display(),
+            std::io::Error::from_raw_os_error(e.errno)
+        )
+    })
 }

@@ -51,7 +51,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { max_instructions: 2_800, max_stack: 512, max_entry_bytes: 64 }
+        Limits {
+            max_instructions: 2_800,
+            max_stack: 512,
+            max_entry_bytes: 64,
+        }
     }
 }
 
@@ -129,14 +133,25 @@ impl Report {
             self.section,
             self.instructions,
             self.stack,
-            if self.maps.is_empty() { "none".to_string() } else { self.maps.join(", ") }
+            if self.maps.is_empty() {
+                "none".to_string()
+            } else {
+                self.maps.join(", ")
+            }
         );
         if self.violations.is_empty() {
             out += "ok: within the NFP's offload rules\n";
         }
         for v in &self.violations {
             match v.insn {
-                Some(i) => out += &format!("  instruction {i} in section {}: {}: {}\n", self.section, v.rule.name(), v.detail),
+                Some(i) => {
+                    out += &format!(
+                        "  instruction {i} in section {}: {}: {}\n",
+                        self.section,
+                        v.rule.name(),
+                        v.detail
+                    )
+                }
                 None => out += &format!("  {}: {}\n", v.rule.name(), v.detail),
             }
         }
@@ -149,7 +164,8 @@ const FD_BASE: i32 = 10_000;
 
 /// Checks program `program` of the object in `bytes`.
 pub fn check_object(bytes: &[u8], program: &str, limits: Limits) -> Result<Report> {
-    let mut obj = aya_obj::Object::parse(bytes).map_err(|e| anyhow!("not an eBPF object aya can read: {e}"))?;
+    let mut obj = aya_obj::Object::parse(bytes)
+        .map_err(|e| anyhow!("not an eBPF object aya can read: {e}"))?;
     let mut names: Vec<String> = obj.maps.keys().cloned().collect();
     names.sort();
     let facts: Vec<MapFacts> = names
@@ -166,26 +182,48 @@ pub fn check_object(bytes: &[u8], program: &str, limits: Limits) -> Result<Repor
                 btf: matches!(m, aya_obj::maps::Map::Btf(_)),
                 global_data: matches!(
                     m.section_kind(),
-                    aya_obj::EbpfSectionKind::Rodata | aya_obj::EbpfSectionKind::Data | aya_obj::EbpfSectionKind::Bss
+                    aya_obj::EbpfSectionKind::Rodata
+                        | aya_obj::EbpfSectionKind::Data
+                        | aya_obj::EbpfSectionKind::Bss
                 ),
             }
         })
         .collect();
     let text_sections: HashSet<usize> = obj.functions.keys().map(|(section, _)| *section).collect();
-    let maps: Vec<(String, i32, aya_obj::maps::Map)> =
-        names.iter().enumerate().map(|(k, n)| (n.clone(), FD_BASE + k as i32, obj.maps[n].clone())).collect();
-    obj.relocate_maps(maps.iter().map(|(n, fd, m)| (n.as_str(), *fd, m)), &text_sections)
-        .map_err(|e| anyhow!("cannot relocate the object's maps: {e}"))?;
-    obj.relocate_calls(&text_sections).map_err(|e| anyhow!("cannot link the object's functions: {e}"))?;
+    let maps: Vec<(String, i32, aya_obj::maps::Map)> = names
+        .iter()
+        .enumerate()
+        .map(|(k, n)| (n.clone(), FD_BASE + k as i32, obj.maps[n].clone()))
+        .collect();
+    obj.relocate_maps(
+        maps.iter().map(|(n, fd, m)| (n.as_str(), *fd, m)),
+        &text_sections,
+    )
+    .map_err(|e| anyhow!("cannot relocate the object's maps: {e}"))?;
+    obj.relocate_calls(&text_sections)
+        .map_err(|e| anyhow!("cannot link the object's functions: {e}"))?;
     let mut available: Vec<&String> = obj.programs.keys().collect();
     available.sort();
-    let p = obj
-        .programs
-        .get(program)
-        .with_context(|| format!("the object has no program `{program}` (it has: {})", available.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")))?;
+    let p = obj.programs.get(program).with_context(|| {
+        format!(
+            "the object has no program `{program}` (it has: {})",
+            available
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })?;
     // "Xdp { frags: false, .. }" -> "xdp": the section's kind, as ELF names it.
-    let section = format!("{:?}", p.section).split([' ', '{', '(']).next().unwrap_or_default().to_lowercase();
-    let function = obj.functions.get(&p.function_key()).context("the program's code is missing from the object")?;
+    let section = format!("{:?}", p.section)
+        .split([' ', '{', '('])
+        .next()
+        .unwrap_or_default()
+        .to_lowercase();
+    let function = obj
+        .functions
+        .get(&p.function_key())
+        .context("the program's code is missing from the object")?;
     let insns: Vec<Insn> = function.instructions.iter().map(Insn::from).collect();
     Ok(check(program, &section, &insns, &facts, limits))
 }
@@ -202,7 +240,13 @@ pub struct Insn {
 
 impl From<&bpf_insn> for Insn {
     fn from(i: &bpf_insn) -> Insn {
-        Insn { code: i.code, dst: i.dst_reg(), src: i.src_reg(), off: i.off, imm: i.imm }
+        Insn {
+            code: i.code,
+            dst: i.dst_reg(),
+            src: i.src_reg(),
+            off: i.off,
+            imm: i.imm,
+        }
     }
 }
 
@@ -273,7 +317,10 @@ enum Val {
     StackVariable,
     /// A pointer into a value of map `map` (None: of some map), at one of
     /// the offsets `offsets` (or null, before the check).
-    MapValue { map: Option<usize>, offsets: Offsets },
+    MapValue {
+        map: Option<usize>,
+        offsets: Offsets,
+    },
     /// A map descriptor (the k-th map).
     Map(usize),
 }
@@ -310,7 +357,9 @@ impl StackSet {
     }
 
     fn each(self) -> impl Iterator<Item = i64> {
-        (0..=STACK_SPAN).filter(move |&k| self.0[k as usize / 64] & (1 << (k % 64)) != 0).map(|k| -k)
+        (0..=STACK_SPAN)
+            .filter(move |&k| self.0[k as usize / 64] & (1 << (k % 64)) != 0)
+            .map(|k| -k)
     }
 }
 
@@ -324,7 +373,9 @@ impl Offsets {
 
     /// Every offset moved by `by`; variable when one leaves 0..64.
     fn shifted(self, by: i64) -> Offsets {
-        let Offsets::Known(mask) = self else { return Offsets::Variable };
+        let Offsets::Known(mask) = self else {
+            return Offsets::Variable;
+        };
         let mut out = 0u64;
         for k in (0..64).filter(|k| mask & (1 << k) != 0) {
             match u32::try_from(k + by) {
@@ -349,15 +400,29 @@ impl Val {
         match (self, other) {
             (a, b) if a == b => a,
             (a, b) if a.stack_offsets().is_some() && b.stack_offsets().is_some() => {
-                let offsets = a.stack_offsets().into_iter().flatten().chain(b.stack_offsets().into_iter().flatten());
+                let offsets = a
+                    .stack_offsets()
+                    .into_iter()
+                    .flatten()
+                    .chain(b.stack_offsets().into_iter().flatten());
                 StackSet::of(offsets).map_or(Val::StackVariable, Val::Stacks)
             }
             (a, b) if a.small_constants().is_some() && b.small_constants().is_some() => {
                 Val::Consts(a.small_constants().unwrap_or(0) | b.small_constants().unwrap_or(0))
             }
-            (Val::MapValue { map: m1, offsets: o1 }, Val::MapValue { map: m2, offsets: o2 }) => {
-                Val::MapValue { map: if m1 == m2 { m1 } else { None }, offsets: o1.union(o2) }
-            }
+            (
+                Val::MapValue {
+                    map: m1,
+                    offsets: o1,
+                },
+                Val::MapValue {
+                    map: m2,
+                    offsets: o2,
+                },
+            ) => Val::MapValue {
+                map: if m1 == m2 { m1 } else { None },
+                offsets: o1.union(o2),
+            },
             // Conservative for the store rule: "may be a map value".
             (v @ Val::MapValue { .. }, _) | (_, v @ Val::MapValue { .. }) => v,
             _ => Val::Unknown,
@@ -376,14 +441,16 @@ impl Val {
     /// A key or value on the stack where the NFP reads one: at constant,
     /// 4-byte aligned offsets (on every path).
     fn on_stack_aligned(self) -> bool {
-        self.stack_offsets().is_some_and(|offs| offs.iter().all(|off| off % 4 == 0))
+        self.stack_offsets()
+            .is_some_and(|offs| offs.iter().all(|off| off % 4 == 0))
     }
 
     /// This stack pointer moved by `by`.
     fn stack_moved(self, by: i64) -> Val {
         match self.stack_offsets() {
             Some(offs) if offs.len() == 1 => Val::Stack(offs[0] + by),
-            Some(offs) => StackSet::of(offs.into_iter().map(|o| o + by)).map_or(Val::StackVariable, Val::Stacks),
+            Some(offs) => StackSet::of(offs.into_iter().map(|o| o + by))
+                .map_or(Val::StackVariable, Val::Stacks),
             None => Val::StackVariable,
         }
     }
@@ -428,12 +495,18 @@ const SPILL_SLOTS: usize = 64;
 
 /// The spill slot of an 8-byte access at stack offset `off`.
 fn spill_slot(off: i64) -> Option<usize> {
-    (off < 0 && off % 8 == 0).then(|| (-off / 8 - 1) as usize).filter(|&k| k < SPILL_SLOTS)
+    (off < 0 && off % 8 == 0)
+        .then(|| (-off / 8 - 1) as usize)
+        .filter(|&k| k < SPILL_SLOTS)
 }
 
 impl State {
     fn new(regs: [Val; 11], callee: bool) -> State {
-        State { regs, spills: [Val::Unknown; SPILL_SLOTS], callee }
+        State {
+            regs,
+            spills: [Val::Unknown; SPILL_SLOTS],
+            callee,
+        }
     }
 
     fn join(&self, other: &State) -> State {
@@ -445,7 +518,11 @@ impl State {
         for (r, o) in spills.iter_mut().zip(other.spills) {
             *r = r.join(o);
         }
-        State { regs, spills, callee: self.callee || other.callee }
+        State {
+            regs,
+            spills,
+            callee: self.callee || other.callee,
+        }
     }
 
     /// A store of `size` bytes at each of `bases` + `off`: a full-width
@@ -471,7 +548,13 @@ impl State {
 }
 
 /// Checks one linked program.
-pub fn check(program: &str, section: &str, insns: &[Insn], maps: &[MapFacts], limits: Limits) -> Report {
+pub fn check(
+    program: &str,
+    section: &str,
+    insns: &[Insn],
+    maps: &[MapFacts],
+    limits: Limits,
+) -> Report {
     let mut v: Vec<Violation> = Vec::new();
     let mut add = |insn: Option<usize>, rule: Rule, detail: String| {
         let violation = Violation { insn, rule, detail };
@@ -483,7 +566,11 @@ pub fn check(program: &str, section: &str, insns: &[Insn], maps: &[MapFacts], li
         add(
             None,
             Rule::InstructionCount,
-            format!("{} instructions, more than the {} the NFP's firmware is known to take", insns.len(), limits.max_instructions),
+            format!(
+                "{} instructions, more than the {} the NFP's firmware is known to take",
+                insns.len(),
+                limits.max_instructions
+            ),
         );
     }
 
@@ -497,10 +584,15 @@ pub fn check(program: &str, section: &str, insns: &[Insn], maps: &[MapFacts], li
                 PSEUDO_MAP_FD => match map_of(insn.imm, maps) {
                     Some(k) if !used_maps.contains(&k) => used_maps.push(k),
                     Some(_) => {}
-                    None => add(Some(i), Rule::MapType, format!("loads an unknown map (descriptor {})", insn.imm)),
+                    None => add(
+                        Some(i),
+                        Rule::MapType,
+                        format!("loads an unknown map (descriptor {})", insn.imm),
+                    ),
                 },
                 PSEUDO_MAP_VALUE => {
-                    let name = map_of(insn.imm, maps).map_or("?".to_string(), |k| maps[k].name.clone());
+                    let name =
+                        map_of(insn.imm, maps).map_or("?".to_string(), |k| maps[k].name.clone());
                     add(Some(i), Rule::GlobalData, format!("reads global data ({name}): the NFP refuses .rodata/.data/.bss maps; use constants or an ARRAY map"))
                 }
                 _ => {}
@@ -524,10 +616,16 @@ pub fn check(program: &str, section: &str, insns: &[Insn], maps: &[MapFacts], li
                     _ => {}
                 }
             }
-            CLASS_LDX if insn.code & 0xe0 == MODE_MEMSX => {
-                add(Some(i), Rule::InstructionSet, "sign-extending load (cpu v4 ldsx): not on the NFP".into())
-            }
-            CLASS_JMP32 if op == JMP_JA => add(Some(i), Rule::InstructionSet, "long jump (cpu v4 gotol): not on the NFP".into()),
+            CLASS_LDX if insn.code & 0xe0 == MODE_MEMSX => add(
+                Some(i),
+                Rule::InstructionSet,
+                "sign-extending load (cpu v4 ldsx): not on the NFP".into(),
+            ),
+            CLASS_JMP32 if op == JMP_JA => add(
+                Some(i),
+                Rule::InstructionSet,
+                "long jump (cpu v4 gotol): not on the NFP".into(),
+            ),
             CLASS_STX if insn.code & 0xe0 == MODE_ATOMIC => {
                 let size = insn.code & 0x18;
                 if insn.imm != ATOMIC_ADD {
@@ -537,15 +635,32 @@ pub fn check(program: &str, section: &str, insns: &[Insn], maps: &[MapFacts], li
                         format!("atomic operation {:#x}: the NFP has only a plain atomic add (XADD), no fetch, exchange or compare-exchange", insn.imm),
                     );
                 } else if size != SIZE_W && size != SIZE_DW {
-                    add(Some(i), Rule::Atomic, "atomic add on a 8- or 16-bit word: the NFP adds 32- and 64-bit words only".into());
+                    add(
+                        Some(i),
+                        Rule::Atomic,
+                        "atomic add on a 8- or 16-bit word: the NFP adds 32- and 64-bit words only"
+                            .into(),
+                    );
                 }
             }
             CLASS_JMP if op == JMP_CALL && insn.src != PSEUDO_CALL => {
                 if insn.imm == TAIL_CALL {
-                    add(Some(i), Rule::TailCall, "bpf_tail_call: the NFP does not run tail calls".into());
+                    add(
+                        Some(i),
+                        Rule::TailCall,
+                        "bpf_tail_call: the NFP does not run tail calls".into(),
+                    );
                 } else if !HELPERS.iter().any(|(id, _)| *id == insn.imm) {
                     let allowed: Vec<&str> = HELPERS.iter().map(|(_, n)| *n).collect();
-                    add(Some(i), Rule::Helper, format!("helper {}: the NFP offers only {}", insn.imm, allowed.join(", ")));
+                    add(
+                        Some(i),
+                        Rule::Helper,
+                        format!(
+                            "helper {}: the NFP offers only {}",
+                            insn.imm,
+                            allowed.join(", ")
+                        ),
+                    );
                 }
             }
             _ => {}
@@ -558,10 +673,26 @@ pub fn check(program: &str, section: &str, insns: &[Insn], maps: &[MapFacts], li
             continue; // reported where it is read
         }
         if m.map_type != ARRAY && m.map_type != HASH {
-            add(None, Rule::MapType, format!("map {} is of type {} ({}): the NFP offloads only ARRAY and HASH maps", m.name, m.map_type, map_type_name(m.map_type)));
+            add(
+                None,
+                Rule::MapType,
+                format!(
+                    "map {} is of type {} ({}): the NFP offloads only ARRAY and HASH maps",
+                    m.name,
+                    m.map_type,
+                    map_type_name(m.map_type)
+                ),
+            );
         }
         if m.flags != 0 {
-            add(None, Rule::MapFlags, format!("map {} has flags {:#x}: offloaded maps take none", m.name, m.flags));
+            add(
+                None,
+                Rule::MapFlags,
+                format!(
+                    "map {} has flags {:#x}: offloaded maps take none",
+                    m.name, m.flags
+                ),
+            );
         }
         let entry = m.key_size.next_multiple_of(8) + m.value_size.next_multiple_of(8);
         if entry > limits.max_entry_bytes {
@@ -579,7 +710,8 @@ pub fn check(program: &str, section: &str, insns: &[Insn], maps: &[MapFacts], li
     // The data-flow rules.
     let (stack, uses) = walk(insns, maps, &mut add);
     // Words both read and added to, grouped by the two instructions.
-    let mut conflicts: std::collections::BTreeMap<(usize, usize, usize), (i64, i64)> = Default::default();
+    let mut conflicts: std::collections::BTreeMap<(usize, usize, usize), (i64, i64)> =
+        Default::default();
     for (&((map, word), use_), &atomic) in &uses {
         if use_ != WordUse::Atomic {
             continue;
@@ -603,7 +735,11 @@ pub fn check(program: &str, section: &str, insns: &[Insn], maps: &[MapFacts], li
         );
     }
     if -stack > limits.max_stack {
-        add(None, Rule::Stack, format!("{} bytes of stack, more than {}", -stack, limits.max_stack));
+        add(
+            None,
+            Rule::Stack,
+            format!("{} bytes of stack, more than {}", -stack, limits.max_stack),
+        );
     }
     v.sort();
     Report {
@@ -646,17 +782,22 @@ type WordUses = HashMap<((usize, i64), WordUse), usize>;
 /// variable offset, map keys not on the stack, context reads other than
 /// data/data_end, and return codes. Returns the lowest stack offset used
 /// (negative) and how each map value word is used.
-fn walk(insns: &[Insn], maps: &[MapFacts], add: &mut impl FnMut(Option<usize>, Rule, String)) -> (i64, WordUses) {
+fn walk(
+    insns: &[Insn],
+    maps: &[MapFacts],
+    add: &mut impl FnMut(Option<usize>, Rule, String),
+) -> (i64, WordUses) {
     let mut uses: WordUses = HashMap::new();
     // Marks the words an access of `size` bytes at `offsets` + `off` covers.
-    let mut mark = |i: usize, map: Option<usize>, offsets: Offsets, off: i64, size: i64, use_: WordUse| {
-        let Some(map) = map else { return };
-        for start in offsets.each() {
-            for word in (start + off).div_euclid(4)..=(start + off + size - 1).div_euclid(4) {
-                uses.entry(((map, word), use_)).or_insert(i);
+    let mut mark =
+        |i: usize, map: Option<usize>, offsets: Offsets, off: i64, size: i64, use_: WordUse| {
+            let Some(map) = map else { return };
+            for start in offsets.each() {
+                for word in (start + off).div_euclid(4)..=(start + off + size - 1).div_euclid(4) {
+                    uses.entry(((map, word), use_)).or_insert(i);
+                }
             }
-        }
-    };
+        };
     let mut states: HashMap<usize, State> = HashMap::new();
     let mut entry = State::new([Val::Unknown; 11], false);
     entry.regs[1] = Val::Ctx;
@@ -665,11 +806,12 @@ fn walk(insns: &[Insn], maps: &[MapFacts], add: &mut impl FnMut(Option<usize>, R
     let mut work = vec![0usize];
     let mut lowest = 0i64;
     let mut reported: HashSet<(usize, Rule)> = HashSet::new();
-    let mut report = |i: usize, rule: Rule, detail: String, add: &mut dyn FnMut(Option<usize>, Rule, String)| {
-        if reported.insert((i, rule)) {
-            add(Some(i), rule, detail);
-        }
-    };
+    let mut report =
+        |i: usize, rule: Rule, detail: String, add: &mut dyn FnMut(Option<usize>, Rule, String)| {
+            if reported.insert((i, rule)) {
+                add(Some(i), rule, detail);
+            }
+        };
     let mut visits = 0usize;
     while let Some(i) = work.pop() {
         visits += 1;
@@ -686,8 +828,14 @@ fn walk(insns: &[Insn], maps: &[MapFacts], add: &mut impl FnMut(Option<usize>, R
             CLASS_LD if insn.code == (CLASS_LD | MODE_IMM | SIZE_DW) => {
                 s.regs[d] = match insn.src {
                     PSEUDO_MAP_FD => map_of(insn.imm, maps).map_or(Val::Unknown, Val::Map),
-                    PSEUDO_MAP_VALUE => Val::MapValue { map: None, offsets: Offsets::Variable },
-                    _ => Val::Const(((insns.get(i + 1).map_or(0, |n| n.imm) as u32 as i64) << 32) | insn.imm as u32 as i64),
+                    PSEUDO_MAP_VALUE => Val::MapValue {
+                        map: None,
+                        offsets: Offsets::Variable,
+                    },
+                    _ => Val::Const(
+                        ((insns.get(i + 1).map_or(0, |n| n.imm) as u32 as i64) << 32)
+                            | insn.imm as u32 as i64,
+                    ),
                 };
                 next = vec![i + 2];
             }
@@ -707,10 +855,19 @@ fn walk(insns: &[Insn], maps: &[MapFacts], add: &mut impl FnMut(Option<usize>, R
                             add,
                         );
                     }
-                    mark(i, map, offsets, insn.off as i64, access_size(insn.code), WordUse::Read);
+                    mark(
+                        i,
+                        map,
+                        offsets,
+                        insn.off as i64,
+                        access_size(insn.code),
+                        WordUse::Read,
+                    );
                 }
                 let fill = match (s.regs[r], access_size(insn.code)) {
-                    (Val::Stack(base), 8) => spill_slot(base + insn.off as i64).map(|k| s.spills[k]),
+                    (Val::Stack(base), 8) => {
+                        spill_slot(base + insn.off as i64).map(|k| s.spills[k])
+                    }
                     _ => None,
                 };
                 if s.regs[r] == Val::Ctx && insn.off != 0 && insn.off != 4 {
@@ -732,10 +889,13 @@ fn walk(insns: &[Insn], maps: &[MapFacts], add: &mut impl FnMut(Option<usize>, R
                 // join is already reported where it is used.)
                 match s.regs[d].stack_offsets() {
                     Some(bases) => {
-                        let spilled = (class == CLASS_STX && insn.code & 0xe0 == MODE_MEM).then_some(s.regs[r]);
+                        let spilled = (class == CLASS_STX && insn.code & 0xe0 == MODE_MEM)
+                            .then_some(s.regs[r]);
                         s.store_to_stack(&bases, insn.off as i64, access_size(insn.code), spilled);
                     }
-                    None if s.regs[d] == Val::StackVariable => s.spills = [Val::Unknown; SPILL_SLOTS],
+                    None if s.regs[d] == Val::StackVariable => {
+                        s.spills = [Val::Unknown; SPILL_SLOTS]
+                    }
                     None => {}
                 }
                 if let Some(bases) = s.regs[d].stack_offsets() {
@@ -746,7 +906,14 @@ fn walk(insns: &[Insn], maps: &[MapFacts], add: &mut impl FnMut(Option<usize>, R
                 }
                 let atomic = insn.code & 0xe0 == MODE_ATOMIC;
                 if let (true, Val::MapValue { map, offsets }) = (atomic, s.regs[d]) {
-                    mark(i, map, offsets, insn.off as i64, access_size(insn.code), WordUse::Atomic);
+                    mark(
+                        i,
+                        map,
+                        offsets,
+                        insn.off as i64,
+                        access_size(insn.code),
+                        WordUse::Atomic,
+                    );
                 }
                 if s.regs[d].is_map_value() && !atomic && insn.code & 0xe0 == MODE_MEM {
                     report(
@@ -758,28 +925,62 @@ fn walk(insns: &[Insn], maps: &[MapFacts], add: &mut impl FnMut(Option<usize>, R
                 }
             }
             CLASS_ALU | CLASS_ALU64 => {
-                let operand = if insn.code & SRC_X != 0 { s.regs[r] } else { Val::Const(insn.imm as i64) };
+                let operand = if insn.code & SRC_X != 0 {
+                    s.regs[r]
+                } else {
+                    Val::Const(insn.imm as i64)
+                };
                 s.regs[d] = match (op, s.regs[d], operand) {
                     (OP_MOV, _, v) if class == CLASS_ALU64 || matches!(v, Val::Const(_)) => v,
-                    (OP_ADD, v @ (Val::Stack(_) | Val::Stacks(_)), Val::Const(c)) => v.stack_moved(c),
-                    (OP_SUB, v @ (Val::Stack(_) | Val::Stacks(_)), Val::Const(c)) => v.stack_moved(-c),
-                    (OP_ADD | OP_SUB, Val::Stack(_) | Val::Stacks(_) | Val::StackVariable, _) => Val::StackVariable,
-                    (OP_ADD, Val::MapValue { map, offsets }, Val::Const(c)) if class == CLASS_ALU64 => Val::MapValue { map, offsets: offsets.shifted(c) },
-                    (OP_SUB, Val::MapValue { map, offsets }, Val::Const(c)) if class == CLASS_ALU64 => Val::MapValue { map, offsets: offsets.shifted(-c) },
-                    (OP_ADD, Val::MapValue { map, offsets }, Val::Consts(mask)) if class == CLASS_ALU64 => Val::MapValue {
+                    (OP_ADD, v @ (Val::Stack(_) | Val::Stacks(_)), Val::Const(c)) => {
+                        v.stack_moved(c)
+                    }
+                    (OP_SUB, v @ (Val::Stack(_) | Val::Stacks(_)), Val::Const(c)) => {
+                        v.stack_moved(-c)
+                    }
+                    (OP_ADD | OP_SUB, Val::Stack(_) | Val::Stacks(_) | Val::StackVariable, _) => {
+                        Val::StackVariable
+                    }
+                    (OP_ADD, Val::MapValue { map, offsets }, Val::Const(c))
+                        if class == CLASS_ALU64 =>
+                    {
+                        Val::MapValue {
+                            map,
+                            offsets: offsets.shifted(c),
+                        }
+                    }
+                    (OP_SUB, Val::MapValue { map, offsets }, Val::Const(c))
+                        if class == CLASS_ALU64 =>
+                    {
+                        Val::MapValue {
+                            map,
+                            offsets: offsets.shifted(-c),
+                        }
+                    }
+                    (OP_ADD, Val::MapValue { map, offsets }, Val::Consts(mask))
+                        if class == CLASS_ALU64 =>
+                    {
+                        Val::MapValue {
+                            map,
+                            offsets: (0..64)
+                                .filter(|k| mask & (1 << k) != 0)
+                                .fold(Offsets::Known(0), |acc, k| acc.union(offsets.shifted(k))),
+                        }
+                    }
+                    (OP_ADD | OP_SUB, Val::MapValue { map, .. }, _) => Val::MapValue {
                         map,
-                        offsets: (0..64).filter(|k| mask & (1 << k) != 0).fold(Offsets::Known(0), |acc, k| acc.union(offsets.shifted(k))),
+                        offsets: Offsets::Variable,
                     },
-                    (OP_ADD | OP_SUB, Val::MapValue { map, .. }, _) => Val::MapValue { map, offsets: Offsets::Variable },
                     (OP_ADD, Val::Const(a), Val::Const(b)) => Val::Const(a.wrapping_add(b)),
                     _ => Val::Unknown,
                 };
             }
-            CLASS_JMP | CLASS_JMP32 => match op {
-                JMP_EXIT => {
-                    next.clear();
-                    if !s.callee {
-                        match s.regs[0] {
+            CLASS_JMP | CLASS_JMP32 => {
+                match op {
+                    JMP_EXIT => {
+                        next.clear();
+                        if !s.callee {
+                            match s.regs[0] {
                             Val::Const(c) if !(0..=3).contains(&c) => report(
                                 i,
                                 Rule::ReturnCode,
@@ -788,53 +989,62 @@ fn walk(insns: &[Insn], maps: &[MapFacts], add: &mut impl FnMut(Option<usize>, R
                             ),
                             _ => {}
                         }
+                        }
                     }
-                }
-                JMP_CALL if insn.src == PSEUDO_CALL => {
-                    // Into the callee with the caller's arguments; back
-                    // here with its result unknown.
-                    let target = (i as i64 + insn.imm as i64 + 1) as usize;
-                    let callee = State::new(s.regs, true);
-                    // What the callee writes through pointers into this
-                    // frame is not followed: forget the spills.
-                    s.spills = [Val::Unknown; SPILL_SLOTS];
-                    merge(&mut states, &mut work, target, callee);
-                    s.regs[0] = Val::Unknown;
-                    for reg in &mut s.regs[1..=5] {
-                        *reg = Val::Unknown;
+                    JMP_CALL if insn.src == PSEUDO_CALL => {
+                        // Into the callee with the caller's arguments; back
+                        // here with its result unknown.
+                        let target = (i as i64 + insn.imm as i64 + 1) as usize;
+                        let callee = State::new(s.regs, true);
+                        // What the callee writes through pointers into this
+                        // frame is not followed: forget the spills.
+                        s.spills = [Val::Unknown; SPILL_SLOTS];
+                        merge(&mut states, &mut work, target, callee);
+                        s.regs[0] = Val::Unknown;
+                        for reg in &mut s.regs[1..=5] {
+                            *reg = Val::Unknown;
+                        }
                     }
-                }
-                JMP_CALL => {
-                    if matches!(insn.imm, 1..=3) {
-                        if !s.regs[2].on_stack_aligned() {
-                            report(
+                    JMP_CALL => {
+                        if matches!(insn.imm, 1..=3) {
+                            if !s.regs[2].on_stack_aligned() {
+                                report(
                                 i,
                                 Rule::MapKeyNotOnStack,
                                 "the map key is not on the stack at a constant, 4-byte aligned offset (the NFP reads keys only there)".into(),
                                 add,
                             );
+                            }
                         }
-                    }
-                    if insn.imm == 2 && !s.regs[3].on_stack_aligned() {
-                        report(
+                        if insn.imm == 2 && !s.regs[3].on_stack_aligned() {
+                            report(
                             i,
                             Rule::MapKeyNotOnStack,
                             "the value map_update_elem writes is not on the stack at a constant, 4-byte aligned offset (the NFP reads it only there)".into(),
                             add,
                         );
+                        }
+                        s.regs[0] = match (insn.imm, s.regs[1]) {
+                            (1, Val::Map(k)) => Val::MapValue {
+                                map: Some(k),
+                                offsets: Offsets::Known(1),
+                            },
+                            (1, _) => Val::MapValue {
+                                map: None,
+                                offsets: Offsets::Known(1),
+                            },
+                            _ => Val::Unknown,
+                        };
+                        for reg in &mut s.regs[1..=5] {
+                            *reg = Val::Unknown;
+                        }
                     }
-                    s.regs[0] = match (insn.imm, s.regs[1]) {
-                        (1, Val::Map(k)) => Val::MapValue { map: Some(k), offsets: Offsets::Known(1) },
-                        (1, _) => Val::MapValue { map: None, offsets: Offsets::Known(1) },
-                        _ => Val::Unknown,
-                    };
-                    for reg in &mut s.regs[1..=5] {
-                        *reg = Val::Unknown;
+                    JMP_JA if class == CLASS_JMP => {
+                        next = vec![(i as i64 + insn.off as i64 + 1) as usize]
                     }
+                    _ => next.push((i as i64 + insn.off as i64 + 1) as usize),
                 }
-                JMP_JA if class == CLASS_JMP => next = vec![(i as i64 + insn.off as i64 + 1) as usize],
-                _ => next.push((i as i64 + insn.off as i64 + 1) as usize),
-            },
+            }
             _ => {}
         }
         for n in next {
@@ -844,7 +1054,8 @@ fn walk(insns: &[Insn], maps: &[MapFacts], add: &mut impl FnMut(Option<usize>, R
     (lowest, uses)
 }
 
-const VARIABLE_STACK: &str = "reaches the stack at a computed offset: the NFP accesses the stack only at constant offsets";
+const VARIABLE_STACK: &str =
+    "reaches the stack at a computed offset: the NFP accesses the stack only at constant offsets";
 
 /// Bytes a load or store of `code` moves.
 fn access_size(code: u8) -> i64 {
@@ -878,7 +1089,13 @@ mod tests {
 
     // A tiny assembler for the deliberately bad programs.
     fn i(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
-        Insn { code, dst, src, off, imm }
+        Insn {
+            code,
+            dst,
+            src,
+            off,
+            imm,
+        }
     }
     fn mov_k(dst: u8, imm: i32) -> Insn {
         i(CLASS_ALU64 | OP_MOV, dst, 0, 0, imm)
@@ -890,7 +1107,16 @@ mod tests {
         i(CLASS_ALU64 | OP_ADD, dst, 0, 0, imm)
     }
     fn ld_map(dst: u8, k: i32) -> [Insn; 2] {
-        [i(CLASS_LD | MODE_IMM | SIZE_DW, dst, PSEUDO_MAP_FD, 0, FD_BASE + k), i(0, 0, 0, 0, 0)]
+        [
+            i(
+                CLASS_LD | MODE_IMM | SIZE_DW,
+                dst,
+                PSEUDO_MAP_FD,
+                0,
+                FD_BASE + k,
+            ),
+            i(0, 0, 0, 0, 0),
+        ]
     }
     fn call(helper: i32) -> Insn {
         i(CLASS_JMP | JMP_CALL, 0, 0, 0, helper)
@@ -899,13 +1125,26 @@ mod tests {
         i(CLASS_JMP | JMP_EXIT, 0, 0, 0, 0)
     }
     fn array(name: &str) -> MapFacts {
-        MapFacts { name: name.into(), map_type: ARRAY, key_size: 4, value_size: 8, max_entries: 4, flags: 0, btf: false, global_data: false }
+        MapFacts {
+            name: name.into(),
+            map_type: ARRAY,
+            key_size: 4,
+            value_size: 8,
+            max_entries: 4,
+            flags: 0,
+            btf: false,
+            global_data: false,
+        }
     }
 
     /// `r2 = fp - 8; *(u32 *)(fp - 8) = 0; r1 = map k; call lookup;
     /// if r0 == 0 goto out`, then `body`, then `out: r0 = 2 (PASS); exit`.
     fn with_lookup(k: i32, body: &[Insn]) -> Vec<Insn> {
-        let mut p = vec![i(CLASS_ST | MODE_MEM | SIZE_W, 10, 0, -8, 0), mov_x(2, 10), add_k(2, -8)];
+        let mut p = vec![
+            i(CLASS_ST | MODE_MEM | SIZE_W, 10, 0, -8, 0),
+            mov_x(2, 10),
+            add_k(2, -8),
+        ];
         p.extend(ld_map(1, k));
         p.push(call(1));
         p.push(i(CLASS_JMP | 0x10, 0, 0, body.len() as i16, 0)); // if r0 == 0 goto out
@@ -924,7 +1163,13 @@ mod tests {
     #[test]
     fn a_program_within_the_rules_passes() {
         // Look up, then add to the value atomically: what dispatch_hw does.
-        let p = with_lookup(0, &[mov_k(1, 1), i(CLASS_STX | MODE_ATOMIC | SIZE_DW, 0, 1, 0, ATOMIC_ADD)]);
+        let p = with_lookup(
+            0,
+            &[
+                mov_k(1, 1),
+                i(CLASS_STX | MODE_ATOMIC | SIZE_DW, 0, 1, 0, ATOMIC_ADD),
+            ],
+        );
         assert_eq!(rules(&p, &[array("COUNTERS")]), vec![]);
     }
 
@@ -933,57 +1178,255 @@ mod tests {
         let ok_map = [array("A")];
         let cases: Vec<(Rule, Vec<Insn>, Vec<MapFacts>)> = vec![
             (Rule::Helper, vec![call(51), mov_k(0, 2), exit()], vec![]), // bpf_redirect_map
-            (Rule::TailCall, vec![call(TAIL_CALL), mov_k(0, 2), exit()], vec![]),
-            (Rule::MapType, with_lookup(0, &[]), vec![MapFacts { map_type: 6, ..array("PERCPU") }]),
-            (Rule::MapFlags, with_lookup(0, &[]), vec![MapFacts { flags: 1 << 10, ..array("MMAPABLE") }]),
-            (Rule::MapEntrySize, with_lookup(0, &[]), vec![MapFacts { value_size: 64, ..array("BIG") }]),
-            (Rule::MapBtf, with_lookup(0, &[]), vec![MapFacts { btf: true, ..array("BTF") }]),
+            (
+                Rule::TailCall,
+                vec![call(TAIL_CALL), mov_k(0, 2), exit()],
+                vec![],
+            ),
+            (
+                Rule::MapType,
+                with_lookup(0, &[]),
+                vec![MapFacts {
+                    map_type: 6,
+                    ..array("PERCPU")
+                }],
+            ),
+            (
+                Rule::MapFlags,
+                with_lookup(0, &[]),
+                vec![MapFacts {
+                    flags: 1 << 10,
+                    ..array("MMAPABLE")
+                }],
+            ),
+            (
+                Rule::MapEntrySize,
+                with_lookup(0, &[]),
+                vec![MapFacts {
+                    value_size: 64,
+                    ..array("BIG")
+                }],
+            ),
+            (
+                Rule::MapBtf,
+                with_lookup(0, &[]),
+                vec![MapFacts {
+                    btf: true,
+                    ..array("BTF")
+                }],
+            ),
             (
                 Rule::GlobalData,
-                vec![i(CLASS_LD | MODE_IMM | SIZE_DW, 1, PSEUDO_MAP_VALUE, 0, FD_BASE), i(0, 0, 0, 0, 0), mov_k(0, 2), exit()],
-                vec![MapFacts { global_data: true, ..array(".rodata") }],
+                vec![
+                    i(
+                        CLASS_LD | MODE_IMM | SIZE_DW,
+                        1,
+                        PSEUDO_MAP_VALUE,
+                        0,
+                        FD_BASE,
+                    ),
+                    i(0, 0, 0, 0, 0),
+                    mov_k(0, 2),
+                    exit(),
+                ],
+                vec![MapFacts {
+                    global_data: true,
+                    ..array(".rodata")
+                }],
             ),
-            (Rule::MapValueStore, with_lookup(0, &[i(CLASS_ST | MODE_MEM | SIZE_DW, 0, 0, 0, 7)]), ok_map.to_vec()),
-            (Rule::MapValueStore, with_lookup(0, &[mov_x(3, 0), add_k(3, 8), i(CLASS_STX | MODE_MEM | SIZE_W, 3, 1, 0, 0)]), ok_map.to_vec()),
+            (
+                Rule::MapValueStore,
+                with_lookup(0, &[i(CLASS_ST | MODE_MEM | SIZE_DW, 0, 0, 0, 7)]),
+                ok_map.to_vec(),
+            ),
+            (
+                Rule::MapValueStore,
+                with_lookup(
+                    0,
+                    &[
+                        mov_x(3, 0),
+                        add_k(3, 8),
+                        i(CLASS_STX | MODE_MEM | SIZE_W, 3, 1, 0, 0),
+                    ],
+                ),
+                ok_map.to_vec(),
+            ),
             // r3 = r0 + r6 (unknown); r4 = *(u8 *)(r3 + 0)
             (
                 Rule::MapValueOffset,
-                with_lookup(0, &[mov_x(3, 0), i(CLASS_ALU64 | OP_ADD | SRC_X, 3, 6, 0, 0), i(CLASS_LDX | MODE_MEM | 0x10, 4, 3, 0, 0)]),
+                with_lookup(
+                    0,
+                    &[
+                        mov_x(3, 0),
+                        i(CLASS_ALU64 | OP_ADD | SRC_X, 3, 6, 0, 0),
+                        i(CLASS_LDX | MODE_MEM | 0x10, 4, 3, 0, 0),
+                    ],
+                ),
                 ok_map.to_vec(),
             ),
             // r1 = *(u32 *)(r0 + 4); lock *(u64 *)(r0 + 0) += r1
             (
                 Rule::MapValueUse,
-                with_lookup(0, &[i(CLASS_LDX | MODE_MEM | SIZE_W, 1, 0, 4, 0), i(CLASS_STX | MODE_ATOMIC | SIZE_DW, 0, 1, 0, ATOMIC_ADD)]),
+                with_lookup(
+                    0,
+                    &[
+                        i(CLASS_LDX | MODE_MEM | SIZE_W, 1, 0, 4, 0),
+                        i(CLASS_STX | MODE_ATOMIC | SIZE_DW, 0, 1, 0, ATOMIC_ADD),
+                    ],
+                ),
                 ok_map.to_vec(),
             ),
-            (Rule::Atomic, with_lookup(0, &[mov_k(1, 1), i(CLASS_STX | MODE_ATOMIC | SIZE_DW, 0, 1, 0, ATOMIC_ADD | 0x01)]), ok_map.to_vec()),
-            (Rule::Atomic, with_lookup(0, &[mov_k(1, 1), i(CLASS_STX | MODE_ATOMIC | 0x10, 0, 1, 0, ATOMIC_ADD)]), ok_map.to_vec()),
-            (Rule::InstructionSet, vec![mov_k(0, 7), i(CLASS_ALU64 | OP_MOD, 0, 0, 0, 3), exit()], vec![]),
-            (Rule::InstructionSet, vec![mov_k(0, 7), mov_k(1, 2), i(CLASS_ALU64 | OP_DIV | SRC_X, 0, 1, 0, 0), exit()], vec![]),
-            (Rule::InstructionSet, vec![mov_k(0, 7), i(CLASS_ALU64 | OP_DIV, 0, 0, 1, 3), exit()], vec![]), // sdiv
-            (Rule::InstructionSet, vec![mov_k(1, 2), i(CLASS_ALU64 | OP_MOV | SRC_X, 0, 1, 8, 0), exit()], vec![]), // movsx
-            (Rule::InstructionSet, vec![i(CLASS_LDX | MODE_MEMSX | SIZE_W, 0, 1, 0, 0), mov_k(0, 2), exit()], vec![]), // ldsx
-            (Rule::InstructionSet, vec![mov_k(0, 2), i(CLASS_ALU64 | OP_END, 0, 0, 0, 64), exit()], vec![]), // bswap64
-            (Rule::InstructionSet, vec![mov_k(0, 2), i(CLASS_JMP32 | JMP_JA, 0, 0, 0, 0), exit()], vec![]), // gotol
-            (Rule::InstructionSet, vec![mov_k(0, 2), mov_k(1, 3), i(CLASS_ALU64 | OP_MUL | SRC_X, 0, 1, 0, 0), exit()], vec![]),
+            (
+                Rule::Atomic,
+                with_lookup(
+                    0,
+                    &[
+                        mov_k(1, 1),
+                        i(
+                            CLASS_STX | MODE_ATOMIC | SIZE_DW,
+                            0,
+                            1,
+                            0,
+                            ATOMIC_ADD | 0x01,
+                        ),
+                    ],
+                ),
+                ok_map.to_vec(),
+            ),
+            (
+                Rule::Atomic,
+                with_lookup(
+                    0,
+                    &[
+                        mov_k(1, 1),
+                        i(CLASS_STX | MODE_ATOMIC | 0x10, 0, 1, 0, ATOMIC_ADD),
+                    ],
+                ),
+                ok_map.to_vec(),
+            ),
+            (
+                Rule::InstructionSet,
+                vec![mov_k(0, 7), i(CLASS_ALU64 | OP_MOD, 0, 0, 0, 3), exit()],
+                vec![],
+            ),
+            (
+                Rule::InstructionSet,
+                vec![
+                    mov_k(0, 7),
+                    mov_k(1, 2),
+                    i(CLASS_ALU64 | OP_DIV | SRC_X, 0, 1, 0, 0),
+                    exit(),
+                ],
+                vec![],
+            ),
+            (
+                Rule::InstructionSet,
+                vec![mov_k(0, 7), i(CLASS_ALU64 | OP_DIV, 0, 0, 1, 3), exit()],
+                vec![],
+            ), // sdiv
+            (
+                Rule::InstructionSet,
+                vec![
+                    mov_k(1, 2),
+                    i(CLASS_ALU64 | OP_MOV | SRC_X, 0, 1, 8, 0),
+                    exit(),
+                ],
+                vec![],
+            ), // movsx
+            (
+                Rule::InstructionSet,
+                vec![
+                    i(CLASS_LDX | MODE_MEMSX | SIZE_W, 0, 1, 0, 0),
+                    mov_k(0, 2),
+                    exit(),
+                ],
+                vec![],
+            ), // ldsx
+            (
+                Rule::InstructionSet,
+                vec![mov_k(0, 2), i(CLASS_ALU64 | OP_END, 0, 0, 0, 64), exit()],
+                vec![],
+            ), // bswap64
+            (
+                Rule::InstructionSet,
+                vec![mov_k(0, 2), i(CLASS_JMP32 | JMP_JA, 0, 0, 0, 0), exit()],
+                vec![],
+            ), // gotol
+            (
+                Rule::InstructionSet,
+                vec![
+                    mov_k(0, 2),
+                    mov_k(1, 3),
+                    i(CLASS_ALU64 | OP_MUL | SRC_X, 0, 1, 0, 0),
+                    exit(),
+                ],
+                vec![],
+            ),
             (Rule::ReturnCode, vec![mov_k(0, 4), exit()], vec![]), // XDP_REDIRECT
-            (Rule::Stack, vec![i(CLASS_ST | MODE_MEM | SIZE_DW, 10, 0, -520, 0), mov_k(0, 2), exit()], vec![]),
+            (
+                Rule::Stack,
+                vec![
+                    i(CLASS_ST | MODE_MEM | SIZE_DW, 10, 0, -520, 0),
+                    mov_k(0, 2),
+                    exit(),
+                ],
+                vec![],
+            ),
             // r3 = fp + r6 (unknown); *(u8 *)(r3 - 8) = 0
-            (Rule::Stack, vec![mov_x(3, 10), i(CLASS_ALU64 | OP_ADD | SRC_X, 3, 6, 0, 0), i(CLASS_ST | MODE_MEM | 0x10, 3, 0, -8, 0), mov_k(0, 2), exit()], vec![]),
+            (
+                Rule::Stack,
+                vec![
+                    mov_x(3, 10),
+                    i(CLASS_ALU64 | OP_ADD | SRC_X, 3, 6, 0, 0),
+                    i(CLASS_ST | MODE_MEM | 0x10, 3, 0, -8, 0),
+                    mov_k(0, 2),
+                    exit(),
+                ],
+                vec![],
+            ),
             // map_update_elem(map, fp - 8, r0 = 7 (not a stack address), 0)
             (
                 Rule::MapKeyNotOnStack,
-                [vec![i(CLASS_ST | MODE_MEM | SIZE_W, 10, 0, -8, 0), mov_x(2, 10), add_k(2, -8), mov_k(3, 7), mov_k(4, 0)], ld_map(1, 0).to_vec(), vec![call(2), mov_k(0, 2), exit()]].concat(),
+                [
+                    vec![
+                        i(CLASS_ST | MODE_MEM | SIZE_W, 10, 0, -8, 0),
+                        mov_x(2, 10),
+                        add_k(2, -8),
+                        mov_k(3, 7),
+                        mov_k(4, 0),
+                    ],
+                    ld_map(1, 0).to_vec(),
+                    vec![call(2), mov_k(0, 2), exit()],
+                ]
+                .concat(),
                 ok_map.to_vec(),
             ),
-            (Rule::InstructionCount, std::iter::repeat_n(mov_k(0, 2), 3000).chain([exit()]).collect(), vec![]),
+            (
+                Rule::InstructionCount,
+                std::iter::repeat_n(mov_k(0, 2), 3000)
+                    .chain([exit()])
+                    .collect(),
+                vec![],
+            ),
             (
                 Rule::MapKeyNotOnStack,
-                [vec![mov_x(2, 1)], ld_map(1, 0).to_vec(), vec![call(1), mov_k(0, 2), exit()]].concat(),
+                [
+                    vec![mov_x(2, 1)],
+                    ld_map(1, 0).to_vec(),
+                    vec![call(1), mov_k(0, 2), exit()],
+                ]
+                .concat(),
                 ok_map.to_vec(),
             ),
-            (Rule::ContextField, vec![i(CLASS_LDX | MODE_MEM | SIZE_W, 2, 1, 12, 0), mov_k(0, 2), exit()], vec![]), // rx_queue_index
+            (
+                Rule::ContextField,
+                vec![
+                    i(CLASS_LDX | MODE_MEM | SIZE_W, 2, 1, 12, 0),
+                    mov_k(0, 2),
+                    exit(),
+                ],
+                vec![],
+            ), // rx_queue_index
         ];
         for (rule, program, maps) in cases {
             let found = rules(&program, &maps);
@@ -1000,18 +1443,35 @@ mod tests {
     #[test]
     fn spilled_and_joined_key_pointers_are_followed() {
         let lookup = |prefix: &[Insn]| {
-            let mut p = vec![i(CLASS_ST | MODE_MEM | SIZE_W, 10, 0, -8, 0), i(CLASS_ST | MODE_MEM | SIZE_W, 10, 0, -12, 0)];
+            let mut p = vec![
+                i(CLASS_ST | MODE_MEM | SIZE_W, 10, 0, -8, 0),
+                i(CLASS_ST | MODE_MEM | SIZE_W, 10, 0, -12, 0),
+            ];
             p.extend_from_slice(prefix);
             p.extend(ld_map(1, 0));
             p.extend([call(1), mov_k(0, 2), exit()]);
             p
         };
         // r3 = fp - 8; *(u64 *)(fp - 32) = r3; r2 = *(u64 *)(fp - 32).
-        let spill = [mov_x(3, 10), add_k(3, -8), i(CLASS_STX | MODE_MEM | SIZE_DW, 10, 3, -32, 0), i(CLASS_LDX | MODE_MEM | SIZE_DW, 2, 10, -32, 0)];
+        let spill = [
+            mov_x(3, 10),
+            add_k(3, -8),
+            i(CLASS_STX | MODE_MEM | SIZE_DW, 10, 3, -32, 0),
+            i(CLASS_LDX | MODE_MEM | SIZE_DW, 2, 10, -32, 0),
+        ];
         assert_eq!(rules(&lookup(&spill), &[array("A")]), vec![]);
         // The same, with the slot overwritten by a 4-byte store in between.
-        let clobbered = [spill[0], spill[1], spill[2], i(CLASS_ST | MODE_MEM | SIZE_W, 10, 0, -28, 7), spill[3]];
-        assert_eq!(rules(&lookup(&clobbered), &[array("A")]), vec![Rule::MapKeyNotOnStack]);
+        let clobbered = [
+            spill[0],
+            spill[1],
+            spill[2],
+            i(CLASS_ST | MODE_MEM | SIZE_W, 10, 0, -28, 7),
+            spill[3],
+        ];
+        assert_eq!(
+            rules(&lookup(&clobbered), &[array("A")]),
+            vec![Rule::MapKeyNotOnStack]
+        );
         // r2 = fp - 8 on one path, fp - 12 on the other, then one lookup.
         let joined = [
             mov_x(2, 10),
@@ -1023,7 +1483,10 @@ mod tests {
         assert_eq!(rules(&lookup(&joined), &[array("A")]), vec![]);
         // One of the joined offsets unaligned: refused.
         let unaligned = [joined[0], joined[1], joined[2], joined[3], add_k(2, -10)];
-        assert_eq!(rules(&lookup(&unaligned), &[array("A")]), vec![Rule::MapKeyNotOnStack]);
+        assert_eq!(
+            rules(&lookup(&unaligned), &[array("A")]),
+            vec![Rule::MapKeyNotOnStack]
+        );
     }
 
     #[test]
@@ -1032,7 +1495,13 @@ mod tests {
         // lock *(u64 *)(r0 + 0) += r1 (bytes 0..8)
         let p = with_lookup(
             0,
-            &[mov_x(3, 0), add_k(3, 8), i(CLASS_LDX | MODE_MEM | SIZE_W, 4, 3, 4, 0), mov_k(1, 1), i(CLASS_STX | MODE_ATOMIC | SIZE_DW, 0, 1, 0, ATOMIC_ADD)],
+            &[
+                mov_x(3, 0),
+                add_k(3, 8),
+                i(CLASS_LDX | MODE_MEM | SIZE_W, 4, 3, 4, 0),
+                mov_k(1, 1),
+                i(CLASS_STX | MODE_ATOMIC | SIZE_DW, 0, 1, 0, ATOMIC_ADD),
+            ],
         );
         let mut map = array("A");
         map.value_size = 16;
@@ -1056,26 +1525,47 @@ mod tests {
         map.value_size = 16;
         assert_eq!(rules(&p, &[map]), vec![]);
         // The conflict names the map, the bytes and both instructions.
-        let p = with_lookup(0, &[i(CLASS_LDX | MODE_MEM | SIZE_DW, 1, 0, 0, 0), i(CLASS_STX | MODE_ATOMIC | SIZE_DW, 0, 1, 0, ATOMIC_ADD)]);
+        let p = with_lookup(
+            0,
+            &[
+                i(CLASS_LDX | MODE_MEM | SIZE_DW, 1, 0, 0, 0),
+                i(CLASS_STX | MODE_ATOMIC | SIZE_DW, 0, 1, 0, ATOMIC_ADD),
+            ],
+        );
         let report = check("p", "xdp", &p, &[array("CURSORS")], Limits::default());
         assert_eq!(report.violations.len(), 1, "{}", report.text());
         let v = &report.violations[0];
         assert_eq!(v.insn, Some(p.len() - 3));
-        assert!(v.detail.contains("bytes 0..8 of map CURSORS's value, which instruction 7 reads"), "{}", v.detail);
+        assert!(
+            v.detail
+                .contains("bytes 0..8 of map CURSORS's value, which instruction 7 reads"),
+            "{}",
+            v.detail
+        );
     }
 
     #[test]
     fn a_map_value_passed_to_a_function_is_still_a_map_value() {
         // main: lookup; if null out; r1 = r0; call sub; out: r0 = 2; exit
         // sub: *(u64 *)(r1 + 0) = 1; exit
-        let mut p = with_lookup(0, &[mov_x(1, 0), i(CLASS_JMP | JMP_CALL, 0, PSEUDO_CALL, 0, 2)]);
+        let mut p = with_lookup(
+            0,
+            &[mov_x(1, 0), i(CLASS_JMP | JMP_CALL, 0, PSEUDO_CALL, 0, 2)],
+        );
         p.extend([i(CLASS_ST | MODE_MEM | SIZE_DW, 1, 0, 0, 1), exit()]);
         let report = check("p", "xdp", &p, &[array("A")], Limits::default());
-        let stores: Vec<&Violation> = report.violations.iter().filter(|v| v.rule == Rule::MapValueStore).collect();
+        let stores: Vec<&Violation> = report
+            .violations
+            .iter()
+            .filter(|v| v.rule == Rule::MapValueStore)
+            .collect();
         assert_eq!(stores.len(), 1, "{report:?}");
         assert_eq!(stores[0].insn, Some(p.len() - 2));
         // The callee's exit is a return, not the program's verdict.
-        assert!(!report.violations.iter().any(|v| v.rule == Rule::ReturnCode), "{report:?}");
+        assert!(
+            !report.violations.iter().any(|v| v.rule == Rule::ReturnCode),
+            "{report:?}"
+        );
     }
 
     #[test]
@@ -1083,13 +1573,25 @@ mod tests {
         let object = crate::data_plane::object();
         let hw = check_object(object, crate::data_plane::HW_PROGRAM, Limits::default()).unwrap();
         assert!(hw.violations.is_empty(), "{}", hw.text());
-        assert!(hw.maps.contains(&"STATS_HW".to_string()) && !hw.maps.contains(&"STATS".to_string()), "{}", hw.text());
+        assert!(
+            hw.maps.contains(&"STATS_HW".to_string()) && !hw.maps.contains(&"STATS".to_string()),
+            "{}",
+            hw.text()
+        );
         let host = check_object(object, crate::data_plane::PROGRAM, Limits::default()).unwrap();
         let found: HashSet<Rule> = host.violations.iter().map(|v| v.rule).collect();
         // Per-CPU counters, the devmap and aya-log's ring buffer; redirect.
         for rule in [Rule::MapType, Rule::Helper] {
-            assert!(found.contains(&rule), "{rule:?} not found:\n{}", host.text());
+            assert!(
+                found.contains(&rule),
+                "{rule:?} not found:\n{}",
+                host.text()
+            );
         }
-        assert!(format!("{:#}", check_object(object, "nope", Limits::default()).unwrap_err()).contains("dispatch_hw"));
+        assert!(format!(
+            "{:#}",
+            check_object(object, "nope", Limits::default()).unwrap_err()
+        )
+        .contains("dispatch_hw"));
     }
 }

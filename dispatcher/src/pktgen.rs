@@ -111,8 +111,12 @@ pub fn parse_mix(spec: &str) -> Result<Vec<(u32, u32)>> {
     let mut mix = Vec::new();
     for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let (id, weight) = item.split_once(':').unwrap_or((item, "1"));
-        let id = id.parse().with_context(|| format!("`{item}`: function id `{id}` is not a number"))?;
-        let weight = weight.parse().with_context(|| format!("`{item}`: weight `{weight}` is not a number"))?;
+        let id = id
+            .parse()
+            .with_context(|| format!("`{item}`: function id `{id}` is not a number"))?;
+        let weight = weight
+            .parse()
+            .with_context(|| format!("`{item}`: weight `{weight}` is not a number"))?;
         if weight == 0 {
             bail!("`{item}`: a weight of 0 sends nothing; leave the function out");
         }
@@ -154,7 +158,8 @@ struct Tally {
 
 impl Tally {
     fn new(functions: usize, total: u64) -> Tally {
-        let new_hist = || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+        let new_hist =
+            || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
         Tally {
             all: new_hist(),
             per_function: (0..functions).map(|_| new_hist()).collect(),
@@ -168,9 +173,14 @@ impl Tally {
     /// Counts one answer that arrived at `now_ns`; ignores anything that is
     /// not an answer to a request of this run, and duplicates.
     fn record(&mut self, datagram: &[u8], now_ns: u64, plan: &Plan) {
-        let Some(hdr) = FaasHdr::from_bytes(datagram) else { return };
+        let Some(hdr) = FaasHdr::from_bytes(datagram) else {
+            return;
+        };
         let i = hdr.request_id();
-        if i >= plan.total || self.seen[i as usize] || !matches!(hdr.kind, kind::RESPONSE | kind::ERROR) {
+        if i >= plan.total
+            || self.seen[i as usize]
+            || !matches!(hdr.kind, kind::RESPONSE | kind::ERROR)
+        {
             return;
         }
         self.seen[i as usize] = true;
@@ -231,8 +241,18 @@ pub fn run(opts: &Options, mut progress: impl FnMut(u64, u64)) -> Result<Report>
     if total == 0 || total > 100_000_000 {
         bail!("--rate x --duration is {total} requests: give between 1 and 100 million");
     }
-    let plan = Plan { rate: opts.rate, total, mix: opts.mix.clone(), total_weight: opts.mix.iter().map(|(_, w)| *w as u64).sum() };
-    let bind: SocketAddr = if opts.to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
+    let plan = Plan {
+        rate: opts.rate,
+        total,
+        mix: opts.mix.clone(),
+        total_weight: opts.mix.iter().map(|(_, w)| *w as u64).sum(),
+    };
+    let bind: SocketAddr = if opts.to.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()?;
     let socket = UdpSocket::bind(bind).context("cannot open a UDP socket")?;
     // Not connected: answers come from the workers, not from `to`, and a
     // connected socket would drop them.
@@ -249,7 +269,9 @@ pub fn run(opts: &Options, mut progress: impl FnMut(u64, u64)) -> Result<Report>
         d.resize(FaasHdr::LEN + opts.payload, 0x5a);
         d
     };
-    let mut datagrams: Vec<(Vec<u8>, Option<SocketAddr>)> = (0..opts.batch).map(|_| (template.clone(), Some(opts.to))).collect();
+    let mut datagrams: Vec<(Vec<u8>, Option<SocketAddr>)> = (0..opts.batch)
+        .map(|_| (template.clone(), Some(opts.to)))
+        .collect();
     let start = Instant::now();
     let now_ns = || start.elapsed().as_nanos() as u64;
     let mut next = 0u64;
@@ -267,11 +289,14 @@ pub fn run(opts: &Options, mut progress: impl FnMut(u64, u64)) -> Result<Report>
             }
             for (k, (d, _)) in datagrams.iter_mut().take(n).enumerate() {
                 let i = next + k as u64;
-                d[..FaasHdr::LEN].copy_from_slice(&FaasHdr::new(kind::REQUEST, plan.function(i), i).to_bytes());
+                d[..FaasHdr::LEN]
+                    .copy_from_slice(&FaasHdr::new(kind::REQUEST, plan.function(i), i).to_bytes());
             }
             // A short batch (full socket buffer) is retried on the next
             // turn; its lateness shows in the lag.
-            next += sender.send(&socket, &datagrams[..n]).with_context(|| format!("cannot send to {}", opts.to))? as u64;
+            next += sender
+                .send(&socket, &datagrams[..n])
+                .with_context(|| format!("cannot send to {}", opts.to))? as u64;
         }
         while receiver.recv(&socket)? > 0 {
             let now = now_ns();
@@ -287,7 +312,9 @@ pub fn run(opts: &Options, mut progress: impl FnMut(u64, u64)) -> Result<Report>
         // reprogrammed through the hypervisor): within 200 us of the next
         // request, keep polling the socket instead, which also timestamps
         // answers as they come.
-        let wait = plan.scheduled_ns(next.min(total - 1)).saturating_sub(now_ns());
+        let wait = plan
+            .scheduled_ns(next.min(total - 1))
+            .saturating_sub(now_ns());
         let spin = opts.spin.as_nanos() as u64;
         if next < total && wait > spin {
             wait_readable(&socket, wait - spin / 2);
@@ -340,9 +367,17 @@ pub fn run(opts: &Options, mut progress: impl FnMut(u64, u64)) -> Result<Report>
         late_sends: late,
         functions,
         distribution: std::iter::once(("all".to_string(), &tally.all))
-            .chain(opts.mix.iter().zip(&tally.per_function).map(|((id, _), h)| (format!("function {id}"), h)))
+            .chain(
+                opts.mix
+                    .iter()
+                    .zip(&tally.per_function)
+                    .map(|((id, _), h)| (format!("function {id}"), h)),
+            )
             .filter(|(_, h)| !h.is_empty())
-            .map(|(name, h)| Series { name, points: distribution(h) })
+            .map(|(name, h)| Series {
+                name,
+                points: distribution(h),
+            })
             .collect(),
     })
 }
@@ -374,8 +409,15 @@ fn wait_readable(socket: &UdpSocket, ns: u64) {
     if ns == 0 {
         return;
     }
-    let mut fd = libc::pollfd { fd: socket.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    let timeout = libc::timespec { tv_sec: (ns / 1_000_000_000) as libc::time_t, tv_nsec: (ns % 1_000_000_000) as libc::c_long };
+    let mut fd = libc::pollfd {
+        fd: socket.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let timeout = libc::timespec {
+        tv_sec: (ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+    };
     // SAFETY: one valid pollfd, a valid timespec, no signal mask; the
     // result only says whether to look at the socket, which the caller
     // does anyway.
@@ -409,7 +451,10 @@ impl Report {
     /// Draws the latency distribution (all requests and each function) as
     /// an SVG file.
     pub fn plot(&self, path: &std::path::Path) -> Result<()> {
-        let title = format!("latency to {} at {} req/s ({} answered)", self.target, self.offered_rate, self.answered);
+        let title = format!(
+            "latency to {} at {} req/s ({} answered)",
+            self.target, self.offered_rate, self.answered
+        );
         let chart = plot::Chart {
             title: &title,
             x_label: "percentile",
@@ -418,7 +463,11 @@ impl Report {
             y_log: true,
         };
         // With one function, its line would repeat "all".
-        let lines = if self.distribution.len() == 2 { &self.distribution[..1] } else { &self.distribution[..] };
+        let lines = if self.distribution.len() == 2 {
+            &self.distribution[..1]
+        } else {
+            &self.distribution[..]
+        };
         plot::draw(path, &chart, lines)
     }
 
@@ -443,7 +492,9 @@ mod tests {
     fn mixes_parse_and_interleave_by_weight() {
         let mix = parse_mix("1,2:3").unwrap();
         assert_eq!(mix, vec![(1, 1), (2, 3)]);
-        let n = (0..40_000).filter(|i| function_of(&mix, 4, *i) == 2).count();
+        let n = (0..40_000)
+            .filter(|i| function_of(&mix, 4, *i) == 2)
+            .count();
         assert!((29_000..31_000).contains(&n), "{n}");
         assert!(parse_mix("x").is_err());
         assert!(parse_mix("1:0").is_err());

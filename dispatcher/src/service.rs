@@ -79,9 +79,19 @@ impl View for SlowPathView<'_> {
 pub enum Answer {
     /// A request forwarded to the worker at `to` (`worker_index` in the
     /// maps' numbering, under the function's `policy`).
-    Dispatch { message: Message, to: SocketAddr, worker_index: u32, policy: u8, counter: Counter },
+    Dispatch {
+        message: Message,
+        to: SocketAddr,
+        worker_index: u32,
+        policy: u8,
+        counter: Counter,
+    },
     /// An ERROR for whoever waits for the answer, and why.
-    Send { message: Message, to: SocketAddr, reason: Counter },
+    Send {
+        message: Message,
+        to: SocketAddr,
+        reason: Counter,
+    },
     /// Nothing to answer (not FaaS, not a request, or from a stranger).
     Ignore(Counter),
 }
@@ -96,10 +106,20 @@ pub fn answer(view: &impl View, datagram: &[u8], source: SocketAddr, random: u32
             // Answer in version 1, which is all this side speaks.
             let mut hdr = FaasHdr::from_bytes(datagram).expect("long enough to have a version");
             hdr.version = dispatcher_common::protocol::VERSION;
-            let m = Message { hdr, payload: Vec::new() };
+            let m = Message {
+                hdr,
+                payload: Vec::new(),
+            };
             let to = m.reply_target(source);
-            let message = m.error(error_code::UNSUPPORTED_VERSION, &format!("unsupported protocol version {v}: this dispatcher speaks 1"));
-            return Answer::Send { message, to, reason: Counter::PassBadVersion };
+            let message = m.error(
+                error_code::UNSUPPORTED_VERSION,
+                &format!("unsupported protocol version {v}: this dispatcher speaks 1"),
+            );
+            return Answer::Send {
+                message,
+                to,
+                reason: Counter::PassBadVersion,
+            };
         }
         Err(ParseError::Short(_)) => return Answer::Ignore(Counter::PassShort),
         Err(ParseError::BadMagic(_)) => return Answer::Ignore(Counter::PassBadMagic),
@@ -108,10 +128,18 @@ pub fn answer(view: &impl View, datagram: &[u8], source: SocketAddr, random: u32
         return Answer::Ignore(Counter::PassNotRequest);
     }
     let src = endpoint(source.ip(), source.port());
-    let packet_family = if source.ip().to_canonical().is_ipv4() { family::IPV4 } else { family::IPV6 };
+    let packet_family = if source.ip().to_canonical().is_ipv4() {
+        family::IPV4
+    } else {
+        family::IPV6
+    };
     let to = message.reply_target(source);
     let id = message.hdr.function_id();
-    let error = |code, text: String, reason| Answer::Send { message: message.error(code, &text), to, reason };
+    let error = |code, text: String, reason| Answer::Send {
+        message: message.error(code, &text),
+        to,
+        reason,
+    };
     match model::decide(&message.hdr, &src, packet_family, view, random) {
         Ok(d) => {
             let mut hdr = message.hdr;
@@ -124,7 +152,8 @@ pub fn answer(view: &impl View, datagram: &[u8], source: SocketAddr, random: u32
                 hdr.reply_addr = src.addr;
             }
             if FaasHdr::LEN + message.payload.len() > MAX_DATAGRAM {
-                let text = format!("the request is larger than one datagram ({MAX_DATAGRAM} bytes)");
+                let text =
+                    format!("the request is larger than one datagram ({MAX_DATAGRAM} bytes)");
                 return error(error_code::PAYLOAD_TOO_LARGE, text, Counter::PassMalformed);
             }
             Answer::Dispatch {
@@ -132,20 +161,41 @@ pub fn answer(view: &impl View, datagram: &[u8], source: SocketAddr, random: u32
                 worker_index: d.function.worker_index(d.slot),
                 policy: d.function.policy,
                 counter: d.counter,
-                message: Message { hdr, payload: message.payload },
+                message: Message {
+                    hdr,
+                    payload: message.payload,
+                },
             }
         }
-        Err(reason @ Counter::PassUnknownFunction) => error(error_code::UNKNOWN_FUNCTION, format!("unknown function or workflow {id}"), reason),
-        Err(reason @ Counter::PassNoWorker) => error(error_code::NO_UP_WORKER, format!("no up worker for function {id}"), reason),
-        Err(reason @ Counter::PassFamilyMismatch) => {
-            error(error_code::NO_UP_WORKER, format!("no worker of function {id} in the client's address family"), reason)
-        }
-        Err(reason @ Counter::PassBadStep) => error(
-            error_code::MALFORMED_REQUEST,
-            format!("step {} of workflow {} does not exist", message.hdr.step, message.hdr.workflow_id()),
+        Err(reason @ Counter::PassUnknownFunction) => error(
+            error_code::UNKNOWN_FUNCTION,
+            format!("unknown function or workflow {id}"),
             reason,
         ),
-        Err(reason @ Counter::PassBusyExhausted) => error(error_code::OVERLOADED, format!("function {id} is overloaded: every worker is busy"), reason),
+        Err(reason @ Counter::PassNoWorker) => error(
+            error_code::NO_UP_WORKER,
+            format!("no up worker for function {id}"),
+            reason,
+        ),
+        Err(reason @ Counter::PassFamilyMismatch) => error(
+            error_code::NO_UP_WORKER,
+            format!("no worker of function {id} in the client's address family"),
+            reason,
+        ),
+        Err(reason @ Counter::PassBadStep) => error(
+            error_code::MALFORMED_REQUEST,
+            format!(
+                "step {} of workflow {} does not exist",
+                message.hdr.step,
+                message.hdr.workflow_id()
+            ),
+            reason,
+        ),
+        Err(reason @ Counter::PassBusyExhausted) => error(
+            error_code::OVERLOADED,
+            format!("function {id} is overloaded: every worker is busy"),
+            reason,
+        ),
         Err(reason) => Answer::Ignore(reason),
     }
 }
@@ -165,8 +215,13 @@ pub async fn run(port: u16, pin_dir: &Path) -> Result<()> {
     // One dual-stack socket: IPv4 sources arrive IPv4-mapped.
     let socket = UdpSocket::bind(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port))
         .await
-        .with_context(|| format!("cannot bind the service port {port} (is another process using it?)"))?;
-    info!(port, "slow path listening: errors for undispatchable requests, reassembled fragments");
+        .with_context(|| {
+            format!("cannot bind the service port {port} (is another process using it?)")
+        })?;
+    info!(
+        port,
+        "slow path listening: errors for undispatchable requests, reassembled fragments"
+    );
     let turns = AtomicU32::new(0);
     let mut buf = vec![0u8; 65_536];
     loop {
@@ -192,7 +247,12 @@ mod tests {
 
     #[test]
     fn worker_addresses_convert_back() {
-        let w = Worker { addr: [10, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], port: 9000u16.to_be_bytes(), family: family::IPV4, ..Default::default() };
+        let w = Worker {
+            addr: [10, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            port: 9000u16.to_be_bytes(),
+            family: family::IPV4,
+            ..Default::default()
+        };
         assert_eq!(worker_socket_addr(&w), "10.0.0.9:9000".parse().unwrap());
     }
 }

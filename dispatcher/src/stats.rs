@@ -41,11 +41,25 @@ impl Snapshot {
     pub fn table(&self, previous: Option<(&Snapshot, f64)>) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "interface {}", self.iface);
-        let _ = writeln!(out, "{:<24} {:>14}{}", "counter", "packets", if previous.is_some() { "      packets/s" } else { "" });
+        let _ = writeln!(
+            out,
+            "{:<24} {:>14}{}",
+            "counter",
+            "packets",
+            if previous.is_some() {
+                "      packets/s"
+            } else {
+                ""
+            }
+        );
         for (name, n) in &self.counters {
             let _ = write!(out, "{name:<24} {n:>14}");
             if let Some((prev, secs)) = previous {
-                let before = prev.counters.iter().find(|(p, _)| p == name).map_or(0, |(_, v)| *v);
+                let before = prev
+                    .counters
+                    .iter()
+                    .find(|(p, _)| p == name)
+                    .map_or(0, |(_, v)| *v);
                 let _ = write!(out, " {:>14.0}", n.saturating_sub(before) as f64 / secs);
             }
             out.push('\n');

@@ -46,7 +46,9 @@ fn smooth_weighted(members: &[Member], size: u32) -> Vec<u8> {
         for (c, m) in current.iter_mut().zip(members) {
             *c += m.weight as i64;
         }
-        let best = (0..members.len()).max_by_key(|&i| (current[i], std::cmp::Reverse(i))).expect("non-empty");
+        let best = (0..members.len())
+            .max_by_key(|&i| (current[i], std::cmp::Reverse(i)))
+            .expect("non-empty");
         current[best] -= total;
         out.push(members[best].slot);
     }
@@ -115,19 +117,30 @@ pub fn maglev(members: &[Member], size: u32) -> Vec<u8> {
 pub fn least_loaded(loads: &[(u8, u64)]) -> Vec<u8> {
     let mut sorted = loads.to_vec();
     sorted.sort_by_key(|&(slot, load)| (load, slot));
-    sorted.into_iter().take(LL_CANDIDATES).map(|(slot, _)| slot).collect()
+    sorted
+        .into_iter()
+        .take(LL_CANDIDATES)
+        .map(|(slot, _)| slot)
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use dispatcher_common::maps::Geometry;
+
+    use super::*;
 
     const RING_SIZE: u32 = Geometry::HOST.ring_size;
     const MAGLEV_SIZE: u32 = Geometry::HOST.maglev_size;
 
     fn members(n: u8) -> Vec<Member> {
-        (0..n).map(|i| Member { slot: i, weight: 1, name: format!("10.0.{}.{}:9000", i / 200, i % 200 + 1) }).collect()
+        (0..n)
+            .map(|i| Member {
+                slot: i,
+                weight: 1,
+                name: format!("10.0.{}.{}:9000", i / 200, i % 200 + 1),
+            })
+            .collect()
     }
 
     fn share(table: &[u8], slot: u8) -> f64 {
@@ -148,7 +161,11 @@ mod tests {
         let r = ring(&members(4), RING_SIZE);
         assert_eq!(&r[..8], &[0, 1, 2, 3, 0, 1, 2, 3]);
         for n in [1, 3, 16, 64] {
-            assert_eq!(ring(&members(n), RING_SIZE), smooth_weighted(&members(n), RING_SIZE), "{n} members");
+            assert_eq!(
+                ring(&members(n), RING_SIZE),
+                smooth_weighted(&members(n), RING_SIZE),
+                "{n} members"
+            );
         }
     }
 
@@ -159,7 +176,11 @@ mod tests {
             assert!(t.iter().all(|&s| s < n));
             for s in 0..n {
                 let expected = 1.0 / n as f64;
-                assert!((share(&t, s) - expected).abs() < expected * 0.1 + 0.002, "n={n} slot {s}: {}", share(&t, s));
+                assert!(
+                    (share(&t, s) - expected).abs() < expected * 0.1 + 0.002,
+                    "n={n} slot {s}: {}",
+                    share(&t, s)
+                );
             }
         }
     }
@@ -184,20 +205,40 @@ mod tests {
             // Remove the middle worker.
             let removed: Vec<Member> = all.iter().filter(|m| m.slot != n / 2).cloned().collect();
             let after = maglev(&removed, MAGLEV_SIZE);
-            let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count() as f64 / before.len() as f64;
+            let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count() as f64
+                / before.len() as f64;
             let ideal = 1.0 / n as f64;
-            println!("n={n}: removing one moved {:.2}% of keys (ideal {:.2}%)", moved * 100.0, ideal * 100.0);
-            assert!(moved >= ideal * 0.95 && moved <= ideal * 1.75, "n={n} moved {moved}");
+            println!(
+                "n={n}: removing one moved {:.2}% of keys (ideal {:.2}%)",
+                moved * 100.0,
+                ideal * 100.0
+            );
+            assert!(
+                moved >= ideal * 0.95 && moved <= ideal * 1.75,
+                "n={n} moved {moved}"
+            );
             // Adding it back restores the table exactly.
             assert_eq!(maglev(&all, MAGLEV_SIZE), before);
             // Adding a new worker: about 1/(N+1) move.
             let mut grown = all.clone();
-            grown.push(Member { slot: n, weight: 1, name: "10.9.9.9:9000".into() });
+            grown.push(Member {
+                slot: n,
+                weight: 1,
+                name: "10.9.9.9:9000".into(),
+            });
             let after = maglev(&grown, MAGLEV_SIZE);
-            let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count() as f64 / before.len() as f64;
+            let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count() as f64
+                / before.len() as f64;
             let ideal = 1.0 / (n as f64 + 1.0);
-            println!("n={n}: adding one moved {:.2}% of keys (ideal {:.2}%)", moved * 100.0, ideal * 100.0);
-            assert!(moved >= ideal * 0.95 && moved <= ideal * 1.75, "n={n} moved {moved}");
+            println!(
+                "n={n}: adding one moved {:.2}% of keys (ideal {:.2}%)",
+                moved * 100.0,
+                ideal * 100.0
+            );
+            assert!(
+                moved >= ideal * 0.95 && moved <= ideal * 1.75,
+                "n={n} moved {moved}"
+            );
         }
     }
 
@@ -215,7 +256,10 @@ mod tests {
 
     #[test]
     fn least_loaded_ranks_by_load_then_slot() {
-        assert_eq!(least_loaded(&[(0, 5), (1, 2), (2, 9), (3, 2), (4, 0)]), vec![4, 1, 3, 0]);
+        assert_eq!(
+            least_loaded(&[(0, 5), (1, 2), (2, 9), (3, 2), (4, 0)]),
+            vec![4, 1, 3, 0]
+        );
         assert_eq!(least_loaded(&[(7, 1)]), vec![7]);
     }
 }

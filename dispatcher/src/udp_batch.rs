@@ -39,13 +39,24 @@ impl BatchReceiver {
     /// many arrived: 0 on a timeout or an interrupted wait.
     pub fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
         self.received.clear();
-        let mut slices: Vec<[IoSliceMut; 1]> = self.buffers.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
+        let mut slices: Vec<[IoSliceMut; 1]> = self
+            .buffers
+            .iter_mut()
+            .map(|b| [IoSliceMut::new(b)])
+            .collect();
         // recvmmsg's own timeout is only checked after a datagram arrives;
         // the socket's SO_RCVTIMEO bounds the wait for the first one.
-        match recvmmsg(socket.as_raw_fd(), &mut self.headers, slices.iter_mut(), MsgFlags::MSG_WAITFORONE, None::<TimeSpec>) {
+        match recvmmsg(
+            socket.as_raw_fd(),
+            &mut self.headers,
+            slices.iter_mut(),
+            MsgFlags::MSG_WAITFORONE,
+            None::<TimeSpec>,
+        ) {
             Ok(results) => {
                 for m in results {
-                    self.received.push((m.bytes, m.address.and_then(|a| to_socket_addr(&a))));
+                    self.received
+                        .push((m.bytes, m.address.and_then(|a| to_socket_addr(&a))));
                 }
             }
             // ECONNREFUSED: an ICMP port unreachable for an earlier send.
@@ -79,7 +90,10 @@ pub struct BatchSender {
 impl BatchSender {
     pub fn new(batch: usize) -> BatchSender {
         let batch = batch.max(1);
-        BatchSender { headers: MultiHeaders::preallocate(batch, None), batch }
+        BatchSender {
+            headers: MultiHeaders::preallocate(batch, None),
+            batch,
+        }
     }
 
     /// Sends each datagram to its address (`None`: the connected peer), as
@@ -87,14 +101,31 @@ impl BatchSender {
     /// early only when the socket's buffer is full (EAGAIN/ENOBUFS).
     /// A refused earlier send (ECONNREFUSED) is not this batch's failure:
     /// it is retried.
-    pub fn send<D: AsRef<[u8]>>(&mut self, socket: &UdpSocket, datagrams: &[(D, Option<SocketAddr>)]) -> io::Result<usize> {
+    pub fn send<D: AsRef<[u8]>>(
+        &mut self,
+        socket: &UdpSocket,
+        datagrams: &[(D, Option<SocketAddr>)],
+    ) -> io::Result<usize> {
         let mut sent = 0;
         let mut refused = 0;
         while sent < datagrams.len() {
             let chunk = &datagrams[sent..(sent + self.batch).min(datagrams.len())];
-            let slices: Vec<[IoSlice; 1]> = chunk.iter().map(|(d, _)| [IoSlice::new(d.as_ref())]).collect();
-            let addrs: Vec<Option<SockaddrStorage>> = chunk.iter().map(|(_, a)| a.map(SockaddrStorage::from)).collect();
-            match sendmmsg(socket.as_raw_fd(), &mut self.headers, &slices, &addrs, [], MsgFlags::empty()) {
+            let slices: Vec<[IoSlice; 1]> = chunk
+                .iter()
+                .map(|(d, _)| [IoSlice::new(d.as_ref())])
+                .collect();
+            let addrs: Vec<Option<SockaddrStorage>> = chunk
+                .iter()
+                .map(|(_, a)| a.map(SockaddrStorage::from))
+                .collect();
+            match sendmmsg(
+                socket.as_raw_fd(),
+                &mut self.headers,
+                &slices,
+                &addrs,
+                [],
+                MsgFlags::empty(),
+            ) {
                 Ok(results) => {
                     let n = results.count();
                     if n == 0 {
@@ -120,8 +151,9 @@ fn to_socket_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use std::time::Duration;
+
+    use super::*;
 
     #[test]
     fn a_batch_goes_out_and_comes_back_with_sources() {
@@ -129,7 +161,8 @@ mod tests {
         let b = UdpSocket::bind("127.0.0.1:0").unwrap();
         b.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let to = Some(b.local_addr().unwrap());
-        let datagrams: Vec<(Vec<u8>, Option<SocketAddr>)> = (0..100u8).map(|i| (vec![i; i as usize + 1], to)).collect();
+        let datagrams: Vec<(Vec<u8>, Option<SocketAddr>)> =
+            (0..100u8).map(|i| (vec![i; i as usize + 1], to)).collect();
         assert_eq!(BatchSender::new(32).send(&a, &datagrams).unwrap(), 100);
         let mut rx = BatchReceiver::new(64, 2048);
         let mut seen = 0;

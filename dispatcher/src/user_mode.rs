@@ -28,7 +28,10 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use dispatcher_common::{
-    maps::{policy, worker_state, Endpoint, Function, Geometry, Settings, Worker, Workflow, LL_CANDIDATES, MAX_WORKFLOW_STEPS},
+    maps::{
+        policy, worker_state, Endpoint, Function, Geometry, Settings, Worker, Workflow,
+        LL_CANDIDATES, MAX_WORKFLOW_STEPS,
+    },
     model::View,
     stats::Counter,
 };
@@ -63,7 +66,12 @@ pub struct Tables {
 impl Tables {
     pub fn new(config: &Config) -> Result<Tables> {
         let mut t = Tables {
-            services: config.service.addresses.iter().map(|a| endpoint(*a, config.service.port)).collect(),
+            services: config
+                .service
+                .addresses
+                .iter()
+                .map(|a| endpoint(*a, config.service.port))
+                .collect(),
             functions: HashMap::new(),
             workflows: HashMap::new(),
             workers: HashMap::new(),
@@ -79,13 +87,22 @@ impl Tables {
             let mut members = Vec::new();
             for (slot, w) in f.workers.iter().enumerate() {
                 // No frame is rewritten here: the MAC does not matter.
-                let w = crate::config::WorkerConfig { mac: Some(w.mac.unwrap_or_default()), ..w.clone() }.to_map(f.id)?;
+                let w = crate::config::WorkerConfig {
+                    mac: Some(w.mac.unwrap_or_default()),
+                    ..w.clone()
+                }
+                .to_map(f.id)?;
                 let i = g.worker_base(index) + slot as u32;
                 t.workers.insert(i, w);
                 t.loads.insert(i, Cell::new(0));
-                t.registered.insert(endpoint(w_ip(&w), u16::from_be_bytes(w.port)));
+                t.registered
+                    .insert(endpoint(w_ip(&w), u16::from_be_bytes(w.port)));
                 if w.state == worker_state::UP {
-                    members.push(Member { slot: slot as u8, weight: w.weight.max(1), name: crate::control::worker_name(&w) });
+                    members.push(Member {
+                        slot: slot as u8,
+                        weight: w.weight.max(1),
+                        name: crate::control::worker_name(&w),
+                    });
                 }
             }
             let policy = f.policy.to_map();
@@ -110,13 +127,23 @@ impl Tables {
                 },
             );
             t.rings.push(tables::ring(&members, g.ring_size));
-            t.maglevs.push(if policy == policy::HASH { tables::maglev(&members, g.maglev_size) } else { Vec::new() });
+            t.maglevs.push(if policy == policy::HASH {
+                tables::maglev(&members, g.maglev_size)
+            } else {
+                Vec::new()
+            });
             t.turns.push(Cell::new(0));
         }
         for w in &config.workflows {
             let mut functions = [0u32; MAX_WORKFLOW_STEPS];
             functions[..w.steps.len()].copy_from_slice(&w.steps);
-            t.workflows.insert(w.id, Workflow { step_count: w.steps.len() as u32, functions });
+            t.workflows.insert(
+                w.id,
+                Workflow {
+                    step_count: w.steps.len() as u32,
+                    functions,
+                },
+            );
         }
         Ok(t)
     }
@@ -152,10 +179,16 @@ impl View for Tables {
         self.workers.get(&index).copied()
     }
     fn ring_slot(&self, f: &Function, position: u32) -> Option<u8> {
-        self.rings.get(f.index as usize)?.get((position & f.ring_mask as u32) as usize).copied()
+        self.rings
+            .get(f.index as usize)?
+            .get((position & f.ring_mask as u32) as usize)
+            .copied()
     }
     fn maglev_slot(&self, f: &Function, position: u32) -> Option<u8> {
-        self.maglevs.get(f.index as usize)?.get((position & f.maglev_mask as u32) as usize).copied()
+        self.maglevs
+            .get(f.index as usize)?
+            .get((position & f.maglev_mask as u32) as usize)
+            .copied()
     }
     fn load(&self, worker_index: u32) -> Option<u64> {
         self.loads.get(&worker_index).map(Cell::get)
@@ -165,7 +198,9 @@ impl View for Tables {
     }
     /// Takes the turn (the kernel's fetch-add on RR_CURSORS).
     fn turn(&self, function_index: u32) -> u32 {
-        self.turns.get(function_index as usize).map_or(0, |t| t.replace(t.get().wrapping_add(1)))
+        self.turns
+            .get(function_index as usize)
+            .map_or(0, |t| t.replace(t.get().wrapping_add(1)))
     }
 }
 
@@ -185,12 +220,18 @@ pub fn serve(config: &Config, control: Arc<Control>) -> Result<Vec<(Counter, u64
     let port = config.service.port;
     // One dual-stack socket: IPv4 sources arrive IPv4-mapped.
     let socket = UdpSocket::bind(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port))
-        .with_context(|| format!("cannot bind the service port {port} (is another process using it?)"))?;
+        .with_context(|| {
+            format!("cannot bind the service port {port} (is another process using it?)")
+        })?;
     socket.set_read_timeout(Some(Duration::from_millis(100)))?;
     let _ = nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::RcvBuf, &(8 << 20));
     let _ = nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::SndBuf, &(8 << 20));
     let mut tables = Tables::new(config)?;
-    info!(port, functions = config.functions.len(), "user mode: dispatching from user space");
+    info!(
+        port,
+        functions = config.functions.len(),
+        "user mode: dispatching from user space"
+    );
     let mut counts = vec![0u64; Counter::ALL.len()];
     let mut receiver = BatchReceiver::new(BATCH, 65_536);
     let mut sender = BatchSender::new(BATCH);
@@ -210,16 +251,28 @@ pub fn serve(config: &Config, control: Arc<Control>) -> Result<Vec<(Counter, u64
         let n = receiver.recv(&socket).context("cannot receive")?;
         out.clear();
         for k in 0..n {
-            let (datagram, Some(from)) = receiver.get(k) else { continue };
+            let (datagram, Some(from)) = receiver.get(k) else {
+                continue;
+            };
             let from = SocketAddr::new(from.ip().to_canonical(), from.port());
             seq += 1;
             let counter = match answer(&tables, datagram, from, random.hash_one(seq) as u32) {
-                Answer::Dispatch { message, to, worker_index, policy, counter } => {
+                Answer::Dispatch {
+                    message,
+                    to,
+                    worker_index,
+                    policy,
+                    counter,
+                } => {
                     tables.dispatched(worker_index, policy);
                     out.push((message.to_bytes(), Some(to)));
                     counter
                 }
-                Answer::Send { message, to, reason } => {
+                Answer::Send {
+                    message,
+                    to,
+                    reason,
+                } => {
                     out.push((message.to_bytes(), Some(to)));
                     reason
                 }
@@ -229,8 +282,14 @@ pub fn serve(config: &Config, control: Arc<Control>) -> Result<Vec<(Counter, u64
         }
         let sent = sender.send(&socket, &out).context("cannot send")?;
         if sent < out.len() {
-            warn!(dropped = out.len() - sent, "send buffer full: datagrams dropped");
+            warn!(
+                dropped = out.len() - sent,
+                "send buffer full: datagrams dropped"
+            );
         }
     }
-    Ok(Counter::ALL.iter().map(|c| (*c, counts[*c as usize])).collect())
+    Ok(Counter::ALL
+        .iter()
+        .map(|c| (*c, counts[*c as usize]))
+        .collect())
 }

@@ -67,13 +67,16 @@ impl Peer {
 
 /// Looks at `iface` and, if it is a veth, at its peer.
 pub async fn inspect(iface: &str) -> Result<Link> {
-    let (connection, handle, _) = rtnetlink::new_connection().context("cannot open an rtnetlink socket")?;
+    let (connection, handle, _) =
+        rtnetlink::new_connection().context("cannot open an rtnetlink socket")?;
     tokio::spawn(connection);
     let link = get_link(&handle, Query::Name(iface.to_string()))
         .await?
         .ok_or_else(|| anyhow!("no interface {iface} (`ip link` lists them)"))?;
     let is_veth = link.attributes.iter().any(|a| match a {
-        LinkAttribute::LinkInfo(infos) => infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))),
+        LinkAttribute::LinkInfo(infos) => infos
+            .iter()
+            .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))),
         _ => false,
     });
     if !is_veth {
@@ -93,8 +96,12 @@ pub async fn inspect(iface: &str) -> Result<Link> {
     });
     match netns_id {
         None => {
-            let peer = get_link(&handle, Query::Index(peer_index)).await?.context("the veth's peer vanished")?;
-            Ok(Link::Veth { peer: describe(&peer, None) })
+            let peer = get_link(&handle, Query::Index(peer_index))
+                .await?
+                .context("the veth's peer vanished")?;
+            Ok(Link::Veth {
+                peer: describe(&peer, None),
+            })
         }
         Some(id) => match find_named_namespace(&handle, id).await? {
             Some(ns) => {
@@ -136,20 +143,30 @@ fn describe(link: &LinkMessage, netns: Option<String>) -> Peer {
         .unwrap_or_else(|| format!("ifindex {}", link.header.index));
     let runs_xdp = link.attributes.iter().any(|a| match a {
         LinkAttribute::Xdp(xdp) => xdp.iter().any(|x| {
-            matches!(x, LinkXdp::Attached(XdpAttached::Driver) | LinkXdp::DrvProgId(_))
-                || matches!(x, LinkXdp::Attached(XdpAttached::Multiple))
-                    && xdp.iter().any(|y| matches!(y, LinkXdp::DrvProgId(_)))
+            matches!(
+                x,
+                LinkXdp::Attached(XdpAttached::Driver) | LinkXdp::DrvProgId(_)
+            ) || matches!(x, LinkXdp::Attached(XdpAttached::Multiple))
+                && xdp.iter().any(|y| matches!(y, LinkXdp::DrvProgId(_)))
         }),
         _ => false,
     });
-    Peer { name, netns, runs_xdp }
+    Peer {
+        name,
+        netns,
+        runs_xdp,
+    }
 }
 
 /// The named namespace (/run/netns) that this namespace knows as `id`.
 async fn find_named_namespace(handle: &Handle, id: i32) -> Result<Option<String>> {
-    let Ok(entries) = fs::read_dir(NAMED_NAMESPACES) else { return Ok(None) };
+    let Ok(entries) = fs::read_dir(NAMED_NAMESPACES) else {
+        return Ok(None);
+    };
     for entry in entries.flatten() {
-        let Ok(file) = fs::File::open(entry.path()) else { continue };
+        let Ok(file) = fs::File::open(entry.path()) else {
+            continue;
+        };
         if namespace_id(handle, &file).await? == Some(id) {
             return Ok(entry.file_name().into_string().ok());
         }
@@ -160,11 +177,18 @@ async fn find_named_namespace(handle: &Handle, id: i32) -> Result<Option<String>
 /// RTM_GETNSID: the id this namespace gives the namespace behind `file`.
 async fn namespace_id(handle: &Handle, file: &fs::File) -> Result<Option<i32>> {
     let mut message = NsidMessage::default();
-    message.attributes.push(NsidAttribute::Fd(file.as_raw_fd() as u32));
-    let mut request = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(RouteNetlinkMessage::GetNsId(message)));
+    message
+        .attributes
+        .push(NsidAttribute::Fd(file.as_raw_fd() as u32));
+    let mut request = NetlinkMessage::new(
+        NetlinkHeader::default(),
+        NetlinkPayload::from(RouteNetlinkMessage::GetNsId(message)),
+    );
     request.header.flags = NLM_F_REQUEST;
     let mut handle = handle.clone();
-    let mut answers = handle.request(request).map_err(|e| anyhow!("RTM_GETNSID: {e}"))?;
+    let mut answers = handle
+        .request(request)
+        .map_err(|e| anyhow!("RTM_GETNSID: {e}"))?;
     while let Some(answer) = futures::StreamExt::next(&mut answers).await {
         if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(m)) = answer.payload {
             return Ok(m.attributes.iter().find_map(|a| match a {
@@ -182,13 +206,19 @@ fn look_in_namespace(ns: &str, index: u32) -> Result<Peer> {
     let path = Path::new(NAMED_NAMESPACES).join(ns);
     let ns = ns.to_string();
     std::thread::spawn(move || -> Result<Peer> {
-        let file = fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).with_context(|| format!("cannot enter network namespace {ns}"))?;
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let file =
+            fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("cannot enter network namespace {ns}"))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         runtime.block_on(async {
             let (connection, handle, _) = rtnetlink::new_connection()?;
             tokio::spawn(connection);
-            let peer = get_link(&handle, Query::Index(index)).await?.with_context(|| format!("no interface {index} in {ns}"))?;
+            let peer = get_link(&handle, Query::Index(index))
+                .await?
+                .with_context(|| format!("no interface {index} in {ns}"))?;
             Ok(describe(&peer, Some(ns.clone())))
         })
     })
@@ -199,9 +229,15 @@ fn look_in_namespace(ns: &str, index: u32) -> Result<Peer> {
 /// The attach mode to use on `iface`, from what was asked (`None`: the
 /// default, drv where it works) and what the interface is. Says in the log
 /// what it chose and why; refuses an explicit drv that would lose traffic.
-pub fn choose_drv_or_skb(iface: &str, explicit_drv: bool, peer_xdp_asserted: bool, link: &Link) -> Result<crate::data_plane::Mode> {
-    use crate::data_plane::Mode;
+pub fn choose_drv_or_skb(
+    iface: &str,
+    explicit_drv: bool,
+    peer_xdp_asserted: bool,
+    link: &Link,
+) -> Result<crate::data_plane::Mode> {
     use tracing::{info, warn};
+
+    use crate::data_plane::Mode;
     let lost = "XDP_TX frames are handed to the peer, which only picks them up when it runs an XDP program in driver mode itself: every dispatched request would be lost";
     match link {
         Link::NotVeth => Ok(Mode::Drv),

@@ -90,7 +90,10 @@ impl Message {
             return None;
         }
         let code = u16::from_be_bytes([self.payload[0], self.payload[1]]);
-        Some((code, String::from_utf8_lossy(&self.payload[2..]).into_owned()))
+        Some((
+            code,
+            String::from_utf8_lossy(&self.payload[2..]).into_owned(),
+        ))
     }
 }
 
@@ -119,7 +122,11 @@ mod tests {
         assert_eq!(m.reply_target(src), src);
         m.hdr.flags |= flags::REPLY_SET;
         m.hdr.reply_port = 6000u16.to_be_bytes();
-        m.hdr.reply_addr = "10.9.8.7".parse::<std::net::Ipv4Addr>().unwrap().to_ipv6_mapped().octets();
+        m.hdr.reply_addr = "10.9.8.7"
+            .parse::<std::net::Ipv4Addr>()
+            .unwrap()
+            .to_ipv6_mapped()
+            .octets();
         assert_eq!(m.reply_target(src), "10.9.8.7:6000".parse().unwrap());
         let e = m.error(2, "no up worker");
         assert_eq!(e.error_parts(), Some((2, "no up worker".into())));

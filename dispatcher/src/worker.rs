@@ -89,7 +89,9 @@ impl FromStr for FunctionTable {
                 }
                 None => {
                     if table.any.is_some() {
-                        bail!("`{item}`: only one function may serve every id; map ids with ID=NAME");
+                        bail!(
+                            "`{item}`: only one function may serve every id; map ids with ID=NAME"
+                        );
                     }
                     table.any = Some(item.parse()?);
                 }
@@ -109,14 +111,21 @@ impl FunctionTable {
 }
 
 /// Runs a function on `input`; `Err` is a function failure (ERROR 6).
-fn invoke(function: FunctionKind, input: &[u8], kv: Option<&memcache::Client>) -> Result<Vec<u8>, String> {
+fn invoke(
+    function: FunctionKind,
+    input: &[u8],
+    kv: Option<&memcache::Client>,
+) -> Result<Vec<u8>, String> {
     let text = || std::str::from_utf8(input).map_err(|e| format!("input is not UTF-8 text ({e})"));
     match function {
         FunctionKind::Echo => Ok(input.to_vec()),
         FunctionKind::Static => Ok(STATIC_PAGE.as_bytes().to_vec()),
         FunctionKind::Upper => Ok(text()?.to_uppercase().into_bytes()),
         FunctionKind::Reverse => Ok(text()?.chars().rev().collect::<String>().into_bytes()),
-        FunctionKind::Kv => kv_command(kv.ok_or("this worker has no memcached: start it with --memcached ADDR:PORT")?, input),
+        FunctionKind::Kv => kv_command(
+            kv.ok_or("this worker has no memcached: start it with --memcached ADDR:PORT")?,
+            input,
+        ),
         FunctionKind::Grayscale => grayscale(input),
     }
 }
@@ -124,7 +133,8 @@ fn invoke(function: FunctionKind, input: &[u8], kv: Option<&memcache::Client>) -
 /// Decodes an image (format guessed from its bytes), converts it to 8-bit
 /// luma, and encodes that as PNG.
 fn grayscale(input: &[u8]) -> Result<Vec<u8>, String> {
-    let image = image::load_from_memory(input).map_err(|e| format!("not an image this worker reads (PNG or binary PPM): {e}"))?;
+    let image = image::load_from_memory(input)
+        .map_err(|e| format!("not an image this worker reads (PNG or binary PPM): {e}"))?;
     let mut out = std::io::Cursor::new(Vec::new());
     image
         .to_luma8()
@@ -138,9 +148,15 @@ fn grayscale(input: &[u8]) -> Result<Vec<u8>, String> {
 fn kv_command(client: &memcache::Client, input: &[u8]) -> Result<Vec<u8>, String> {
     let mut parts = input.splitn(3, |b| *b == b' ');
     let verb = parts.next().unwrap_or_default();
-    let key = parts.next().and_then(|k| std::str::from_utf8(k).ok()).filter(|k| !k.is_empty() && k.len() <= 250);
+    let key = parts
+        .next()
+        .and_then(|k| std::str::from_utf8(k).ok())
+        .filter(|k| !k.is_empty() && k.len() <= 250);
     let Some(key) = key else {
-        return Err("kv wants `GET key`, `SET key value` or `DEL key` (keys: 1 to 250 bytes of UTF-8)".into());
+        return Err(
+            "kv wants `GET key`, `SET key value` or `DEL key` (keys: 1 to 250 bytes of UTF-8)"
+                .into(),
+        );
     };
     let failed = |e: memcache::MemcacheError| format!("memcached: {e}");
     match verb {
@@ -149,11 +165,20 @@ fn kv_command(client: &memcache::Client, input: &[u8]) -> Result<Vec<u8>, String
             None => Err(format!("no value for key `{key}`")),
         },
         b"SET" => {
-            client.set(key, parts.next().unwrap_or_default(), 0).map_err(failed)?;
+            client
+                .set(key, parts.next().unwrap_or_default(), 0)
+                .map_err(failed)?;
             Ok(b"STORED".to_vec())
         }
-        b"DEL" => Ok(if client.delete(key).map_err(failed)? { b"DELETED".to_vec() } else { b"NOT_FOUND".to_vec() }),
-        other => Err(format!("kv: unknown command `{}` (GET, SET or DEL)", String::from_utf8_lossy(other))),
+        b"DEL" => Ok(if client.delete(key).map_err(failed)? {
+            b"DELETED".to_vec()
+        } else {
+            b"NOT_FOUND".to_vec()
+        }),
+        other => Err(format!(
+            "kv: unknown command `{}` (GET, SET or DEL)",
+            String::from_utf8_lossy(other)
+        )),
     }
 }
 
@@ -186,14 +211,31 @@ pub fn handle(
     let to = msg.reply_target(source);
     let id = msg.hdr.function_id();
     let Some(function) = table.lookup(id) else {
-        return Some((msg.error(error_code::UNKNOWN_FUNCTION, &format!("this worker does not serve function {id}")), to));
+        return Some((
+            msg.error(
+                error_code::UNKNOWN_FUNCTION,
+                &format!("this worker does not serve function {id}"),
+            ),
+            to,
+        ));
     };
     let output = match invoke(function, &msg.payload, kv) {
         Ok(output) => output,
-        Err(why) => return Some((msg.error(error_code::WORKER_FAILURE, &format!("function {id} failed: {why}")), to)),
+        Err(why) => {
+            return Some((
+                msg.error(
+                    error_code::WORKER_FAILURE,
+                    &format!("function {id} failed: {why}"),
+                ),
+                to,
+            ))
+        }
     };
     if output.len() > MAX_PAYLOAD {
-        let text = format!("function {id}'s output is {} bytes, more than one datagram carries ({MAX_PAYLOAD})", output.len());
+        let text = format!(
+            "function {id}'s output is {} bytes, more than one datagram carries ({MAX_PAYLOAD})",
+            output.len()
+        );
         return Some((msg.error(error_code::PAYLOAD_TOO_LARGE, &text), to));
     }
     let in_workflow = msg.hdr.workflow_id() != 0 && msg.hdr.flags & flags::LAST_STEP == 0;
@@ -202,10 +244,19 @@ pub fn handle(
             let mut hdr = msg.hdr;
             hdr.kind = kind::STEP;
             hdr.step = hdr.step.wrapping_add(1);
-            Some((Message { hdr, payload: output }, service))
+            Some((
+                Message {
+                    hdr,
+                    payload: output,
+                },
+                service,
+            ))
         }
         (true, None) => Some((
-            msg.error(error_code::WORKER_FAILURE, "this worker cannot continue workflows: start it with --dispatcher VIP:PORT"),
+            msg.error(
+                error_code::WORKER_FAILURE,
+                "this worker cannot continue workflows: start it with --dispatcher VIP:PORT",
+            ),
             to,
         )),
         (false, _) => Some((msg.response(output), to)),
@@ -222,8 +273,17 @@ pub struct HeartbeatTarget {
 }
 
 /// Sends a heartbeat carrying the in-flight count every interval.
-async fn send_heartbeats(listen: SocketAddr, target: HeartbeatTarget, in_flight: Arc<AtomicU32>) -> Result<()> {
-    let bind: SocketAddr = if target.to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
+async fn send_heartbeats(
+    listen: SocketAddr,
+    target: HeartbeatTarget,
+    in_flight: Arc<AtomicU32>,
+) -> Result<()> {
+    let bind: SocketAddr = if target.to.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()?;
     let socket = UdpSocket::bind(bind).await?;
     let mut tick = tokio::time::interval(target.interval);
     loop {
@@ -234,7 +294,10 @@ async fn send_heartbeats(listen: SocketAddr, target: HeartbeatTarget, in_flight:
             capacity: target.capacity,
             sent_ns: crate::heartbeat::now_ns(),
         };
-        if let Err(e) = socket.send_to(&hb.encode(target.key.as_bytes()), target.to).await {
+        if let Err(e) = socket
+            .send_to(&hb.encode(target.key.as_bytes()), target.to)
+            .await
+        {
             warn!(to = %target.to, "cannot send heartbeat: {e}");
         }
     }
@@ -268,7 +331,11 @@ pub async fn serve(
     heartbeats: Option<HeartbeatTarget>,
     memcached: Option<SocketAddr>,
 ) -> Result<()> {
-    let Limits { service, delay, max_in_flight } = limits;
+    let Limits {
+        service,
+        delay,
+        max_in_flight,
+    } = limits;
     let kv = match memcached {
         Some(addr) => {
             let client = memcache::Client::connect(format!("memcache://{addr}?timeout=1"))
@@ -289,18 +356,33 @@ pub async fn serve(
             }
         });
     }
-    let socket = std::net::UdpSocket::bind(listen)
-        .with_context(|| format!("cannot listen on {listen} (is the address on an interface, the port free?)"))?;
+    let socket = std::net::UdpSocket::bind(listen).with_context(|| {
+        format!("cannot listen on {listen} (is the address on an interface, the port free?)")
+    })?;
     let _ = nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::RcvBuf, &(4 << 20));
     let _ = nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::SndBuf, &(4 << 20));
     info!(%listen, "worker serving");
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     // Not joined: the process ends with the runtime (a blocking task would
     // keep the runtime's shutdown waiting on recvmmsg).
-    thread::Builder::new().name("answers".into()).spawn(move || {
-        let _ = done_tx.send(answer_loop(&socket, &table, Limits { service, delay, max_in_flight }, kv.as_ref(), &in_flight));
-    })?;
-    done_rx.await.unwrap_or_else(|_| Err(anyhow::anyhow!("the worker's answer thread ended")))
+    thread::Builder::new()
+        .name("answers".into())
+        .spawn(move || {
+            let _ = done_tx.send(answer_loop(
+                &socket,
+                &table,
+                Limits {
+                    service,
+                    delay,
+                    max_in_flight,
+                },
+                kv.as_ref(),
+                &in_flight,
+            ));
+        })?;
+    done_rx
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the worker's answer thread ended")))
 }
 
 /// Datagrams taken per recvmmsg and answers sent per sendmmsg.
@@ -309,8 +391,18 @@ const BATCH: usize = 64;
 /// Receives, runs and answers, a batch at a time. With a delay, answers go
 /// to a second thread that holds each one until its time: the delay is the
 /// same for all, so they fall due in the order they were made.
-fn answer_loop(socket: &std::net::UdpSocket, table: &FunctionTable, limits: Limits, kv: Option<&memcache::Client>, in_flight: &Arc<AtomicU32>) -> Result<()> {
-    let Limits { service, delay, max_in_flight } = limits;
+fn answer_loop(
+    socket: &std::net::UdpSocket,
+    table: &FunctionTable,
+    limits: Limits,
+    kv: Option<&memcache::Client>,
+    in_flight: &Arc<AtomicU32>,
+) -> Result<()> {
+    let Limits {
+        service,
+        delay,
+        max_in_flight,
+    } = limits;
     let delayed = (!delay.is_zero())
         .then(|| spawn_delayed_sender(socket.try_clone()?, in_flight.clone()))
         .transpose()?;
@@ -326,7 +418,8 @@ fn answer_loop(socket: &std::net::UdpSocket, table: &FunctionTable, limits: Limi
         for k in 0..n {
             let (datagram, from) = receiver.get(k);
             let Some(from) = from else { continue };
-            let over_limit = max_in_flight.is_some_and(|max| held + k as u32 - busies.len() as u32 >= max);
+            let over_limit =
+                max_in_flight.is_some_and(|max| held + k as u32 - busies.len() as u32 >= max);
             if let (true, Some(service)) = (over_limit, service) {
                 // At once, not after the delay: another worker can serve it.
                 if let Some(m) = busy(datagram, from) {
@@ -341,16 +434,24 @@ fn answer_loop(socket: &std::net::UdpSocket, table: &FunctionTable, limits: Limi
         if !busies.is_empty() {
             let sent = sender.send(socket, &busies).context("cannot send BUSY")?;
             if sent < busies.len() {
-                warn!(dropped = busies.len() - sent, "send buffer full: BUSYs dropped");
+                warn!(
+                    dropped = busies.len() - sent,
+                    "send buffer full: BUSYs dropped"
+                );
             }
             in_flight.fetch_sub(busies.len() as u32, Ordering::Relaxed);
         }
         let n = n - busies.len();
         match &delayed {
             None => {
-                let sent = sender.send(socket, &answers).context("cannot send answers")?;
+                let sent = sender
+                    .send(socket, &answers)
+                    .context("cannot send answers")?;
                 if sent < answers.len() {
-                    warn!(dropped = answers.len() - sent, "send buffer full: answers dropped");
+                    warn!(
+                        dropped = answers.len() - sent,
+                        "send buffer full: answers dropped"
+                    );
                 }
                 in_flight.fetch_sub(n as u32, Ordering::Relaxed);
             }
@@ -359,7 +460,9 @@ fn answer_loop(socket: &std::net::UdpSocket, table: &FunctionTable, limits: Limi
                 // Requests that got no answer are done now.
                 in_flight.fetch_sub((n - answers.len()) as u32, Ordering::Relaxed);
                 for answer in answers.drain(..) {
-                    queue.send((due, answer)).context("the delayed-answer thread ended")?;
+                    queue
+                        .send((due, answer))
+                        .context("the delayed-answer thread ended")?;
                 }
             }
         }
@@ -370,7 +473,9 @@ fn answer_loop(socket: &std::net::UdpSocket, table: &FunctionTable, limits: Limi
 /// with `reply_*` set to where the answer goes. None for datagrams that are
 /// not requests.
 pub fn busy(datagram: &[u8], source: SocketAddr) -> Option<Message> {
-    let msg = Message::parse(datagram).ok().filter(|m| matches!(m.hdr.kind, kind::REQUEST | kind::STEP))?;
+    let msg = Message::parse(datagram)
+        .ok()
+        .filter(|m| matches!(m.hdr.kind, kind::REQUEST | kind::STEP))?;
     let mut hdr = msg.hdr;
     if hdr.flags & flags::REPLY_SET == 0 {
         let source = crate::data_plane::endpoint(source.ip(), source.port());
@@ -379,26 +484,34 @@ pub fn busy(datagram: &[u8], source: SocketAddr) -> Option<Message> {
         hdr.reply_addr = source.addr;
     }
     hdr.kind = kind::BUSY;
-    Some(Message { hdr, payload: msg.payload })
+    Some(Message {
+        hdr,
+        payload: msg.payload,
+    })
 }
 
 type Delayed = (Instant, (Vec<u8>, Option<SocketAddr>));
 
 /// The thread that sends each delayed answer at its time.
-fn spawn_delayed_sender(socket: std::net::UdpSocket, in_flight: Arc<AtomicU32>) -> Result<mpsc::Sender<Delayed>> {
+fn spawn_delayed_sender(
+    socket: std::net::UdpSocket,
+    in_flight: Arc<AtomicU32>,
+) -> Result<mpsc::Sender<Delayed>> {
     let (tx, rx) = mpsc::channel::<Delayed>();
-    thread::Builder::new().name("delayed answers".into()).spawn(move || {
-        let mut sender = BatchSender::new(1);
-        while let Ok((due, answer)) = rx.recv() {
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                thread::sleep(wait);
+    thread::Builder::new()
+        .name("delayed answers".into())
+        .spawn(move || {
+            let mut sender = BatchSender::new(1);
+            while let Ok((due, answer)) = rx.recv() {
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    thread::sleep(wait);
+                }
+                if let Err(e) = sender.send(&socket, std::slice::from_ref(&answer)) {
+                    warn!("cannot send answer: {e}");
+                }
+                in_flight.fetch_sub(1, Ordering::Relaxed);
             }
-            if let Err(e) = sender.send(&socket, std::slice::from_ref(&answer)) {
-                warn!("cannot send answer: {e}");
-            }
-            in_flight.fetch_sub(1, Ordering::Relaxed);
-        }
-    })?;
+        })?;
     Ok(tx)
 }
 
@@ -413,8 +526,14 @@ mod tests {
         let t: FunctionTable = "3=echo".parse().unwrap();
         assert_eq!(t.lookup(3), Some(FunctionKind::Echo));
         assert_eq!(t.lookup(4), None);
-        assert!(format!("{:#}", "x=echo".parse::<FunctionTable>().unwrap_err()).contains("not a number"));
-        assert!(format!("{:#}", "resize".parse::<FunctionTable>().unwrap_err()).contains("unknown function"));
+        assert!(
+            format!("{:#}", "x=echo".parse::<FunctionTable>().unwrap_err())
+                .contains("not a number")
+        );
+        assert!(
+            format!("{:#}", "resize".parse::<FunctionTable>().unwrap_err())
+                .contains("unknown function")
+        );
         assert!("".parse::<FunctionTable>().is_err());
     }
 
@@ -422,13 +541,24 @@ mod tests {
     fn echo_answers_the_source_with_the_same_request_id() {
         let t: FunctionTable = "1=echo".parse().unwrap();
         let src: SocketAddr = "10.0.0.2:4000".parse().unwrap();
-        let (answer, to) = handle(&t, None, None, &Message::request(1, 99, b"ping").to_bytes(), src).unwrap();
+        let (answer, to) = handle(
+            &t,
+            None,
+            None,
+            &Message::request(1, 99, b"ping").to_bytes(),
+            src,
+        )
+        .unwrap();
         assert_eq!(to, src);
         assert_eq!(answer.hdr.kind, kind::RESPONSE);
         assert_eq!(answer.hdr.request_id(), 99);
         assert_eq!(answer.payload, b"ping");
-        let (answer, _) = handle(&t, None, None, &Message::request(2, 5, b"").to_bytes(), src).unwrap();
-        assert_eq!(answer.error_parts().unwrap().0, error_code::UNKNOWN_FUNCTION);
+        let (answer, _) =
+            handle(&t, None, None, &Message::request(2, 5, b"").to_bytes(), src).unwrap();
+        assert_eq!(
+            answer.error_parts().unwrap().0,
+            error_code::UNKNOWN_FUNCTION
+        );
         assert!(handle(&t, None, None, b"junk", src).is_none());
     }
 
@@ -438,18 +568,39 @@ mod tests {
         let request = Message::request(1, 99, b"ping");
         let back = busy(&request.to_bytes(), src).unwrap();
         assert_eq!(back.hdr.kind, kind::BUSY);
-        assert_eq!((back.hdr.request_id(), back.hdr.function_id(), &back.payload[..]), (99, 1, &b"ping"[..]));
-        assert_eq!(back.reply_target("10.9.9.9:1".parse().unwrap()), src, "the answer still goes to the client");
+        assert_eq!(
+            (
+                back.hdr.request_id(),
+                back.hdr.function_id(),
+                &back.payload[..]
+            ),
+            (99, 1, &b"ping"[..])
+        );
+        assert_eq!(
+            back.reply_target("10.9.9.9:1".parse().unwrap()),
+            src,
+            "the answer still goes to the client"
+        );
         assert!(busy(b"junk", src).is_none());
         let response = request.response(b"pong".to_vec());
-        assert!(busy(&response.to_bytes(), src).is_none(), "only requests are sent back");
+        assert!(
+            busy(&response.to_bytes(), src).is_none(),
+            "only requests are sent back"
+        );
     }
 
     #[test]
     fn failures_answer_error_6() {
         let t: FunctionTable = "upper".parse().unwrap();
         let src: SocketAddr = "10.0.0.2:4000".parse().unwrap();
-        let (answer, _) = handle(&t, None, None, &Message::request(1, 1, &[0xff, 0xfe]).to_bytes(), src).unwrap();
+        let (answer, _) = handle(
+            &t,
+            None,
+            None,
+            &Message::request(1, 1, &[0xff, 0xfe]).to_bytes(),
+            src,
+        )
+        .unwrap();
         let (code, text) = answer.error_parts().unwrap();
         assert_eq!(code, error_code::WORKER_FAILURE);
         assert!(text.contains("not UTF-8"), "{text}");
@@ -464,14 +615,40 @@ mod tests {
         m.hdr.workflow_id = 100u32.to_be_bytes();
         m.hdr.flags = flags::REPLY_SET;
         m.hdr.reply_port = client.port().to_be_bytes();
-        m.hdr.reply_addr = "10.0.0.2".parse::<std::net::Ipv4Addr>().unwrap().to_ipv6_mapped().octets();
-        let (step, to) = handle(&t, Some(service), None, &m.to_bytes(), "10.0.0.1:7770".parse().unwrap()).unwrap();
+        m.hdr.reply_addr = "10.0.0.2"
+            .parse::<std::net::Ipv4Addr>()
+            .unwrap()
+            .to_ipv6_mapped()
+            .octets();
+        let (step, to) = handle(
+            &t,
+            Some(service),
+            None,
+            &m.to_bytes(),
+            "10.0.0.1:7770".parse().unwrap(),
+        )
+        .unwrap();
         assert_eq!(to, service);
-        assert_eq!((step.hdr.kind, step.hdr.step, step.hdr.workflow_id(), step.hdr.request_id()), (kind::STEP, 1, 100, 7));
+        assert_eq!(
+            (
+                step.hdr.kind,
+                step.hdr.step,
+                step.hdr.workflow_id(),
+                step.hdr.request_id()
+            ),
+            (kind::STEP, 1, 100, 7)
+        );
         assert_eq!(step.hdr.reply_addr, m.hdr.reply_addr);
         assert_eq!(step.payload, b"ABC");
         m.hdr.flags |= flags::LAST_STEP;
-        let (answer, to) = handle(&t, Some(service), None, &m.to_bytes(), "10.0.0.1:7770".parse().unwrap()).unwrap();
+        let (answer, to) = handle(
+            &t,
+            Some(service),
+            None,
+            &m.to_bytes(),
+            "10.0.0.1:7770".parse().unwrap(),
+        )
+        .unwrap();
         assert_eq!(to, client);
         assert_eq!(answer.hdr.kind, kind::RESPONSE);
         assert_eq!(answer.payload, b"ABC");

@@ -2,5 +2,5 @@
 //! fixtures built with etherparse, and network-namespace testbeds.
 
 pub mod packets;
-pub mod xdp;
 pub mod testbed;
+pub mod xdp;

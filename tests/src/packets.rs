@@ -29,7 +29,9 @@ pub fn udp_frame(
                 (IpAddr::V6(s), IpAddr::V6(d)) => $b.ipv6(s.octets(), d.octets(), 64),
                 _ => panic!("mixed address families"),
             };
-            b.udp(src.port(), dst.port()).write(&mut out, payload).expect("write frame");
+            b.udp(src.port(), dst.port())
+                .write(&mut out, payload)
+                .expect("write frame");
         }};
     }
     match vlans {
@@ -77,15 +79,27 @@ pub fn assert_checksums_verify(frame: &[u8], allow_zero_udp: bool) {
     let payload = headers.payload.slice();
     match headers.net.expect("IP header") {
         NetHeaders::Ipv4(ip, _) => {
-            assert_eq!(ip.header_checksum, ip.calc_header_checksum(), "IPv4 header checksum");
+            assert_eq!(
+                ip.header_checksum,
+                ip.calc_header_checksum(),
+                "IPv4 header checksum"
+            );
             if udp.checksum == 0 {
                 assert!(allow_zero_udp, "UDP checksum is zero");
             } else {
-                assert_eq!(udp.checksum, udp.calc_checksum_ipv4(&ip, payload).unwrap(), "UDP checksum");
+                assert_eq!(
+                    udp.checksum,
+                    udp.calc_checksum_ipv4(&ip, payload).unwrap(),
+                    "UDP checksum"
+                );
             }
         }
         NetHeaders::Ipv6(ip, _) => {
-            assert_eq!(udp.checksum, udp.calc_checksum_ipv6(&ip, payload).unwrap(), "UDP checksum");
+            assert_eq!(
+                udp.checksum,
+                udp.calc_checksum_ipv6(&ip, payload).unwrap(),
+                "UDP checksum"
+            );
         }
         NetHeaders::Arp(_) => panic!("not IP"),
     }
@@ -121,7 +135,9 @@ pub fn ipv6_with_extension_headers(frame: &[u8], chain: &[u8], segments_left: u8
 /// header, for checking dispatch decisions.
 pub fn destination_and_header(frame: &[u8]) -> (SocketAddr, FaasHdr) {
     let headers = PacketHeaders::from_ethernet_slice(frame).expect("parsable frame");
-    let Some(TransportHeader::Udp(udp)) = headers.transport else { panic!("not UDP") };
+    let Some(TransportHeader::Udp(udp)) = headers.transport else {
+        panic!("not UDP")
+    };
     let ip: IpAddr = match headers.net.expect("IP") {
         NetHeaders::Ipv4(h, _) => h.destination.into(),
         NetHeaders::Ipv6(h, _) => h.destination.into(),

@@ -38,9 +38,18 @@ pub fn config(vip: Ipv4Addr, functions: &[(u32, &[&Host])], extra: &str) -> Stri
     for (id, workers) in functions {
         let list: Vec<String> = workers
             .iter()
-            .map(|w| format!("{{ addr = \"{}:{WORKER_PORT}\", mac = \"{}\" }}", w.ip, w.mac_string()))
+            .map(|w| {
+                format!(
+                    "{{ addr = \"{}:{WORKER_PORT}\", mac = \"{}\" }}",
+                    w.ip,
+                    w.mac_string()
+                )
+            })
             .collect();
-        out += &format!("\n[[functions]]\nid = {id}\nworkers = [{}]\n", list.join(", "));
+        out += &format!(
+            "\n[[functions]]\nid = {id}\nworkers = [{}]\n",
+            list.join(", ")
+        );
     }
     out + extra
 }
@@ -56,7 +65,11 @@ pub struct Host {
 
 impl Host {
     pub fn mac_string(&self) -> String {
-        self.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+        self.mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
     }
 }
 
@@ -85,8 +98,16 @@ impl Process {
 
     /// Panics, showing the log, if the process has exited.
     pub fn assert_running(&mut self) {
-        if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-            panic!("{} exited early ({status}); its output:\n{}", self.name, self.log());
+        if let Some(status) = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+        {
+            panic!(
+                "{} exited early ({status}); its output:\n{}",
+                self.name,
+                self.log()
+            );
         }
     }
 
@@ -101,7 +122,9 @@ impl Process {
     /// SIGTERM, then wait up to 5 s (SIGKILL after that). Returns whether
     /// it exited successfully.
     pub fn stop(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else { return false };
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
         let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -139,7 +162,9 @@ pub fn sh(program: &str, args: &[&str]) -> Output {
     let out = Command::new(program)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e} (is it installed? `cargo xtask test` installs it)"));
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program}: {e} (is it installed? `cargo xtask test` installs it)")
+        });
     if !out.status.success() {
         panic!(
             "`{program} {}` failed ({}):\n{}{}",
@@ -158,7 +183,11 @@ impl Testbed {
     /// unlike /sys/fs/bpf).
     pub fn new(label: &str) -> Testbed {
         sweep_stale_testbeds();
-        let name = format!("fd{}-{}{label}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "fd{}-{}{label}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
         let dir = PathBuf::from("/run").join(&name);
         let bpffs = dir.join("bpffs");
         let switch_ns = format!("{name}-sw");
@@ -174,7 +203,10 @@ impl Testbed {
         fs::create_dir_all(&tb.bpffs).expect("create testbed directory");
         dispatcher::bpffs::ensure_mounted(&tb.bpffs).expect("mount the testbed's bpffs");
         sh("ip", &["netns", "add", &tb.switch_ns]);
-        sh("ip", &["-n", &tb.switch_ns, "link", "add", "br0", "type", "bridge"]);
+        sh(
+            "ip",
+            &["-n", &tb.switch_ns, "link", "add", "br0", "type", "bridge"],
+        );
         sh("ip", &["-n", &tb.switch_ns, "link", "set", "br0", "up"]);
         // A new namespace hands bridged frames to iptables (br_netfilter's
         // default here): nothing filters them, so skip those hooks, which
@@ -183,14 +215,19 @@ impl Testbed {
         // (Absent where br_netfilter is not loaded: then nothing to skip.)
         for table in ["iptables", "ip6tables", "arptables"] {
             let knob = format!("net.bridge.bridge-nf-call-{table}=0");
-            let _ = Command::new("ip").args(["netns", "exec", &tb.switch_ns, "sysctl", "-q", "-w", &knob]).output();
+            let _ = Command::new("ip")
+                .args(["netns", "exec", &tb.switch_ns, "sysctl", "-q", "-w", &knob])
+                .output();
         }
         tb
     }
 
     /// A host `role` at 10.99.0.`n`, wired to the switch.
     pub fn add_host(&mut self, role: &str, n: u8) -> Host {
-        assert!(role.len() <= 12, "role names become interface names: 12 characters at most");
+        assert!(
+            role.len() <= 12,
+            "role names become interface names: 12 characters at most"
+        );
         let host = Host {
             role: role.to_string(),
             ns: format!("{}-{role}", self.name),
@@ -201,18 +238,83 @@ impl Testbed {
         let ns = host.ns.as_str();
         let port = format!("p-{role}");
         sh("ip", &["netns", "add", ns]);
-        sh("ip", &["-n", &self.switch_ns, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", ns]);
-        sh("ip", &["-n", ns, "link", "set", "eth0", "address", &host.mac_string()]);
-        sh("ip", &["-n", ns, "addr", "add", &format!("{}/24", host.ip), "dev", "eth0"]);
+        sh(
+            "ip",
+            &[
+                "-n",
+                &self.switch_ns,
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns,
+            ],
+        );
+        sh(
+            "ip",
+            &[
+                "-n",
+                ns,
+                "link",
+                "set",
+                "eth0",
+                "address",
+                &host.mac_string(),
+            ],
+        );
+        sh(
+            "ip",
+            &[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{}/24", host.ip),
+                "dev",
+                "eth0",
+            ],
+        );
         sh("ip", &["-n", ns, "link", "set", "lo", "up"]);
         sh("ip", &["-n", ns, "link", "set", "eth0", "up"]);
-        sh("ip", &["-n", &self.switch_ns, "link", "set", &port, "master", "br0", "up"]);
+        sh(
+            "ip",
+            &[
+                "-n",
+                &self.switch_ns,
+                "link",
+                "set",
+                &port,
+                "master",
+                "br0",
+                "up",
+            ],
+        );
         // Senders must put full UDP checksums on the wire: with transmit
         // offload a veth leaves a partial one, which a rewrite cannot fix.
-        sh("ip", &["netns", "exec", ns, "ethtool", "-K", "eth0", "tx", "off"]);
+        sh(
+            "ip",
+            &["netns", "exec", ns, "ethtool", "-K", "eth0", "tx", "off"],
+        );
         // Frames sent to a veth by XDP (redirect, or XDP_TX from its peer)
         // are dropped unless it has NAPI: GRO on, once both ends are up.
-        sh("ip", &["netns", "exec", &self.switch_ns, "ethtool", "-K", &port, "gro", "on"]);
+        sh(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.switch_ns,
+                "ethtool",
+                "-K",
+                &port,
+                "gro",
+                "on",
+            ],
+        );
         host
     }
 
@@ -221,7 +323,19 @@ impl Testbed {
     /// at once), and returns it.
     pub fn add_ipv6(&self, host: &Host) -> std::net::Ipv6Addr {
         let ip = std::net::Ipv6Addr::new(0xfd99, 0, 0, 0, 0, 0, 0, host.ip.octets()[3] as u16);
-        sh("ip", &["-n", &host.ns, "addr", "add", &format!("{ip}/64"), "dev", "eth0", "nodad"]);
+        sh(
+            "ip",
+            &[
+                "-n",
+                &host.ns,
+                "addr",
+                "add",
+                &format!("{ip}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        );
         ip
     }
 
@@ -231,13 +345,64 @@ impl Testbed {
     pub fn add_interface(&mut self, host: &Host, name: &str) {
         let port = format!("p-{}-{name}", host.role);
         assert!(port.len() <= 15, "interface name too long: {port}");
-        sh("ip", &["-n", &self.switch_ns, "link", "add", &port, "type", "veth", "peer", "name", name, "netns", &host.ns]);
+        sh(
+            "ip",
+            &[
+                "-n",
+                &self.switch_ns,
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                name,
+                "netns",
+                &host.ns,
+            ],
+        );
         sh("ip", &["-n", &host.ns, "link", "set", name, "up"]);
-        sh("ip", &["-n", &self.switch_ns, "link", "set", &port, "master", "br0", "up"]);
-        sh("ip", &["netns", "exec", &self.switch_ns, "ethtool", "-K", &port, "gro", "on"]);
+        sh(
+            "ip",
+            &[
+                "-n",
+                &self.switch_ns,
+                "link",
+                "set",
+                &port,
+                "master",
+                "br0",
+                "up",
+            ],
+        );
+        sh(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.switch_ns,
+                "ethtool",
+                "-K",
+                &port,
+                "gro",
+                "on",
+            ],
+        );
         // Two interfaces on one segment: only the one holding an address
         // may answer ARP for it, or clients learn the wrong MAC.
-        sh("ip", &["netns", "exec", &host.ns, "sysctl", "-q", "-w", "net.ipv4.conf.all.arp_ignore=1"]);
+        sh(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &host.ns,
+                "sysctl",
+                "-q",
+                "-w",
+                "net.ipv4.conf.all.arp_ignore=1",
+            ],
+        );
     }
 
     /// Makes XDP_TX work from `host`'s eth0: a veth delivers XDP_TX frames
@@ -245,7 +410,12 @@ impl Testbed {
     /// so the switch-side port gets one that passes everything.
     pub fn enable_xdp_tx(&mut self, host: &Host) {
         let port = format!("p-{}", host.role);
-        let ebpf = attach_in_namespace(&self.switch_ns, &port, dispatcher::data_plane::PASS_PROGRAM, |_| {});
+        let ebpf = attach_in_namespace(
+            &self.switch_ns,
+            &port,
+            dispatcher::data_plane::PASS_PROGRAM,
+            |_| {},
+        );
         self.attached.push(ebpf);
     }
 
@@ -279,7 +449,10 @@ impl Testbed {
             .spawn()
             .expect("run in namespace");
         // Read both pipes while waiting, so a chatty command cannot block.
-        let (mut out, mut err) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
+        let (mut out, mut err) = (
+            child.stdout.take().expect("piped"),
+            child.stderr.take().expect("piped"),
+        );
         let stdout = thread::spawn(move || {
             let mut v = Vec::new();
             let _ = std::io::Read::read_to_end(&mut out, &mut v);
@@ -298,11 +471,20 @@ impl Testbed {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("`{} {}` in {} did not finish within {EXEC_TIMEOUT:?}", program.display(), args.join(" "), host.role);
+                panic!(
+                    "`{} {}` in {} did not finish within {EXEC_TIMEOUT:?}",
+                    program.display(),
+                    args.join(" "),
+                    host.role
+                );
             }
             thread::sleep(Duration::from_millis(5));
         };
-        Output { status, stdout: stdout.join().expect("stdout reader"), stderr: stderr.join().expect("stderr reader") }
+        Output {
+            status,
+            stdout: stdout.join().expect("stdout reader"),
+            stderr: stderr.join().expect("stderr reader"),
+        }
     }
 
     /// Waits until something in `host` listens on UDP `port`.
@@ -325,7 +507,11 @@ impl Testbed {
             }
             thread::sleep(Duration::from_millis(20));
         }
-        panic!("nothing listens on port {port} ({tables:?}) in {} after {timeout:?}; logs:\n{}", host.role, self.logs());
+        panic!(
+            "nothing listens on port {port} ({tables:?}) in {} after {timeout:?}; logs:\n{}",
+            host.role,
+            self.logs()
+        );
     }
 
     /// The pin directory of the data plane attached to `host`'s eth0.
@@ -341,7 +527,10 @@ impl Testbed {
         while !dir.exists() {
             process.assert_running();
             if Instant::now() > deadline {
-                panic!("the data plane did not come up in {timeout:?}; its output:\n{}", process.log());
+                panic!(
+                    "the data plane did not come up in {timeout:?}; its output:\n{}",
+                    process.log()
+                );
             }
             thread::sleep(Duration::from_millis(20));
         }
@@ -353,7 +542,11 @@ impl Testbed {
         for entry in fs::read_dir(&self.dir).into_iter().flatten().flatten() {
             let path = entry.path();
             if path.extension().is_some_and(|e| e == "log") {
-                out += &format!("--- {}\n{}", path.display(), fs::read_to_string(&path).unwrap_or_default());
+                out += &format!(
+                    "--- {}\n{}",
+                    path.display(),
+                    fs::read_to_string(&path).unwrap_or_default()
+                );
             }
         }
         out
@@ -372,25 +565,53 @@ impl Testbed {
 
     /// Starts the reference worker on `worker`'s IPv6 address `ip` (port
     /// 9000) and waits until its socket is there.
-    pub fn serve_ipv6(&self, worker: &Host, ip: std::net::Ipv6Addr, functions: &str, extra: &[&str]) -> Process {
+    pub fn serve_ipv6(
+        &self,
+        worker: &Host,
+        ip: std::net::Ipv6Addr,
+        functions: &str,
+        extra: &[&str],
+    ) -> Process {
         let listen = format!("[{ip}]:{WORKER_PORT}");
         let mut args = vec!["serve", "--listen", &listen, "--functions", functions];
         args.extend_from_slice(extra);
-        let process = self.spawn(worker, &format!("{}-ipv6", worker.role), &dispatcher_bin(), &args);
-        self.wait_for_port(worker, &["/proc/net/udp6"], WORKER_PORT, Duration::from_secs(10));
+        let process = self.spawn(
+            worker,
+            &format!("{}-ipv6", worker.role),
+            &dispatcher_bin(),
+            &args,
+        );
+        self.wait_for_port(
+            worker,
+            &["/proc/net/udp6"],
+            WORKER_PORT,
+            Duration::from_secs(10),
+        );
         process
     }
 
     /// Sends one datagram from `bind` inside `host`'s namespace to `to`, and
     /// returns the first answer within `timeout` with its source. For
     /// headers `dispatcher invoke` will not send (other versions, STEPs).
-    pub fn udp_exchange(&self, host: &Host, bind: std::net::SocketAddr, to: std::net::SocketAddr, datagram: &[u8], timeout: Duration) -> Option<(Vec<u8>, std::net::SocketAddr)> {
+    pub fn udp_exchange(
+        &self,
+        host: &Host,
+        bind: std::net::SocketAddr,
+        to: std::net::SocketAddr,
+        datagram: &[u8],
+        timeout: Duration,
+    ) -> Option<(Vec<u8>, std::net::SocketAddr)> {
         let ns_path = PathBuf::from("/run/netns").join(&host.ns);
         thread::scope(|s| {
             s.spawn(|| {
                 // setns moves only this thread, which ends here.
-                setns(fs::File::open(&ns_path).expect("open namespace"), CloneFlags::CLONE_NEWNET).expect("enter namespace");
-                let socket = std::net::UdpSocket::bind(bind).unwrap_or_else(|e| panic!("bind {bind} in {}: {e}", host.role));
+                setns(
+                    fs::File::open(&ns_path).expect("open namespace"),
+                    CloneFlags::CLONE_NEWNET,
+                )
+                .expect("enter namespace");
+                let socket = std::net::UdpSocket::bind(bind)
+                    .unwrap_or_else(|e| panic!("bind {bind} in {}: {e}", host.role));
                 socket.set_read_timeout(Some(timeout)).unwrap();
                 socket.send_to(datagram, to).expect("send");
                 let mut buf = vec![0u8; 65536];
@@ -429,7 +650,12 @@ impl Testbed {
 
 impl Drop for Testbed {
     fn drop(&mut self) {
-        for ns in self.hosts.iter().map(|h| h.ns.clone()).chain([self.switch_ns.clone()]) {
+        for ns in self
+            .hosts
+            .iter()
+            .map(|h| h.ns.clone())
+            .chain([self.switch_ns.clone()])
+        {
             let _ = Command::new("ip").args(["netns", "del", &ns]).status();
         }
         let _ = umount2(&self.bpffs, MntFlags::MNT_DETACH);
@@ -443,11 +669,15 @@ pub fn wait_for_local_udp_port(port: u16, timeout: Duration) {
     let needle = format!(":{port:04X} ");
     let deadline = Instant::now() + timeout;
     loop {
-        let tables = ["/proc/net/udp", "/proc/net/udp6"].map(|t| fs::read_to_string(t).unwrap_or_default());
+        let tables =
+            ["/proc/net/udp", "/proc/net/udp6"].map(|t| fs::read_to_string(t).unwrap_or_default());
         if tables.iter().any(|t| t.contains(&needle)) {
             return;
         }
-        assert!(Instant::now() < deadline, "nothing listens on UDP port {port} after {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens on UDP port {port} after {timeout:?}"
+        );
         thread::sleep(Duration::from_millis(10));
     }
 }
@@ -461,7 +691,11 @@ pub fn wait_for_text(path: &Path, needle: &str, count: usize, timeout: Duration)
         if text.matches(needle).count() >= count {
             return;
         }
-        assert!(Instant::now() < deadline, "no `{needle}` (x{count}) in {} after {timeout:?}:\n{text}", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "no `{needle}` (x{count}) in {} after {timeout:?}:\n{text}",
+            path.display()
+        );
         thread::sleep(Duration::from_millis(10));
     }
 }
@@ -481,7 +715,9 @@ fn in_namespace(ns: &str, program: &Path, args: &[&str]) -> Command {
     // SAFETY: prctl is async-signal-safe; nothing else runs in the child
     // between fork and exec.
     unsafe {
-        cmd.pre_exec(|| nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from));
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+        });
     }
     cmd
 }
@@ -493,8 +729,13 @@ fn sweep_stale_testbeds() {
     static SWEPT: std::sync::Once = std::sync::Once::new();
     SWEPT.call_once(|| {
         let stale = |name: &str| {
-            let pid = name.strip_prefix("fd").and_then(|rest| rest.split('-').next()).and_then(|p| p.parse::<u32>().ok());
-            pid.is_some_and(|pid| pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists())
+            let pid = name
+                .strip_prefix("fd")
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok());
+            pid.is_some_and(|pid| {
+                pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+            })
         };
         for entry in fs::read_dir("/run/netns").into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -537,17 +778,42 @@ pub fn dispatcher_bin() -> PathBuf {
 /// Runs pktgen from `client` for `seconds` at `rate` in a thread of its
 /// own, while `changes` runs; returns pktgen's JSON report and what
 /// `changes` returned.
-pub fn under_load<T>(tb: &Testbed, client: &Host, dsp: &Host, rate: u32, seconds: f64, changes: impl FnOnce() -> T) -> (serde_json::Value, T) {
+pub fn under_load<T>(
+    tb: &Testbed,
+    client: &Host,
+    dsp: &Host,
+    rate: u32,
+    seconds: f64,
+    changes: impl FnOnce() -> T,
+) -> (serde_json::Value, T) {
     std::thread::scope(|s| {
         let load = s.spawn(|| {
-            let args = ["pktgen", "--to", &format!("{}:7770", dsp.ip), "--rate", &rate.to_string(), "--duration", &seconds.to_string(), "--drain-ms", "1500", "--json"];
+            let args = [
+                "pktgen",
+                "--to",
+                &format!("{}:7770", dsp.ip),
+                "--rate",
+                &rate.to_string(),
+                "--duration",
+                &seconds.to_string(),
+                "--drain-ms",
+                "1500",
+                "--json",
+            ];
             tb.exec(client, &dispatcher_bin(), &args)
         });
         std::thread::sleep(Duration::from_millis(300));
         let changed = changes();
         let out = load.join().expect("pktgen thread");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        (serde_json::from_slice(&out.stdout).expect("pktgen JSON"), changed)
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            serde_json::from_slice(&out.stdout).expect("pktgen JSON"),
+            changed,
+        )
     })
 }
 
@@ -560,7 +826,12 @@ pub fn assert_nothing_lost(report: &serde_json::Value, what: &str) {
 /// Loads the object's `program`, lets `prepare` fill its maps, and attaches
 /// it in driver mode to `iface` inside namespace `ns`. Detached when the
 /// returned object is dropped.
-pub fn attach_in_namespace(ns: &str, iface: &str, program: &str, prepare: impl FnOnce(&mut aya::Ebpf) + Send) -> aya::Ebpf {
+pub fn attach_in_namespace(
+    ns: &str,
+    iface: &str,
+    program: &str,
+    prepare: impl FnOnce(&mut aya::Ebpf) + Send,
+) -> aya::Ebpf {
     let ns_path = PathBuf::from("/run/netns").join(ns);
     // setns changes only the calling thread's namespace: use a fresh one.
     thread::scope(|s| {
@@ -569,7 +840,11 @@ pub fn attach_in_namespace(ns: &str, iface: &str, program: &str, prepare: impl F
             setns(ns, CloneFlags::CLONE_NEWNET).expect("enter namespace");
             let mut ebpf = aya::Ebpf::load(dispatcher::data_plane::object()).expect("load object");
             prepare(&mut ebpf);
-            let prog: &mut Xdp = ebpf.program_mut(program).expect("program in the object").try_into().expect("XDP");
+            let prog: &mut Xdp = ebpf
+                .program_mut(program)
+                .expect("program in the object")
+                .try_into()
+                .expect("XDP");
             prog.load().expect("load program");
             prog.attach(iface, XdpMode::Driver).expect("attach program");
             ebpf

@@ -19,7 +19,11 @@ pub fn data_plane(config: &str) -> Loaded {
 pub fn data_plane_with(config: &str, geometry: Geometry) -> Loaded {
     let mut dp = Loaded::with_geometry(geometry).expect("load the data plane (are you root?)");
     dp.maps.set_settings(IFACE_MAC, egress::TX).unwrap();
-    control::apply(&mut dp.maps, &Config::parse(config).expect("a valid test config")).unwrap();
+    control::apply(
+        &mut dp.maps,
+        &Config::parse(config).expect("a valid test config"),
+    )
+    .unwrap();
     dp
 }
 
@@ -41,9 +45,19 @@ pub fn run(program: &Xdp, frame: &[u8]) -> (u32, Vec<u8>) {
 }
 
 /// Asserts that exactly `counter` went up by one between two snapshots.
-pub fn assert_counted(before: &[(Counter, u64)], after: &[(Counter, u64)], counter: Counter, case: &str) {
+pub fn assert_counted(
+    before: &[(Counter, u64)],
+    after: &[(Counter, u64)],
+    counter: Counter,
+    case: &str,
+) {
     for ((c, b), (_, a)) in before.iter().zip(after) {
         let want = if *c == counter { b + 1 } else { *b };
-        assert_eq!(*a, want, "{case}: counter {} went from {b} to {a}", c.name());
+        assert_eq!(
+            *a,
+            want,
+            "{case}: counter {} went from {b} to {a}",
+            c.name()
+        );
     }
 }

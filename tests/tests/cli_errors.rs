@@ -8,14 +8,21 @@ use std::process::{Command, Output};
 use tests::testbed::dispatcher_bin;
 
 fn run(args: &[&str]) -> Output {
-    Command::new(dispatcher_bin()).args(args).env("DISPATCHER_BPFFS", "/tmp/dispatcher-cli-errors-bpffs").output().expect("run dispatcher")
+    Command::new(dispatcher_bin())
+        .args(args)
+        .env("DISPATCHER_BPFFS", "/tmp/dispatcher-cli-errors-bpffs")
+        .output()
+        .expect("run dispatcher")
 }
 
 fn fails_saying(args: &[&str], needle: &str) {
     let out = run(args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{args:?} succeeded");
-    assert!(stderr.contains(needle), "{args:?}: expected `{needle}` in:\n{stderr}");
+    assert!(
+        stderr.contains(needle),
+        "{args:?}: expected `{needle}` in:\n{stderr}"
+    );
 }
 
 #[test]
@@ -25,38 +32,147 @@ fn run_errors_name_the_problem_and_the_fix() {
     let good = dir.join("good.toml");
     std::fs::write(&good, "[service]\naddresses = [\"10.0.0.1\"]\n").unwrap();
     let bad = dir.join("bad.toml");
-    std::fs::write(&bad, "[service]\naddresses = [\"10.0.0.1\"]\n[[functions]]\nid = 1\npolicy = \"fastest\"\n").unwrap();
+    std::fs::write(
+        &bad,
+        "[service]\naddresses = [\"10.0.0.1\"]\n[[functions]]\nid = 1\npolicy = \"fastest\"\n",
+    )
+    .unwrap();
     let good = good.to_str().unwrap();
 
-    fails_saying(&["run", "--iface", "nosuch0", "--config", good], "interface nosuch0 not found (`ip link` shows the names)");
-    fails_saying(&["run", "--iface", "lo", "--config", "/nonexistent/dispatcher.toml"], "cannot read config /nonexistent/dispatcher.toml");
-    fails_saying(&["run", "--iface", "lo", "--config", bad.to_str().unwrap()], "unknown variant `fastest`");
+    fails_saying(
+        &["run", "--iface", "nosuch0", "--config", good],
+        "interface nosuch0 not found (`ip link` shows the names)",
+    );
+    fails_saying(
+        &[
+            "run",
+            "--iface",
+            "lo",
+            "--config",
+            "/nonexistent/dispatcher.toml",
+        ],
+        "cannot read config /nonexistent/dispatcher.toml",
+    );
+    fails_saying(
+        &["run", "--iface", "lo", "--config", bad.to_str().unwrap()],
+        "unknown variant `fastest`",
+    );
     fails_saying(&["run", "--iface", "lo"], "service.addresses is empty");
-    fails_saying(&["run", "--iface", "lo", "--vip", "10.0.0.1", "--mode", "turbo"], "invalid value 'turbo' for '--mode");
-    fails_saying(&["run", "--iface", "lo", "--vip", "10.0.0.1", "--mode", "hw"], "lo refused to hold map SERVICES");
-    fails_saying(&["run", "--iface", "lo", "--vip", "10.0.0.1", "--mode", "hw", "--hw-map-entries", "1"], "--hw-map-entries 1 is too small");
+    fails_saying(
+        &[
+            "run", "--iface", "lo", "--vip", "10.0.0.1", "--mode", "turbo",
+        ],
+        "invalid value 'turbo' for '--mode",
+    );
+    fails_saying(
+        &["run", "--iface", "lo", "--vip", "10.0.0.1", "--mode", "hw"],
+        "lo refused to hold map SERVICES",
+    );
+    fails_saying(
+        &[
+            "run",
+            "--iface",
+            "lo",
+            "--vip",
+            "10.0.0.1",
+            "--mode",
+            "hw",
+            "--hw-map-entries",
+            "1",
+        ],
+        "--hw-map-entries 1 is too small",
+    );
     // Three VIPs do not fit a two-slot SERVICES: refused before the device is touched.
-    let vips = ["--vip", "10.0.0.1", "--vip", "10.0.0.2", "--vip", "10.0.0.3"];
-    fails_saying(&[&["run", "--iface", "lo", "--mode", "hw", "--hw-map-entries", "2"][..], &vips].concat(), "service.addresses: the config has 3, the data plane's maps hold 2");
+    let vips = [
+        "--vip", "10.0.0.1", "--vip", "10.0.0.2", "--vip", "10.0.0.3",
+    ];
+    fails_saying(
+        &[
+            &[
+                "run",
+                "--iface",
+                "lo",
+                "--mode",
+                "hw",
+                "--hw-map-entries",
+                "2",
+            ][..],
+            &vips,
+        ]
+        .concat(),
+        "service.addresses: the config has 3, the data plane's maps hold 2",
+    );
     fails_saying(&["stats"], "no data plane is pinned under");
-    fails_saying(&["workers", "add", "--function", "1", "--addr", "10.0.0.2:9000", "--mac", "zz"], "--mac zz: not a MAC address");
-    fails_saying(&["workers", "add", "--function", "1", "--addr", "10.0.0.2", "--mac", "02:00:00:00:00:01"], "invalid value '10.0.0.2' for '--addr");
-    fails_saying(&["workers", "add", "--function", "1", "--addr", "10.0.0.2:9000", "--mac", "02:00:00:00:00:01"], "no data plane is pinned");
+    fails_saying(
+        &[
+            "workers",
+            "add",
+            "--function",
+            "1",
+            "--addr",
+            "10.0.0.2:9000",
+            "--mac",
+            "zz",
+        ],
+        "--mac zz: not a MAC address",
+    );
+    fails_saying(
+        &[
+            "workers",
+            "add",
+            "--function",
+            "1",
+            "--addr",
+            "10.0.0.2",
+            "--mac",
+            "02:00:00:00:00:01",
+        ],
+        "invalid value '10.0.0.2' for '--addr",
+    );
+    fails_saying(
+        &[
+            "workers",
+            "add",
+            "--function",
+            "1",
+            "--addr",
+            "10.0.0.2:9000",
+            "--mac",
+            "02:00:00:00:00:01",
+        ],
+        "no data plane is pinned",
+    );
 
     // Nobody answers: invoke gives up after its timeout and says what to check.
-    let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
-    fails_saying(&["invoke", "--to", &closed, "1", "x", "--timeout-ms", "200"], &format!("no answer from {closed} within 200ms"));
+    let closed = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    fails_saying(
+        &["invoke", "--to", &closed, "1", "x", "--timeout-ms", "200"],
+        &format!("no answer from {closed} within 200ms"),
+    );
 
     // Without privileges: an unprivileged user, no capabilities.
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
         .arg(dispatcher_bin())
         .args(["run", "--iface", "lo", "--config", good])
         .output()
         .expect("setpriv (util-linux)");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("needs root, or the capabilities CAP_BPF and CAP_NET_ADMIN"), "{stderr}");
+    assert!(
+        stderr.contains("needs root, or the capabilities CAP_BPF and CAP_NET_ADMIN"),
+        "{stderr}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -67,14 +183,30 @@ fn run_errors_name_the_problem_and_the_fix() {
 fn offload_check_passes_the_offload_variant_and_names_the_host_variants_violations() {
     let out = run(&["offload", "check"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("program dispatch_hw (section xdp)") && stdout.contains("ok: within the NFP's offload rules"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("program dispatch_hw (section xdp)")
+            && stdout.contains("ok: within the NFP's offload rules"),
+        "{stdout}"
+    );
     let out = run(&["offload", "check", "--program", "dispatch"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
-    for needle in ["map STATS is of type 6 (per-CPU array)", "map EGRESS is of type 14 (devmap)", "store into a map value", "helper"] {
+    for needle in [
+        "map STATS is of type 6 (per-CPU array)",
+        "map EGRESS is of type 14 (devmap)",
+        "store into a map value",
+        "helper",
+    ] {
         assert!(stdout.contains(needle), "no `{needle}` in:\n{stdout}");
     }
     fails_saying(&["offload", "check", "/etc/hostname"], "not an eBPF object");
-    fails_saying(&["offload", "check", "--program", "nope"], "it has: dispatch, dispatch_hw");
+    fails_saying(
+        &["offload", "check", "--program", "nope"],
+        "it has: dispatch, dispatch_hw",
+    );
 }

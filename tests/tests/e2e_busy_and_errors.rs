@@ -14,7 +14,11 @@ use dispatcher_common::{
 use tests::testbed::{dispatcher_bin, Host, Testbed};
 
 fn worker_entry(h: &Host, port: u16) -> String {
-    format!("{{ addr = \"{}:{port}\", mac = \"{}\" }}", h.ip, h.mac_string())
+    format!(
+        "{{ addr = \"{}:{port}\", mac = \"{}\" }}",
+        h.ip,
+        h.mac_string()
+    )
 }
 
 #[test]
@@ -22,7 +26,11 @@ fn busy_workers_are_skipped_and_the_slow_path_answers_errors_3_4_and_7() {
     let mut tb = Testbed::new("busy");
     let dsp = tb.add_host("dsp", 1);
     let client = tb.add_host("client", 2);
-    let (busy1, free, busy2) = (tb.add_host("busy1", 10), tb.add_host("free", 11), tb.add_host("busy2", 12));
+    let (busy1, free, busy2) = (
+        tb.add_host("busy1", 10),
+        tb.add_host("free", 11),
+        tb.add_host("busy2", 12),
+    );
     tb.enable_xdp_tx(&dsp);
     let service = format!("{}:7770", dsp.ip);
     // Function 1: a busy worker and a free one. Function 2: two busy ones.
@@ -39,15 +47,43 @@ fn busy_workers_are_skipped_and_the_slow_path_answers_errors_3_4_and_7() {
         worker_entry(&free, 9001),
     );
     let conf = tb.write_file("dispatcher.toml", &conf);
-    let _busy1 = tb.serve(&busy1, "echo", &["--dispatcher", &service, "--max-in-flight", "0"]);
-    let _busy2 = tb.serve(&busy2, "echo", &["--dispatcher", &service, "--max-in-flight", "0"]);
-    let _free = tb.serve(&free, "echo", &["--dispatcher", &service, "--max-in-flight", "64"]);
+    let _busy1 = tb.serve(
+        &busy1,
+        "echo",
+        &["--dispatcher", &service, "--max-in-flight", "0"],
+    );
+    let _busy2 = tb.serve(
+        &busy2,
+        "echo",
+        &["--dispatcher", &service, "--max-in-flight", "0"],
+    );
+    let _free = tb.serve(
+        &free,
+        "echo",
+        &["--dispatcher", &service, "--max-in-flight", "64"],
+    );
     let _dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &conf, &[]);
     tb.wait_for_udp_port(&dsp, 7770, Duration::from_secs(10));
     let stats = || Snapshot::read(&tb.pin_dir(&dsp)).expect("pinned stats");
     let invoke = |function: &str, payload: &str| {
-        let out = tb.exec(&client, &dispatcher_bin(), &["invoke", "--timeout-ms", "3000", "--to", &service, function, payload]);
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).trim().to_string(), String::from_utf8_lossy(&out.stderr).into_owned())
+        let out = tb.exec(
+            &client,
+            &dispatcher_bin(),
+            &[
+                "invoke",
+                "--timeout-ms",
+                "3000",
+                "--to",
+                &service,
+                function,
+                payload,
+            ],
+        );
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
 
     // BUSY: every request for function 1 ends at the free worker, whichever
@@ -57,12 +93,21 @@ fn busy_workers_are_skipped_and_the_slow_path_answers_errors_3_4_and_7() {
         let (code, stdout, stderr) = invoke("1", &format!("busy {i}"));
         assert_eq!(code, Some(0), "{stderr}\n{}", tb.logs());
         assert_eq!(stdout, format!("busy {i}"));
-        assert!(stderr.contains(&format!("RESPONSE from {}:9000", free.ip)), "{stderr}");
+        assert!(
+            stderr.contains(&format!("RESPONSE from {}:9000", free.ip)),
+            "{stderr}"
+        );
     }
     let after = stats();
     let resteered = after.get(Counter::Resteered) - before.get(Counter::Resteered);
-    assert!((1..=6).contains(&resteered), "round-robin sends some requests to the busy worker first: {after:?}");
-    assert_eq!(after.get(Counter::DispatchedRequest) - before.get(Counter::DispatchedRequest), 6);
+    assert!(
+        (1..=6).contains(&resteered),
+        "round-robin sends some requests to the busy worker first: {after:?}"
+    );
+    assert_eq!(
+        after.get(Counter::DispatchedRequest) - before.get(Counter::DispatchedRequest),
+        6
+    );
 
     // ERROR 7: both workers of function 2 say BUSY; after the re-steers the
     // data plane passes it up and the slow path answers.
@@ -82,7 +127,13 @@ fn busy_workers_are_skipped_and_the_slow_path_answers_errors_3_4_and_7() {
     // ERROR 3: a version the dispatcher does not speak.
     let mut hdr = FaasHdr::new(kind::REQUEST, 1, 77);
     hdr.version = 2;
-    let answer = tb.udp_exchange(&client, format!("{}:40001", client.ip).parse().unwrap(), to, &hdr.to_bytes(), Duration::from_secs(3));
+    let answer = tb.udp_exchange(
+        &client,
+        format!("{}:40001", client.ip).parse().unwrap(),
+        to,
+        &hdr.to_bytes(),
+        Duration::from_secs(3),
+    );
     assert_eq!(error_of(answer), error_code::UNSUPPORTED_VERSION);
 
     // ERROR 4: a STEP, from a registered worker, for a step the workflow
@@ -97,5 +148,8 @@ fn busy_workers_are_skipped_and_the_slow_path_answers_errors_3_4_and_7() {
     let before = stats();
     let answer = tb.udp_exchange(&free, from, to, &hdr.to_bytes(), Duration::from_secs(3));
     assert_eq!(error_of(answer), error_code::MALFORMED_REQUEST);
-    assert_eq!(stats().get(Counter::PassBadStep) - before.get(Counter::PassBadStep), 1);
+    assert_eq!(
+        stats().get(Counter::PassBadStep) - before.get(Counter::PassBadStep),
+        1
+    );
 }

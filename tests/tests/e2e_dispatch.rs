@@ -12,9 +12,29 @@ use tests::testbed::{config, dispatcher_bin, Host, Testbed};
 
 /// `dispatcher invoke --to DSP:7770 FUNCTION PAYLOAD` from `client`:
 /// (exit code, stdout, stderr).
-fn invoke(tb: &Testbed, client: &Host, dsp: &Host, function: &str, payload: &str) -> (Option<i32>, String, String) {
-    let out = tb.exec(client, &dispatcher_bin(), &["invoke", "--to", &format!("{}:7770", dsp.ip), function, payload]);
-    (out.status.code(), String::from_utf8_lossy(&out.stdout).trim().to_string(), String::from_utf8_lossy(&out.stderr).into_owned())
+fn invoke(
+    tb: &Testbed,
+    client: &Host,
+    dsp: &Host,
+    function: &str,
+    payload: &str,
+) -> (Option<i32>, String, String) {
+    let out = tb.exec(
+        client,
+        &dispatcher_bin(),
+        &[
+            "invoke",
+            "--to",
+            &format!("{}:7770", dsp.ip),
+            function,
+            payload,
+        ],
+    );
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn stats(tb: &Testbed, dsp: &Host) -> Snapshot {
@@ -28,7 +48,14 @@ fn request_is_dispatched_by_xdp_and_answered_directly_by_the_worker() {
     let client = tb.add_host("client", 2);
     let worker = tb.add_host("worker", 10);
     tb.enable_xdp_tx(&dsp);
-    let conf = tb.write_file("dispatcher.toml", &config(dsp.ip, &[(1, &[&worker])], "\n[metrics]\nlisten = \"127.0.0.1:9110\"\n"));
+    let conf = tb.write_file(
+        "dispatcher.toml",
+        &config(
+            dsp.ip,
+            &[(1, &[&worker])],
+            "\n[metrics]\nlisten = \"127.0.0.1:9110\"\n",
+        ),
+    );
     let _worker = tb.serve(&worker, "echo", &[]);
     let mut dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &conf, &[]);
 
@@ -38,7 +65,10 @@ fn request_is_dispatched_by_xdp_and_answered_directly_by_the_worker() {
         assert_eq!(code, Some(0), "invoke {i} failed: {stderr}\n{}", tb.logs());
         assert_eq!(stdout, payload);
         // The answer came from the worker itself, not through the dispatcher.
-        assert!(stderr.contains(&format!("RESPONSE from {}:9000", worker.ip)), "{stderr}");
+        assert!(
+            stderr.contains(&format!("RESPONSE from {}:9000", worker.ip)),
+            "{stderr}"
+        );
     }
 
     // Every request went through the XDP program.
@@ -46,23 +76,54 @@ fn request_is_dispatched_by_xdp_and_answered_directly_by_the_worker() {
 
     // The CLI reads the same counters.
     let out = tb.exec(&dsp, &dispatcher_bin(), &["stats", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(json["counters"].as_array().unwrap().iter().any(|c| c[0] == "dispatched_request" && c[1] == 5), "{json}");
+    assert!(
+        json["counters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c[0] == "dispatched_request" && c[1] == 5),
+        "{json}"
+    );
 
     // So does the Prometheus endpoint.
-    let scrape = "exec 3<>/dev/tcp/127.0.0.1/9110; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3";
+    let scrape =
+        "exec 3<>/dev/tcp/127.0.0.1/9110; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3";
     let out = tb.exec(&dsp, Path::new("bash"), &["-c", scrape]);
     let metrics = String::from_utf8_lossy(&out.stdout);
-    assert!(metrics.contains("dispatcher_packets_total{outcome=\"dispatched_request\"} 5"), "{metrics}");
-    assert!(metrics.contains(&format!("dispatcher_worker_packets_total{{function=\"1\",worker=\"{}:9000\"}} 5", worker.ip)), "{metrics}");
-    assert!(metrics.contains("# TYPE dispatcher_worker_up gauge"), "{metrics}");
+    assert!(
+        metrics.contains("dispatcher_packets_total{outcome=\"dispatched_request\"} 5"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "dispatcher_worker_packets_total{{function=\"1\",worker=\"{}:9000\"}} 5",
+            worker.ip
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("# TYPE dispatcher_worker_up gauge"),
+        "{metrics}"
+    );
 
     // SIGTERM detaches and removes the pins.
-    assert!(dispatcher.stop(), "dispatcher did not exit cleanly:\n{}", dispatcher.log());
+    assert!(
+        dispatcher.stop(),
+        "dispatcher did not exit cleanly:\n{}",
+        dispatcher.log()
+    );
     assert!(!tb.pin_dir(&dsp).exists(), "pins left behind after SIGTERM");
     let link = tb.exec(&dsp, Path::new("ip"), &["link", "show", "eth0"]);
-    assert!(!String::from_utf8_lossy(&link.stdout).contains("xdp"), "XDP still attached after SIGTERM");
+    assert!(
+        !String::from_utf8_lossy(&link.stdout).contains("xdp"),
+        "XDP still attached after SIGTERM"
+    );
 }
 
 /// What the data plane passes up gets the answer PROTOCOL.md promises:
@@ -75,14 +136,22 @@ fn the_slow_path_answers_errors_and_dispatches_fragmented_requests() {
     let client = tb.add_host("client", 2);
     let worker = tb.add_host("worker", 10);
     tb.enable_xdp_tx(&dsp);
-    let conf = tb.write_file("dispatcher.toml", &config(dsp.ip, &[(1, &[&worker]), (3, &[])], ""));
+    let conf = tb.write_file(
+        "dispatcher.toml",
+        &config(dsp.ip, &[(1, &[&worker]), (3, &[])], ""),
+    );
     let _worker = tb.serve(&worker, "echo", &[]);
     let _dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &conf, &[]);
     tb.wait_for_udp_port(&dsp, 7770, Duration::from_secs(10));
 
     for (function, expected) in [("99", "ERROR 1 "), ("3", "ERROR 2 ")] {
         let (code, _, stderr) = invoke(&tb, &client, &dsp, function, "x");
-        assert_eq!(code, Some(2), "function {function}: {stderr}\n{}", tb.logs());
+        assert_eq!(
+            code,
+            Some(2),
+            "function {function}: {stderr}\n{}",
+            tb.logs()
+        );
         assert!(stderr.contains(expected), "function {function}: {stderr}");
     }
 
@@ -92,7 +161,10 @@ fn the_slow_path_answers_errors_and_dispatches_fragmented_requests() {
     let (code, stdout, stderr) = invoke(&tb, &client, &dsp, "1", &big);
     assert_eq!(code, Some(0), "{stderr}\n{}", tb.logs());
     assert_eq!(stdout, big);
-    assert!(stderr.contains(&format!("RESPONSE from {}:9000", worker.ip)), "{stderr}");
+    assert!(
+        stderr.contains(&format!("RESPONSE from {}:9000", worker.ip)),
+        "{stderr}"
+    );
     let s = stats(&tb, &dsp);
     assert!(s.get(Counter::PassFragment) >= 3, "{s:?}");
     assert_eq!(s.get(Counter::PassUnknownFunction), 1, "{s:?}");
@@ -108,13 +180,27 @@ fn two_arm_egress_redirects_out_of_another_interface() {
     let client = tb.add_host("client", 2);
     let worker = tb.add_host("worker", 10);
     tb.add_interface(&dsp, "eth1");
-    let conf = tb.write_file("dispatcher.toml", &config(dsp.ip, &[(1, &[&worker])], "\n[egress]\nredirect_to = \"eth1\"\n"));
+    let conf = tb.write_file(
+        "dispatcher.toml",
+        &config(
+            dsp.ip,
+            &[(1, &[&worker])],
+            "\n[egress]\nredirect_to = \"eth1\"\n",
+        ),
+    );
     let _worker = tb.serve(&worker, "echo", &[]);
     let _dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &conf, &[]);
 
     let sent = || {
-        let out = tb.exec(&dsp, Path::new("cat"), &["/sys/class/net/eth1/statistics/tx_packets"]);
-        String::from_utf8_lossy(&out.stdout).trim().parse::<u64>().unwrap_or(0)
+        let out = tb.exec(
+            &dsp,
+            Path::new("cat"),
+            &["/sys/class/net/eth1/statistics/tx_packets"],
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0)
     };
     let before = sent();
     for i in 0..3 {
@@ -133,11 +219,22 @@ fn a_three_step_workflow_runs_through_the_kernel() {
     let mut tb = Testbed::new("flow");
     let dsp = tb.add_host("dsp", 1);
     let client = tb.add_host("client", 2);
-    let workers = [tb.add_host("w1", 10), tb.add_host("w2", 11), tb.add_host("w3", 12)];
+    let workers = [
+        tb.add_host("w1", 10),
+        tb.add_host("w2", 11),
+        tb.add_host("w3", 12),
+    ];
     tb.enable_xdp_tx(&dsp);
     let [w1, w2, w3] = [&workers[0], &workers[1], &workers[2]];
     let functions: [(u32, &[&Host]); 3] = [(1, &[w1]), (2, &[w2]), (3, &[w3])];
-    let conf = tb.write_file("dispatcher.toml", &config(dsp.ip, &functions, "\n[[workflows]]\nid = 100\nsteps = [1, 2, 3]\n"));
+    let conf = tb.write_file(
+        "dispatcher.toml",
+        &config(
+            dsp.ip,
+            &functions,
+            "\n[[workflows]]\nid = 100\nsteps = [1, 2, 3]\n",
+        ),
+    );
     let service = format!("{}:7770", dsp.ip);
     let _workers: Vec<_> = workers
         .iter()
@@ -150,11 +247,18 @@ fn a_three_step_workflow_runs_through_the_kernel() {
     assert_eq!(code, Some(0), "{stderr}\n{}", tb.logs());
     // upper, then reverse, then echo.
     assert_eq!(stdout, "WOLFKROW OLLEH");
-    assert!(stderr.contains(&format!("RESPONSE from {}:9000", workers[2].ip)), "the last worker answers: {stderr}");
+    assert!(
+        stderr.contains(&format!("RESPONSE from {}:9000", workers[2].ip)),
+        "the last worker answers: {stderr}"
+    );
     let s = stats(&tb, &dsp);
     assert_eq!(s.get(Counter::DispatchedWorkflow), 1, "{s:?}");
     assert_eq!(s.get(Counter::DispatchedStep), 2, "{s:?}");
-    assert_eq!(s.get(Counter::PassNotService) + s.get(Counter::PassFragment), 0, "{s:?}");
+    assert_eq!(
+        s.get(Counter::PassNotService) + s.get(Counter::PassFragment),
+        0,
+        "{s:?}"
+    );
 }
 
 /// The data plane outlives its daemon: stopped with --keep-attached, or
@@ -185,12 +289,25 @@ fn the_data_plane_outlives_the_daemon_and_is_adopted() {
 
     // 2. A second daemon adopts it (counters continue), and a second one at
     //    the same time is refused.
-    let mut second = tb.spawn(&dsp, "second", &dispatcher_bin(), &["run", "--iface", "eth0", "--config", conf.to_str().unwrap()]);
+    let mut second = tb.spawn(
+        &dsp,
+        "second",
+        &dispatcher_bin(),
+        &["run", "--iface", "eth0", "--config", conf.to_str().unwrap()],
+    );
     tb.wait_for_udp_port(&dsp, 7770, Duration::from_secs(20));
     assert!(second.log().contains("adopted"), "{}", second.log());
-    let out = tb.exec(&dsp, &dispatcher_bin(), &["run", "--iface", "eth0", "--config", conf.to_str().unwrap()]);
+    let out = tb.exec(
+        &dsp,
+        &dispatcher_bin(),
+        &["run", "--iface", "eth0", "--config", conf.to_str().unwrap()],
+    );
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("another `dispatcher run` manages"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another `dispatcher run` manages"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     invoke_ok("adopted");
     assert_eq!(dispatched(), 3);
 
@@ -200,13 +317,21 @@ fn the_data_plane_outlives_the_daemon_and_is_adopted() {
     assert_eq!(dispatched(), 4);
 
     // 4. Adopted again, then a plain SIGTERM detaches and removes the pins.
-    let mut third = tb.spawn(&dsp, "third", &dispatcher_bin(), &["run", "--iface", "eth0", "--config", conf.to_str().unwrap()]);
+    let mut third = tb.spawn(
+        &dsp,
+        "third",
+        &dispatcher_bin(),
+        &["run", "--iface", "eth0", "--config", conf.to_str().unwrap()],
+    );
     tb.wait_for_udp_port(&dsp, 7770, Duration::from_secs(20));
     invoke_ok("third");
     assert!(third.stop(), "{}", third.log());
     assert!(!tb.pin_dir(&dsp).exists(), "pins left after SIGTERM");
     let link = tb.exec(&dsp, Path::new("ip"), &["link", "show", "eth0"]);
-    assert!(!String::from_utf8_lossy(&link.stdout).contains("xdp"), "XDP still attached");
+    assert!(
+        !String::from_utf8_lossy(&link.stdout).contains("xdp"),
+        "XDP still attached"
+    );
 }
 
 /// Workers without a `mac` in the config: the daemon learns their MACs from
@@ -228,15 +353,26 @@ fn worker_macs_are_learned_from_the_neighbour_table() {
     assert_eq!(stdout, "learned");
     assert_eq!(stats(&tb, &dsp).get(Counter::DispatchedRequest), 1);
     let list = tb.exec(&dsp, &dispatcher_bin(), &["workers", "list"]);
-    assert!(String::from_utf8_lossy(&list.stdout).contains(&worker.mac_string()), "{}", String::from_utf8_lossy(&list.stdout));
+    assert!(
+        String::from_utf8_lossy(&list.stdout).contains(&worker.mac_string()),
+        "{}",
+        String::from_utf8_lossy(&list.stdout)
+    );
     assert!(dispatcher.stop());
 
     let nobody = format!("[service]\naddresses = [\"{}\"]\n\n[[functions]]\nid = 1\nworkers = [{{ addr = \"10.99.0.99:9000\" }}]\n", dsp.ip);
     let conf = tb.write_file("nobody.toml", &nobody);
-    let out = tb.exec(&dsp, &dispatcher_bin(), &["run", "--iface", "eth0", "--config", conf.to_str().unwrap()]);
+    let out = tb.exec(
+        &dsp,
+        &dispatcher_bin(),
+        &["run", "--iface", "eth0", "--config", conf.to_str().unwrap()],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("cannot learn the MAC of 10.99.0.99") && stderr.contains("set `mac`"), "{stderr}");
+    assert!(
+        stderr.contains("cannot learn the MAC of 10.99.0.99") && stderr.contains("set `mac`"),
+        "{stderr}"
+    );
 }
 
 /// The `kv` function against a real memcached, through XDP, and as the
@@ -251,30 +387,61 @@ fn kv_requests_reach_memcached_and_feed_a_workflow() {
     let w2 = tb.add_host("w2", 11);
     let w3 = tb.add_host("w3", 12);
     tb.enable_xdp_tx(&dsp);
-    let conf = tb.write_file("dispatcher.toml", &config(dsp.ip, &[(1, &[&w1]), (2, &[&w2]), (3, &[&w3])], "\n[[workflows]]\nid = 100\nsteps = [1, 2]\n"));
-    let _memcached = tb.spawn(&w1, "memcached", Path::new("memcached"), &["-u", "nobody", "-l", "127.0.0.1", "-p", "11211", "-U", "0"]);
+    let conf = tb.write_file(
+        "dispatcher.toml",
+        &config(
+            dsp.ip,
+            &[(1, &[&w1]), (2, &[&w2]), (3, &[&w3])],
+            "\n[[workflows]]\nid = 100\nsteps = [1, 2]\n",
+        ),
+    );
+    let _memcached = tb.spawn(
+        &w1,
+        "memcached",
+        Path::new("memcached"),
+        &["-u", "nobody", "-l", "127.0.0.1", "-p", "11211", "-U", "0"],
+    );
     tb.wait_for_tcp_port(&w1, 11211, Duration::from_secs(10));
     let service = format!("{}:7770", dsp.ip);
-    let _kv = tb.serve(&w1, "kv", &["--memcached", "127.0.0.1:11211", "--dispatcher", &service]);
+    let _kv = tb.serve(
+        &w1,
+        "kv",
+        &["--memcached", "127.0.0.1:11211", "--dispatcher", &service],
+    );
     let _upper = tb.serve(&w2, "upper", &["--dispatcher", &service]);
     let _static = tb.serve(&w3, "static", &[]);
     let _dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &conf, &[]);
 
     let (_, stdout, _) = invoke(&tb, &client, &dsp, "3", "anything");
-    assert!(stdout.starts_with("<!doctype html>") && stdout.contains("Hello from a FaaS worker"), "{stdout}");
+    assert!(
+        stdout.starts_with("<!doctype html>") && stdout.contains("Hello from a FaaS worker"),
+        "{stdout}"
+    );
 
-    let (code, stdout, stderr) = invoke(&tb, &client, &dsp, "1", "SET greeting hello from memcached");
-    assert_eq!((code, stdout.as_str()), (Some(0), "STORED"), "{stderr}\n{}", tb.logs());
+    let (code, stdout, stderr) =
+        invoke(&tb, &client, &dsp, "1", "SET greeting hello from memcached");
+    assert_eq!(
+        (code, stdout.as_str()),
+        (Some(0), "STORED"),
+        "{stderr}\n{}",
+        tb.logs()
+    );
     let (_, stdout, _) = invoke(&tb, &client, &dsp, "1", "GET greeting");
     assert_eq!(stdout, "hello from memcached");
     let (code, _, stderr) = invoke(&tb, &client, &dsp, "1", "GET nothing-here");
     assert_eq!(code, Some(2));
-    assert!(stderr.contains("ERROR 6") && stderr.contains("no value for key `nothing-here`"), "{stderr}");
+    assert!(
+        stderr.contains("ERROR 6") && stderr.contains("no value for key `nothing-here`"),
+        "{stderr}"
+    );
     // Workflow: kv GET, then upper; the last worker answers.
     let (code, stdout, stderr) = invoke(&tb, &client, &dsp, "100", "GET greeting");
     assert_eq!(code, Some(0), "{stderr}\n{}", tb.logs());
     assert_eq!(stdout, "HELLO FROM MEMCACHED");
-    assert!(stderr.contains(&format!("RESPONSE from {}:9000", w2.ip)), "{stderr}");
+    assert!(
+        stderr.contains(&format!("RESPONSE from {}:9000", w2.ip)),
+        "{stderr}"
+    );
 }
 
 /// `grayscale` on a 128x128 RGB image: the request does not fit one packet,
@@ -300,31 +467,74 @@ fn a_multi_packet_image_is_converted_to_grayscale_through_the_slow_path() {
         image::Rgb([(seed >> 16) as u8, (seed >> 8) as u8, (seed >> 24) as u8])
     });
     let mut png = std::io::Cursor::new(Vec::new());
-    image::DynamicImage::ImageRgb8(input.clone()).write_to(&mut png, image::ImageFormat::Png).unwrap();
+    image::DynamicImage::ImageRgb8(input.clone())
+        .write_to(&mut png, image::ImageFormat::Png)
+        .unwrap();
     let png = png.into_inner();
-    assert!(png.len() > 3 * 1500, "the request must span several packets ({} bytes)", png.len());
+    assert!(
+        png.len() > 3 * 1500,
+        "the request must span several packets ({} bytes)",
+        png.len()
+    );
     let input_path = tb.write_file("in.png", "");
     std::fs::write(&input_path, &png).unwrap();
     let output_path = tb.dir.join("out.png");
 
     let to = format!("{}:7770", dsp.ip);
-    let out = tb.exec(&client, &dispatcher_bin(), &["invoke", "--to", &to, "1", "--payload-file", input_path.to_str().unwrap(), "--out", output_path.to_str().unwrap()]);
+    let out = tb.exec(
+        &client,
+        &dispatcher_bin(),
+        &[
+            "invoke",
+            "--to",
+            &to,
+            "1",
+            "--payload-file",
+            input_path.to_str().unwrap(),
+            "--out",
+            output_path.to_str().unwrap(),
+        ],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}\n{}", tb.logs());
-    assert!(stderr.contains(&format!("RESPONSE from {}:9000", worker.ip)), "{stderr}");
+    assert!(
+        stderr.contains(&format!("RESPONSE from {}:9000", worker.ip)),
+        "{stderr}"
+    );
     let gray = image::load_from_memory(&std::fs::read(&output_path).unwrap()).expect("a PNG");
     assert_eq!(gray.color(), image::ColorType::L8);
-    assert_eq!(gray.to_luma8(), image::DynamicImage::ImageRgb8(input).to_luma8(), "exactly the luma conversion");
+    assert_eq!(
+        gray.to_luma8(),
+        image::DynamicImage::ImageRgb8(input).to_luma8(),
+        "exactly the luma conversion"
+    );
     assert!(stats(&tb, &dsp).get(Counter::PassFragment) >= 3);
 
     // Not an image: ERROR 6. Too large for a datagram: refused, with why.
     let (code, _, stderr) = invoke(&tb, &client, &dsp, "1", "not an image");
     assert_eq!(code, Some(2));
-    assert!(stderr.contains("ERROR 6") && stderr.contains("not an image"), "{stderr}");
+    assert!(
+        stderr.contains("ERROR 6") && stderr.contains("not an image"),
+        "{stderr}"
+    );
     let big = tb.write_file("big.bin", &"x".repeat(70_000));
-    let out = tb.exec(&client, &dispatcher_bin(), &["invoke", "--to", &to, "1", "--payload-file", big.to_str().unwrap()]);
+    let out = tb.exec(
+        &client,
+        &dispatcher_bin(),
+        &[
+            "invoke",
+            "--to",
+            &to,
+            "1",
+            "--payload-file",
+            big.to_str().unwrap(),
+        ],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("at most 65459 in one UDP datagram"), "{stderr}");
+    assert!(
+        !out.status.success() && stderr.contains("at most 65459 in one UDP datagram"),
+        "{stderr}"
+    );
 }
 
 /// The workflow of the issue: kv GET -> grayscale -> static. The image
@@ -336,13 +546,33 @@ fn kv_then_grayscale_then_static_with_multi_packet_steps() {
     let mut tb = Testbed::new("chain");
     let dsp = tb.add_host("dsp", 1);
     let client = tb.add_host("client", 2);
-    let (w1, w2, w3) = (tb.add_host("w1", 10), tb.add_host("w2", 11), tb.add_host("w3", 12));
+    let (w1, w2, w3) = (
+        tb.add_host("w1", 10),
+        tb.add_host("w2", 11),
+        tb.add_host("w3", 12),
+    );
     tb.enable_xdp_tx(&dsp);
-    let conf = tb.write_file("dispatcher.toml", &config(dsp.ip, &[(1, &[&w1]), (2, &[&w2]), (3, &[&w3])], "\n[[workflows]]\nid = 100\nsteps = [1, 2, 3]\n"));
-    let _memcached = tb.spawn(&w1, "memcached", Path::new("memcached"), &["-u", "nobody", "-l", "127.0.0.1", "-p", "11211", "-U", "0"]);
+    let conf = tb.write_file(
+        "dispatcher.toml",
+        &config(
+            dsp.ip,
+            &[(1, &[&w1]), (2, &[&w2]), (3, &[&w3])],
+            "\n[[workflows]]\nid = 100\nsteps = [1, 2, 3]\n",
+        ),
+    );
+    let _memcached = tb.spawn(
+        &w1,
+        "memcached",
+        Path::new("memcached"),
+        &["-u", "nobody", "-l", "127.0.0.1", "-p", "11211", "-U", "0"],
+    );
     tb.wait_for_tcp_port(&w1, 11211, Duration::from_secs(10));
     let service = format!("{}:7770", dsp.ip);
-    let _kv = tb.serve(&w1, "kv", &["--memcached", "127.0.0.1:11211", "--dispatcher", &service]);
+    let _kv = tb.serve(
+        &w1,
+        "kv",
+        &["--memcached", "127.0.0.1:11211", "--dispatcher", &service],
+    );
     let _gray = tb.serve(&w2, "grayscale", &["--dispatcher", &service]);
     let _static = tb.serve(&w3, "static", &[]);
     let _dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &conf, &[]);
@@ -355,24 +585,49 @@ fn kv_then_grayscale_then_static_with_multi_packet_steps() {
     });
     let mut png = std::io::Cursor::new(b"SET photo ".to_vec());
     png.set_position(10);
-    image::DynamicImage::ImageRgb8(noise).write_to(&mut png, image::ImageFormat::Png).unwrap();
+    image::DynamicImage::ImageRgb8(noise)
+        .write_to(&mut png, image::ImageFormat::Png)
+        .unwrap();
     let set = tb.write_file("set.bin", "");
     std::fs::write(&set, png.into_inner()).unwrap();
-    let out = tb.exec(&client, &dispatcher_bin(), &["invoke", "--to", &service, "1", "--payload-file", set.to_str().unwrap()]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "STORED", "{}\n{}", String::from_utf8_lossy(&out.stderr), tb.logs());
+    let out = tb.exec(
+        &client,
+        &dispatcher_bin(),
+        &[
+            "invoke",
+            "--to",
+            &service,
+            "1",
+            "--payload-file",
+            set.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "STORED",
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        tb.logs()
+    );
 
     // The SET above arrived in fragments too: count from here.
     let before = stats(&tb, &dsp);
     let (code, stdout, stderr) = invoke(&tb, &client, &dsp, "100", "GET photo");
     assert_eq!(code, Some(0), "{stderr}\n{}", tb.logs());
     assert!(stdout.contains("Hello from a FaaS worker"), "{stdout}");
-    assert!(stderr.contains(&format!("RESPONSE from {}:9000", w3.ip)), "{stderr}");
+    assert!(
+        stderr.contains(&format!("RESPONSE from {}:9000", w3.ip)),
+        "{stderr}"
+    );
     // The first dispatch is in the kernel; the image-carrying STEPs came in
     // fragments and took the slow path.
     let s = stats(&tb, &dsp);
     assert_eq!(s.get(Counter::DispatchedWorkflow), 1, "{s:?}");
     // The image-carrying STEP alone is some 20 fragments.
-    assert!(s.get(Counter::PassFragment) - before.get(Counter::PassFragment) >= 6, "{s:?}");
+    assert!(
+        s.get(Counter::PassFragment) - before.get(Counter::PassFragment) >= 6,
+        "{s:?}"
+    );
 }
 
 /// `--mode hw` on a device that does not offload eBPF (a veth): the device
@@ -385,22 +640,82 @@ fn hw_mode_on_a_device_without_offload_is_refused_cleanly() {
     let dsp = tb.add_host("dsp", 1);
     let worker = tb.add_host("worker", 10);
     let conf = tb.write_file("dispatcher.toml", &config(dsp.ip, &[(1, &[&worker])], ""));
-    let out = tb.exec(&dsp, &dispatcher_bin(), &["run", "--iface", "eth0", "--mode", "hw", "--hw-map-entries", "2", "--config", conf.to_str().unwrap()]);
+    let out = tb.exec(
+        &dsp,
+        &dispatcher_bin(),
+        &[
+            "run",
+            "--iface",
+            "eth0",
+            "--mode",
+            "hw",
+            "--hw-map-entries",
+            "2",
+            "--config",
+            conf.to_str().unwrap(),
+        ],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
-    assert!(stderr.contains("eth0 refused to hold map") && stderr.contains("needs a NIC that offloads eBPF") && stderr.contains("--mode drv"), "{stderr}");
+    assert!(
+        stderr.contains("eth0 refused to hold map")
+            && stderr.contains("needs a NIC that offloads eBPF")
+            && stderr.contains("--mode drv"),
+        "{stderr}"
+    );
     assert!(!tb.pin_dir(&dsp).exists(), "pins left after a refusal");
     let link = tb.exec(&dsp, Path::new("ip"), &["link", "show", "eth0"]);
-    assert!(!String::from_utf8_lossy(&link.stdout).contains("xdp"), "XDP attached after a refusal");
+    assert!(
+        !String::from_utf8_lossy(&link.stdout).contains("xdp"),
+        "XDP attached after a refusal"
+    );
     // The offloaded program transmits with XDP_TX only: a redirect in the
     // config is refused before anything is loaded, with the fix named.
-    let redirect = tb.write_file("redirect.toml", &config(dsp.ip, &[(1, &[&worker])], "\n[egress]\nredirect_to = \"eth0\"\n"));
-    let out = tb.exec(&dsp, &dispatcher_bin(), &["run", "--iface", "eth0", "--mode", "hw", "--hw-map-entries", "2", "--config", redirect.to_str().unwrap()]);
+    let redirect = tb.write_file(
+        "redirect.toml",
+        &config(
+            dsp.ip,
+            &[(1, &[&worker])],
+            "\n[egress]\nredirect_to = \"eth0\"\n",
+        ),
+    );
+    let out = tb.exec(
+        &dsp,
+        &dispatcher_bin(),
+        &[
+            "run",
+            "--iface",
+            "eth0",
+            "--mode",
+            "hw",
+            "--hw-map-entries",
+            "2",
+            "--config",
+            redirect.to_str().unwrap(),
+        ],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("cannot go with --mode hw") && stderr.contains("Remove [egress]"), "{stderr}");
+    assert!(
+        !out.status.success()
+            && stderr.contains("cannot go with --mode hw")
+            && stderr.contains("Remove [egress]"),
+        "{stderr}"
+    );
     assert!(!tb.pin_dir(&dsp).exists(), "pins left after a refusal");
     // --hw-map-entries belongs to hw mode.
-    let out = tb.exec(&dsp, &dispatcher_bin(), &["run", "--iface", "eth0", "--hw-map-entries", "2", "--config", conf.to_str().unwrap()]);
+    let out = tb.exec(
+        &dsp,
+        &dispatcher_bin(),
+        &[
+            "run",
+            "--iface",
+            "eth0",
+            "--hw-map-entries",
+            "2",
+            "--config",
+            conf.to_str().unwrap(),
+        ],
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("goes with --mode hw"));
 }
 
@@ -436,13 +751,34 @@ fn a_workflow_whose_steps_share_one_worker_is_answered() {
     let v4 = format!("{}:7770", dsp.ip);
     let v6 = format!("[{dsp6}]:7770");
     let _w4 = tb.serve(&worker, "1=upper,2=reverse", &["--dispatcher", &v4]);
-    let _w6 = tb.serve_ipv6(&worker, worker6, "3=upper,4=reverse", &["--dispatcher", &v6]);
+    let _w6 = tb.serve_ipv6(
+        &worker,
+        worker6,
+        "3=upper,4=reverse",
+        &["--dispatcher", &v6],
+    );
     let _dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &conf, &[]);
     tb.wait_for_udp_port(&dsp, 7770, Duration::from_secs(10));
 
     let call = |to: &str, workflow: &str, payload: &str| {
-        let out = tb.exec(&client, &dispatcher_bin(), &["invoke", "--timeout-ms", "3000", "--to", to, workflow, payload]);
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).trim().to_string(), String::from_utf8_lossy(&out.stderr).into_owned())
+        let out = tb.exec(
+            &client,
+            &dispatcher_bin(),
+            &[
+                "invoke",
+                "--timeout-ms",
+                "3000",
+                "--to",
+                to,
+                workflow,
+                payload,
+            ],
+        );
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let before = stats(&tb, &dsp);
     // Through XDP: every packet of it fits in one frame.
@@ -452,17 +788,32 @@ fn a_workflow_whose_steps_share_one_worker_is_answered() {
         assert_eq!(stdout, format!("{i} REKROW EMAS"));
     }
     let s = stats(&tb, &dsp);
-    assert_eq!(s.get(Counter::DispatchedStep) - before.get(Counter::DispatchedStep), 5, "{s:?}");
+    assert_eq!(
+        s.get(Counter::DispatchedStep) - before.get(Counter::DispatchedStep),
+        5,
+        "{s:?}"
+    );
     // Over IPv6, through XDP.
     for i in 0..5 {
         let (code, stdout, stderr) = call(&v6, "101", &format!("over ipv6 {i}"));
         assert_eq!(code, Some(0), "IPv6 round {i}: {stderr}\n{}", tb.logs());
         assert_eq!(stdout, format!("{i} 6VPI REVO"));
-        assert!(stderr.contains(&format!("RESPONSE from [{worker6}]:9000")), "{stderr}");
+        assert!(
+            stderr.contains(&format!("RESPONSE from [{worker6}]:9000")),
+            "{stderr}"
+        );
     }
     let after_v6 = stats(&tb, &dsp);
-    assert_eq!(after_v6.get(Counter::DispatchedStep) - s.get(Counter::DispatchedStep), 5, "{after_v6:?}");
-    assert_eq!(after_v6.get(Counter::DispatchedWorkflow) - before.get(Counter::DispatchedWorkflow), 10, "{after_v6:?}");
+    assert_eq!(
+        after_v6.get(Counter::DispatchedStep) - s.get(Counter::DispatchedStep),
+        5,
+        "{after_v6:?}"
+    );
+    assert_eq!(
+        after_v6.get(Counter::DispatchedWorkflow) - before.get(Counter::DispatchedWorkflow),
+        10,
+        "{after_v6:?}"
+    );
     // Through the slow path: 4,000 bytes arrive in fragments, the request
     // and its STEP both.
     let big = "s".repeat(4000);
@@ -470,5 +821,8 @@ fn a_workflow_whose_steps_share_one_worker_is_answered() {
     assert_eq!(code, Some(0), "slow path: {stderr}\n{}", tb.logs());
     assert_eq!(stdout, "S".repeat(4000));
     let slow = stats(&tb, &dsp);
-    assert!(slow.get(Counter::PassFragment) - after_v6.get(Counter::PassFragment) >= 6, "request and STEP in fragments: {slow:?}");
+    assert!(
+        slow.get(Counter::PassFragment) - after_v6.get(Counter::PassFragment) >= 6,
+        "request and STEP in fragments: {slow:?}"
+    );
 }

@@ -21,14 +21,27 @@ fn workers_change_and_the_daemon_restarts_without_losing_a_request() {
     let first = tb.run_dispatcher(&dsp, "first", &conf, &[]);
     let cli = |args: &[&str]| {
         let out = tb.exec(&dsp, &dispatcher_bin(), args);
-        assert!(out.status.success(), "dispatcher {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "dispatcher {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     let a2 = format!("{}:9000", w2.ip);
 
     // Add, drain, remove, re-add a worker, ten times, under load.
     let (report, ()) = under_load(&tb, &client, &dsp, 1000, 3.0, || {
         for _ in 0..10 {
-            cli(&["workers", "add", "--function", "1", "--addr", &a2, "--mac", &w2.mac_string()]);
+            cli(&[
+                "workers",
+                "add",
+                "--function",
+                "1",
+                "--addr",
+                &a2,
+                "--mac",
+                &w2.mac_string(),
+            ]);
             thread::sleep(Duration::from_millis(50));
             cli(&["workers", "drain", "--function", "1", "--addr", &a2]);
             thread::sleep(Duration::from_millis(50));
@@ -54,9 +67,18 @@ fn workers_change_and_the_daemon_restarts_without_losing_a_request() {
     // plane keeps dispatching, and the new daemon adopts it.
     let pid = first.pid();
     let (report, _second) = under_load(&tb, &client, &dsp, 1000, 2.0, || {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
         thread::sleep(Duration::from_millis(300));
-        let second = tb.spawn(&dsp, "second", &dispatcher_bin(), &["run", "--iface", "eth0", "--config", conf.to_str().unwrap()]);
+        let second = tb.spawn(
+            &dsp,
+            "second",
+            &dispatcher_bin(),
+            &["run", "--iface", "eth0", "--config", conf.to_str().unwrap()],
+        );
         tb.wait_for_udp_port(&dsp, 7770, Duration::from_secs(10));
         second
     });

@@ -16,15 +16,33 @@ use tests::testbed::{config, dispatcher_bin, Host, Testbed};
 /// function 2 at `to6`, all answered by the worker; returns how many were
 /// dispatched by XDP.
 fn requests_are_answered(tb: &Testbed, client: &Host, dsp: &Host, to6: &str, case: &str) -> u64 {
-    let before = Snapshot::read(&tb.pin_dir(dsp)).expect("pinned stats").get(Counter::DispatchedRequest);
+    let before = Snapshot::read(&tb.pin_dir(dsp))
+        .expect("pinned stats")
+        .get(Counter::DispatchedRequest);
     let mut targets = vec![(format!("{}:7770", dsp.ip), "1"); 3];
     targets.extend([(to6.to_string(), "2"), (to6.to_string(), "2")]);
     for (i, (to, function)) in targets.iter().enumerate() {
-        let out = tb.exec(client, &dispatcher_bin(), &["invoke", "--to", to, function, &format!("veth {i}")]);
-        assert!(out.status.success(), "{case}: request {i} to {to} not answered: {}\n{}", String::from_utf8_lossy(&out.stderr), tb.logs());
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("veth {i}"), "{case}");
+        let out = tb.exec(
+            client,
+            &dispatcher_bin(),
+            &["invoke", "--to", to, function, &format!("veth {i}")],
+        );
+        assert!(
+            out.status.success(),
+            "{case}: request {i} to {to} not answered: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            tb.logs()
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!("veth {i}"),
+            "{case}"
+        );
     }
-    Snapshot::read(&tb.pin_dir(dsp)).unwrap().get(Counter::DispatchedRequest) - before
+    Snapshot::read(&tb.pin_dir(dsp))
+        .unwrap()
+        .get(Counter::DispatchedRequest)
+        - before
 }
 
 /// How XDP is attached to `dsp`'s eth0, as `ip link` says it: "skb",
@@ -71,24 +89,67 @@ fn a_veth_whose_peer_runs_no_xdp_gets_skb_mode_and_drv_is_refused() {
     // The default: skb, with the reason in the log; every request answered.
     let mut dispatcher = tb.run_dispatcher(&dsp, "default", &conf, &[]);
     tb.wait_for_udp_port(&dsp, 7770, Duration::from_secs(10));
-    assert_eq!(xdp_mode(&tb, &dsp), "skb", "{}\n{}", String::from_utf8_lossy(&tb.exec(&dsp, Path::new("ip"), &["link", "show", "eth0"]).stdout), dispatcher.log());
-    assert!(dispatcher.log().contains("veth whose peer runs no XDP program: skb mode"), "{}", dispatcher.log());
-    assert_eq!(requests_are_answered(&tb, &client, &dsp, &to6, "default mode"), 5, "all through XDP");
+    assert_eq!(
+        xdp_mode(&tb, &dsp),
+        "skb",
+        "{}\n{}",
+        String::from_utf8_lossy(
+            &tb.exec(&dsp, Path::new("ip"), &["link", "show", "eth0"])
+                .stdout
+        ),
+        dispatcher.log()
+    );
+    assert!(
+        dispatcher
+            .log()
+            .contains("veth whose peer runs no XDP program: skb mode"),
+        "{}",
+        dispatcher.log()
+    );
+    assert_eq!(
+        requests_are_answered(&tb, &client, &dsp, &to6, "default mode"),
+        5,
+        "all through XDP"
+    );
     assert!(dispatcher.stop(), "{}", dispatcher.log());
 
     // An explicit drv: refused, the fix named, nothing left behind.
-    let out = tb.exec(&dsp, &dispatcher_bin(), &["run", "--iface", "eth0", "--mode", "drv", "--config", conf.to_str().unwrap()]);
+    let out = tb.exec(
+        &dsp,
+        &dispatcher_bin(),
+        &[
+            "run",
+            "--iface",
+            "eth0",
+            "--mode",
+            "drv",
+            "--config",
+            conf.to_str().unwrap(),
+        ],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "drv mode was not refused: {stderr}");
-    assert!(stderr.contains("runs no XDP program") && stderr.contains("--mode skb") && stderr.contains("xdpdrv"), "{stderr}");
+    assert!(
+        stderr.contains("runs no XDP program")
+            && stderr.contains("--mode skb")
+            && stderr.contains("xdpdrv"),
+        "{stderr}"
+    );
     assert!(!tb.pin_dir(&dsp).exists(), "pins left after the refusal");
-    assert_eq!(xdp_mode(&tb, &dsp), "", "a program left attached after the refusal");
+    assert_eq!(
+        xdp_mode(&tb, &dsp),
+        "",
+        "a program left attached after the refusal"
+    );
 
     // An explicit skb: works.
     let mut dispatcher = tb.run_dispatcher(&dsp, "skb", &conf, &["--mode", "skb"]);
     tb.wait_for_udp_port(&dsp, 7770, Duration::from_secs(10));
     assert_eq!(xdp_mode(&tb, &dsp), "skb");
-    assert_eq!(requests_are_answered(&tb, &client, &dsp, &to6, "skb mode"), 5);
+    assert_eq!(
+        requests_are_answered(&tb, &client, &dsp, &to6, "skb mode"),
+        5
+    );
     assert!(dispatcher.stop(), "{}", dispatcher.log());
 
     // With an XDP program on the peer (found in the switch's namespace by
@@ -97,8 +158,17 @@ fn a_veth_whose_peer_runs_no_xdp_gets_skb_mode_and_drv_is_refused() {
     let mut dispatcher = tb.run_dispatcher(&dsp, "drv", &conf, &[]);
     tb.wait_for_udp_port(&dsp, 7770, Duration::from_secs(10));
     assert_eq!(xdp_mode(&tb, &dsp), "drv", "{}", dispatcher.log());
-    assert!(dispatcher.log().contains("peer runs an XDP program in driver mode"), "{}", dispatcher.log());
-    assert_eq!(requests_are_answered(&tb, &client, &dsp, &to6, "drv mode"), 5);
+    assert!(
+        dispatcher
+            .log()
+            .contains("peer runs an XDP program in driver mode"),
+        "{}",
+        dispatcher.log()
+    );
+    assert_eq!(
+        requests_are_answered(&tb, &client, &dsp, &to6, "drv mode"),
+        5
+    );
     assert!(dispatcher.stop(), "{}", dispatcher.log());
     let mut dispatcher = tb.run_dispatcher(&dsp, "drv-explicit", &conf, &["--mode", "drv"]);
     assert_eq!(xdp_mode(&tb, &dsp), "drv", "{}", dispatcher.log());

@@ -13,7 +13,11 @@ use std::{
 use tests::testbed::dispatcher_bin;
 
 fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Child processes, killed on drop (also when a test panics).
@@ -33,21 +37,39 @@ fn spawn(args: &[&str], log: Option<&std::path::Path>) -> Child {
         Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
         None => Stdio::null(),
     };
-    Command::new(dispatcher_bin()).args(args).stdout(Stdio::null()).stderr(stderr).spawn().expect("start dispatcher")
+    Command::new(dispatcher_bin())
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("start dispatcher")
 }
 
 /// `invoke`: (answered by, payload) or the error text.
 fn invoke(port: u16, function: u32, payload: &str) -> Result<(String, String), String> {
     let out = Command::new(dispatcher_bin())
-        .args(["invoke", "--to", &format!("127.0.0.1:{port}"), &function.to_string(), payload])
+        .args([
+            "invoke",
+            "--to",
+            &format!("127.0.0.1:{port}"),
+            &function.to_string(),
+            payload,
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if !out.status.success() {
         return Err(stderr);
     }
-    let from = stderr.split_whitespace().nth(2).unwrap_or_default().to_string();
-    Ok((from, String::from_utf8_lossy(&out.stdout).trim().to_string()))
+    let from = stderr
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_default()
+        .to_string();
+    Ok((
+        from,
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    ))
 }
 
 fn config(port: u16, w1: u16, w2: u16, function_1_workers: &str) -> String {
@@ -71,9 +93,34 @@ fn user_mode_dispatches_by_policy_runs_workflows_and_reloads() {
     let service = format!("127.0.0.1:{port}");
     let log = dir.join("dispatcher.log");
     let mut procs = Procs(vec![
-        spawn(&["serve", "--listen", &format!("127.0.0.1:{w1}"), "--functions", "1=upper,2=reverse,3=echo", "--dispatcher", &service], None),
-        spawn(&["serve", "--listen", &format!("127.0.0.1:{w2}"), "--functions", "1=upper,2=reverse,3=echo", "--dispatcher", &service], None),
-        spawn(&["run", "--mode", "user", "--config", conf.to_str().unwrap()], Some(&log)),
+        spawn(
+            &[
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{w1}"),
+                "--functions",
+                "1=upper,2=reverse,3=echo",
+                "--dispatcher",
+                &service,
+            ],
+            None,
+        ),
+        spawn(
+            &[
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{w2}"),
+                "--functions",
+                "1=upper,2=reverse,3=echo",
+                "--dispatcher",
+                &service,
+            ],
+            None,
+        ),
+        spawn(
+            &["run", "--mode", "user", "--config", conf.to_str().unwrap()],
+            Some(&log),
+        ),
     ]);
     for p in [w1, w2, port] {
         tests::testbed::wait_for_local_udp_port(p, Duration::from_secs(10));
@@ -100,7 +147,11 @@ fn user_mode_dispatches_by_policy_runs_workflows_and_reloads() {
     assert!(invoke(port, 7, "x").unwrap_err().contains("ERROR 1"));
 
     // SIGHUP: function 1 moves to w2 alone.
-    std::fs::write(&conf, config(port, w1, w2, &format!("{{ addr = \"{a2}\" }}"))).unwrap();
+    std::fs::write(
+        &conf,
+        config(port, w1, w2, &format!("{{ addr = \"{a2}\" }}")),
+    )
+    .unwrap();
     let pid = nix::unistd::Pid::from_raw(procs.0[2].id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
     tests::testbed::wait_for_text(&log, "configuration reloaded", 1, Duration::from_secs(10));
@@ -115,7 +166,9 @@ fn user_mode_dispatches_by_policy_runs_workflows_and_reloads() {
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(log.contains("configuration reloaded"), "{log}");
     assert!(
-        log.contains("dispatched_request=10") && log.contains("dispatched_workflow=1") && log.contains("dispatched_step=1")
+        log.contains("dispatched_request=10")
+            && log.contains("dispatched_workflow=1")
+            && log.contains("dispatched_step=1")
             && log.contains("pass_unknown_function=1"),
         "{log}"
     );

@@ -83,7 +83,12 @@ const CONFIG: &str = r#"
 
 /// Ids the generator draws from: functions, workflows, unknown.
 const IDS: [u32; 9] = [10, 11, 12, 13, 14, 15, 100, 101, 4242];
-const SOURCES_V4: [[u8; 4]; 4] = [[10, 0, 0, 2], [10, 0, 0, 10], [10, 0, 0, 11], [192, 168, 7, 7]];
+const SOURCES_V4: [[u8; 4]; 4] = [
+    [10, 0, 0, 2],
+    [10, 0, 0, 10],
+    [10, 0, 0, 11],
+    [192, 168, 7, 7],
+];
 
 #[derive(Debug, Clone)]
 struct Spec {
@@ -112,16 +117,69 @@ struct Spec {
 
 fn spec() -> impl Strategy<Value = Spec> {
     (
-        (0u8..=2, prop::bool::weighted(0.3), 0u8..=3, prop::collection::vec(prop::sample::select(vec![0u8, 43, 60, 44, 51]), 0..=5)),
-        (prop::bool::weighted(0.9), prop::bool::weighted(0.9), 0usize..4, prop::sample::select(vec![9000u16, 40000, 7770, 1])),
-        (prop::bool::weighted(0.9), prop::sample::select(vec![1u8, 1, 1, 2]), 0u8..=6, 0usize..IDS.len(), prop::sample::select(vec![0u64, 1, 0xdead_beef_cafe])),
-        (prop::sample::select(vec![0u32, 100, 101, 77]), 0u8..=3, any::<u8>(), prop::collection::vec(any::<u8>(), 0..64)),
-        (prop::bool::weighted(0.1), prop::bool::weighted(0.05), prop::option::weighted(0.1, 0usize..200), prop::option::weighted(0.1, (0usize..200, any::<u8>()))),
+        (
+            0u8..=2,
+            prop::bool::weighted(0.3),
+            0u8..=3,
+            prop::collection::vec(prop::sample::select(vec![0u8, 43, 60, 44, 51]), 0..=5),
+        ),
+        (
+            prop::bool::weighted(0.9),
+            prop::bool::weighted(0.9),
+            0usize..4,
+            prop::sample::select(vec![9000u16, 40000, 7770, 1]),
+        ),
+        (
+            prop::bool::weighted(0.9),
+            prop::sample::select(vec![1u8, 1, 1, 2]),
+            0u8..=6,
+            0usize..IDS.len(),
+            prop::sample::select(vec![0u64, 1, 0xdead_beef_cafe]),
+        ),
+        (
+            prop::sample::select(vec![0u32, 100, 101, 77]),
+            0u8..=3,
+            any::<u8>(),
+            prop::collection::vec(any::<u8>(), 0..64),
+        ),
+        (
+            prop::bool::weighted(0.1),
+            prop::bool::weighted(0.05),
+            prop::option::weighted(0.1, 0usize..200),
+            prop::option::weighted(0.1, (0usize..200, any::<u8>())),
+        ),
     )
-        .prop_map(|((vlans, v6, ipv4_option_words, ext_headers), (to_vip, to_service_port, source, source_port), (magic_ok, version, kind, function, key), (workflow_id, step, flags, payload), (zero_checksum, fragment, truncate, corrupt))| Spec {
-            vlans, v6, ipv4_option_words, ext_headers: if v6 { ext_headers } else { Vec::new() }, to_vip, to_service_port, source, source_port,
-            magic_ok, version, kind, function, key, workflow_id, step, flags, payload, zero_checksum, fragment, truncate, corrupt,
-        })
+        .prop_map(
+            |(
+                (vlans, v6, ipv4_option_words, ext_headers),
+                (to_vip, to_service_port, source, source_port),
+                (magic_ok, version, kind, function, key),
+                (workflow_id, step, flags, payload),
+                (zero_checksum, fragment, truncate, corrupt),
+            )| Spec {
+                vlans,
+                v6,
+                ipv4_option_words,
+                ext_headers: if v6 { ext_headers } else { Vec::new() },
+                to_vip,
+                to_service_port,
+                source,
+                source_port,
+                magic_ok,
+                version,
+                kind,
+                function,
+                key,
+                workflow_id,
+                step,
+                flags,
+                payload,
+                zero_checksum,
+                fragment,
+                truncate,
+                corrupt,
+            },
+        )
 }
 
 /// Builds the frame a spec describes, by hand (IPv4 options and IPv6
@@ -143,9 +201,15 @@ fn build(s: &Spec) -> Vec<u8> {
 
     let (src, dst): (IpAddr, IpAddr) = if s.v6 {
         let src = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, [2, 0x10, 0x11, 0x77][s.source]);
-        (src.into(), Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, if s.to_vip { 1 } else { 9 }).into())
+        (
+            src.into(),
+            Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, if s.to_vip { 1 } else { 9 }).into(),
+        )
     } else {
-        (Ipv4Addr::from(SOURCES_V4[s.source]).into(), Ipv4Addr::new(10, 0, 0, if s.to_vip { 1 } else { 9 }).into())
+        (
+            Ipv4Addr::from(SOURCES_V4[s.source]).into(),
+            Ipv4Addr::new(10, 0, 0, if s.to_vip { 1 } else { 9 }).into(),
+        )
     };
     let dport: u16 = if s.to_service_port { 7770 } else { 7771 };
     let udp_len = 8 + udp_payload.len() as u16;
@@ -186,7 +250,16 @@ fn build(s: &Spec) -> Vec<u8> {
             let total = ihl as u16 * 4 + udp.len() as u16;
             let mut ip = vec![0x40 | ihl, 0];
             ip.extend_from_slice(&total.to_be_bytes());
-            ip.extend_from_slice(&[0x12, 0x34, if s.fragment { 0x20 } else { 0x40 }, 0, 64, 17, 0, 0]);
+            ip.extend_from_slice(&[
+                0x12,
+                0x34,
+                if s.fragment { 0x20 } else { 0x40 },
+                0,
+                64,
+                17,
+                0,
+                0,
+            ]);
             ip.extend_from_slice(&a.octets());
             ip.extend_from_slice(&b.octets());
             ip.extend(std::iter::repeat_n(1u8, s.ipv4_option_words as usize * 4)); // NOP options
@@ -243,7 +316,11 @@ fn data_plane() -> Loaded {
 }
 
 fn counters(dp: &Loaded, hw: bool) -> Vec<u64> {
-    let c = if hw { dp.maps.counters_hw() } else { dp.maps.counters_host() };
+    let c = if hw {
+        dp.maps.counters_hw()
+    } else {
+        dp.maps.counters_host()
+    };
     c.unwrap().into_iter().map(|(_, n)| n).collect()
 }
 
@@ -267,16 +344,27 @@ fn compare(dp: &Loaded, hw: bool, frame: &[u8]) {
     if outcome.dispatch.is_some() {
         let strict = etherparse::SlicedPacket::from_ethernet(frame);
         assert!(
-            matches!(strict, Ok(etherparse::SlicedPacket { transport: Some(etherparse::TransportSlice::Udp(_)), .. })),
+            matches!(
+                strict,
+                Ok(etherparse::SlicedPacket {
+                    transport: Some(etherparse::TransportSlice::Udp(_)),
+                    ..
+                })
+            ),
             "dispatched a frame a strict receiver rejects: {strict:?}"
         );
     }
-    assert_eq!(verdict, xdp_code(outcome.verdict), "verdict (hw: {hw}), model says {:?}", outcome.counter);
+    assert_eq!(
+        verdict,
+        xdp_code(outcome.verdict),
+        "verdict (hw: {hw}), model says {:?}",
+        outcome.counter
+    );
     // BUSY re-steering takes ring turns whatever the policy: only a p2c
     // request samples at random.
-    let p2c = outcome
-        .dispatch
-        .is_some_and(|d| d.function.policy == policy::P2C && !matches!(d.edit, model::HeaderEdit::Resteer { .. }));
+    let p2c = outcome.dispatch.is_some_and(|d| {
+        d.function.policy == policy::P2C && !matches!(d.edit, model::HeaderEdit::Resteer { .. })
+    });
     if !p2c {
         assert_eq!(out, expected, "output bytes (hw: {hw})");
         return;
@@ -290,7 +378,9 @@ fn compare(dp: &Loaded, hw: bool, frame: &[u8]) {
             w.is_some_and(|w| w.mac == out[0..6])
         })
         .expect("the kernel chose a worker of the function");
-    let position = (0..=d.function.ring_mask as u32).find(|p| dp.maps.ring_slot(&d.function, *p) == Some(slot as u8)).expect("slot in the ring");
+    let position = (0..=d.function.ring_mask as u32)
+        .find(|p| dp.maps.ring_slot(&d.function, *p) == Some(slot as u8))
+        .expect("slot in the ring");
     let mut expected = frame.to_vec();
     model::process(&mut expected, &dp.maps, position | (position << 8));
     assert_eq!(out, expected, "p2c output bytes (hw: {hw})");
@@ -317,7 +407,11 @@ proptest! {
 /// Where a spec's IP and UDP headers start in the frame `build` makes.
 fn offsets(s: &Spec) -> (usize, usize) {
     let l3 = 14 + 4 * s.vlans as usize;
-    let l4 = if s.v6 { l3 + 40 + 8 * s.ext_headers.len() } else { l3 + 20 + 4 * s.ipv4_option_words as usize };
+    let l4 = if s.v6 {
+        l3 + 40 + 8 * s.ext_headers.len()
+    } else {
+        l3 + 20 + 4 * s.ipv4_option_words as usize
+    };
     (l3, l4)
 }
 
@@ -382,7 +476,8 @@ fn mutate(s: &Spec, mutations: &[Mutation]) -> Vec<u8> {
             Mutation::LengthBy { field, delta } => {
                 let at = field_at(*field);
                 if at + 2 <= frame.len() {
-                    let v = u16::from_be_bytes([frame[at], frame[at + 1]]).wrapping_add_signed(*delta as i16);
+                    let v = u16::from_be_bytes([frame[at], frame[at + 1]])
+                        .wrapping_add_signed(*delta as i16);
                     frame[at..at + 2].copy_from_slice(&v.to_be_bytes());
                 }
             }
@@ -428,8 +523,18 @@ fn mutations_reach_the_length_checks_and_dispatches() {
         let mut frame = mutate(&s, &m);
         seen.insert(model::process(&mut frame, &dp.maps, 0).counter);
     }
-    for c in [Counter::PassBadLength, Counter::PassMalformed, Counter::PassShort, Counter::DispatchedRequest, Counter::PassBadMagic] {
-        assert!(seen.contains(&c), "the mutations never produced {}: {seen:?}", c.name());
+    for c in [
+        Counter::PassBadLength,
+        Counter::PassMalformed,
+        Counter::PassShort,
+        Counter::DispatchedRequest,
+        Counter::PassBadMagic,
+    ] {
+        assert!(
+            seen.contains(&c),
+            "the mutations never produced {}: {seen:?}",
+            c.name()
+        );
     }
 }
 
@@ -449,12 +554,28 @@ fn generated_packets_cover_every_counter_that_matters() {
         seen.insert(model::process(&mut frame, &dp.maps, 0).counter);
     }
     for c in [
-        Counter::DispatchedRequest, Counter::DispatchedWorkflow, Counter::DispatchedStep, Counter::Resteered,
-        Counter::PassNotService, Counter::PassFragment, Counter::PassIpv6ExtHeader, Counter::PassMalformed, Counter::PassBadLength,
-        Counter::PassBadMagic, Counter::PassBadVersion, Counter::PassNotRequest,
-        Counter::PassUnknownFunction, Counter::PassNoWorker, Counter::PassFamilyMismatch, Counter::PassBadStep,
+        Counter::DispatchedRequest,
+        Counter::DispatchedWorkflow,
+        Counter::DispatchedStep,
+        Counter::Resteered,
+        Counter::PassNotService,
+        Counter::PassFragment,
+        Counter::PassIpv6ExtHeader,
+        Counter::PassMalformed,
+        Counter::PassBadLength,
+        Counter::PassBadMagic,
+        Counter::PassBadVersion,
+        Counter::PassNotRequest,
+        Counter::PassUnknownFunction,
+        Counter::PassNoWorker,
+        Counter::PassFamilyMismatch,
+        Counter::PassBadStep,
         Counter::DropNotRegistered,
     ] {
-        assert!(seen.contains(&c), "the generator never produced {}: {seen:?}", c.name());
+        assert!(
+            seen.contains(&c),
+            "the generator never produced {}: {seen:?}",
+            c.name()
+        );
     }
 }

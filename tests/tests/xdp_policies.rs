@@ -17,7 +17,10 @@ use dispatcher_common::{
     stats::Counter,
 };
 use tests::{
-    packets::{assert_checksums_verify, destination_and_header, faas_payload, udp_frame, CLIENT_MAC, IFACE_MAC},
+    packets::{
+        assert_checksums_verify, destination_and_header, faas_payload, udp_frame, CLIENT_MAC,
+        IFACE_MAC,
+    },
     xdp::{assert_counted, run, XDP_DROP, XDP_PASS, XDP_TX},
 };
 
@@ -104,7 +107,14 @@ fn data_plane() -> Loaded {
 
 /// A frame from `from` to the VIP carrying `hdr` and a small payload.
 fn frame(from: &str, hdr: &FaasHdr) -> Vec<u8> {
-    udp_frame(CLIENT_MAC, IFACE_MAC, &[], addr(from), addr(VIP), &faas_payload(hdr, b"input"))
+    udp_frame(
+        CLIENT_MAC,
+        IFACE_MAC,
+        &[],
+        addr(from),
+        addr(VIP),
+        &faas_payload(hdr, b"input"),
+    )
 }
 
 /// Sends a frame through `dispatch`; returns where it went and its header.
@@ -127,20 +137,30 @@ fn count_by_worker(results: impl Iterator<Item = SocketAddr>) -> HashMap<SocketA
 fn round_robin_takes_turns_by_weight() {
     let dp = data_plane();
     // 256 requests walk the ring once: exact shares 1:1:2.
-    let counts = count_by_worker((0..256u64).map(|i| dispatch(&dp, &frame(CLIENT, &FaasHdr::new(kind::REQUEST, 10, i))).0));
+    let counts = count_by_worker(
+        (0..256u64).map(|i| dispatch(&dp, &frame(CLIENT, &FaasHdr::new(kind::REQUEST, 10, i))).0),
+    );
     assert_eq!(counts[&addr("10.0.0.10:9000")], 64);
     assert_eq!(counts[&addr("10.0.0.11:9000")], 64);
     assert_eq!(counts[&addr("10.0.0.12:9000")], 128);
     // Consecutive turns go to different workers (smooth weighting).
-    let order: Vec<_> = (0..8u64).map(|i| dispatch(&dp, &frame(CLIENT, &FaasHdr::new(kind::REQUEST, 10, i))).0).collect();
-    assert!(order.windows(3).all(|w| !(w[0] == w[1] && w[1] == w[2])), "{order:?}");
+    let order: Vec<_> = (0..8u64)
+        .map(|i| dispatch(&dp, &frame(CLIENT, &FaasHdr::new(kind::REQUEST, 10, i))).0)
+        .collect();
+    assert!(
+        order.windows(3).all(|w| !(w[0] == w[1] && w[1] == w[2])),
+        "{order:?}"
+    );
 }
 
 #[test]
 fn round_robin_in_the_offload_variant_takes_the_same_turns() {
     let dp = data_plane();
     let counts = count_by_worker((0..256u64).map(|i| {
-        let (verdict, out) = run(dp.named(HW_PROGRAM), &frame(CLIENT, &FaasHdr::new(kind::REQUEST, 10, i)));
+        let (verdict, out) = run(
+            dp.named(HW_PROGRAM),
+            &frame(CLIENT, &FaasHdr::new(kind::REQUEST, 10, i)),
+        );
         assert_eq!(verdict, XDP_TX);
         destination_and_header(&out).0
     }));
@@ -155,7 +175,11 @@ fn hash_policy_follows_the_maglev_table_user_space_computed() {
     let members: Vec<Member> = workers
         .iter()
         .enumerate()
-        .map(|(slot, name)| Member { slot: slot as u8, weight: 1, name: name.clone() })
+        .map(|(slot, name)| Member {
+            slot: slot as u8,
+            weight: 1,
+            name: name.clone(),
+        })
         .collect();
     let table = tables::maglev(&members, Geometry::HOST.maglev_size);
     let mut seen = HashMap::new();
@@ -176,8 +200,14 @@ fn hash_policy_follows_the_maglev_table_user_space_computed() {
     for _ in 0..10 {
         assert_eq!(dispatch(&dp, &frame(CLIENT, &hdr)).0, first);
     }
-    let spread = count_by_worker((0..200u16).map(|p| dispatch(&dp, &frame(&format!("10.0.0.2:{}", 20000 + p), &hdr)).0));
-    assert_eq!(spread.len(), 5, "client ports spread over workers: {spread:?}");
+    let spread = count_by_worker(
+        (0..200u16).map(|p| dispatch(&dp, &frame(&format!("10.0.0.2:{}", 20000 + p), &hdr)).0),
+    );
+    assert_eq!(
+        spread.len(),
+        5,
+        "client ports spread over workers: {spread:?}"
+    );
 }
 
 #[test]
@@ -187,7 +217,8 @@ fn least_loaded_sends_to_the_least_loaded_and_counts_what_it_sent() {
     for (slot, load) in [(0u8, 5u64), (1, 0), (2, 2)] {
         control::set_load(&mut dp.maps, 12, slot, load).unwrap();
     }
-    let go = |dp: &Loaded, i: u64| dispatch(dp, &frame(CLIENT, &FaasHdr::new(kind::REQUEST, 12, i))).0;
+    let go =
+        |dp: &Loaded, i: u64| dispatch(dp, &frame(CLIENT, &FaasHdr::new(kind::REQUEST, 12, i))).0;
     // B until it catches up with C (its load grows by one per request) ...
     assert_eq!(go(&dp, 1), addr("10.0.0.11:9000"));
     assert_eq!(go(&dp, 2), addr("10.0.0.11:9000"));
@@ -196,18 +227,26 @@ fn least_loaded_sends_to_the_least_loaded_and_counts_what_it_sent() {
     assert_eq!(go(&dp, 4), addr("10.0.0.12:9000"));
     // Over many, A (loaded 5) gets fewest.
     let counts = count_by_worker((0..30).map(|i| go(&dp, i)));
-    assert!(counts.get(&addr("10.0.0.10:9000")).copied().unwrap_or(0) < counts[&addr("10.0.0.11:9000")], "{counts:?}");
+    assert!(
+        counts.get(&addr("10.0.0.10:9000")).copied().unwrap_or(0) < counts[&addr("10.0.0.11:9000")],
+        "{counts:?}"
+    );
 }
 
 #[test]
 fn p2c_avoids_the_loaded_worker() {
     let mut dp = data_plane();
     control::set_load(&mut dp.maps, 13, 0, 1_000_000).unwrap();
-    let counts = count_by_worker((0..900u64).map(|i| dispatch(&dp, &frame(CLIENT, &FaasHdr::new(kind::REQUEST, 13, i))).0));
+    let counts = count_by_worker(
+        (0..900u64).map(|i| dispatch(&dp, &frame(CLIENT, &FaasHdr::new(kind::REQUEST, 13, i))).0),
+    );
     // A wins only when both samples hit it: about 1/9 of the time.
     let a = counts.get(&addr("10.0.0.10:9000")).copied().unwrap_or(0);
     assert!(a < 180, "the loaded worker got {a} of 900: {counts:?}");
-    assert!(counts[&addr("10.0.0.11:9000")] > 250 && counts[&addr("10.0.0.12:9000")] > 250, "{counts:?}");
+    assert!(
+        counts[&addr("10.0.0.11:9000")] > 250 && counts[&addr("10.0.0.12:9000")] > 250,
+        "{counts:?}"
+    );
 }
 
 #[test]
@@ -217,7 +256,12 @@ fn a_workflow_request_starts_step_zero_with_reply_fields_filled() {
     hdr.key = 5u64.to_be_bytes();
     let before = dp.maps.counters().unwrap();
     let (to, out) = dispatch(&dp, &frame(CLIENT, &hdr));
-    assert_counted(&before, &dp.maps.counters().unwrap(), Counter::DispatchedWorkflow, "workflow request");
+    assert_counted(
+        &before,
+        &dp.maps.counters().unwrap(),
+        Counter::DispatchedWorkflow,
+        "workflow request",
+    );
     assert_eq!(to, addr("10.0.0.21:9000"), "step 0 runs function 1");
     assert_eq!(out.kind, kind::REQUEST);
     assert_eq!(out.function_id(), 1);
@@ -225,7 +269,12 @@ fn a_workflow_request_starts_step_zero_with_reply_fields_filled() {
     assert_eq!(out.step, 0);
     assert_eq!(out.flags, flags::REPLY_SET, "not the last step");
     assert_eq!(out.reply_port(), 40000);
-    assert_eq!(out.reply_addr, std::net::Ipv4Addr::new(10, 0, 0, 2).to_ipv6_mapped().octets());
+    assert_eq!(
+        out.reply_addr,
+        std::net::Ipv4Addr::new(10, 0, 0, 2)
+            .to_ipv6_mapped()
+            .octets()
+    );
     assert_eq!(out.request_id(), 77);
     assert_eq!(out.key(), 5);
 
@@ -242,7 +291,9 @@ fn step_from_worker(step: u8) -> FaasHdr {
     hdr.step = step;
     hdr.flags = flags::REPLY_SET;
     hdr.reply_port = 40000u16.to_be_bytes();
-    hdr.reply_addr = std::net::Ipv4Addr::new(10, 0, 0, 2).to_ipv6_mapped().octets();
+    hdr.reply_addr = std::net::Ipv4Addr::new(10, 0, 0, 2)
+        .to_ipv6_mapped()
+        .octets();
     hdr
 }
 
@@ -251,11 +302,20 @@ fn a_step_from_a_registered_worker_goes_to_the_next_function() {
     let dp = data_plane();
     let before = dp.maps.counters().unwrap();
     let (to, out) = dispatch(&dp, &frame("10.0.0.21:9000", &step_from_worker(1)));
-    assert_counted(&before, &dp.maps.counters().unwrap(), Counter::DispatchedStep, "step");
+    assert_counted(
+        &before,
+        &dp.maps.counters().unwrap(),
+        Counter::DispatchedStep,
+        "step",
+    );
     assert_eq!(to, addr("10.0.0.22:9000"), "step 1 runs function 2");
     assert_eq!(out.kind, kind::STEP);
     assert_eq!(out.function_id(), 2);
-    assert_eq!(out.flags, flags::REPLY_SET | flags::LAST_STEP, "step 1 is the last");
+    assert_eq!(
+        out.flags,
+        flags::REPLY_SET | flags::LAST_STEP,
+        "step 1 is the last"
+    );
     assert_eq!(out.reply_port(), 40000);
 }
 
@@ -263,9 +323,27 @@ fn a_step_from_a_registered_worker_goes_to_the_next_function() {
 fn steps_from_strangers_are_dropped_and_bad_steps_passed() {
     let dp = data_plane();
     for (case, from, hdr, verdict, counter) in [
-        ("STEP from a stranger", CLIENT, step_from_worker(1), XDP_DROP, Counter::DropNotRegistered),
-        ("STEP past the last step", "10.0.0.21:9000", step_from_worker(2), XDP_PASS, Counter::PassBadStep),
-        ("STEP from the right address, wrong port", "10.0.0.21:9001", step_from_worker(1), XDP_DROP, Counter::DropNotRegistered),
+        (
+            "STEP from a stranger",
+            CLIENT,
+            step_from_worker(1),
+            XDP_DROP,
+            Counter::DropNotRegistered,
+        ),
+        (
+            "STEP past the last step",
+            "10.0.0.21:9000",
+            step_from_worker(2),
+            XDP_PASS,
+            Counter::PassBadStep,
+        ),
+        (
+            "STEP from the right address, wrong port",
+            "10.0.0.21:9001",
+            step_from_worker(1),
+            XDP_DROP,
+            Counter::DropNotRegistered,
+        ),
     ] {
         let input = frame(from, &hdr);
         let before = dp.maps.counters().unwrap();
@@ -282,7 +360,9 @@ fn busy_from(worker: &str, function_id: u32, resteers: u8) -> Vec<u8> {
     let mut hdr = FaasHdr::new(kind::BUSY, function_id, 9);
     hdr.flags = flags::REPLY_SET | (resteers << flags::RESTEER_SHIFT);
     hdr.reply_port = 40000u16.to_be_bytes();
-    hdr.reply_addr = std::net::Ipv4Addr::new(10, 0, 0, 2).to_ipv6_mapped().octets();
+    hdr.reply_addr = std::net::Ipv4Addr::new(10, 0, 0, 2)
+        .to_ipv6_mapped()
+        .octets();
     frame(worker, &hdr)
 }
 
@@ -292,8 +372,17 @@ fn busy_is_resteered_to_another_worker_and_counted() {
     for i in 0..20 {
         let before = dp.maps.counters().unwrap();
         let (to, out) = dispatch(&dp, &busy_from("10.0.0.31:9000", 20, 0));
-        assert_counted(&before, &dp.maps.counters().unwrap(), Counter::Resteered, "busy");
-        assert_eq!(to, addr("10.0.0.32:9000"), "round {i}: never back to the busy worker");
+        assert_counted(
+            &before,
+            &dp.maps.counters().unwrap(),
+            Counter::Resteered,
+            "busy",
+        );
+        assert_eq!(
+            to,
+            addr("10.0.0.32:9000"),
+            "round {i}: never back to the busy worker"
+        );
         assert_eq!(out.kind, kind::REQUEST);
         assert_eq!((out.flags & flags::RESTEER_MASK) >> flags::RESTEER_SHIFT, 1);
         assert_eq!(out.flags & flags::REPLY_SET, flags::REPLY_SET);
@@ -302,13 +391,24 @@ fn busy_is_resteered_to_another_worker_and_counted() {
     assert_eq!((out.flags & flags::RESTEER_MASK) >> flags::RESTEER_SHIFT, 3);
 
     for (case, input, counter) in [
-        ("after three re-steers", busy_from("10.0.0.31:9000", 20, 3), Counter::PassBusyExhausted),
-        ("no other worker", busy_from("10.0.0.33:9000", 21, 0), Counter::PassBusyExhausted),
+        (
+            "after three re-steers",
+            busy_from("10.0.0.31:9000", 20, 3),
+            Counter::PassBusyExhausted,
+        ),
+        (
+            "no other worker",
+            busy_from("10.0.0.33:9000", 21, 0),
+            Counter::PassBusyExhausted,
+        ),
     ] {
         let before = dp.maps.counters().unwrap();
         let (verdict, out) = run(dp.named(PROGRAM), &input);
         assert_eq!(verdict, XDP_PASS, "{case}");
-        assert_eq!(out, input, "{case}: untouched, for the host to answer ERROR 7");
+        assert_eq!(
+            out, input,
+            "{case}: untouched, for the host to answer ERROR 7"
+        );
         assert_counted(&before, &dp.maps.counters().unwrap(), counter, case);
     }
 }
@@ -336,8 +436,17 @@ fn busy_finds_the_other_worker_whatever_the_weights() {
             let before = dp.maps.counters().unwrap();
             let (verdict, out) = run(dp.named(program), &busy_from("10.0.0.41:9000", 30, 0));
             assert_eq!(verdict, XDP_TX, "{program} round {i}: not re-steered");
-            assert_counted(&before, &dp.maps.counters().unwrap(), Counter::Resteered, "busy");
-            assert_eq!(destination_and_header(&out).0, addr("10.0.0.42:9000"), "{program} round {i}");
+            assert_counted(
+                &before,
+                &dp.maps.counters().unwrap(),
+                Counter::Resteered,
+                "busy",
+            );
+            assert_eq!(
+                destination_and_header(&out).0,
+                addr("10.0.0.42:9000"),
+                "{program} round {i}"
+            );
         }
     }
 }
@@ -351,7 +460,10 @@ fn traffic_is_counted_per_function_and_worker() {
     }
     let f = dp.maps.functions.get(&1, 0).unwrap();
     let by_function = dp.maps.function_traffic(f.index).unwrap();
-    assert_eq!((by_function.packets, by_function.bytes), (3, 3 * input.len() as u64));
+    assert_eq!(
+        (by_function.packets, by_function.bytes),
+        (3, 3 * input.len() as u64)
+    );
     let by_worker = dp.maps.worker_traffic(f.worker_index(0)).unwrap();
     assert_eq!(by_worker.packets, 3);
 }
@@ -364,19 +476,44 @@ fn a_new_worker_set_takes_effect_in_one_step() {
     // Replace the three workers of function 10 with two new ones.
     let new: Vec<_> = ["10.0.9.1:9000", "10.0.9.2:9000"]
         .iter()
-        .map(|a| dispatcher::config::WorkerConfig { addr: addr(a), mac: rr.workers[0].mac, weight: 1 }.to_map(10).unwrap())
+        .map(|a| {
+            dispatcher::config::WorkerConfig {
+                addr: addr(a),
+                mac: rr.workers[0].mac,
+                weight: 1,
+            }
+            .to_map(10)
+            .unwrap()
+        })
         .collect();
-    control::set_function(&mut dp.maps, 10, dispatcher_common::maps::policy::ROUND_ROBIN, &new).unwrap();
-    let counts = count_by_worker((0..10u64).map(|i| dispatch(&dp, &frame(CLIENT, &FaasHdr::new(kind::REQUEST, 10, i))).0));
+    control::set_function(
+        &mut dp.maps,
+        10,
+        dispatcher_common::maps::policy::ROUND_ROBIN,
+        &new,
+    )
+    .unwrap();
+    let counts = count_by_worker(
+        (0..10u64).map(|i| dispatch(&dp, &frame(CLIENT, &FaasHdr::new(kind::REQUEST, 10, i))).0),
+    );
     assert_eq!(counts.len(), 2, "{counts:?}");
     assert_eq!(counts[&addr("10.0.9.1:9000")], 5);
     // Workers that left every function are no longer registered: they may
     // not send STEP or BUSY any more. (10.0.0.10 still serves 12 and 13.)
-    control::set_function(&mut dp.maps, 20, dispatcher_common::maps::policy::ROUND_ROBIN, &new).unwrap();
+    control::set_function(
+        &mut dp.maps,
+        20,
+        dispatcher_common::maps::policy::ROUND_ROBIN,
+        &new,
+    )
+    .unwrap();
     let (verdict, _) = run(dp.named(PROGRAM), &busy_from("10.0.0.31:9000", 20, 0));
     assert_eq!(verdict, XDP_DROP);
     let (to, _) = dispatch(&dp, &busy_from("10.0.0.10:9000", 10, 0));
-    assert!(to == addr("10.0.9.1:9000") || to == addr("10.0.9.2:9000"), "{to}");
+    assert!(
+        to == addr("10.0.9.1:9000") || to == addr("10.0.9.2:9000"),
+        "{to}"
+    );
 }
 
 /// A NIC's geometry (netdevsim's two entries per map: one function of two
@@ -412,23 +549,43 @@ fn a_two_entry_geometry_dispatches_and_refuses_what_does_not_fit() {
                 assert_checksums_verify(&out, false);
                 destination_and_header(&out).0
             }));
-            assert!(counts.keys().all(|a| [addr("10.0.0.10:9000"), addr("10.0.0.11:9000")].contains(a)), "{policy} {program}: {counts:?}");
+            assert!(
+                counts
+                    .keys()
+                    .all(|a| [addr("10.0.0.10:9000"), addr("10.0.0.11:9000")].contains(a)),
+                "{policy} {program}: {counts:?}"
+            );
             if policy == "round-robin" || policy == "hash" {
-                assert_eq!(counts.len(), 2, "{policy} {program}: both workers get requests: {counts:?}");
+                assert_eq!(
+                    counts.len(),
+                    2,
+                    "{policy} {program}: both workers get requests: {counts:?}"
+                );
             }
         }
         // A third worker (10.0.0.12) and a second function do not fit.
-        let mut worker = Config::parse(&config(policy)).unwrap().functions[0].workers[0].to_map(7).unwrap();
+        let mut worker = Config::parse(&config(policy)).unwrap().functions[0].workers[0]
+            .to_map(7)
+            .unwrap();
         worker.addr[3] = 12;
         let err = control::add_worker(&mut dp.maps, 7, worker).unwrap_err();
-        assert!(format!("{err:#}").contains("the most the data plane holds per function"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("the most the data plane holds per function"),
+            "{err:#}"
+        );
         let err = control::add_function(&mut dp.maps, 8, 0).unwrap_err();
-        assert!(format!("{err:#}").contains("all 1 function rows"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("all 1 function rows"),
+            "{err:#}"
+        );
     }
     // A config that does not fit is refused before anything is written.
     let mut dp = tests::xdp::data_plane_with(&config("hash"), geometry);
     let err = control::apply(&mut dp.maps, &Config::parse(CONFIG).unwrap()).unwrap_err();
-    assert!(format!("{err:#}").contains("functions: the config has 8, the data plane's maps hold 1"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("functions: the config has 8, the data plane's maps hold 1"),
+        "{err:#}"
+    );
 }
 
 /// A STEP (and a re-steered BUSY) comes from a worker and may go back to
@@ -483,25 +640,72 @@ fn steps_and_resteers_leave_from_the_service_address() {
     busy.reply_port = 40000u16.to_be_bytes();
     busy.reply_addr = client_v4.octets();
     let cases = [
-        ("IPv4 STEP back to its own worker", "10.0.0.21:9000", VIP, step(100, client_v4), "10.0.0.21:9000", Counter::DispatchedStep),
-        ("IPv6 STEP back to its own worker", "[fd00::21]:9000", "[fd00::1]:7770", step(101, "fd00::2".parse().unwrap()), "[fd00::21]:9000", Counter::DispatchedStep),
-        ("IPv4 BUSY re-steered", "10.0.0.31:9000", VIP, busy, "10.0.0.32:9000", Counter::Resteered),
+        (
+            "IPv4 STEP back to its own worker",
+            "10.0.0.21:9000",
+            VIP,
+            step(100, client_v4),
+            "10.0.0.21:9000",
+            Counter::DispatchedStep,
+        ),
+        (
+            "IPv6 STEP back to its own worker",
+            "[fd00::21]:9000",
+            "[fd00::1]:7770",
+            step(101, "fd00::2".parse().unwrap()),
+            "[fd00::21]:9000",
+            Counter::DispatchedStep,
+        ),
+        (
+            "IPv4 BUSY re-steered",
+            "10.0.0.31:9000",
+            VIP,
+            busy,
+            "10.0.0.32:9000",
+            Counter::Resteered,
+        ),
     ];
     for (case, from, to, hdr, worker, counter) in cases {
-        let input = udp_frame(CLIENT_MAC, IFACE_MAC, &[], addr(from), addr(to), &faas_payload(&hdr, b"step input"));
+        let input = udp_frame(
+            CLIENT_MAC,
+            IFACE_MAC,
+            &[],
+            addr(from),
+            addr(to),
+            &faas_payload(&hdr, b"step input"),
+        );
         for program in [PROGRAM, HW_PROGRAM] {
             let before = dp.maps.counters().unwrap();
             let (verdict, out) = run(dp.named(program), &input);
             assert_eq!(verdict, XDP_TX, "{case} ({program})");
             assert_counted(&before, &dp.maps.counters().unwrap(), counter, case);
             assert_checksums_verify(&out, false);
-            assert_eq!(destination_and_header(&out).0, addr(worker), "{case} ({program})");
-            assert_eq!(source_of(&out), addr(to), "{case} ({program}): leaves from the service address and port");
-            assert_eq!(destination_and_header(&out).1.reply_port(), 40000, "{case}: the answer still goes to the client");
+            assert_eq!(
+                destination_and_header(&out).0,
+                addr(worker),
+                "{case} ({program})"
+            );
+            assert_eq!(
+                source_of(&out),
+                addr(to),
+                "{case} ({program}): leaves from the service address and port"
+            );
+            assert_eq!(
+                destination_and_header(&out).1.reply_port(),
+                40000,
+                "{case}: the answer still goes to the client"
+            );
         }
     }
     // A REQUEST keeps the client's source: the worker answers it directly.
-    let request = udp_frame(CLIENT_MAC, IFACE_MAC, &[], addr(CLIENT), addr(VIP), &faas_payload(&FaasHdr::new(kind::REQUEST, 1, 1), b"x"));
+    let request = udp_frame(
+        CLIENT_MAC,
+        IFACE_MAC,
+        &[],
+        addr(CLIENT),
+        addr(VIP),
+        &faas_payload(&FaasHdr::new(kind::REQUEST, 1, 1), b"x"),
+    );
     let (_, out) = run(dp.named(PROGRAM), &request);
     assert_eq!(source_of(&out), addr(CLIENT));
 }
@@ -509,7 +713,9 @@ fn steps_and_resteers_leave_from_the_service_address() {
 /// The source address and port of a frame.
 fn source_of(frame: &[u8]) -> SocketAddr {
     let headers = etherparse::PacketHeaders::from_ethernet_slice(frame).expect("parsable frame");
-    let Some(etherparse::TransportHeader::Udp(udp)) = headers.transport else { panic!("not UDP") };
+    let Some(etherparse::TransportHeader::Udp(udp)) = headers.transport else {
+        panic!("not UDP")
+    };
     let ip: std::net::IpAddr = match headers.net.expect("IP") {
         etherparse::NetHeaders::Ipv4(h, _) => h.source.into(),
         etherparse::NetHeaders::Ipv6(h, _) => h.source.into(),

@@ -36,7 +36,9 @@ pub fn cargo_bin_dir() -> PathBuf {
 }
 
 fn home_dir() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"))
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"))
 }
 
 fn nightly_sysroot() -> Result<PathBuf> {
@@ -50,7 +52,10 @@ fn nightly_sysroot() -> Result<PathBuf> {
 }
 
 fn ensure_rust_src(sysroot: &Path) -> Result<()> {
-    if sysroot.join("lib/rustlib/src/rust/library/core/Cargo.toml").exists() {
+    if sysroot
+        .join("lib/rustlib/src/rust/library/core/Cargo.toml")
+        .exists()
+    {
         return Ok(());
     }
     step("bootstrap: installing rust-src for the nightly toolchain");
@@ -129,7 +134,9 @@ fn llvm_prefix(sysroot: &Path, soname: &str) -> Result<PathBuf> {
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| home_dir().join(".cache"));
-    let prefix = cache.join("faas-dispatcher").join(format!("llvm-prefix-{soname}"));
+    let prefix = cache
+        .join("faas-dispatcher")
+        .join(format!("llvm-prefix-{soname}"));
     let lib = prefix.join("lib");
     std::fs::create_dir_all(&lib).with_context(|| format!("cannot create {}", lib.display()))?;
     let target = sysroot.join("lib").join(soname);
@@ -146,7 +153,11 @@ fn llvm_prefix(sysroot: &Path, soname: &str) -> Result<PathBuf> {
 /// memcached (for the `kv` function's tests). Installed with apt-get when
 /// missing.
 pub fn ensure_system_tools() -> Result<()> {
-    ensure_packages(&[("ip", "iproute2"), ("ethtool", "ethtool"), ("memcached", "memcached")])
+    ensure_packages(&[
+        ("ip", "iproute2"),
+        ("ethtool", "ethtool"),
+        ("memcached", "memcached"),
+    ])
 }
 
 /// Installs with apt-get the packages of those (command or absolute path,
@@ -171,7 +182,16 @@ pub fn ensure_packages(wanted: &[(&str, &str)]) -> Result<()> {
         .and_then(|_| {
             let mut args = vec!["install", "-y", "-q"];
             args.extend(&missing);
-            cmd::run("apt-get", &args, &[("DEBIAN_FRONTEND", "noninteractive".into())])
+            cmd::run(
+                "apt-get",
+                &args,
+                &[("DEBIAN_FRONTEND", "noninteractive".into())],
+            )
         })
-        .with_context(|| format!("cannot install {}: install them by hand (apt-get install {0})", missing.join(" ")))
+        .with_context(|| {
+            format!(
+                "cannot install {}: install them by hand (apt-get install {0})",
+                missing.join(" ")
+            )
+        })
 }

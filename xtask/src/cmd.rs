@@ -33,7 +33,10 @@ pub fn run<S: AsRef<OsStr>>(program: &str, args: &[S], envs: &[(&str, OsString)]
         .status()
         .with_context(|| format!("cannot start `{program}` (is it installed?)"))?;
     if !status.success() {
-        let shown: Vec<String> = args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect();
+        let shown: Vec<String> = args
+            .iter()
+            .map(|a| a.as_ref().to_string_lossy().into_owned())
+            .collect();
         bail!("`{program} {}` failed ({status})", shown.join(" "));
     }
     Ok(())
@@ -60,7 +63,9 @@ pub fn cargo_test<S: AsRef<OsStr>>(args: &[S], envs: &[(&str, OsString)]) -> (Co
     use std::io::{BufRead as _, BufReader};
     let mut counts = Counts::default();
     let mut cmd = Command::new(cargo_program());
-    cmd.args(args).env("PATH", path_with_cargo_bin()).stdout(std::process::Stdio::piped());
+    cmd.args(args)
+        .env("PATH", path_with_cargo_bin())
+        .stdout(std::process::Stdio::piped());
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -68,7 +73,10 @@ pub fn cargo_test<S: AsRef<OsStr>>(args: &[S], envs: &[(&str, OsString)]) -> (Co
         Ok(child) => child,
         Err(e) => return (counts, Err(anyhow::anyhow!("cannot start cargo test: {e}"))),
     };
-    for line in BufReader::new(child.stdout.take().expect("piped")).lines().map_while(Result::ok) {
+    for line in BufReader::new(child.stdout.take().expect("piped"))
+        .lines()
+        .map_while(Result::ok)
+    {
         println!("{line}");
         if let Some(rest) = line.strip_prefix("test result: ") {
             counts.passed += count_before(rest, " passed");
@@ -87,7 +95,13 @@ pub fn cargo_test<S: AsRef<OsStr>>(args: &[S], envs: &[(&str, OsString)]) -> (Co
 /// The number just before `label` in "ok. 6 passed; 0 failed; ...".
 fn count_before(text: &str, label: &str) -> u64 {
     text.split(';')
-        .find_map(|part| part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(label.trim_start()).map(str::trim))
+        .find_map(|part| {
+            part.trim()
+                .trim_start_matches("ok. ")
+                .trim_start_matches("FAILED. ")
+                .strip_suffix(label.trim_start())
+                .map(str::trim)
+        })
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0)
 }
@@ -100,13 +114,20 @@ fn cargo_program() -> String {
 /// Runs `program args` and exits with its status (for `run`: signals reach it).
 pub fn exec(program: &Path, args: &[OsString]) -> Result<()> {
     use std::os::unix::process::CommandExt as _;
-    let err = Command::new(program).args(args).env("PATH", path_with_cargo_bin()).exec();
+    let err = Command::new(program)
+        .args(args)
+        .env("PATH", path_with_cargo_bin())
+        .exec();
     Err(err).with_context(|| format!("cannot run {}", program.display()))
 }
 
 /// Runs a command and returns its trimmed stdout, or None if it failed.
 pub fn output(program: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(program).args(args).env("PATH", path_with_cargo_bin()).output().ok()?;
+    let out = Command::new(program)
+        .args(args)
+        .env("PATH", path_with_cargo_bin())
+        .output()
+        .ok()?;
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())

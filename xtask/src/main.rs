@@ -81,7 +81,10 @@ fn run(cli: Cli) -> Result<()> {
 
 /// The workspace root (xtask lives one below it).
 fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 fn dispatcher_bin() -> PathBuf {
@@ -110,7 +113,10 @@ fn test(args: Vec<OsString>) -> Result<()> {
     let filtered = !args.is_empty();
     let mut cargo_args: Vec<OsString> = vec!["test".into()];
     cargo_args.extend(args);
-    let (mut counts, result) = cmd::cargo_test(&cargo_args, &[("DISPATCHER_BIN", dispatcher_bin().into_os_string())]);
+    let (mut counts, result) = cmd::cargo_test(
+        &cargo_args,
+        &[("DISPATCHER_BIN", dispatcher_bin().into_os_string())],
+    );
     // The netdevsim VM test runs with the full suite (a filter selects
     // cargo tests only).
     let offload = if filtered {
@@ -129,7 +135,10 @@ fn test(args: Vec<OsString>) -> Result<()> {
 fn run_dispatcher(args: Vec<OsString>) -> Result<()> {
     require_root("run")?;
     build()?;
-    if args.iter().any(|a| a == "--iface" || a.to_string_lossy().starts_with("--iface=")) {
+    if args
+        .iter()
+        .any(|a| a == "--iface" || a.to_string_lossy().starts_with("--iface="))
+    {
         let mut full: Vec<OsString> = vec!["run".into()];
         full.extend(args);
         return cmd::exec(&dispatcher_bin(), &full);
@@ -155,14 +164,28 @@ fn bench_xdp() -> Result<()> {
 fn bench() -> Result<()> {
     require_root("bench")?;
     bootstrap::ensure_system_tools()?;
-    if let Err(e) = bootstrap::ensure_packages(&[("nginx", "nginx"), ("/usr/lib/nginx/modules/ngx_stream_module.so", "libnginx-mod-stream")]) {
+    if let Err(e) = bootstrap::ensure_packages(&[
+        ("nginx", "nginx"),
+        (
+            "/usr/lib/nginx/modules/ngx_stream_module.so",
+            "libnginx-mod-stream",
+        ),
+    ]) {
         // The bench runs without it and says so on its page.
         eprintln!("xtask: {e:#}");
     }
     cmd::step("building the release binaries");
     cmd::cargo(&["build", "--quiet", "--release", "--package", "dispatcher"])?;
     cmd::step("benchmarking: six contenders, five repetitions, interleaved; about 7 minutes");
-    cmd::cargo(&["run", "--quiet", "--release", "--package", "tests", "--bin", "bench"])
+    cmd::cargo(&[
+        "run",
+        "--quiet",
+        "--release",
+        "--package",
+        "tests",
+        "--bin",
+        "bench",
+    ])
 }
 
 fn bench_control() -> Result<()> {
@@ -170,5 +193,13 @@ fn bench_control() -> Result<()> {
     build()?;
     cmd::step("benchmarking the control plane");
     // Release: this measures user-space code.
-    cmd::cargo(&["run", "--quiet", "--release", "--package", "tests", "--bin", "bench_control"])
+    cmd::cargo(&[
+        "run",
+        "--quiet",
+        "--release",
+        "--package",
+        "tests",
+        "--bin",
+        "bench_control",
+    ])
 }

@@ -48,7 +48,15 @@ fn pick_kernel(root: &Path) -> Result<Kernel> {
         .filter_map(|e| {
             let version = fs::read_to_string(e.path().join("version")).ok()?;
             let abi = e.file_name().into_string().ok()?;
-            e.path().join(format!("src/linux-source-{SERIES}/drivers/net/netdevsim/netdevsim.ko")).exists().then(|| Kernel { abi, version: version.trim().to_string() })
+            e.path()
+                .join(format!(
+                    "src/linux-source-{SERIES}/drivers/net/netdevsim/netdevsim.ko"
+                ))
+                .exists()
+                .then(|| Kernel {
+                    abi,
+                    version: version.trim().to_string(),
+                })
         })
         .collect();
     cached.sort_by_key(|k| abi_number(&k.abi));
@@ -66,21 +74,43 @@ fn pick_kernel(root: &Path) -> Result<Kernel> {
 }
 
 fn abi_number(abi: &str) -> u32 {
-    abi.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0)
+    abi.rsplit('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 fn newest_complete_kernel() -> Option<Kernel> {
-    let pattern = format!("^linux-image-{}\\.0-[0-9]+-amd64$", SERIES.replace('.', "\\."));
+    let pattern = format!(
+        "^linux-image-{}\\.0-[0-9]+-amd64$",
+        SERIES.replace('.', "\\.")
+    );
     let names = cmd::output("apt-cache", &["search", "--names-only", &pattern])?;
     let mut abis: Vec<String> = names
         .lines()
-        .filter_map(|l| l.split_whitespace().next()?.strip_prefix("linux-image-")?.strip_suffix("-amd64").map(str::to_string))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .next()?
+                .strip_prefix("linux-image-")?
+                .strip_suffix("-amd64")
+                .map(str::to_string)
+        })
         .collect();
     abis.sort_by_key(|a| std::cmp::Reverse(abi_number(a)));
     abis.into_iter().find_map(|abi| {
-        let version = versions(&format!("linux-image-{abi}-amd64")).into_iter().next()?;
-        let companions = [format!("linux-headers-{abi}-amd64"), format!("linux-headers-{abi}-common"), format!("linux-kbuild-{SERIES}"), format!("linux-source-{SERIES}")];
-        companions.iter().all(|p| versions(p).contains(&version)).then_some(Kernel { abi, version })
+        let version = versions(&format!("linux-image-{abi}-amd64"))
+            .into_iter()
+            .next()?;
+        let companions = [
+            format!("linux-headers-{abi}-amd64"),
+            format!("linux-headers-{abi}-common"),
+            format!("linux-kbuild-{SERIES}"),
+            format!("linux-source-{SERIES}"),
+        ];
+        companions
+            .iter()
+            .all(|p| versions(p).contains(&version))
+            .then_some(Kernel { abi, version })
     })
 }
 
@@ -102,15 +132,24 @@ pub fn run(workspace: &Path) -> (Counts, Result<()>) {
 }
 
 fn run_counted(workspace: &Path, counts: &mut Counts) -> Result<()> {
-    crate::bootstrap::ensure_packages(&[("qemu-system-x86_64", "qemu-system-x86"), ("/bin/busybox", "busybox-static"), ("cpio", "cpio"), ("make", "make"), ("gcc", "gcc")])?;
+    crate::bootstrap::ensure_packages(&[
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("/bin/busybox", "busybox-static"),
+        ("cpio", "cpio"),
+        ("make", "make"),
+        ("gcc", "gcc"),
+    ])?;
     let mut kernel = pick_kernel(&cache_root()?)?;
     let module = match prepare(&kernel) {
         Ok(module) => module,
         Err(e) => {
             // Stale package lists name builds the archive no longer has.
-            step(&format!("{e:#}; refreshing the package lists (apt-get update) and choosing again"));
+            step(&format!(
+                "{e:#}; refreshing the package lists (apt-get update) and choosing again"
+            ));
             cmd::run("apt-get", &["update", "-q"], &[])?;
-            kernel = newest_complete_kernel().context("the archive has no complete Debian 12 kernel build")?;
+            kernel = newest_complete_kernel()
+                .context("the archive has no complete Debian 12 kernel build")?;
             prepare(&kernel)?
         }
     };
@@ -119,10 +158,20 @@ fn run_counted(workspace: &Path, counts: &mut Counts) -> Result<()> {
     let root = cache.join("root");
     step("building the release dispatcher");
     cmd::cargo(&["build", "--quiet", "--release", "--package", "dispatcher"])?;
-    let initrd = build_initramfs(abi, &cache, &root, &module, &workspace.join("target/release/dispatcher"))?;
+    let initrd = build_initramfs(
+        abi,
+        &cache,
+        &root,
+        &module,
+        &workspace.join("target/release/dispatcher"),
+    )?;
     step(&format!("booting the VM (Debian kernel {abi}, {}; qemu, software emulation) and running the checks inside", kernel.version));
     let console = cache.join("console.log");
-    let output = boot(&root.join(format!("boot/vmlinuz-{abi}-amd64")), &initrd, &console)?;
+    let output = boot(
+        &root.join(format!("boot/vmlinuz-{abi}-amd64")),
+        &initrd,
+        &console,
+    )?;
     report(&output, &console, counts)
 }
 
@@ -143,7 +192,9 @@ fn prepare(kernel: &Kernel) -> Result<PathBuf> {
             "tar",
             &[
                 "-xJf",
-                root.join(format!("usr/src/linux-source-{SERIES}.tar.xz")).to_str().unwrap(),
+                root.join(format!("usr/src/linux-source-{SERIES}.tar.xz"))
+                    .to_str()
+                    .unwrap(),
                 "-C",
                 cache.join("src").to_str().unwrap(),
                 "--wildcards",
@@ -158,7 +209,14 @@ fn prepare(kernel: &Kernel) -> Result<PathBuf> {
         fs::write(&makefile, format!("include {}\n", common.display()))?;
         cmd::run(
             "make",
-            &["-s", "-C", headers.to_str().unwrap(), &format!("M={}", nsim_dir.display()), "CONFIG_NETDEVSIM=m", "modules"],
+            &[
+                "-s",
+                "-C",
+                headers.to_str().unwrap(),
+                &format!("M={}", nsim_dir.display()),
+                "CONFIG_NETDEVSIM=m",
+                "modules",
+            ],
             &[],
         )
         .context("building netdevsim failed")?;
@@ -182,21 +240,35 @@ fn fetch_kernel(kernel: &Kernel, cache: &Path, root: &Path) -> Result<()> {
         step(&format!("downloading the Debian kernel {abi} ({version}): image, headers, kbuild, source (~220 MB)"));
         let mut args = vec!["-o", "APT::Sandbox::User=root", "download"];
         args.extend(packages.iter().map(String::as_str));
-        let status = Command::new("apt-get").args(&args).current_dir(&debs).status().context("apt-get")?;
+        let status = Command::new("apt-get")
+            .args(&args)
+            .current_dir(&debs)
+            .status()
+            .context("apt-get")?;
         if !status.success() {
             bail!("apt-get download of the kernel {abi} ({version}) failed: run `apt-get update` and try again");
         }
     }
     fs::create_dir_all(root)?;
     for deb in fs::read_dir(&debs)? {
-        cmd::run("dpkg-deb", &["-x", deb?.path().to_str().unwrap(), root.to_str().unwrap()], &[])?;
+        cmd::run(
+            "dpkg-deb",
+            &["-x", deb?.path().to_str().unwrap(), root.to_str().unwrap()],
+            &[],
+        )?;
     }
     Ok(())
 }
 
 /// busybox, the dispatcher and its libraries, the two modules, the config
 /// and /init, as a gzipped newc cpio archive.
-fn build_initramfs(abi: &str, cache: &Path, root: &Path, module: &Path, dispatcher: &Path) -> Result<PathBuf> {
+fn build_initramfs(
+    abi: &str,
+    cache: &Path,
+    root: &Path,
+    module: &Path,
+    dispatcher: &Path,
+) -> Result<PathBuf> {
     let dir = cache.join("initramfs");
     if dir.exists() {
         fs::remove_dir_all(&dir)?;
@@ -207,19 +279,35 @@ fn build_initramfs(abi: &str, cache: &Path, root: &Path, module: &Path, dispatch
     fs::copy("/bin/busybox", dir.join("bin/busybox"))?;
     fs::copy(dispatcher, dir.join("bin/dispatcher"))?;
     for lib in ["libc.so.6", "libm.so.6", "libgcc_s.so.1"] {
-        fs::copy(Path::new("/lib/x86_64-linux-gnu").join(lib), dir.join("lib/x86_64-linux-gnu").join(lib))?;
+        fs::copy(
+            Path::new("/lib/x86_64-linux-gnu").join(lib),
+            dir.join("lib/x86_64-linux-gnu").join(lib),
+        )?;
     }
-    fs::copy("/lib64/ld-linux-x86-64.so.2", dir.join("lib64/ld-linux-x86-64.so.2"))?;
+    fs::copy(
+        "/lib64/ld-linux-x86-64.so.2",
+        dir.join("lib64/ld-linux-x86-64.so.2"),
+    )?;
     fs::copy(module, dir.join("lib/netdevsim.ko"))?;
-    let psample = root.join(format!("lib/modules/{abi}-amd64/kernel/net/psample/psample.ko"));
-    fs::copy(&psample, dir.join("lib/psample.ko")).with_context(|| format!("{} missing from the image package", psample.display()))?;
+    let psample = root.join(format!(
+        "lib/modules/{abi}-amd64/kernel/net/psample/psample.ko"
+    ));
+    fs::copy(&psample, dir.join("lib/psample.ko"))
+        .with_context(|| format!("{} missing from the image package", psample.display()))?;
     // netdevsim holds 2 entries per map: with `--hw-map-entries 2` SERVICES
     // has two slots, one function two workers.
-    fs::write(dir.join("dispatcher.toml"), "[service]\naddresses = [\"10.0.0.1\"]\n")?;
+    fs::write(
+        dir.join("dispatcher.toml"),
+        "[service]\naddresses = [\"10.0.0.1\"]\n",
+    )?;
     fs::write(dir.join("init"), INIT)?;
     cmd::run("chmod", &["+x", dir.join("init").to_str().unwrap()], &[])?;
     let initrd = cache.join("initrd.gz");
-    let script = format!("cd {} && find . | cpio -o -H newc --quiet | gzip -1 > {}", dir.display(), initrd.display());
+    let script = format!(
+        "cd {} && find . | cpio -o -H newc --quiet | gzip -1 > {}",
+        dir.display(),
+        initrd.display()
+    );
     cmd::run("sh", &["-c", &script], &[])?;
     Ok(initrd)
 }
@@ -235,9 +323,21 @@ const VM_DEADLINE: Duration = Duration::from_secs(30 * 60);
 /// deadline). Each check's line is echoed as it appears, with the time
 /// since boot. Returns the whole console.
 fn boot(kernel: &Path, initrd: &Path, console: &Path) -> Result<String> {
-    let file = fs::File::create(console).with_context(|| format!("cannot create {}", console.display()))?;
+    let file = fs::File::create(console)
+        .with_context(|| format!("cannot create {}", console.display()))?;
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2", "-m", "1024", "-nographic", "-no-reboot"])
+        .args([
+            "-accel",
+            "tcg,thread=multi",
+            "-cpu",
+            "max",
+            "-smp",
+            "2",
+            "-m",
+            "1024",
+            "-nographic",
+            "-no-reboot",
+        ])
         .arg("-kernel")
         .arg(kernel)
         .arg("-initrd")
@@ -280,7 +380,10 @@ fn boot(kernel: &Path, initrd: &Path, console: &Path) -> Result<String> {
     for line in text[shown..].lines() {
         echo(line, started.elapsed());
     }
-    step(&format!("the VM powered off after {:.0} s ({status})", started.elapsed().as_secs_f64()));
+    step(&format!(
+        "the VM powered off after {:.0} s ({status})",
+        started.elapsed().as_secs_f64()
+    ));
     Ok(text)
 }
 
@@ -315,10 +418,16 @@ fn report(output: &str, console: &Path, counts: &mut Counts) -> Result<()> {
             println!("    {line}");
         }
     }
-    println!("offload-test: {passed} passed, {failed} failed (console: {})", console.display());
+    println!(
+        "offload-test: {passed} passed, {failed} failed (console: {})",
+        console.display()
+    );
     *counts = Counts { passed, failed };
     if !output.contains("OFFLOAD-TEST done") {
-        bail!("the VM did not finish its checks; the end of its console:\n{}", tail(output, 60));
+        bail!(
+            "the VM did not finish its checks; the end of its console:\n{}",
+            tail(output, 60)
+        );
     }
     if failed > 0 || passed == 0 {
         bail!("offload-test failed");

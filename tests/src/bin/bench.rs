@@ -17,13 +17,13 @@ use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
     process::Command,
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use dispatcher::plot::{self, Chart, Series};
-use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-use std::sync::atomic::{AtomicBool, Ordering};
 use dispatcher_common::maps::Function;
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use tests::testbed::{attach_in_namespace, dispatcher_bin, sh, Host, Process, Testbed};
 
 const REPETITIONS: usize = 5;
@@ -45,7 +45,14 @@ enum Contender {
 }
 
 impl Contender {
-    const ALL: [Contender; 6] = [Contender::Direct, Contender::XdpDrv, Contender::XdpSkb, Contender::Yardstick, Contender::User, Contender::Nginx];
+    const ALL: [Contender; 6] = [
+        Contender::Direct,
+        Contender::XdpDrv,
+        Contender::XdpSkb,
+        Contender::Yardstick,
+        Contender::User,
+        Contender::Nginx,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -93,7 +100,22 @@ fn pktgen(tb: &Testbed, client: &Host, to: &str, rate: u64, seconds: f64) -> Opt
     let out = tb.exec(
         client,
         &dispatcher_bin(),
-        &["pktgen", "--to", to, "--rate", &rate.to_string(), "--duration", &seconds.to_string(), "--payload", "64", "--drain-ms", "300", "--spin-us", &spin_us(), "--json"],
+        &[
+            "pktgen",
+            "--to",
+            to,
+            "--rate",
+            &rate.to_string(),
+            "--duration",
+            &seconds.to_string(),
+            "--payload",
+            "64",
+            "--drain-ms",
+            "300",
+            "--spin-us",
+            &spin_us(),
+            "--json",
+        ],
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
     let l = &report["latency_us"];
@@ -147,18 +169,38 @@ impl Bed {
             Contender::Direct => Running::Nothing,
             Contender::XdpDrv | Contender::XdpSkb => {
                 let mode = if c == Contender::XdpDrv { "drv" } else { "skb" };
-                let mut p = self.tb.spawn(&self.dsp, "dispatcher", &dispatcher_bin(), &["run", "--iface", "eth0", "--mode", mode, "--config", config]);
-                self.tb.wait_for_data_plane(&self.dsp, &mut p, Duration::from_secs(20));
+                let mut p = self.tb.spawn(
+                    &self.dsp,
+                    "dispatcher",
+                    &dispatcher_bin(),
+                    &["run", "--iface", "eth0", "--mode", mode, "--config", config],
+                );
+                self.tb
+                    .wait_for_data_plane(&self.dsp, &mut p, Duration::from_secs(20));
                 Running::Process(p)
             }
-            Contender::Yardstick => Running::Program(attach_in_namespace(&self.dsp.ns, "eth0", "yardstick_one_lookup", |ebpf| {
-                let mut functions: aya::maps::HashMap<_, u32, Function> =
-                    aya::maps::HashMap::try_from(ebpf.map_mut("FUNCTIONS").expect("FUNCTIONS")).expect("a hash map");
-                functions.insert(1, Function::default(), 0).expect("function 1");
-            })),
+            Contender::Yardstick => Running::Program(attach_in_namespace(
+                &self.dsp.ns,
+                "eth0",
+                "yardstick_one_lookup",
+                |ebpf| {
+                    let mut functions: aya::maps::HashMap<_, u32, Function> =
+                        aya::maps::HashMap::try_from(ebpf.map_mut("FUNCTIONS").expect("FUNCTIONS"))
+                            .expect("a hash map");
+                    functions
+                        .insert(1, Function::default(), 0)
+                        .expect("function 1");
+                },
+            )),
             Contender::User => {
-                let p = self.tb.spawn(&self.dsp, "user", &dispatcher_bin(), &["run", "--mode", "user", "--config", config]);
-                self.tb.wait_for_udp_port(&self.dsp, VIP_PORT, Duration::from_secs(10));
+                let p = self.tb.spawn(
+                    &self.dsp,
+                    "user",
+                    &dispatcher_bin(),
+                    &["run", "--mode", "user", "--config", config],
+                );
+                self.tb
+                    .wait_for_udp_port(&self.dsp, VIP_PORT, Duration::from_secs(10));
                 Running::Process(p)
             }
             Contender::Nginx => {
@@ -166,13 +208,20 @@ impl Bed {
                 if !nginx.exists() || !Path::new(NGINX_STREAM_MODULE).exists() {
                     return Err("nginx or its stream module is not installed (apt-get install nginx libnginx-mod-stream)".into());
                 }
-                let p = self.tb.spawn(&self.dsp, "nginx", nginx, &["-c", self.nginx_config.to_str().unwrap()]);
-                self.tb.wait_for_udp_port(&self.dsp, VIP_PORT, Duration::from_secs(10));
+                let p = self.tb.spawn(
+                    &self.dsp,
+                    "nginx",
+                    nginx,
+                    &["-c", self.nginx_config.to_str().unwrap()],
+                );
+                self.tb
+                    .wait_for_udp_port(&self.dsp, VIP_PORT, Duration::from_secs(10));
                 Running::Process(p)
             }
         };
         // Warm up: ARP, caches, the first session.
-        pktgen(&self.tb, &self.client, &self.target(c), 1000, 0.3).ok_or("pktgen failed during warm-up")?;
+        pktgen(&self.tb, &self.client, &self.target(c), 1000, 0.3)
+            .ok_or("pktgen failed during warm-up")?;
         Ok(running)
     }
 }
@@ -191,7 +240,11 @@ extern "C" fn on_signal(_: i32) {
 }
 
 fn main() {
-    let handler = SigAction::new(SigHandler::Handler(on_signal), SaFlags::empty(), SigSet::empty());
+    let handler = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
     for signal in [Signal::SIGINT, Signal::SIGTERM] {
         // SAFETY: the handler only stores to an atomic.
         unsafe { sigaction(signal, &handler) }.expect("install a signal handler");
@@ -204,8 +257,30 @@ fn main() {
     tb.enable_xdp_tx(&dsp);
     // The yardstick's fixed worker is 10.0.0.10 at 02:00:00:00:00:0a: give
     // the worker that address and MAC too (it listens on every address).
-    sh("ip", &["-n", &worker.ns, "link", "set", "eth0", "address", "02:00:00:00:00:0a"]);
-    sh("ip", &["-n", &worker.ns, "addr", "add", "10.0.0.10/24", "dev", "eth0"]);
+    sh(
+        "ip",
+        &[
+            "-n",
+            &worker.ns,
+            "link",
+            "set",
+            "eth0",
+            "address",
+            "02:00:00:00:00:0a",
+        ],
+    );
+    sh(
+        "ip",
+        &[
+            "-n",
+            &worker.ns,
+            "addr",
+            "add",
+            "10.0.0.10/24",
+            "dev",
+            "eth0",
+        ],
+    );
     let config = tb.write_file(
         "dispatcher.toml",
         &format!(
@@ -224,20 +299,40 @@ fn main() {
             vip = dsp.ip
         ),
     );
-    let _worker = tb.spawn(&worker, "worker", &dispatcher_bin(), &["serve", "--listen", "0.0.0.0:9000", "--functions", "echo"]);
+    let _worker = tb.spawn(
+        &worker,
+        "worker",
+        &dispatcher_bin(),
+        &["serve", "--listen", "0.0.0.0:9000", "--functions", "echo"],
+    );
     tb.wait_for_udp_port(&worker, 9000, Duration::from_secs(10));
-    let bed = Bed { tb, dsp, client, worker, config, nginx_config };
+    let bed = Bed {
+        tb,
+        dsp,
+        client,
+        worker,
+        config,
+        nginx_config,
+    };
 
     let mut results: Results = BTreeMap::new();
     let mut could_not: BTreeMap<Contender, String> = BTreeMap::new();
     // BENCH_ONLY="direct,XDP drv" and BENCH_REPETITIONS=1 for a quick look
     // (the page is then written to bench-partial.md, not over the real one).
-    let only: Option<Vec<String>> = std::env::var("BENCH_ONLY").ok().map(|s| s.split(',').map(|c| c.trim().to_string()).collect());
-    let repetitions: usize = std::env::var("BENCH_REPETITIONS").ok().and_then(|r| r.parse().ok()).unwrap_or(REPETITIONS);
+    let only: Option<Vec<String>> = std::env::var("BENCH_ONLY")
+        .ok()
+        .map(|s| s.split(',').map(|c| c.trim().to_string()).collect());
+    let repetitions: usize = std::env::var("BENCH_REPETITIONS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(REPETITIONS);
     let partial = only.is_some() || repetitions != REPETITIONS;
     for rep in 0..repetitions {
         for c in Contender::ALL {
-            if only.as_ref().is_some_and(|o| !o.iter().any(|n| n == c.name())) {
+            if only
+                .as_ref()
+                .is_some_and(|o| !o.iter().any(|n| n == c.name()))
+            {
                 continue;
             }
             if could_not.contains_key(&c) {
@@ -258,7 +353,11 @@ fn main() {
                     return;
                 }
                 let seconds = if rate <= 10_000 { 2.0 } else { 1.0 };
-                if results.get(&c).and_then(|r| r.get(&rate)).is_some_and(|runs| runs.len() > rep) {
+                if results
+                    .get(&c)
+                    .and_then(|r| r.get(&rate))
+                    .is_some_and(|runs| runs.len() > rep)
+                {
                     continue; // 100K is in both lists
                 }
                 match pktgen(&bed.tb, &bed.client, &target, rate, seconds) {
@@ -272,7 +371,12 @@ fn main() {
                             run.p99,
                             run.loss
                         );
-                        results.entry(c).or_default().entry(rate).or_default().push(run);
+                        results
+                            .entry(c)
+                            .or_default()
+                            .entry(rate)
+                            .or_default()
+                            .push(run);
                     }
                     None => eprintln!("{} at {rate} req/s: pktgen printed no report", c.name()),
                 }
@@ -285,7 +389,10 @@ fn main() {
     std::fs::create_dir_all(&dir).expect("docs/benchmarks");
     if partial {
         std::fs::write(dir.join("bench-partial.md"), page).expect("write bench-partial.md");
-        println!("wrote {} (a partial run: bench.md and its plots are untouched)", dir.join("bench-partial.md").display());
+        println!(
+            "wrote {} (a partial run: bench.md and its plots are untouched)",
+            dir.join("bench-partial.md").display()
+        );
         return;
     }
     std::fs::write(dir.join("bench.md"), page).expect("write bench.md");
@@ -300,15 +407,23 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn spread(v: &[f64]) -> (f64, f64) {
-    v.iter().fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)))
+    v.iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)))
 }
 
 fn runs<'a>(results: &'a Results, c: Contender, rate: u64) -> &'a [Run] {
-    results.get(&c).and_then(|r| r.get(&rate)).map_or(&[], Vec::as_slice)
+    results
+        .get(&c)
+        .and_then(|r| r.get(&rate))
+        .map_or(&[], Vec::as_slice)
 }
 
 /// A field of the runs, median and range, as "m (lo-hi)".
@@ -327,7 +442,9 @@ fn cell(runs: &[Run], field: impl Fn(&Run) -> f64) -> String {
 /// contender's capacity the sender falls behind its schedule rather than
 /// losing requests: what was answered per second is the honest figure.
 fn capacities(results: &Results, c: Contender) -> Vec<f64> {
-    let Some(by_rate) = results.get(&c) else { return Vec::new() };
+    let Some(by_rate) = results.get(&c) else {
+        return Vec::new();
+    };
     let reps = by_rate.values().map(Vec::len).max().unwrap_or(0);
     (0..reps)
         .map(|rep| {
@@ -343,17 +460,33 @@ fn capacities(results: &Results, c: Contender) -> Vec<f64> {
 
 /// Per repetition, `field(contender) - field(direct)` at `rate`.
 fn added(results: &Results, c: Contender, rate: u64, field: impl Fn(&Run) -> f64) -> Vec<f64> {
-    runs(results, c, rate).iter().zip(runs(results, Contender::Direct, rate)).map(|(a, d)| field(a) - field(d)).collect()
+    runs(results, c, rate)
+        .iter()
+        .zip(runs(results, Contender::Direct, rate))
+        .map(|(a, d)| field(a) - field(d))
+        .collect()
 }
 
 fn render(results: &Results, could_not: &BTreeMap<Contender, String>, took: Duration) -> String {
     let mut md = String::new();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
-    let kernel = Command::new("uname").arg("-r").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
-    let date = Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let kernel = Command::new("uname")
+        .arg("-r")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let _ = writeln!(md, "# bench: the dispatcher beside the direct path, a minimal XDP rewrite, user space and nginx\n");
     let _ = writeln!(
@@ -362,18 +495,44 @@ fn render(results: &Results, could_not: &BTreeMap<Contender, String>, took: Dura
          The run took {:.0} s.\n",
         took.as_secs_f64()
     );
-    let _ = writeln!(md, "## Headline: latency added over the direct path (p50 at 10K req/s)\n");
-    let _ = writeln!(md, "| contender | added p50 (us), median of per-repetition differences (range) |\n|---|---|");
-    for c in Contender::ALL.into_iter().filter(|c| *c != Contender::Direct && results.contains_key(c)) {
+    let _ = writeln!(
+        md,
+        "## Headline: latency added over the direct path (p50 at 10K req/s)\n"
+    );
+    let _ = writeln!(
+        md,
+        "| contender | added p50 (us), median of per-repetition differences (range) |\n|---|---|"
+    );
+    for c in Contender::ALL
+        .into_iter()
+        .filter(|c| *c != Contender::Direct && results.contains_key(c))
+    {
         let d = added(results, c, 10_000, |r| r.p50);
         let (lo, hi) = spread(&d);
-        let _ = writeln!(md, "| {} | {:+.0} ({:+.0} to {:+.0}) |", c.name(), median(d), lo, hi);
+        let _ = writeln!(
+            md,
+            "| {} | {:+.0} ({:+.0} to {:+.0}) |",
+            c.name(),
+            median(d),
+            lo,
+            hi
+        );
     }
     let _ = writeln!(md, "\n## Targets (each a ratio from this run)\n");
     let drv_added = median(added(results, Contender::XdpDrv, 10_000, |r| r.p50));
     let nginx_added = median(added(results, Contender::Nginx, 10_000, |r| r.p50));
-    let drv_p99 = median(runs(results, Contender::XdpDrv, 10_000).iter().map(|r| r.p99).collect());
-    let direct_p99 = median(runs(results, Contender::Direct, 10_000).iter().map(|r| r.p99).collect());
+    let drv_p99 = median(
+        runs(results, Contender::XdpDrv, 10_000)
+            .iter()
+            .map(|r| r.p99)
+            .collect(),
+    );
+    let direct_p99 = median(
+        runs(results, Contender::Direct, 10_000)
+            .iter()
+            .map(|r| r.p99)
+            .collect(),
+    );
     let cap = |c| median(capacities(results, c));
     let verdict = |ok: bool| if ok { "met" } else { "**missed**" };
     let _ = writeln!(md, "| target | this run | |\n|---|---|---|");
@@ -382,38 +541,65 @@ fn render(results: &Results, could_not: &BTreeMap<Contender, String>, took: Dura
         let _ = writeln!(md, "| {what} | {value} | {v} |");
     };
     let known = |x: f64| !x.is_nan();
-    target(&mut md, "XDP (drv) added p50 over direct at 10K <= 3 us", format!("{drv_added:+.0} us"), known(drv_added).then_some(drv_added <= 3.0));
+    target(
+        &mut md,
+        "XDP (drv) added p50 over direct at 10K <= 3 us",
+        format!("{drv_added:+.0} us"),
+        known(drv_added).then_some(drv_added <= 3.0),
+    );
     target(
         &mut md,
         "XDP (drv) p99 <= 1.1x direct's at 10K",
-        format!("{drv_p99:.0} us vs {direct_p99:.0} us = {:.2}x", drv_p99 / direct_p99),
+        format!(
+            "{drv_p99:.0} us vs {direct_p99:.0} us = {:.2}x",
+            drv_p99 / direct_p99
+        ),
         (known(drv_p99) && known(direct_p99)).then_some(drv_p99 <= 1.1 * direct_p99),
     );
     target(
         &mut md,
         "nginx's added p50 >= 10x XDP's",
         format!("{nginx_added:+.0} us vs {drv_added:+.0} us"),
-        (known(nginx_added) && known(drv_added)).then_some(nginx_added >= 10.0 * drv_added.max(0.0)),
+        (known(nginx_added) && known(drv_added))
+            .then_some(nginx_added >= 10.0 * drv_added.max(0.0)),
     );
-    let (xdp_cap, yard_cap, nginx_cap) = (cap(Contender::XdpDrv), cap(Contender::Yardstick), cap(Contender::Nginx));
+    let (xdp_cap, yard_cap, nginx_cap) = (
+        cap(Contender::XdpDrv),
+        cap(Contender::Yardstick),
+        cap(Contender::Nginx),
+    );
     target(
         &mut md,
         "XDP (drv) capacity >= 95% of the yardstick's",
-        format!("{xdp_cap:.0} vs {yard_cap:.0} req/s = {:.0}%", 100.0 * xdp_cap / yard_cap),
+        format!(
+            "{xdp_cap:.0} vs {yard_cap:.0} req/s = {:.0}%",
+            100.0 * xdp_cap / yard_cap
+        ),
         (known(xdp_cap) && known(yard_cap) && yard_cap > 0.0).then_some(xdp_cap >= 0.95 * yard_cap),
     );
     target(
         &mut md,
         "XDP (drv) capacity >= 2.5x nginx's",
-        format!("{xdp_cap:.0} vs {nginx_cap:.0} req/s = {:.1}x", xdp_cap / nginx_cap),
-        (known(xdp_cap) && known(nginx_cap) && nginx_cap > 0.0).then_some(xdp_cap >= 2.5 * nginx_cap),
+        format!(
+            "{xdp_cap:.0} vs {nginx_cap:.0} req/s = {:.1}x",
+            xdp_cap / nginx_cap
+        ),
+        (known(xdp_cap) && known(nginx_cap) && nginx_cap > 0.0)
+            .then_some(xdp_cap >= 2.5 * nginx_cap),
     );
     let _ = writeln!(md, "\n[bench-analysis.md](bench-analysis.md) reads these numbers, says where targets were missed and what the profile shows.");
 
     for rate in LATENCY_RATES {
-        let _ = writeln!(md, "\n## Latency at {}K req/s (us; median of the repetitions, range in brackets)\n", rate / 1000);
+        let _ = writeln!(
+            md,
+            "\n## Latency at {}K req/s (us; median of the repetitions, range in brackets)\n",
+            rate / 1000
+        );
         let _ = writeln!(md, "| contender | p50 | p90 | p99 | p99.9 | loss % | requests sent > 1 ms late |\n|---|---|---|---|---|---|---|");
-        for c in Contender::ALL.into_iter().filter(|c| results.contains_key(c)) {
+        for c in Contender::ALL
+            .into_iter()
+            .filter(|c| results.contains_key(c))
+        {
             let r = runs(results, c, rate);
             let _ = writeln!(
                 md,
@@ -423,14 +609,24 @@ fn render(results: &Results, could_not: &BTreeMap<Contender, String>, took: Dura
                 cell(r, |x| x.p90),
                 cell(r, |x| x.p99),
                 cell(r, |x| x.p999),
-                if r.is_empty() { "-".into() } else { format!("{:.2}", median(r.iter().map(|x| x.loss).collect())) },
+                if r.is_empty() {
+                    "-".into()
+                } else {
+                    format!("{:.2}", median(r.iter().map(|x| x.loss).collect()))
+                },
                 cell(r, |x| x.late as f64),
             );
         }
     }
-    let _ = writeln!(md, "\n## Capacity: the most requests answered per second with under 1% loss\n");
+    let _ = writeln!(
+        md,
+        "\n## Capacity: the most requests answered per second with under 1% loss\n"
+    );
     let _ = writeln!(md, "| contender | answered req/s, median (range) | at each offered rate: answered K req/s / loss % (medians) |\n|---|---|---|");
-    for c in Contender::ALL.into_iter().filter(|c| results.contains_key(c)) {
+    for c in Contender::ALL
+        .into_iter()
+        .filter(|c| results.contains_key(c))
+    {
         let caps = capacities(results, c);
         let (lo, hi) = spread(&caps);
         let losses: Vec<String> = LOSS_RATES
@@ -438,10 +634,22 @@ fn render(results: &Results, could_not: &BTreeMap<Contender, String>, took: Dura
             .map(|rate| {
                 let r = runs(results, c, *rate);
                 let goodput = median(r.iter().map(|x| x.goodput).collect()) / 1000.0;
-                format!("{}K: {goodput:.0} / {:.1}", rate / 1000, median(r.iter().map(|x| x.loss).collect()))
+                format!(
+                    "{}K: {goodput:.0} / {:.1}",
+                    rate / 1000,
+                    median(r.iter().map(|x| x.loss).collect())
+                )
             })
             .collect();
-        let _ = writeln!(md, "| {} | {:.0} ({:.0}-{:.0}) | {} |", c.name(), median(caps), lo, hi, losses.join(", "));
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} ({:.0}-{:.0}) | {} |",
+            c.name(),
+            median(caps),
+            lo,
+            hi,
+            losses.join(", ")
+        );
     }
     let _ = writeln!(md, "\n![latency percentiles at 10K req/s](bench-latency-10k.svg)\n\n![loss against offered rate](bench-loss.svg)\n\n![answered against offered rate](bench-answered.svg)\n");
     let _ = writeln!(md, "## Method\n");
@@ -492,7 +700,15 @@ fn plots(results: &Results, dir: &Path) {
                 median(r.iter().map(|x| x.p99).collect()),
                 median(r.iter().map(|x| x.p999).collect()),
             ];
-            Series { name: c.name().into(), points: nines.iter().map(|q| plot::nines(*q)).zip(values).filter(|(_, v)| !v.is_nan()).collect() }
+            Series {
+                name: c.name().into(),
+                points: nines
+                    .iter()
+                    .map(|q| plot::nines(*q))
+                    .zip(values)
+                    .filter(|(_, v)| !v.is_nan())
+                    .collect(),
+            }
         })
         .collect();
     let chart = Chart {
@@ -538,7 +754,12 @@ fn per_rate(results: &Results, field: impl Fn(&Run) -> f64) -> Vec<Series> {
             name: c.name().into(),
             points: LOSS_RATES
                 .iter()
-                .map(|rate| (*rate as f64 / 1000.0, median(runs(results, c, *rate).iter().map(&field).collect())))
+                .map(|rate| {
+                    (
+                        *rate as f64 / 1000.0,
+                        median(runs(results, c, *rate).iter().map(&field).collect()),
+                    )
+                })
                 .filter(|(_, v)| !v.is_nan())
                 .collect(),
         })

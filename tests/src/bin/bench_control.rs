@@ -29,14 +29,32 @@ fn main() {
     let workers = 16usize;
     let mut functions = String::new();
     for id in 1..=4 {
-        let list: Vec<String> = (0..workers).map(|k| format!("{{ addr = \"10.1.0.{}:9000\", mac = \"02:00:00:00:00:01\" }}", k + 1)).collect();
-        functions += &format!("\n[[functions]]\nid = {id}\npolicy = \"least-loaded\"\nworkers = [{}]\n", list.join(", "));
+        let list: Vec<String> = (0..workers)
+            .map(|k| {
+                format!(
+                    "{{ addr = \"10.1.0.{}:9000\", mac = \"02:00:00:00:00:01\" }}",
+                    k + 1
+                )
+            })
+            .collect();
+        functions += &format!(
+            "\n[[functions]]\nid = {id}\npolicy = \"least-loaded\"\nworkers = [{}]\n",
+            list.join(", ")
+        );
     }
-    let config = Config::parse(&format!("[service]\naddresses = [\"10.0.0.1\"]\n{functions}")).unwrap();
+    let config = Config::parse(&format!(
+        "[service]\naddresses = [\"10.0.0.1\"]\n{functions}"
+    ))
+    .unwrap();
     let mut dp = Loaded::new().expect("load the data plane (run as root)");
-    dp.maps.set_settings([2, 0, 0, 0, 0, 1], egress::TX).unwrap();
+    dp.maps
+        .set_settings([2, 0, 0, 0, 0, 1], egress::TX)
+        .unwrap();
     control::apply(&mut dp.maps, &config).unwrap();
-    println!("# bench-control: 4 functions x {workers} workers (least-loaded), in-process, {} CPUs", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!(
+        "# bench-control: 4 functions x {workers} workers (least-loaded), in-process, {} CPUs",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
 
     // 1. Report to visible.
     let health_config = HealthConfig {
@@ -52,14 +70,23 @@ fn main() {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 10_000_000, 3).unwrap();
     let reports = 5_000u32;
     for i in 1..=reports {
-        let hb = Heartbeat { worker: from, in_flight: i, capacity: 0, sent_ns: heartbeat::now_ns() };
+        let hb = Heartbeat {
+            worker: from,
+            in_flight: i,
+            capacity: 0,
+            sent_ns: heartbeat::now_ns(),
+        };
         let bytes = hb.encode(KEY.as_bytes());
         let start = Instant::now();
         health.on_datagram(&mut dp.maps, &bytes, from).unwrap();
         while dp.maps.loads.get(&slot_index, 0).unwrap() != i as u64 {}
-        hist.record(start.elapsed().as_micros().max(1) as u64).unwrap();
+        hist.record(start.elapsed().as_micros().max(1) as u64)
+            .unwrap();
     }
-    assert_eq!(health.counters.accepted, reports as u64, "every report accepted");
+    assert_eq!(
+        health.counters.accepted, reports as u64,
+        "every report accepted"
+    );
     println!(
         "report to visible ({reports} heartbeats): p50 {} us, p90 {} us, p99 {} us, max {} us (target: p99 under 1,000 us)",
         hist.value_at_quantile(0.5),
@@ -71,7 +98,13 @@ fn main() {
     // 2. Add/remove throughput: five rounds, median and spread; then the
     // same on a consistent-hash function, whose Maglev table (16,381
     // entries) is rebuilt and rewritten on every change.
-    let extra = WorkerConfig { addr: "10.1.0.200:9000".parse().unwrap(), mac: Some([2, 0, 0, 0, 0, 2].into()), weight: 1 }.to_map(1).unwrap();
+    let extra = WorkerConfig {
+        addr: "10.1.0.200:9000".parse().unwrap(),
+        mac: Some([2, 0, 0, 0, 0, 2].into()),
+        weight: 1,
+    }
+    .to_map(1)
+    .unwrap();
     let removed: std::net::SocketAddr = "10.1.0.200:9000".parse().unwrap();
     let round = |maps: &mut dispatcher::data_plane::Maps, functions: &[u32], changes: u32| {
         let start = Instant::now();
@@ -85,7 +118,9 @@ fn main() {
         }
         changes as f64 / start.elapsed().as_secs_f64()
     };
-    let mut rates: Vec<f64> = (0..5).map(|_| round(&mut dp.maps, &[1, 2, 3, 4], 4_000)).collect();
+    let mut rates: Vec<f64> = (0..5)
+        .map(|_| round(&mut dp.maps, &[1, 2, 3, 4], 4_000))
+        .collect();
     rates.sort_by(f64::total_cmp);
     println!(
         "worker add/remove, least-loaded: 5 rounds of 4000 changes: median {:.0} changes/s (min {:.0}, max {:.0}) (target: 25,000/s)",

@@ -48,8 +48,17 @@ fn config(policy: Policy, functions: usize, workers: usize, v6: bool) -> Config 
         })
         .collect();
     Config {
-        service: Service { addresses: (0..workers).map(|k| worker_ip(v6, k)).collect(), port: SERVICE_PORT },
-        functions: (1..=functions as u32).map(|id| FunctionConfig { id, policy, workers: ws.clone() }).collect(),
+        service: Service {
+            addresses: (0..workers).map(|k| worker_ip(v6, k)).collect(),
+            port: SERVICE_PORT,
+        },
+        functions: (1..=functions as u32)
+            .map(|id| FunctionConfig {
+                id,
+                policy,
+                workers: ws.clone(),
+            })
+            .collect(),
         workflows: Vec::new(),
         egress: Default::default(),
         health: None,
@@ -69,8 +78,19 @@ fn request_frame(function_id: u32, v6: bool) -> Vec<u8> {
     let mut hdr = FaasHdr::new(kind::REQUEST, function_id, 1);
     hdr.key = 42u64.to_be_bytes();
     let payload = faas_payload(&hdr, &[0u8; 64]);
-    let client: IpAddr = if v6 { "fd00::2".parse().unwrap() } else { "10.0.0.2".parse().unwrap() };
-    udp_frame(CLIENT_MAC, IFACE_MAC, &[], (client, 40000).into(), (worker_ip(v6, 0), SERVICE_PORT).into(), &payload)
+    let client: IpAddr = if v6 {
+        "fd00::2".parse().unwrap()
+    } else {
+        "10.0.0.2".parse().unwrap()
+    };
+    udp_frame(
+        CLIENT_MAC,
+        IFACE_MAC,
+        &[],
+        (client, 40000).into(),
+        (worker_ip(v6, 0), SERVICE_PORT).into(),
+        &payload,
+    )
 }
 
 /// ns per packet of `program` over REPEAT repetitions of `frame`, as the
@@ -80,17 +100,30 @@ fn request_frame(function_id: u32, v6: bool) -> Vec<u8> {
 fn measure(dp: &Loaded, program: &str, frame: &[u8], check_dispatch: bool) -> f64 {
     let before = dp.maps.counters().unwrap()[Counter::DispatchedRequest as usize].1;
     let mut out = vec![0u8; frame.len() + 256];
-    let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat: REPEAT, ..Default::default() };
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        repeat: REPEAT,
+        ..Default::default()
+    };
     let start = Instant::now();
     let result = dp.named(program).test_run(opts).expect("BPF_PROG_TEST_RUN");
     let wall = start.elapsed();
     if check_dispatch {
         let after = dp.maps.counters().unwrap()[Counter::DispatchedRequest as usize].1;
-        assert_eq!(after - before, REPEAT as u64, "{program}: not every repetition was dispatched");
+        assert_eq!(
+            after - before,
+            REPEAT as u64,
+            "{program}: not every repetition was dispatched"
+        );
         assert_eq!(result.return_value, 3, "{program}: not XDP_TX");
     }
     if std::env::var_os("BENCH_XDP_DEBUG").is_some() {
-        eprintln!("{program}: wall {:.1} ns, kernel {} ns", wall.as_nanos() as f64 / REPEAT as f64, result.duration.as_nanos());
+        eprintln!(
+            "{program}: wall {:.1} ns, kernel {} ns",
+            wall.as_nanos() as f64 / REPEAT as f64,
+            result.duration.as_nanos()
+        );
     }
     result.duration.as_nanos() as f64
 }
@@ -108,10 +141,24 @@ const POLICIES: [(&str, Policy); 4] = [
 ];
 
 fn main() {
-    let uname = std::process::Command::new("uname").arg("-r").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())).unwrap_or_default();
+    let uname = std::process::Command::new("uname")
+        .arg("-r")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
     println!("# bench-xdp: ns per packet, BPF_PROG_TEST_RUN, {REPEAT} repetitions x {ROUNDS} interleaved rounds");
-    println!("# kernel {uname}, {cpu}, {} CPUs; median [min-max]\n", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!(
+        "# kernel {uname}, {cpu}, {} CPUs; median [min-max]\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
 
     // BENCH_XDP_QUICK=1: IPv4 policies only, for trying out changes.
     let quick = std::env::var_os("BENCH_XDP_QUICK").is_some();
@@ -122,30 +169,47 @@ fn main() {
         let family = if v6 { "IPv6" } else { "IPv4" };
         // One data plane per policy (1 function, 4 workers), all measured
         // in the same rounds with the yardsticks.
-        let planes: Vec<(&str, Loaded)> = POLICIES.iter().map(|(name, p)| (*name, setup(*p, 1, 4, v6))).collect();
+        let planes: Vec<(&str, Loaded)> = POLICIES
+            .iter()
+            .map(|(name, p)| (*name, setup(*p, 1, 4, v6)))
+            .collect();
         let frame = request_frame(1, v6);
         let yard = &planes[0].1;
-        let mut samples: Vec<(String, Vec<f64>)> = ["XDP_PASS", "floor (L3 forwarder)", "one-lookup dispatcher"]
-            .iter()
-            .map(|s| (s.to_string(), Vec::new()))
-            .chain(POLICIES.iter().map(|(n, _)| (n.to_string(), Vec::new())))
-            .collect();
+        let mut samples: Vec<(String, Vec<f64>)> =
+            ["XDP_PASS", "floor (L3 forwarder)", "one-lookup dispatcher"]
+                .iter()
+                .map(|s| (s.to_string(), Vec::new()))
+                .chain(POLICIES.iter().map(|(n, _)| (n.to_string(), Vec::new())))
+                .collect();
         for _ in 0..ROUNDS {
-            samples[0].1.push(measure(yard, PASS_PROGRAM, &frame, false));
-            samples[1].1.push(measure(yard, YARDSTICK_FLOOR, &frame, false));
-            samples[2].1.push(measure(yard, YARDSTICK_ONE_LOOKUP, &frame, false));
+            samples[0]
+                .1
+                .push(measure(yard, PASS_PROGRAM, &frame, false));
+            samples[1]
+                .1
+                .push(measure(yard, YARDSTICK_FLOOR, &frame, false));
+            samples[2]
+                .1
+                .push(measure(yard, YARDSTICK_ONE_LOOKUP, &frame, false));
             for (i, (_, dp)) in planes.iter().enumerate() {
                 samples[3 + i].1.push(measure(dp, PROGRAM, &frame, true));
             }
         }
-        let stats: Vec<(String, (f64, f64, f64))> = samples.into_iter().map(|(n, s)| (n, median_and_range(s))).collect();
+        let stats: Vec<(String, (f64, f64, f64))> = samples
+            .into_iter()
+            .map(|(n, s)| (n, median_and_range(s)))
+            .collect();
         let floor = stats[1].1 .0;
         let one = stats[2].1 .0;
         println!("## {family}: 1 function, 4 workers");
         println!("| program | ns/packet | range | x floor | x one-lookup |");
         println!("|---|---:|---:|---:|---:|");
         for (name, (m, lo, hi)) in &stats {
-            println!("| {name} | {m:.1} | {lo:.1}-{hi:.1} | {:.2} | {:.2} |", m / floor, m / one);
+            println!(
+                "| {name} | {m:.1} | {lo:.1}-{hi:.1} | {:.2} | {:.2} |",
+                m / floor,
+                m / one
+            );
         }
         println!();
     }
@@ -154,8 +218,13 @@ fn main() {
         return;
     }
     // Scaling: functions (4 workers each) and workers (1 function).
-    for (what, points) in [("functions (4 workers each)", [1usize, 16, 256, 1024]), ("workers (1 function)", [1usize, 4, 16, 64])] {
-        println!("## IPv4 cost by number of {what}: median (min) ns; max/min of medians / of minima");
+    for (what, points) in [
+        ("functions (4 workers each)", [1usize, 16, 256, 1024]),
+        ("workers (1 function)", [1usize, 4, 16, 64]),
+    ] {
+        println!(
+            "## IPv4 cost by number of {what}: median (min) ns; max/min of medians / of minima"
+        );
         print!("| policy |");
         for p in points {
             print!(" {p} |");
@@ -166,8 +235,15 @@ fn main() {
             let planes: Vec<(Loaded, Vec<u8>)> = points
                 .iter()
                 .map(|&n| {
-                    let (functions, workers) = if what.starts_with("functions") { (n, 4) } else { (1, n) };
-                    (setup(policy, functions, workers, false), request_frame(functions as u32, false))
+                    let (functions, workers) = if what.starts_with("functions") {
+                        (n, 4)
+                    } else {
+                        (1, n)
+                    };
+                    (
+                        setup(policy, functions, workers, false),
+                        request_frame(functions as u32, false),
+                    )
                 })
                 .collect();
             let mut samples = vec![Vec::new(); points.len()];
@@ -181,8 +257,15 @@ fn main() {
             for (m, lo, _) in &stats {
                 print!(" {m:.0} ({lo:.0}) |");
             }
-            let spread = |xs: Vec<f64>| xs.iter().cloned().fold(f64::MIN, f64::max) / xs.iter().cloned().fold(f64::MAX, f64::min);
-            println!(" {:.2} / {:.2} |", spread(stats.iter().map(|s| s.0).collect()), spread(stats.iter().map(|s| s.1).collect()));
+            let spread = |xs: Vec<f64>| {
+                xs.iter().cloned().fold(f64::MIN, f64::max)
+                    / xs.iter().cloned().fold(f64::MAX, f64::min)
+            };
+            println!(
+                " {:.2} / {:.2} |",
+                spread(stats.iter().map(|s| s.0).collect()),
+                spread(stats.iter().map(|s| s.1).collect())
+            );
         }
         println!();
     }

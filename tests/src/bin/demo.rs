@@ -23,18 +23,31 @@ fn main() {
     tb.enable_xdp_tx(&dsp);
 
     let [wa, wb] = [&workers[0], &workers[1]];
-    let config = config(dsp.ip, &[(1, &[wa]), (2, &[wb])], "\n[[workflows]]\nid = 100\nsteps = [1, 2]\n");
+    let config = config(
+        dsp.ip,
+        &[(1, &[wa]), (2, &[wb])],
+        "\n[[workflows]]\nid = 100\nsteps = [1, 2]\n",
+    );
     let config_path = tb.write_file("dispatcher.toml", &config);
-    println!("== dispatcher config ({}):\n{config}", config_path.display());
+    println!(
+        "== dispatcher config ({}):\n{config}",
+        config_path.display()
+    );
     let service = format!("{}:7770", dsp.ip);
-    println!("== workers: function 1 = upper on {}, function 2 = reverse on {}", wa.ip, wb.ip);
+    println!(
+        "== workers: function 1 = upper on {}, function 2 = reverse on {}",
+        wa.ip, wb.ip
+    );
     let _workers = [
         tb.serve(wa, "upper", &["--dispatcher", &service]),
         tb.serve(wb, "reverse", &["--dispatcher", &service]),
         tb.serve(&spare, "upper", &["--dispatcher", &service]),
     ];
     let mut dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &config_path, &[]);
-    println!("== dispatcher attached to {}:eth0 ({}), service {service}\n", dsp.ns, dsp.ip);
+    println!(
+        "== dispatcher attached to {}:eth0 ({}), service {service}\n",
+        dsp.ns, dsp.ip
+    );
 
     let invoke = |id: &str, payload: &str| {
         let out = tb.exec(&client, &bin, &["invoke", "--to", &service, id, payload]);
@@ -50,14 +63,36 @@ fn main() {
     invoke("100", "hello workflow");
 
     println!("\n== pktgen: 2,000 requests/s for 2 s through the XDP dispatcher (open loop, latency from the scheduled send time)");
-    let out = tb.exec(&client, &bin, &["pktgen", "--to", &service, "--rate", "2000", "--duration", "2", "--functions", "1,2"]);
-    print!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = tb.exec(
+        &client,
+        &bin,
+        &[
+            "pktgen",
+            "--to",
+            &service,
+            "--rate",
+            "2000",
+            "--duration",
+            "2",
+            "--functions",
+            "1,2",
+        ],
+    );
+    print!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     println!("\n== an operator's session: every command acts on the pinned maps, each change on the very next request");
     let cli = |args: &[&str]| {
         println!("\n$ dispatcher {}", args.join(" "));
         let out = tb.exec(&dsp, &bin, args);
-        print!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        print!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     let spare_addr = format!("{}:9000", spare.ip);
     let wa_addr = format!("{}:9000", wa.ip);
@@ -82,7 +117,9 @@ fn main() {
     std::thread::sleep(std::time::Duration::from_millis(200));
     print!("{}", dispatcher.log());
 
-    println!("\n== stopping: the dispatcher detaches on SIGTERM; the testbed removes its namespaces");
+    println!(
+        "\n== stopping: the dispatcher detaches on SIGTERM; the testbed removes its namespaces"
+    );
     let clean = dispatcher.stop();
     let link = tb.exec(&dsp, Path::new("ip"), &["-brief", "link", "show", "eth0"]);
     println!(
