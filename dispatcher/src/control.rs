@@ -515,7 +515,7 @@ fn change_workers(
 }
 
 /// The worker at `addr` among `workers`, or the error people see.
-fn find_worker<'a>(workers: &'a mut [Worker], id: u32, addr: SocketAddr) -> Result<&'a mut Worker> {
+fn find_worker(workers: &mut [Worker], id: u32, addr: SocketAddr) -> Result<&mut Worker> {
     let e = endpoint(addr.ip(), addr.port());
     workers
         .iter_mut()

@@ -174,12 +174,12 @@ pub async fn fill_missing(config: &mut Config) -> Result<Vec<SocketAddr>> {
     let resolver = Resolver::new()?;
     let mut learned: HashMap<IpAddr, MacAddr6> = HashMap::new();
     for addr in &missing {
-        if !learned.contains_key(&addr.ip()) {
+        if let std::collections::hash_map::Entry::Vacant(entry) = learned.entry(addr.ip()) {
             let mac = resolver
                 .resolve(addr.ip())
                 .await
                 .map_err(|e| anyhow!("worker {addr}: {e:#}"))?;
-            learned.insert(addr.ip(), mac);
+            entry.insert(mac);
         }
     }
     for w in config

@@ -1006,15 +1006,13 @@ fn walk(
                         }
                     }
                     JMP_CALL => {
-                        if matches!(insn.imm, 1..=3) {
-                            if !s.regs[2].on_stack_aligned() {
-                                report(
+                        if matches!(insn.imm, 1..=3) && !s.regs[2].on_stack_aligned() {
+                            report(
                                 i,
                                 Rule::MapKeyNotOnStack,
                                 "the map key is not on the stack at a constant, 4-byte aligned offset (the NFP reads keys only there)".into(),
                                 add,
                             );
-                            }
                         }
                         if insn.imm == 2 && !s.regs[3].on_stack_aligned() {
                             report(

@@ -419,7 +419,7 @@ fn spread(v: &[f64]) -> (f64, f64) {
         .fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)))
 }
 
-fn runs<'a>(results: &'a Results, c: Contender, rate: u64) -> &'a [Run] {
+fn runs(results: &Results, c: Contender, rate: u64) -> &[Run] {
     results
         .get(&c)
         .and_then(|r| r.get(&rate))

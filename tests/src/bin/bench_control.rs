@@ -110,7 +110,7 @@ fn main() {
         let start = Instant::now();
         for i in 0..changes {
             let function = functions[i as usize % functions.len()];
-            if (i / functions.len() as u32) % 2 == 0 {
+            if (i / functions.len() as u32).is_multiple_of(2) {
                 control::add_worker(maps, function, extra).unwrap();
             } else {
                 control::remove_worker(maps, function, removed).unwrap();
