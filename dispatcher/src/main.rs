@@ -195,9 +195,6 @@ enum Command {
         /// into this SVG file.
         #[arg(long, value_name = "FILE.svg", value_parser = svg_path)]
         plot: Option<PathBuf>,
-        /// Use the kernel's pktgen (/proc/net/pktgen) instead.
-        #[arg(long)]
-        kernel: bool,
     },
     /// Send one request and print the answer and its latency.
     Invoke {
@@ -525,21 +522,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             spin_us,
             json,
             plot,
-            kernel,
         } => {
-            if kernel {
-                if !Path::new("/proc/net/pktgen").exists() {
-                    anyhow::bail!(
-                        "the kernel's pktgen is not available here (no /proc/net/pktgen: `modprobe pktgen` loads it where the module exists); \
-                         run without --kernel to use the built-in generator"
-                    );
-                }
-                anyhow::bail!(
-                    "--kernel: the kernel's pktgen cannot send FaaS requests: it writes its own 16-byte header (magic 0xbe9be955) \
-                     where the FaaS header must be and cannot set payload bytes, so the dispatcher would only count its frames as \
-                     pass_bad_magic; run without --kernel to use the built-in generator"
-                );
-            }
             let opts = dispatcher::pktgen::Options {
                 to,
                 rate,
