@@ -27,7 +27,9 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use aya_log_ebpf::warn;
 use dispatcher_common::{
     maps::{Function, MAX_RESTEERS, MAX_WORKFLOW_STEPS},
-    protocol::{self, flags, kind, FaasHdr},
+    protocol::{
+        flags, kind, FaasHdr, {self},
+    },
     stats::Counter,
 };
 

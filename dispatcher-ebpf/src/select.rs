@@ -11,7 +11,9 @@ use dispatcher_common::{
 };
 
 use crate::{
-    maps::{self, LOADS, MAGLEV, RING},
+    maps::{
+        LOADS, MAGLEV, RING, {self},
+    },
     parse::Packet,
     variant::Variant,
 };

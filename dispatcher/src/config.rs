@@ -143,7 +143,7 @@ pub struct FunctionConfig {
     pub workers: Vec<WorkerConfig>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Policy {
     #[default]

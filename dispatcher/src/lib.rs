@@ -1,41 +1,31 @@
 //! The user-space half of the FaaS dispatcher.
 //!
-//! Layers, each using only the ones below it:
-//! - the commands live in `main.rs` and stay thin (parse, call, render);
-//! - [`daemon`]: `dispatcher run`: attaches or adopts the data plane, and
-//!   runs the slow path ([`service`]), health ([`health`], fed by
-//!   [`heartbeat`]s), neighbour MACs ([`neighbours`]), [`metrics`], reloads;
+//! Its parts, each using only the ones below it (docs/architecture.md
+//! draws the picture and says where a new feature goes):
+//! - the `dispatcher` binary's commands (`src/main.rs`, `src/cli/`) stay
+//!   thin: parse, call a part below, render;
+//! - [`daemon`]: `dispatcher run`: chooses the attach mode, attaches or
+//!   adopts the data plane, and runs the slow path, health, neighbour MACs,
+//!   metrics, the kernel's log and reloads; also `--mode user`;
 //! - [`control`]: turns configuration and CLI changes into map contents in
-//!   a safe order, with [`tables`] computing rings and Maglev tables;
-//!   [`inspect`] reads the state back;
-//! - [`data_plane`]: loads, attaches and pins the XDP program and gives typed
-//!   access to its maps; [`config`] is the TOML configuration;
-//! - [`worker`] (`dispatcher serve`), [`client`] (`dispatcher invoke`) and
-//!   [`pktgen`] speak only the wire protocol ([`wire`]), never the maps.
+//!   a safe order (rings and Maglev tables in [`control::tables`]) and reads
+//!   the state back ([`control::inspect`], [`control::stats`]);
+//! - [`data_plane`]: the XDP object, loading, attaching, pinning, binding to
+//!   a NIC, typed access to the maps; it knows no configuration;
+//! - [`offload_check`]: the static checker of the NFP's offload rules;
+//! - [`workload`]: the worker runtime (`serve`), the client (`invoke`) and
+//!   `pktgen`, which speak only the wire protocol, never the maps;
+//! - at the bottom: [`config`] (the TOML file), [`wire`] (the FaaS header
+//!   on sockets), [`heartbeat`] (the worker control protocol),
+//!   [`endpoints`] (socket addresses <-> map entries), [`udp_batch`].
 
-pub mod bpffs;
-pub mod client;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod data_plane;
-pub mod health;
+pub mod endpoints;
 pub mod heartbeat;
-pub mod inspect;
-pub mod kernel_log;
-pub mod map_batch;
-pub mod metrics;
-pub mod neighbours;
-pub mod offload;
 pub mod offload_check;
-pub mod pktgen;
-pub mod plot;
-pub mod privileges;
-pub mod service;
-pub mod stats;
-pub mod tables;
 pub mod udp_batch;
-pub mod user_mode;
-pub mod veth;
 pub mod wire;
-pub mod worker;
+pub mod workload;

@@ -201,7 +201,8 @@ impl Testbed {
             attached: Vec::new(),
         };
         fs::create_dir_all(&tb.bpffs).expect("create testbed directory");
-        dispatcher::bpffs::ensure_mounted(&tb.bpffs).expect("mount the testbed's bpffs");
+        dispatcher::data_plane::bpffs::ensure_mounted(&tb.bpffs)
+            .expect("mount the testbed's bpffs");
         sh("ip", &["netns", "add", &tb.switch_ns]);
         sh(
             "ip",

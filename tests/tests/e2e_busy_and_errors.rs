@@ -6,7 +6,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use dispatcher::{stats::Snapshot, wire::Message};
+use dispatcher::{control::stats::Snapshot, wire::Message};
 use dispatcher_common::{
     protocol::{error_code, flags, kind, FaasHdr},
     stats::Counter,

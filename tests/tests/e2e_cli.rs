@@ -324,7 +324,7 @@ fn sighup_moves_the_service_port_addresses_and_egress() {
         )
     };
     let dispatched = || {
-        dispatcher::stats::Snapshot::read(&tb.pin_dir(&dsp))
+        dispatcher::control::stats::Snapshot::read(&tb.pin_dir(&dsp))
             .unwrap()
             .get(dispatcher_common::stats::Counter::DispatchedRequest)
     };

@@ -8,7 +8,7 @@
 
 use std::{path::Path, time::Duration};
 
-use dispatcher::stats::Snapshot;
+use dispatcher::control::stats::Snapshot;
 use dispatcher_common::stats::Counter;
 use tests::testbed::{config, dispatcher_bin, Host, Testbed};
 

@@ -7,8 +7,8 @@ use std::{collections::HashMap, net::SocketAddr};
 use dispatcher::{
     config::Config,
     control,
+    control::tables::{self, Member},
     data_plane::{Loaded, HW_PROGRAM, PROGRAM},
-    tables::{self, Member},
 };
 use dispatcher_common::{
     hash,

@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dispatcher::plot::{self, Chart, Series};
+use dispatcher::workload::plot::{self, Chart, Series};
 use dispatcher_common::maps::Function;
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use tests::testbed::{attach_in_namespace, dispatcher_bin, sh, Host, Process, Testbed};

@@ -16,8 +16,8 @@ use std::time::Instant;
 use dispatcher::{
     config::{Config, HealthConfig, WorkerConfig},
     control,
+    daemon::health::Health,
     data_plane::Loaded,
-    health::Health,
     heartbeat::{self, Heartbeat},
 };
 use dispatcher_common::maps::egress;

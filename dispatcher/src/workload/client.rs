@@ -34,11 +34,11 @@ pub fn invoke(
     payload: &[u8],
     timeout: Duration,
 ) -> Result<Answer> {
-    if payload.len() > crate::worker::MAX_PAYLOAD {
+    if payload.len() > crate::workload::worker::MAX_PAYLOAD {
         bail!(
             "the payload is {} bytes: a request carries at most {} in one UDP datagram (the protocol's ERROR 5); send less",
             payload.len(),
-            crate::worker::MAX_PAYLOAD
+            crate::workload::worker::MAX_PAYLOAD
         );
     }
     let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;

@@ -1,10 +1,12 @@
 //! The XDP data plane seen from user space: the embedded object, loading and
 //! attaching it, pinning its maps, and typed access to them.
 
-use std::{
-    net::IpAddr,
-    path::{Path, PathBuf},
-};
+pub mod bpffs;
+pub mod map_batch;
+pub mod offload;
+pub mod privileges;
+
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
@@ -24,8 +26,6 @@ use dispatcher_common::{
 };
 use nix::fcntl::{Flock, FlockArg};
 use tracing::{info, warn};
-
-use crate::{config::Config, offload};
 
 /// Name of the XDP program in the object.
 pub const PROGRAM: &str = "dispatch";
@@ -162,7 +162,7 @@ impl Maps {
         fn zero_all<V: aya::Pod + Default>(map: &mut Array<MapData, V>) -> Result<()> {
             let keys: Vec<u32> = (0..map.len()).collect();
             let zeros: Vec<V> = keys.iter().map(|_| V::default()).collect();
-            crate::map_batch::write(map, &keys, &zeros)
+            crate::data_plane::map_batch::write(map, &keys, &zeros)
         }
         zero_all(&mut self.stats_hw).context("cannot create the counters of STATS_HW")?;
         zero_all(&mut self.function_stats_hw)
@@ -258,20 +258,6 @@ fn per_cpu_traffic(map: &PerCpuArray<MapData, Traffic>, index: u32) -> Result<Tr
         .get(&index, 0)?
         .iter()
         .fold(Traffic::default(), |a, t| add(a, *t)))
-}
-
-/// The map key for `addr:port` (IPv4 stored IPv4-mapped), as in SERVICES
-/// and REGISTERED.
-pub fn endpoint(addr: IpAddr, port: u16) -> Endpoint {
-    let v6 = match addr {
-        IpAddr::V4(a) => a.to_ipv6_mapped(),
-        IpAddr::V6(a) => a,
-    };
-    Endpoint {
-        addr: v6.octets(),
-        port: port.to_be_bytes(),
-        _pad: [0; 2],
-    }
 }
 
 /// XDP programs in the object.
@@ -398,8 +384,9 @@ pub struct Attached {
 }
 
 impl Attached {
-    /// Loads the program, writes `config` into its maps, attaches it to
-    /// `iface` in `mode`, and pins the maps and the link in `pin_dir`.
+    /// Loads the program, lets `configure` fill its maps (the caller's
+    /// config: this layer knows none), attaches it to `iface` in `mode`, and
+    /// pins the maps and the link in `pin_dir`.
     ///
     /// Everything is pinned into a staging directory first and renamed to
     /// `pin_dir` once the program is configured and attached, so the pin
@@ -408,10 +395,9 @@ impl Attached {
         iface: &str,
         mode: Mode,
         pin_dir: &Path,
-        config: &Config,
         device: offload::Device,
+        configure: impl FnOnce(&mut Maps) -> Result<()>,
     ) -> Result<Attached> {
-        let mac = interface_mac(iface)?;
         if pin_dir.exists() {
             bail!(
                 "a data plane is already pinned at {}: adopt it instead",
@@ -429,7 +415,7 @@ impl Attached {
         std::fs::create_dir_all(&staging)
             .with_context(|| format!("cannot create {}", staging.display()))?;
 
-        let staged = Self::attach_staged(iface, mode, &staging, config, mac, device).and_then(
+        let staged = Self::attach_staged(iface, mode, &staging, device, configure).and_then(
             |(maps, mode)| {
                 std::fs::rename(&staging, pin_dir)
                     .with_context(|| format!("cannot move pins to {}", pin_dir.display()))?;
@@ -473,19 +459,17 @@ impl Attached {
         iface: &str,
         mode: Mode,
         staging: &Path,
-        config: &Config,
-        mac: [u8; 6],
         device: offload::Device,
+        configure: impl FnOnce(&mut Maps) -> Result<()>,
     ) -> Result<(Maps, XdpMode)> {
         if mode == Mode::Hw {
-            return Self::attach_staged_hw(iface, staging, config, mac, device);
+            return Self::attach_staged_hw(iface, staging, device, configure);
         }
         let geometry = Geometry::HOST;
         let mut ebpf = load(&[PROGRAM], &geometry)?;
         let mut maps = Maps::take(&mut ebpf, Some(staging))?;
         maps.set_geometry(geometry)?;
-        crate::control::configure_interface(&mut maps, mac, &config.egress)?;
-        crate::control::apply(&mut maps, config)?;
+        configure(&mut maps)?;
 
         let program: &mut Xdp = ebpf.program_mut(PROGRAM).expect("loaded").try_into()?;
         let (link, mode) = match mode {
@@ -506,18 +490,18 @@ impl Attached {
     }
 
     /// `--mode hw`: the offload variant and the maps it uses bound to the
-    /// NIC (offload.rs), configured, attached in hardware mode.
+    /// NIC (offload.rs), configured, attached in hardware mode. (The caller
+    /// checks that its config fits `device.geometry()` before this touches
+    /// the device.)
     fn attach_staged_hw(
         iface: &str,
         staging: &Path,
-        config: &Config,
-        mac: [u8; 6],
         device: offload::Device,
+        configure: impl FnOnce(&mut Maps) -> Result<()>,
     ) -> Result<(Maps, XdpMode)> {
         let ifindex = offload::ifindex(iface)?;
         let geometry = device.geometry()?;
         info!(iface, ?geometry, "sizing the maps for the device");
-        crate::control::fits(&geometry, config)?;
         let bound = offload::load_bound(iface, ifindex, &device, &geometry, &MAP_NAMES)?;
         let mut by_name: std::collections::HashMap<String, Map> = bound.maps.into_iter().collect();
         let mut maps = Maps::build(|name| {
@@ -531,8 +515,7 @@ impl Attached {
         })?;
         maps.set_geometry(geometry)?;
         maps.create_counters_hw()?;
-        crate::control::configure_interface(&mut maps, mac, &config.egress)?;
-        crate::control::apply(&mut maps, config)?;
+        configure(&mut maps)?;
         let program_pin = staging.join(PROGRAM_PIN);
         offload::pin_program(&bound.program, &program_pin)?;
         let mut program = Xdp::from_pin(&program_pin, aya_obj::programs::XdpAttachType::Interface)

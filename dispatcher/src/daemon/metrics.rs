@@ -7,7 +7,7 @@ use std::{fmt::Write as _, net::SocketAddr, path::PathBuf};
 use anyhow::{anyhow, Result};
 use tracing::{info, warn};
 
-use crate::{data_plane::Maps, inspect};
+use crate::{control::inspect, data_plane::Maps};
 
 /// Writes one metric family: HELP, TYPE, then a sample per (labels, value).
 fn family(

@@ -8,6 +8,10 @@
 //! them. Slots that left the set are cleared after the flip. A packet thus
 //! sees the old set or the new one, never a mix.
 
+pub mod inspect;
+pub mod stats;
+pub mod tables;
+
 use std::net::SocketAddr;
 
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -18,9 +22,9 @@ use dispatcher_common::maps::{
 
 use crate::{
     config::{self, Config},
-    data_plane::{endpoint, interface_mac, Maps},
-    map_batch,
-    tables::{self, Member},
+    control::tables::Member,
+    data_plane::{interface_mac, map_batch, Maps},
+    endpoints::endpoint,
 };
 
 /// Writes the per-interface settings: source MAC and egress (XDP_TX out of

@@ -39,9 +39,9 @@ use tracing::{info, warn};
 
 use crate::{
     config::Config,
-    data_plane::endpoint,
-    service::{answer, Answer},
-    tables::{self, Member},
+    control::tables::{self, Member},
+    daemon::slow_path::{answer, Answer},
+    endpoints::endpoint,
     udp_batch::{BatchReceiver, BatchSender},
 };
 
@@ -159,7 +159,7 @@ impl Tables {
 }
 
 fn w_ip(w: &Worker) -> std::net::IpAddr {
-    crate::service::worker_socket_addr(w).ip()
+    crate::endpoints::worker_socket_addr(w).ip()
 }
 
 impl View for Tables {

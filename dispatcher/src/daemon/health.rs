@@ -68,7 +68,7 @@ impl Health {
 
     fn rebuild_index(&mut self, maps: &Maps) -> Result<()> {
         let mut index = Index::default();
-        for f in crate::inspect::functions(maps)? {
+        for f in crate::control::inspect::functions(maps)? {
             let up = index.up_slots.entry(f.id).or_default();
             for (slot, w) in control::function_workers(maps, &f.entry)? {
                 let addr: SocketAddr = control::worker_name(&w).parse().expect("a socket address");

@@ -1,6 +1,14 @@
 //! `dispatcher run`: attach the data plane, configure it, and keep it
 //! running until SIGINT or SIGTERM, then detach cleanly.
 
+pub mod health;
+pub mod kernel_log;
+pub mod metrics;
+pub mod neighbours;
+pub mod slow_path;
+pub mod user_mode;
+pub mod veth;
+
 use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
@@ -12,11 +20,9 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
 use crate::{
-    bpffs,
     config::{Config, Service},
     control,
-    data_plane::{interface_mac, Attached, Mode},
-    health, neighbours, privileges, service,
+    data_plane::{bpffs, interface_mac, privileges, Attached, Mode},
 };
 
 /// Everything `dispatcher run` is told on its command line.
@@ -37,7 +43,7 @@ pub struct RunOptions {
     /// the next daemon to adopt.
     pub keep_attached: bool,
     /// `--mode hw`: what the device holds.
-    pub device: crate::offload::Device,
+    pub device: crate::data_plane::offload::Device,
 }
 
 /// The config file (if any) with the command line's additions, validated.
@@ -98,8 +104,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             // another interface.
             Some(Mode::Drv) | None if config.egress.redirect_to.is_some() => Mode::Drv,
             asked @ (Some(Mode::Drv) | None) => {
-                let link = crate::veth::inspect(&opts.iface).await?;
-                crate::veth::choose_drv_or_skb(
+                let link = crate::daemon::veth::inspect(&opts.iface).await?;
+                crate::daemon::veth::choose_drv_or_skb(
                     &opts.iface,
                     asked.is_some(),
                     opts.veth_peer_xdp,
@@ -107,7 +113,14 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 )?
             }
         };
-        Attached::attach(&opts.iface, mode, &pin_dir, &config, opts.device)?
+        if mode == Mode::Hw {
+            // Refused before the device is touched.
+            control::fits(&opts.device.geometry()?, &config)?;
+        }
+        Attached::attach(&opts.iface, mode, &pin_dir, opts.device, |maps| {
+            control::configure_interface(maps, iface_mac, &config.egress)?;
+            control::apply(maps, &config)
+        })?
     };
     info!(
         services = ?config.service.addresses,
@@ -116,12 +129,15 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         "dispatching; SIGINT or SIGTERM detaches"
     );
     if let Some(m) = &config.metrics {
-        crate::metrics::spawn(m.listen, pin_dir.clone())?;
+        crate::daemon::metrics::spawn(m.listen, pin_dir.clone())?;
     }
     // Not fatal: the data plane dispatches whether or not its log is read.
     // The offloaded program has none (the NFP cannot log).
     if opts.mode != Some(Mode::Hw) {
-        if let Err(e) = attached.program_id().and_then(crate::kernel_log::forward) {
+        if let Err(e) = attached
+            .program_id()
+            .and_then(crate::daemon::kernel_log::forward)
+        {
             warn!("{e:#}");
         }
     }
@@ -129,7 +145,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut refresh =
         tokio::time::interval(Duration::from_millis(config.neighbours.refresh_ms.max(100)));
     let mut port = config.service.port;
-    let service = service::run(port, &pin_dir);
+    let service = slow_path::run(port, &pin_dir);
     tokio::pin!(service);
     let mut health_task = match config.health.clone() {
         Some(h) => Some(health::start(h, attached.maps_handle()?).await?),
@@ -147,7 +163,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                         // The old socket closes as its future is dropped.
                         info!(old = port, new = new.port, "SIGHUP: the service port changed; the slow path moves to it");
                         port = new.port;
-                        service.set(service::run(port, &pin_dir));
+                        service.set(slow_path::run(port, &pin_dir));
                     }
                     if health_task.as_ref().map(|h| &h.config) != new.health.as_ref() {
                         // Stop the old listener, and wait until its socket is
@@ -191,10 +207,10 @@ async fn run_user(
     if config.health.is_some() || config.metrics.is_some() {
         warn!("--mode user: [health] and [metrics] act on the XDP data plane's maps and are not served in user mode");
     }
-    let control = std::sync::Arc::new(crate::user_mode::Control::default());
+    let control = std::sync::Arc::new(crate::daemon::user_mode::Control::default());
     let serving = {
         let control = control.clone();
-        tokio::task::spawn_blocking(move || crate::user_mode::serve(&config, control))
+        tokio::task::spawn_blocking(move || crate::daemon::user_mode::serve(&config, control))
     };
     tokio::pin!(serving);
     tokio::pin!(shutdown);
@@ -281,7 +297,7 @@ async fn refresh_macs(learned: &[SocketAddr], maps: &mut crate::data_plane::Maps
         Ok(r) => r,
         Err(e) => return warn!("neighbour refresh: {e:#}"),
     };
-    let workers = match crate::inspect::workers(maps, None) {
+    let workers = match crate::control::inspect::workers(maps, None) {
         Ok(w) => w,
         Err(e) => return warn!("neighbour refresh: {e:#}"),
     };

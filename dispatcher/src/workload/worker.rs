@@ -478,7 +478,7 @@ pub fn busy(datagram: &[u8], source: SocketAddr) -> Option<Message> {
         .filter(|m| matches!(m.hdr.kind, kind::REQUEST | kind::STEP))?;
     let mut hdr = msg.hdr;
     if hdr.flags & flags::REPLY_SET == 0 {
-        let source = crate::data_plane::endpoint(source.ip(), source.port());
+        let source = crate::endpoints::endpoint(source.ip(), source.port());
         hdr.flags |= flags::REPLY_SET;
         hdr.reply_port = source.port;
         hdr.reply_addr = source.addr;

@@ -10,7 +10,7 @@
 
 use std::{
     hash::{BuildHasher, RandomState},
-    net::{IpAddr, Ipv6Addr, SocketAddr},
+    net::{Ipv6Addr, SocketAddr},
     path::Path,
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -26,7 +26,8 @@ use tokio::net::UdpSocket;
 use tracing::{debug, info, warn};
 
 use crate::{
-    data_plane::{endpoint, Maps},
+    data_plane::Maps,
+    endpoints::{endpoint, worker_socket_addr},
     wire::{Message, ParseError},
 };
 
@@ -200,15 +201,6 @@ pub fn answer(view: &impl View, datagram: &[u8], source: SocketAddr, random: u32
     }
 }
 
-pub fn worker_socket_addr(w: &Worker) -> SocketAddr {
-    let ip: IpAddr = if w.family == family::IPV4 {
-        std::net::Ipv4Addr::new(w.addr[0], w.addr[1], w.addr[2], w.addr[3]).into()
-    } else {
-        Ipv6Addr::from(w.addr).into()
-    };
-    SocketAddr::new(ip, u16::from_be_bytes(w.port))
-}
-
 /// Serves the service port on every address until cancelled.
 pub async fn run(port: u16, pin_dir: &Path) -> Result<()> {
     let maps = Maps::from_pins(pin_dir)?;
@@ -238,21 +230,5 @@ pub async fn run(port: u16, pin_dir: &Path) -> Result<()> {
             }
             Answer::Ignore(why) => debug!(%from, why = why.name(), "slow path ignored a datagram"),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn worker_addresses_convert_back() {
-        let w = Worker {
-            addr: [10, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            port: 9000u16.to_be_bytes(),
-            family: family::IPV4,
-            ..Default::default()
-        };
-        assert_eq!(worker_socket_addr(&w), "10.0.0.9:9000".parse().unwrap());
     }
 }

@@ -20,8 +20,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::{
-    plot::{self, Series},
     udp_batch::{BatchReceiver, BatchSender},
+    workload::plot::{self, Series},
 };
 
 /// What to send.

@@ -1,0 +1,140 @@
+//! The `dispatcher` command line (../shared/design/CLI.md): one module per
+//! command, each with its arguments and a thin body that calls the library
+//! and renders what it returns.
+
+mod functions;
+mod invoke;
+mod maps;
+mod offload;
+mod pktgen;
+mod reload;
+mod run;
+mod serve;
+mod stats;
+mod workers;
+mod workflows;
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use dispatcher::{
+    control::inspect,
+    data_plane::{bpffs, Maps},
+};
+
+#[derive(Parser)]
+#[command(
+    name = "dispatcher",
+    version,
+    about = "In-kernel (XDP) serverless request dispatcher"
+)]
+pub struct Cli {
+    /// The bpffs mount under which data planes pin their maps
+    /// (DIR/dispatcher/IF/); mounted if missing.
+    #[arg(long, global = true, env = "DISPATCHER_BPFFS", default_value = bpffs::DEFAULT_BPFFS)]
+    bpffs: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load and attach the XDP data plane, apply the config, and keep it
+    /// running until SIGINT/SIGTERM, then detach.
+    Run(run::Args),
+    /// Packet counters of a running data plane: dispatched, and passes by reason.
+    Stats(stats::Args),
+    /// Functions of a running data plane: list, add (or change policy), rm.
+    Functions {
+        #[command(subcommand)]
+        action: functions::Action,
+    },
+    /// Workers of a function: list, add, rm, drain.
+    Workers {
+        #[command(subcommand)]
+        action: workers::Action,
+    },
+    /// Workflows: list, add, rm.
+    Workflows {
+        #[command(subcommand)]
+        action: workflows::Action,
+    },
+    /// Apply a config file to a running data plane: only the difference
+    /// changes (the daemon does the same with its own config on SIGHUP).
+    Reload(reload::Args),
+    /// Typed dump of the pinned maps of a running data plane.
+    Maps {
+        #[command(subcommand)]
+        action: maps::Action,
+    },
+    /// Hardware offload (Netronome NFP) tools.
+    Offload {
+        #[command(subcommand)]
+        action: offload::Action,
+    },
+    /// The reference worker runtime: serve functions over UDP.
+    Serve(serve::Args),
+    /// Open-loop load generator and latency meter: requests on a fixed
+    /// schedule, answers matched by request_id, HDR-histogram percentiles.
+    Pktgen(pktgen::Args),
+    /// Send one request and print the answer and its latency.
+    Invoke(invoke::Args),
+}
+
+/// Runs the command the line names.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let bpffs = &cli.bpffs;
+    match cli.command {
+        Command::Run(args) => run::run(args, bpffs),
+        Command::Stats(args) => stats::run(args, bpffs),
+        Command::Functions { action } => functions::run(action, bpffs),
+        Command::Workers { action } => workers::run(action, bpffs),
+        Command::Workflows { action } => workflows::run(action, bpffs),
+        Command::Reload(args) => reload::run(args, bpffs),
+        Command::Maps { action } => maps::run(action, bpffs),
+        Command::Offload { action } => offload::run(action),
+        Command::Serve(args) => serve::run(args),
+        Command::Pktgen(args) => pktgen::run(args),
+        Command::Invoke(args) => invoke::run(args),
+    }
+}
+
+/// Where a command finds its data plane.
+#[derive(clap::Args, Clone)]
+struct Target {
+    /// The interface whose data plane to act on (default: the only one).
+    #[arg(long)]
+    iface: Option<String>,
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Target {
+    /// The maps of the data plane this names.
+    fn open(&self, bpffs: &Path) -> Result<Maps> {
+        let dir = bpffs::find_pin_dir(bpffs, self.iface.as_deref())?;
+        Maps::from_pins(&dir)
+    }
+}
+
+/// Rows as a table, or as one JSON document.
+fn render<T: serde::Serialize>(rows: &[T], json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(rows)?);
+    } else {
+        print!("{}", inspect::table(rows));
+    }
+    Ok(())
+}
+
+fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}

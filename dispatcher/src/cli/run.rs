@@ -1,0 +1,91 @@
+//! `dispatcher run`: the daemon.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::{bail, Result};
+use dispatcher::{
+    daemon::{self, RunOptions},
+    data_plane::{offload::Device, Mode},
+};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The interface to attach to (not used with --mode user).
+    #[arg(long)]
+    iface: Option<String>,
+    /// XDP mode: drv (native), skb, hw (offloaded to the NIC: a
+    /// Netronome NFP), or user (no XDP: dispatch from user space over
+    /// UDP sockets). Default: drv, or skb where drv would not work (a
+    /// driver without native XDP, a veth whose peer runs no XDP
+    /// program); the log says which and why.
+    #[arg(long, value_enum)]
+    mode: Option<Mode>,
+    /// With --mode drv on a veth whose peer is in a namespace this
+    /// process cannot see (a pod's eth0): the peer does run an XDP
+    /// program in driver mode, which drv mode on a veth needs.
+    #[arg(long)]
+    veth_peer_xdp: bool,
+    /// TOML config: service addresses and port, functions and workers.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// A service address (VIP), added to the config's; repeatable.
+    #[arg(long = "vip")]
+    vips: Vec<IpAddr>,
+    /// The service UDP port (overrides the config's; default 7770).
+    #[arg(long)]
+    port: Option<u16>,
+    /// On SIGTERM/SIGINT leave the data plane attached and pinned, for
+    /// the next `dispatcher run` to adopt.
+    #[arg(long)]
+    keep_attached: bool,
+    /// --mode hw: at most this many entries per map on the device (its
+    /// map memory is small; netdevsim takes 2). The tables shrink to
+    /// fit: fewer functions, workers per function, ring and Maglev slots.
+    #[arg(long, value_name = "N")]
+    hw_map_entries: Option<u32>,
+}
+
+pub fn run(args: Args, bpffs: &Path) -> Result<ExitCode> {
+    let Args {
+        iface,
+        mode,
+        veth_peer_xdp,
+        config,
+        vips,
+        port,
+        keep_attached,
+        hw_map_entries,
+    } = args;
+    let iface = match (iface, mode) {
+        (Some(iface), _) => iface,
+        (None, Some(Mode::User)) => String::new(),
+        (None, _) => bail!(
+            "--iface: name the interface to attach to (`ip link` lists them), or use --mode user"
+        ),
+    };
+    if hw_map_entries.is_some() && mode != Some(Mode::Hw) {
+        bail!("--hw-map-entries sizes maps on the NIC: it goes with --mode hw");
+    }
+    if veth_peer_xdp && mode != Some(Mode::Drv) {
+        bail!("--veth-peer-xdp vouches for a veth's peer in drv mode: it goes with --mode drv");
+    }
+    let opts = RunOptions {
+        iface,
+        mode,
+        veth_peer_xdp,
+        config,
+        vips,
+        port,
+        bpffs: bpffs.to_path_buf(),
+        keep_attached,
+        device: Device {
+            max_entries: hw_map_entries,
+        },
+    };
+    super::tokio_runtime()?.block_on(daemon::run(opts))?;
+    Ok(ExitCode::SUCCESS)
+}

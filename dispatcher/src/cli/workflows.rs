@@ -1,0 +1,40 @@
+//! `dispatcher workflows`: list, add, rm.
+
+use std::{path::Path, process::ExitCode};
+
+use anyhow::Result;
+use clap::Subcommand;
+use dispatcher::control::{self, inspect};
+
+use super::{render, Target};
+
+#[derive(Subcommand)]
+pub enum Action {
+    /// List workflows and their steps.
+    List(Target),
+    /// Add (or replace) a workflow: `add ID --steps F1,F2,...`.
+    Add {
+        id: u32,
+        #[arg(long, value_delimiter = ',', required = true)]
+        steps: Vec<u32>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Remove a workflow.
+    Rm {
+        id: u32,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+pub fn run(action: Action, bpffs: &Path) -> Result<ExitCode> {
+    match action {
+        Action::List(target) => render(&inspect::workflows(&target.open(bpffs)?)?, target.json)?,
+        Action::Add { id, steps, target } => {
+            control::set_workflow(&mut target.open(bpffs)?, id, &steps)?
+        }
+        Action::Rm { id, target } => control::remove_workflow(&mut target.open(bpffs)?, id)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
