@@ -610,9 +610,16 @@ pub fn interface_mac(iface: &str) -> Result<[u8; 6]> {
 }
 
 fn explain_load_error(e: ProgramError, name: &str) -> anyhow::Error {
-    let text = format!("{e:#}");
-    if text.contains("Operation not permitted") || text.contains("EPERM") {
-        return anyhow!("the kernel refused to load the XDP program {name}: permission denied (run as root, or with CAP_BPF and CAP_NET_ADMIN)\n{text}");
+    // By errno, not by the message's words.
+    let errno = match &e {
+        ProgramError::LoadError { io_error, .. } => io_error.raw_os_error(),
+        ProgramError::SyscallError(aya::sys::SyscallError { io_error, .. }) => {
+            io_error.raw_os_error()
+        }
+        _ => None,
+    };
+    if errno == Some(libc::EPERM) {
+        return anyhow!("the kernel refused to load the XDP program {name}: permission denied (run as root, or with CAP_BPF and CAP_NET_ADMIN)\n{e:#}");
     }
     anyhow!(e).context(format!(
         "the kernel refused to load the XDP program {name} (verifier log above)"
@@ -671,5 +678,29 @@ impl dispatcher_common::model::View for Maps {
     }
     fn turn(&self, function_index: u32) -> u32 {
         self.rr_cursors.get(&function_index, 0).unwrap_or(0) as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refused load is told apart by its errno, whatever the message says.
+    #[test]
+    fn a_load_refused_with_eperm_names_the_privileges() {
+        let refused = |errno| ProgramError::LoadError {
+            io_error: std::io::Error::from_raw_os_error(errno),
+            verifier_log: aya_obj::VerifierLog::new("some log".into()),
+        };
+        let eperm = format!("{:#}", explain_load_error(refused(libc::EPERM), PROGRAM));
+        assert!(
+            eperm.contains("permission denied (run as root, or with CAP_BPF"),
+            "{eperm}"
+        );
+        let einval = format!("{:#}", explain_load_error(refused(libc::EINVAL), PROGRAM));
+        assert!(
+            !einval.contains("permission denied") && einval.contains("verifier log"),
+            "{einval}"
+        );
     }
 }
