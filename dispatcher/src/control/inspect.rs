@@ -2,7 +2,7 @@
 //! `workers list`, `workflows list` and `maps dump`: plain values that
 //! render as tables for people and JSON for scripts.
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, net::SocketAddr};
 
 use anyhow::Result;
 use dispatcher_common::maps::{policy, worker_state, Function, MAX_WORKFLOW_STEPS};
@@ -29,10 +29,10 @@ pub struct FunctionInfo {
 pub struct WorkerInfo {
     pub function: u32,
     pub slot: u8,
-    pub addr: String,
+    pub addr: SocketAddr,
     pub mac: String,
     pub weight: u16,
-    pub state: &'static str,
+    pub state: WorkerState,
     pub load: u64,
     pub packets: u64,
     pub bytes: u64,
@@ -54,11 +54,23 @@ pub fn policy_name(p: u8) -> &'static str {
     }
 }
 
-pub fn state_name(s: u8) -> &'static str {
-    match s {
-        worker_state::UP => "up",
-        worker_state::DRAINING => "draining",
-        _ => "down",
+/// A worker's state as the operator reads it (`worker_state` in the maps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerState {
+    Up,
+    Draining,
+    Down,
+}
+
+impl WorkerState {
+    /// The state of a `Worker` entry's `state` byte.
+    pub fn of(s: u8) -> WorkerState {
+        match s {
+            worker_state::UP => WorkerState::Up,
+            worker_state::DRAINING => WorkerState::Draining,
+            _ => WorkerState::Down,
+        }
     }
 }
 
@@ -108,7 +120,7 @@ pub fn workers(maps: &Maps, function: Option<u32>) -> Result<Vec<WorkerInfo>> {
             out.push(WorkerInfo {
                 function: f.id,
                 slot,
-                addr: control::worker_name(&w),
+                addr: crate::endpoints::worker_socket_addr(&w),
                 mac: w
                     .mac
                     .iter()
@@ -116,7 +128,7 @@ pub fn workers(maps: &Maps, function: Option<u32>) -> Result<Vec<WorkerInfo>> {
                     .collect::<Vec<_>>()
                     .join(":"),
                 weight: w.weight,
-                state: state_name(w.state),
+                state: WorkerState::of(w.state),
                 load: maps.loads.get(&i, 0)?,
                 packets: traffic.packets,
                 bytes: traffic.bytes,

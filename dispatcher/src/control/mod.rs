@@ -16,8 +16,8 @@ use std::net::SocketAddr;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use dispatcher_common::maps::{
-    egress, family, policy, worker_state, Endpoint, Function, Geometry, ServiceSlot, TableChunk,
-    Worker, Workflow, LL_CANDIDATES, MAX_WORKERS_PER_FUNCTION, MAX_WORKFLOW_STEPS, TABLE_CHUNK,
+    egress, policy, worker_state, Endpoint, Function, Geometry, ServiceSlot, TableChunk, Worker,
+    Workflow, LL_CANDIDATES, MAX_WORKERS_PER_FUNCTION, MAX_WORKFLOW_STEPS, TABLE_CHUNK,
 };
 
 use crate::{
@@ -128,20 +128,7 @@ pub fn fits(g: &Geometry, config: &Config) -> Result<()> {
 
 /// A worker's identity: its address and port.
 fn worker_endpoint(w: &Worker) -> Endpoint {
-    let ip: std::net::IpAddr = if w.family == family::IPV4 {
-        std::net::Ipv4Addr::new(w.addr[0], w.addr[1], w.addr[2], w.addr[3]).into()
-    } else {
-        std::net::Ipv6Addr::from(w.addr).into()
-    };
-    endpoint(ip, u16::from_be_bytes(w.port))
-}
-
-/// The worker's `address:port`, as people (and Maglev permutations) name it.
-pub fn worker_name(w: &Worker) -> String {
-    let e = worker_endpoint(w);
-    let v6 = std::net::Ipv6Addr::from(e.addr);
-    let ip: std::net::IpAddr = v6.to_ipv4_mapped().map_or(v6.into(), Into::into);
-    SocketAddr::new(ip, u16::from_be_bytes(e.port)).to_string()
+    crate::endpoints::of_socket(crate::endpoints::worker_socket_addr(w))
 }
 
 /// The occupied slots of a function: slot -> worker (one batched read of
@@ -305,7 +292,7 @@ fn write_function(
             slot: *slot,
             weight: w.weight.max(1),
             name: if policy == policy::HASH {
-                worker_name(w)
+                crate::endpoints::worker_socket_addr(w).to_string()
             } else {
                 String::new()
             },

@@ -71,7 +71,7 @@ impl Health {
         for f in crate::control::inspect::functions(maps)? {
             let up = index.up_slots.entry(f.id).or_default();
             for (slot, w) in control::function_workers(maps, &f.entry)? {
-                let addr: SocketAddr = control::worker_name(&w).parse().expect("a socket address");
+                let addr = crate::endpoints::worker_socket_addr(&w);
                 index
                     .by_worker
                     .entry(addr)

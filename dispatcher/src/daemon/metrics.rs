@@ -7,7 +7,10 @@ use std::{fmt::Write as _, net::SocketAddr, path::PathBuf};
 use anyhow::{anyhow, Result};
 use tracing::{info, warn};
 
-use crate::{control::inspect, data_plane::Maps};
+use crate::{
+    control::{inspect, inspect::WorkerState},
+    data_plane::Maps,
+};
 
 /// Writes one metric family: HELP, TYPE, then a sample per (labels, value).
 fn family(
@@ -90,7 +93,7 @@ pub fn render(maps: &Maps) -> Result<String> {
         "1 if the worker gets new requests, 0 if down or draining.",
         workers
             .iter()
-            .map(|w| (label(w), if w.state == "up" { 1.0 } else { 0.0 })),
+            .map(|w| (label(w), if w.state == WorkerState::Up { 1.0 } else { 0.0 })),
     );
     Ok(out)
 }

@@ -312,7 +312,7 @@ async fn refresh_macs(learned: &[SocketAddr], maps: &mut crate::data_plane::Maps
         let mac_text = mac.to_string().to_lowercase();
         for w in workers
             .iter()
-            .filter(|w| w.addr == addr.to_string() && w.mac != mac_text)
+            .filter(|w| w.addr == *addr && w.mac != mac_text)
         {
             let updated = control::with_mac(maps, w.function, *addr, mac.into_array());
             match updated {

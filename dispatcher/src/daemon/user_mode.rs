@@ -101,7 +101,7 @@ impl Tables {
                     members.push(Member {
                         slot: slot as u8,
                         weight: w.weight.max(1),
-                        name: crate::control::worker_name(&w),
+                        name: crate::endpoints::worker_socket_addr(&w).to_string(),
                     });
                 }
             }
