@@ -132,7 +132,7 @@ fn missed_heartbeats_mark_a_worker_down_and_resumed_ones_up() {
     // under a wrong key, stale, and a replay of one it sent. None may bring
     // it up or move its load.
     let hb_to: std::net::SocketAddr = hb_to.parse().unwrap();
-    let from: std::net::SocketAddr = format!("{}:41000", silent.ip).parse().unwrap();
+    let from: std::net::SocketAddr = format!("{}:0", silent.ip).parse().unwrap();
     let forged = |key: &str, sent_ns: u64| {
         dispatcher::heartbeat::Heartbeat {
             worker: a3.parse().unwrap(),
