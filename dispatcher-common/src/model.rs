@@ -147,6 +147,9 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, Counter> {
         (family::IPV4, l3 + header_len, l3 + total_len)
     } else if ether_type == 0x86DD {
         need(l3 + IPV6_LEN)?;
+        if frame[l3] >> 4 != 6 {
+            return Err(Counter::PassMalformed);
+        }
         let ip_end = l3 + IPV6_LEN + be16(frame, l3 + 4) as usize;
         (
             family::IPV6,

@@ -129,6 +129,11 @@ impl Packet {
             (family::IPV4, offset + header_len, offset + total_len)
         } else if ether_type == ETH_P_IPV6 {
             let ip: *mut Ipv6Hdr = ptr_at(ctx, offset).ok_or(Counter::PassMalformed)?;
+            // The version is the first byte's high nibble (the rest of the
+            // first word is traffic class and flow label).
+            if unsafe { *(ip as *const u8) } >> 4 != 6 {
+                return Err(Counter::PassMalformed);
+            }
             let payload_len = u16::from_be_bytes(unsafe { (*ip).payload_len }) as usize;
             let l4 = skip_ipv6_extensions(ctx, unsafe { (*ip).next_hdr }, offset + Ipv6Hdr::LEN)?;
             (family::IPV6, l4, offset + Ipv6Hdr::LEN + payload_len)

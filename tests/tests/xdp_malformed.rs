@@ -208,6 +208,16 @@ fn bad_headers_are_passed_under_their_reason() {
             Counter::PassMalformed,
         ),
         (
+            "IP version 4 in an IPv6 frame",
+            edit6(&|v| v[14] = 0x40),
+            Counter::PassMalformed,
+        ),
+        (
+            "IPv6 version 0",
+            edit6(&|v| v[14] &= 0x0f),
+            Counter::PassMalformed,
+        ),
+        (
             "fragment offset set",
             edit(&|v| v[21] = 0x10),
             Counter::PassFragment,
