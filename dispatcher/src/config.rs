@@ -35,7 +35,7 @@ use dispatcher_common::{
     protocol::DEFAULT_SERVICE_PORT,
 };
 use macaddr::MacAddr6;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -143,7 +143,7 @@ pub struct FunctionConfig {
     pub workers: Vec<WorkerConfig>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Policy {
     #[default]
@@ -160,6 +160,17 @@ impl Policy {
             Policy::LeastLoaded => policy::LEAST_LOADED,
             Policy::P2c => policy::P2C,
             Policy::Hash => policy::HASH,
+        }
+    }
+
+    /// The policy of a FUNCTIONS entry's `policy` byte.
+    pub fn of_map(p: u8) -> Option<Policy> {
+        match p {
+            policy::ROUND_ROBIN => Some(Policy::RoundRobin),
+            policy::LEAST_LOADED => Some(Policy::LeastLoaded),
+            policy::P2C => Some(Policy::P2c),
+            policy::HASH => Some(Policy::Hash),
+            _ => None,
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Shared pieces of the project's end-to-end and in-kernel tests: packet
-//! fixtures built with etherparse, and network-namespace testbeds.
+//! fixtures built with etherparse, network-namespace testbeds, and the
+//! standard end-to-end fixture on one (`bed`).
 
+pub mod bed;
 pub mod packets;
 pub mod testbed;
 pub mod xdp;

@@ -64,6 +64,11 @@ pub struct Host {
 }
 
 impl Host {
+    /// Where the host's reference worker listens (`Testbed::serve`).
+    pub fn worker_addr(&self) -> std::net::SocketAddr {
+        (self.ip, WORKER_PORT).into()
+    }
+
     pub fn mac_string(&self) -> String {
         self.mac
             .iter()
@@ -516,14 +521,14 @@ impl Testbed {
     }
 
     /// The pin directory of the data plane attached to `host`'s eth0.
-    pub fn pin_dir(&self, _host: &Host) -> PathBuf {
+    pub fn pin_dir(&self) -> PathBuf {
         self.bpffs.join("dispatcher").join("eth0")
     }
 
-    /// Waits for `dispatcher run` on `host` to be attached and configured
+    /// Waits for `dispatcher run` (`process`) to be attached and configured
     /// (its pin directory appears in one step once it is).
-    pub fn wait_for_data_plane(&self, host: &Host, process: &mut Process, timeout: Duration) {
-        let dir = self.pin_dir(host);
+    pub fn wait_for_data_plane(&self, process: &mut Process, timeout: Duration) {
+        let dir = self.pin_dir();
         let deadline = Instant::now() + timeout;
         while !dir.exists() {
             process.assert_running();
@@ -632,7 +637,7 @@ impl Testbed {
         let mut args = vec!["run", "--iface", "eth0", "--config", config];
         args.extend_from_slice(extra);
         let mut process = self.spawn(dsp, name, &dispatcher_bin(), &args);
-        self.wait_for_data_plane(dsp, &mut process, Duration::from_secs(20));
+        self.wait_for_data_plane(&mut process, Duration::from_secs(20));
         process
     }
 
@@ -774,54 +779,6 @@ pub fn dispatcher_bin() -> PathBuf {
         bin.display()
     );
     bin
-}
-
-/// Runs pktgen from `client` for `seconds` at `rate` in a thread of its
-/// own, while `changes` runs; returns pktgen's JSON report and what
-/// `changes` returned.
-pub fn under_load<T>(
-    tb: &Testbed,
-    client: &Host,
-    dsp: &Host,
-    rate: u32,
-    seconds: f64,
-    changes: impl FnOnce() -> T,
-) -> (serde_json::Value, T) {
-    std::thread::scope(|s| {
-        let load = s.spawn(|| {
-            let args = [
-                "pktgen",
-                "--to",
-                &format!("{}:7770", dsp.ip),
-                "--rate",
-                &rate.to_string(),
-                "--duration",
-                &seconds.to_string(),
-                "--drain-ms",
-                "1500",
-                "--json",
-            ];
-            tb.exec(client, &dispatcher_bin(), &args)
-        });
-        std::thread::sleep(Duration::from_millis(300));
-        let changed = changes();
-        let out = load.join().expect("pktgen thread");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (
-            serde_json::from_slice(&out.stdout).expect("pktgen JSON"),
-            changed,
-        )
-    })
-}
-
-pub fn assert_nothing_lost(report: &serde_json::Value, what: &str) {
-    assert_eq!(report["lost"], 0, "{what}: requests lost: {report}");
-    assert_eq!(report["errors"], 0, "{what}: ERROR answers: {report}");
-    assert_eq!(report["answered"], report["sent"], "{what}: {report}");
 }
 
 /// Loads the object's `program`, lets `prepare` fill its maps, and attaches

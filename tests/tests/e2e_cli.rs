@@ -5,152 +5,96 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use tests::testbed::{config, dispatcher_bin, Host, Testbed};
+use dispatcher::{config::Policy, control::inspect::WorkerState};
+use dispatcher_common::stats::Counter;
+use tests::{
+    bed::Bed,
+    testbed::{config, Host},
+};
 
-struct Bed {
-    tb: Testbed,
-    dsp: Host,
-    client: Host,
-    bin: std::path::PathBuf,
-}
-
-impl Bed {
-    /// `dispatcher ARGS` in the dispatcher's namespace: (success, stdout, stderr).
-    fn cli(&self, args: &[&str]) -> (bool, String, String) {
-        let out = self.tb.exec(&self.dsp, &self.bin, args);
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let (ok, stdout, stderr) = self.cli(args);
-        assert!(ok, "dispatcher {args:?} failed: {stderr}");
-        stdout
-    }
-
-    /// Sends `n` requests for `function`; counts answers by worker address.
-    fn invoke(&self, function: u32, n: usize) -> HashMap<String, usize> {
-        let mut by = HashMap::new();
-        for i in 0..n {
-            let out = self.tb.exec(
-                &self.client,
-                &self.bin,
-                &[
-                    "invoke",
-                    "--to",
-                    &format!("{}:7770", self.dsp.ip),
-                    &function.to_string(),
-                    &format!("r{i}"),
-                ],
-            );
-            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-            assert!(out.status.success(), "invoke: {stderr}");
-            let from = stderr
-                .split_whitespace()
-                .nth(2)
-                .unwrap_or_default()
-                .to_string();
-            *by.entry(from).or_default() += 1;
-        }
-        by
-    }
+fn hup(pid: u32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap()
 }
 
 #[test]
 fn cli_changes_workers_functions_and_workflows_of_a_running_data_plane() {
-    let mut tb = Testbed::new("cli");
-    let dsp = tb.add_host("dsp", 1);
-    let client = tb.add_host("client", 2);
-    let w1 = tb.add_host("w1", 10);
-    let w2 = tb.add_host("w2", 11);
-    tb.enable_xdp_tx(&dsp);
-    let conf = tb.write_file("dispatcher.toml", &config(dsp.ip, &[(1, &[&w1])], ""));
-    let _workers = [tb.serve(&w1, "echo", &[]), tb.serve(&w2, "echo", &[])];
-    let dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &conf, &[]);
-    let bin = dispatcher_bin();
-    let bed = Bed {
-        tb,
-        dsp,
-        client,
-        bin,
-    };
-    let a1 = format!("{}:9000", w1.ip);
-    let a2 = format!("{}:9000", w2.ip);
+    let bed = Bed::new("cli", 2);
+    let (w1, w2) = (&bed.workers[0], &bed.workers[1]);
+    let conf = bed.write_config(&[(1, &[w1])], "");
+    let _workers = [bed.serve(w1, "echo", &[]), bed.serve(w2, "echo", &[])];
+    let dispatcher = bed.start("dispatcher", &conf, &[]);
+    let (a1, a2) = (w1.worker_addr(), w2.worker_addr());
 
-    assert_eq!(bed.invoke(1, 4), HashMap::from([(a1.clone(), 4)]));
+    assert_eq!(bed.answers_by_worker(1, 4), HashMap::from([(a1, 4)]));
 
     // Add a second worker: round-robin over both from the next request.
-    bed.ok(&[
+    bed.cli_ok(&[
         "workers",
         "add",
         "--function",
         "1",
         "--addr",
-        &a2,
+        &a2.to_string(),
         "--mac",
         &w2.mac_string(),
     ]);
     assert_eq!(
-        bed.invoke(1, 4),
-        HashMap::from([(a1.clone(), 2), (a2.clone(), 2)])
+        bed.answers_by_worker(1, 4),
+        HashMap::from([(a1, 2), (a2, 2)])
     );
 
-    let list: serde_json::Value =
-        serde_json::from_str(&bed.ok(&["workers", "list", "--function", "1", "--json"])).unwrap();
-    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    let list = bed.workers_list();
+    assert_eq!(list.len(), 2, "{list:?}");
     assert!(
-        list.as_array()
-            .unwrap()
-            .iter()
-            .all(|w| w["state"] == "up" && w["packets"].as_u64().unwrap() >= 2),
-        "{list}"
+        list.iter()
+            .all(|w| w.state == WorkerState::Up && w.packets >= 2),
+        "{list:?}"
     );
 
     // Drain the first: no new requests to it, and the list says so.
-    bed.ok(&["workers", "drain", "--function", "1", "--addr", &a1]);
-    assert_eq!(bed.invoke(1, 4), HashMap::from([(a2.clone(), 4)]));
-    assert!(bed.ok(&["workers", "list"]).contains("draining"));
+    let a1_text = a1.to_string();
+    bed.cli_ok(&["workers", "drain", "--function", "1", "--addr", &a1_text]);
+    assert_eq!(bed.answers_by_worker(1, 4), HashMap::from([(a2, 4)]));
+    assert!(bed.cli_ok(&["workers", "list"]).contains("draining"));
 
     // Remove it; a second removal is a clear error.
-    bed.ok(&["workers", "rm", "--function", "1", "--addr", &a1]);
-    let (ok, _, stderr) = bed.cli(&["workers", "rm", "--function", "1", "--addr", &a1]);
-    assert!(!ok && stderr.contains("has no worker"), "{stderr}");
+    bed.cli_ok(&["workers", "rm", "--function", "1", "--addr", &a1_text]);
+    let again = bed.cli(&["workers", "rm", "--function", "1", "--addr", &a1_text]);
+    assert!(
+        !again.ok && again.stderr.contains("has no worker"),
+        "{again:?}"
+    );
 
     // Functions and workflows.
-    bed.ok(&["functions", "add", "2", "--policy", "hash"]);
-    bed.ok(&[
+    bed.cli_ok(&["functions", "add", "2", "--policy", "hash"]);
+    bed.cli_ok(&[
         "workers",
         "add",
         "--function",
         "2",
         "--addr",
-        &a1,
+        &a1.to_string(),
         "--mac",
         &w1.mac_string(),
     ]);
-    bed.ok(&["workflows", "add", "100", "--steps", "1,2"]);
-    let functions: serde_json::Value =
-        serde_json::from_str(&bed.ok(&["functions", "list", "--json"])).unwrap();
+    bed.cli_ok(&["workflows", "add", "100", "--steps", "1,2"]);
+    let functions = bed.functions();
     assert_eq!(
-        functions
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| f["id"].as_u64().unwrap())
-            .collect::<Vec<_>>(),
+        functions.iter().map(|f| f.id).collect::<Vec<_>>(),
         vec![1, 2]
     );
-    assert_eq!(functions[1]["policy"], "hash");
-    let (ok, _, stderr) = bed.cli(&["workflows", "add", "101", "--steps", "1,7"]);
+    assert_eq!(functions[1].policy, Some(Policy::Hash));
+    let refused = bed.cli(&["workflows", "add", "101", "--steps", "1,7"]);
     assert!(
-        !ok && stderr.contains("function 7, which does not exist"),
-        "{stderr}"
+        !refused.ok && refused.stderr.contains("function 7, which does not exist"),
+        "{refused:?}"
     );
     let dump: serde_json::Value =
-        serde_json::from_str(&bed.ok(&["maps", "dump", "--json"])).unwrap();
+        serde_json::from_str(&bed.cli_ok(&["maps", "dump", "--json"])).unwrap();
     assert_eq!(
         dump["workflows"][0]["steps"],
         serde_json::json!([1, 2]),
@@ -168,40 +112,22 @@ fn cli_changes_workers_functions_and_workflows_of_a_running_data_plane() {
     // A workflow invoked through XDP: step 0 runs on function 1's worker
     // (w2), which was started without --dispatcher, so it cannot pass the
     // step on and answers the client with ERROR 6, saying so.
-    let out = bed.tb.exec(
-        &bed.client,
-        &bed.bin,
-        &[
-            "invoke",
-            "--to",
-            &format!("{}:7770", bed.dsp.ip),
-            "100",
-            "x",
-        ],
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let answer = bed.invoke("100", "x");
     assert!(
-        stderr.contains(&format!("ERROR 6 from {a2}")) && stderr.contains("--dispatcher"),
-        "{stderr}"
+        answer.stderr.contains(&format!("ERROR 6 from {a2}"))
+            && answer.stderr.contains("--dispatcher"),
+        "{answer:?}"
     );
-    bed.ok(&["workflows", "rm", "100"]);
-    bed.ok(&["functions", "rm", "2"]);
-    assert!(!bed.ok(&["functions", "list"]).contains("hash"));
+    bed.cli_ok(&["workflows", "rm", "100"]);
+    bed.cli_ok(&["functions", "rm", "2"]);
+    assert!(!bed.cli_ok(&["functions", "list"]).contains("hash"));
 
     // A function with no worker: the host answers ERROR 2, and the data
     // plane's own log (aya-log, read by the daemon) names the reason.
-    bed.ok(&["functions", "add", "3"]);
+    bed.cli_ok(&["functions", "add", "3"]);
     for _ in 0..3 {
-        let out = bed.tb.exec(
-            &bed.client,
-            &bed.bin,
-            &["invoke", "--to", &format!("{}:7770", bed.dsp.ip), "3", "x"],
-        );
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains("ERROR 2"),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let answer = bed.invoke("3", "x");
+        assert!(answer.stderr.contains("ERROR 2"), "{answer:?}");
     }
     let logged = |n: u32| format!("pass_no_worker: {n} packets so far on this CPU");
     dispatcher.wait_for_log(&logged(1), 1, Duration::from_secs(10));
@@ -220,65 +146,42 @@ fn cli_changes_workers_functions_and_workflows_of_a_running_data_plane() {
 /// changes nothing; `dispatcher reload --config` applies a file directly.
 #[test]
 fn reload_applies_only_the_difference() {
-    let mut tb = Testbed::new("reload");
-    let dsp = tb.add_host("dsp", 1);
-    let client = tb.add_host("client", 2);
-    let w1 = tb.add_host("w1", 10);
-    let w2 = tb.add_host("w2", 11);
-    tb.enable_xdp_tx(&dsp);
-    let vip = dsp.ip;
+    let bed = Bed::new("reload", 2);
+    let (w1, w2) = (&bed.workers[0], &bed.workers[1]);
+    let vip = bed.dsp.ip;
     let conf = move |workers: &[&Host], extra: &str| config(vip, &[(1, workers)], extra);
-    let path = tb.write_file("dispatcher.toml", &conf(&[&w1], ""));
-    let _workers = [tb.serve(&w1, "echo", &[]), tb.serve(&w2, "echo", &[])];
-    let dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &path, &[]);
-    let bin = dispatcher_bin();
-    let bed = Bed {
-        tb,
-        dsp,
-        client,
-        bin,
-    };
-    let a1 = format!("{}:9000", w1.ip);
-    let a2 = format!("{}:9000", w2.ip);
-    assert_eq!(bed.invoke(1, 2), HashMap::from([(a1.clone(), 2)]));
+    let path = bed.write_file("dispatcher.toml", &conf(&[w1], ""));
+    let _workers = [bed.serve(w1, "echo", &[]), bed.serve(w2, "echo", &[])];
+    let dispatcher = bed.start("dispatcher", &path, &[]);
+    let (a1, a2) = (w1.worker_addr(), w2.worker_addr());
+    assert_eq!(bed.answers_by_worker(1, 2), HashMap::from([(a1, 2)]));
 
-    let hup = |pid: u32| {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGHUP,
-        )
-        .unwrap()
-    };
     let wait_for_log = |needle: &str, count: usize| {
         dispatcher.wait_for_log(needle, count, Duration::from_secs(10))
     };
 
     // Function 1 moves to w2; function 2 appears.
-    bed.tb.write_file(
-        "dispatcher.toml",
-        &conf(&[&w2], "\n[[functions]]\nid = 2\n"),
-    );
+    bed.write_file("dispatcher.toml", &conf(&[w2], "\n[[functions]]\nid = 2\n"));
     hup(dispatcher.pid());
     wait_for_log("configuration reloaded", 1);
-    assert_eq!(bed.invoke(1, 2), HashMap::from([(a2.clone(), 2)]));
+    assert_eq!(bed.answers_by_worker(1, 2), HashMap::from([(a2, 2)]));
     assert!(bed
-        .ok(&["functions", "list"])
+        .cli_ok(&["functions", "list"])
         .lines()
         .any(|l| l.starts_with("2 ")));
 
     // A broken config: reported, nothing changes.
-    bed.tb
-        .write_file("dispatcher.toml", "[service]\naddresses = []\n");
+    bed.write_file("dispatcher.toml", "[service]\naddresses = []\n");
     hup(dispatcher.pid());
     wait_for_log("configuration not reloaded", 1);
-    assert_eq!(bed.invoke(1, 1), HashMap::from([(a2.clone(), 1)]));
+    assert_eq!(bed.answers_by_worker(1, 1), HashMap::from([(a2, 1)]));
 
     // `dispatcher reload --config`: function 2 goes, function 1 back to w1.
-    let other = bed.tb.write_file("other.toml", &conf(&[&w1], ""));
-    bed.ok(&["reload", "--config", other.to_str().unwrap()]);
-    assert_eq!(bed.invoke(1, 2), HashMap::from([(a1.clone(), 2)]));
+    let other = bed.write_file("other.toml", &conf(&[w1], ""));
+    bed.cli_ok(&["reload", "--config", other.to_str().unwrap()]);
+    assert_eq!(bed.answers_by_worker(1, 2), HashMap::from([(a1, 2)]));
     assert!(!bed
-        .ok(&["functions", "list"])
+        .cli_ok(&["functions", "list"])
         .lines()
         .any(|l| l.starts_with("2 ")));
 }
@@ -288,12 +191,9 @@ fn reload_applies_only_the_difference() {
 /// new service address, and a new `[egress]`.
 #[test]
 fn sighup_moves_the_service_port_addresses_and_egress() {
-    let mut tb = Testbed::new("hupall");
-    let dsp = tb.add_host("dsp", 1);
-    let client = tb.add_host("client", 2);
-    let worker = tb.add_host("worker", 10);
-    tb.enable_xdp_tx(&dsp);
-    tb.add_interface(&dsp, "eth1");
+    let mut bed = Bed::new("hupall", 1);
+    let dsp = bed.dsp.clone();
+    bed.add_interface(&dsp, "eth1");
     tests::testbed::sh(
         "ip",
         &[
@@ -306,15 +206,16 @@ fn sighup_moves_the_service_port_addresses_and_egress() {
             "eth0",
         ],
     );
-    let base = config(dsp.ip, &[(1, &[&worker])], "");
-    let path = tb.write_file("dispatcher.toml", &base);
-    let _worker = tb.serve(&worker, "echo", &[]);
-    let dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &path, &[]);
-    tb.wait_for_udp_port(&dsp, 7770, Duration::from_secs(10));
-    let bin = dispatcher_bin();
+    let worker = &bed.workers[0];
+    let base = config(dsp.ip, &[(1, &[worker])], "");
+    let path = bed.write_file("dispatcher.toml", &base);
+    let _worker = bed.serve(worker, "echo", &[]);
+    let dispatcher = bed.start("dispatcher", &path, &[]);
+    bed.wait_for_udp_port(&dsp, 7770, Duration::from_secs(10));
+    let bin = tests::testbed::dispatcher_bin();
     let invoke = |to: &str, function: &str| {
-        let out = tb.exec(
-            &client,
+        let out = bed.exec(
+            &bed.client,
             &bin,
             &["invoke", "--timeout-ms", "500", "--to", to, function, "hup"],
         );
@@ -323,17 +224,9 @@ fn sighup_moves_the_service_port_addresses_and_egress() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let dispatched = || {
-        dispatcher::control::stats::Snapshot::read(&tb.pin_dir(&dsp))
-            .unwrap()
-            .get(dispatcher_common::stats::Counter::DispatchedRequest)
-    };
+    let dispatched = || bed.stats().get(Counter::DispatchedRequest);
     let hup_and_wait = |count: usize| {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(dispatcher.pid() as i32),
-            nix::sys::signal::Signal::SIGHUP,
-        )
-        .unwrap();
+        hup(dispatcher.pid());
         dispatcher.wait_for_log("configuration reloaded", count, Duration::from_secs(10));
     };
     let old = format!("{}:7770", dsp.ip);
@@ -344,9 +237,9 @@ fn sighup_moves_the_service_port_addresses_and_egress() {
         &format!("addresses = [\"{}\"]", dsp.ip),
         &format!("addresses = [\"{}\", \"10.99.0.100\"]\nport = 7771", dsp.ip),
     );
-    tb.write_file("dispatcher.toml", &moved);
+    bed.write_file("dispatcher.toml", &moved);
     hup_and_wait(1);
-    tb.wait_for_udp_port(&dsp, 7771, Duration::from_secs(10));
+    bed.wait_for_udp_port(&dsp, 7771, Duration::from_secs(10));
     let before = dispatched();
     for to in [format!("{}:7771", dsp.ip), "10.99.0.100:7771".to_string()] {
         let (code, stderr) = invoke(&to, "1");
@@ -371,7 +264,7 @@ fn sighup_moves_the_service_port_addresses_and_egress() {
 
     // [egress]: requests now leave by eth1.
     let sent = || {
-        let out = tb.exec(
+        let out = bed.exec(
             &dsp,
             std::path::Path::new("cat"),
             &["/sys/class/net/eth1/statistics/tx_packets"],
@@ -381,7 +274,7 @@ fn sighup_moves_the_service_port_addresses_and_egress() {
             .parse::<u64>()
             .unwrap_or(0)
     };
-    tb.write_file(
+    bed.write_file(
         "dispatcher.toml",
         &format!("{moved}\n[egress]\nredirect_to = \"eth1\"\n"),
     );

@@ -5,16 +5,17 @@
 use std::{fmt::Write as _, net::SocketAddr};
 
 use anyhow::Result;
-use dispatcher_common::maps::{policy, worker_state, Function, MAX_WORKFLOW_STEPS};
-use serde::Serialize;
+use dispatcher_common::maps::{worker_state, Function, MAX_WORKFLOW_STEPS};
+use serde::{Deserialize, Serialize};
 
-use crate::{control, data_plane::Maps};
+use crate::{config::Policy, control, data_plane::Maps};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct FunctionInfo {
     pub id: u32,
     pub index: u32,
-    pub policy: &'static str,
+    /// None for a policy byte this build does not know.
+    pub policy: Option<Policy>,
     pub workers: usize,
     pub up: u8,
     pub generation: u8,
@@ -25,7 +26,7 @@ pub struct FunctionInfo {
     pub entry: Function,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct WorkerInfo {
     pub function: u32,
     pub slot: u8,
@@ -38,24 +39,14 @@ pub struct WorkerInfo {
     pub bytes: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct WorkflowInfo {
     pub id: u32,
     pub steps: Vec<u32>,
 }
 
-pub fn policy_name(p: u8) -> &'static str {
-    match p {
-        policy::ROUND_ROBIN => "round-robin",
-        policy::LEAST_LOADED => "least-loaded",
-        policy::P2C => "p2c",
-        policy::HASH => "hash",
-        _ => "unknown",
-    }
-}
-
 /// A worker's state as the operator reads it (`worker_state` in the maps).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WorkerState {
     Up,
@@ -95,7 +86,7 @@ pub fn functions(maps: &Maps) -> Result<Vec<FunctionInfo>> {
         out.push(FunctionInfo {
             id,
             index: f.index,
-            policy: policy_name(f.policy),
+            policy: Policy::of_map(f.policy),
             workers: control::function_workers(maps, &f)?.len(),
             up: f.up_count,
             generation: f.generation,
@@ -170,6 +161,7 @@ pub fn table<T: Serialize>(rows: &[T]) -> String {
             .map(|x| x.to_string())
             .collect::<Vec<_>>()
             .join(","),
+        serde_json::Value::Null => "-".to_string(),
         other => other.to_string(),
     };
     let cells: Vec<Vec<String>> = values

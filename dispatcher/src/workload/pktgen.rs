@@ -17,7 +17,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use dispatcher_common::protocol::{kind, FaasHdr};
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     udp_batch::{BatchReceiver, BatchSender},
@@ -47,7 +47,7 @@ pub struct Options {
 }
 
 /// Latency percentiles, in microseconds.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Latency {
     pub p50: u64,
     pub p90: u64,
@@ -73,7 +73,7 @@ impl Latency {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FunctionReport {
     pub function: u32,
     pub sent: u64,
@@ -83,7 +83,7 @@ pub struct FunctionReport {
 }
 
 /// What a run saw.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
     pub target: String,
     pub offered_rate: u64,

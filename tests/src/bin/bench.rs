@@ -175,8 +175,7 @@ impl Bed {
                     &dispatcher_bin(),
                     &["run", "--iface", "eth0", "--mode", mode, "--config", config],
                 );
-                self.tb
-                    .wait_for_data_plane(&self.dsp, &mut p, Duration::from_secs(20));
+                self.tb.wait_for_data_plane(&mut p, Duration::from_secs(20));
                 Running::Process(p)
             }
             Contender::Yardstick => Running::Program(attach_in_namespace(

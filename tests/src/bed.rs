@@ -1,0 +1,265 @@
+//! The standard end-to-end fixture: one dispatcher host, one client and
+//! worker hosts on a namespace testbed, and the calls end-to-end tests make
+//! on them: the CLI in the dispatcher's namespace, `invoke` and pktgen from
+//! the client, and typed reads of the data plane's state (the same types
+//! the CLI prints as JSON, never indexed by string).
+//!
+//! `Bed` derefs to its `Testbed` for everything else (spawning, serving,
+//! files, logs).
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    ops::{Deref, DerefMut},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use dispatcher::{
+    control::{
+        inspect::{FunctionInfo, WorkerInfo, WorkerState},
+        stats::Snapshot,
+    },
+    workload::pktgen::Report,
+};
+
+use crate::testbed::{config, dispatcher_bin, Host, Process, Testbed};
+
+/// The port the dispatcher's service listens on in every testbed.
+pub const SERVICE_PORT: u16 = 7770;
+
+pub struct Bed {
+    pub tb: Testbed,
+    /// 10.99.0.1, its peer ready for XDP_TX.
+    pub dsp: Host,
+    /// 10.99.0.2.
+    pub client: Host,
+    /// w1 at 10.99.0.10, w2 at .11, and so on.
+    pub workers: Vec<Host>,
+}
+
+/// What one `dispatcher invoke` printed.
+#[derive(Debug)]
+pub struct Answer {
+    /// 0 for a RESPONSE, 2 for an ERROR, 1 for no answer.
+    pub code: Option<i32>,
+    /// The payload, trimmed.
+    pub body: String,
+    pub stderr: String,
+}
+
+impl Answer {
+    /// Who answered: `invoke` says "RESPONSE from ADDR ..." or
+    /// "ERROR N from ADDR ...".
+    pub fn from(&self) -> Option<SocketAddr> {
+        let words: Vec<&str> = self.stderr.split_whitespace().collect();
+        let at = words.iter().position(|w| *w == "from")?;
+        words.get(at + 1)?.parse().ok()
+    }
+}
+
+/// What one CLI call printed.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Bed {
+    /// A testbed named after `label` with the dispatcher, the client and
+    /// `workers` worker hosts.
+    pub fn new(label: &str, workers: usize) -> Bed {
+        let mut tb = Testbed::new(label);
+        let dsp = tb.add_host("dsp", 1);
+        let client = tb.add_host("client", 2);
+        let workers = (0..workers)
+            .map(|i| tb.add_host(&format!("w{}", i + 1), 10 + i as u8))
+            .collect();
+        tb.enable_xdp_tx(&dsp);
+        Bed {
+            tb,
+            dsp,
+            client,
+            workers,
+        }
+    }
+
+    /// The service address requests go to.
+    pub fn service(&self) -> String {
+        format!("{}:{SERVICE_PORT}", self.dsp.ip)
+    }
+
+    /// Writes `dispatcher.toml`: the dispatcher's address as the service,
+    /// each function with its workers, then `extra` TOML.
+    pub fn write_config(&self, functions: &[(u32, &[&Host])], extra: &str) -> PathBuf {
+        self.tb
+            .write_file("dispatcher.toml", &config(self.dsp.ip, functions, extra))
+    }
+
+    /// `dispatcher run` on the dispatcher host as `name`, once attached.
+    pub fn start(&self, name: &str, config: &Path, extra: &[&str]) -> Process {
+        self.tb.run_dispatcher(&self.dsp, name, config, extra)
+    }
+
+    /// `dispatcher ARGS` in the dispatcher's namespace.
+    pub fn cli(&self, args: &[&str]) -> CliOutput {
+        let out = self.tb.exec(&self.dsp, &dispatcher_bin(), args);
+        CliOutput {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// `dispatcher ARGS`, which must succeed; its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(out.ok, "dispatcher {args:?} failed: {}", out.stderr);
+        out.stdout
+    }
+
+    /// `dispatcher invoke --to SERVICE FUNCTION PAYLOAD` from the client.
+    pub fn invoke(&self, function: &str, payload: &str) -> Answer {
+        let out = self.tb.exec(
+            &self.client,
+            &dispatcher_bin(),
+            &["invoke", "--to", &self.service(), function, payload],
+        );
+        Answer {
+            code: out.status.code(),
+            body: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Sends `n` requests for `function`, each of which must be answered;
+    /// counts the answers by the worker that sent them.
+    pub fn answers_by_worker(&self, function: u32, n: usize) -> HashMap<SocketAddr, usize> {
+        let mut by = HashMap::new();
+        for i in 0..n {
+            let answer = self.invoke(&function.to_string(), &format!("r{i}"));
+            assert_eq!(answer.code, Some(0), "invoke: {answer:?}\n{}", self.logs());
+            let from = answer.from().expect("invoke names who answered");
+            *by.entry(from).or_default() += 1;
+        }
+        by
+    }
+
+    /// Where the data plane's maps are pinned.
+    pub fn pin_dir(&self) -> PathBuf {
+        self.tb.pin_dir()
+    }
+
+    /// The pinned counters.
+    pub fn stats(&self) -> Snapshot {
+        Snapshot::read(&self.pin_dir()).expect("read the pinned counters")
+    }
+
+    /// `functions list --json`.
+    pub fn functions(&self) -> Vec<FunctionInfo> {
+        serde_json::from_str(&self.cli_ok(&["functions", "list", "--json"]))
+            .expect("functions list --json")
+    }
+
+    /// `workers list --json`.
+    pub fn workers_list(&self) -> Vec<WorkerInfo> {
+        serde_json::from_str(&self.cli_ok(&["workers", "list", "--json"]))
+            .expect("workers list --json")
+    }
+
+    /// The listed worker at `addr` (the first function's, if several).
+    pub fn worker(&self, addr: SocketAddr) -> Option<WorkerInfo> {
+        self.workers_list().into_iter().find(|w| w.addr == addr)
+    }
+
+    /// Polls until the worker at `addr` is in `state` (panics after 10 s).
+    pub fn wait_for_worker_state(&self, addr: SocketAddr, state: WorkerState) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.worker(addr).map(|w| w.state) == Some(state) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "{addr} never became {state:?}: {:?}\n{}",
+            self.workers_list(),
+            self.logs()
+        );
+    }
+
+    /// Runs pktgen from the client at `rate` for `seconds` in a thread of
+    /// its own while `changes` runs; pktgen's report and what `changes`
+    /// returned.
+    pub fn under_load<T>(
+        &self,
+        rate: u32,
+        seconds: f64,
+        changes: impl FnOnce() -> T,
+    ) -> (Report, T) {
+        std::thread::scope(|s| {
+            let load = s.spawn(|| {
+                let args = [
+                    "pktgen",
+                    "--to",
+                    &self.service(),
+                    "--rate",
+                    &rate.to_string(),
+                    "--duration",
+                    &seconds.to_string(),
+                    "--drain-ms",
+                    "1500",
+                    "--json",
+                ];
+                self.tb.exec(&self.client, &dispatcher_bin(), &args)
+            });
+            std::thread::sleep(Duration::from_millis(300));
+            let changed = changes();
+            let out = load.join().expect("pktgen thread");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            (
+                serde_json::from_slice(&out.stdout).expect("pktgen's JSON report"),
+                changed,
+            )
+        })
+    }
+
+    /// memcached on `host`'s loopback (port 11211, UDP off), once it
+    /// listens.
+    pub fn memcached(&self, host: &Host) -> Process {
+        let process = self.tb.spawn(
+            host,
+            "memcached",
+            Path::new("memcached"),
+            &["-u", "nobody", "-l", "127.0.0.1", "-p", "11211", "-U", "0"],
+        );
+        self.tb
+            .wait_for_tcp_port(host, 11211, Duration::from_secs(10));
+        process
+    }
+}
+
+impl Deref for Bed {
+    type Target = Testbed;
+    fn deref(&self) -> &Testbed {
+        &self.tb
+    }
+}
+
+impl DerefMut for Bed {
+    fn deref_mut(&mut self) -> &mut Testbed {
+        &mut self.tb
+    }
+}
+
+/// Every request of a pktgen run was answered, none with an ERROR.
+pub fn assert_nothing_lost(report: &Report, what: &str) {
+    assert_eq!(report.lost, 0, "{what}: requests lost: {report:?}");
+    assert_eq!(report.errors, 0, "{what}: ERROR answers: {report:?}");
+    assert_eq!(report.answered, report.sent, "{what}: {report:?}");
+}
