@@ -6,62 +6,33 @@
 
 use std::{path::Path, time::Duration};
 
-use dispatcher::control::stats::Snapshot;
 use dispatcher_common::stats::Counter;
-use tests::testbed::{config, dispatcher_bin, Host, Testbed};
-
-/// `dispatcher invoke --to DSP:7770 FUNCTION PAYLOAD` from `client`:
-/// (exit code, stdout, stderr).
-fn invoke(
-    tb: &Testbed,
-    client: &Host,
-    dsp: &Host,
-    function: &str,
-    payload: &str,
-) -> (Option<i32>, String, String) {
-    let out = tb.exec(
-        client,
-        &dispatcher_bin(),
-        &[
-            "invoke",
-            "--to",
-            &format!("{}:7770", dsp.ip),
-            function,
-            payload,
-        ],
-    );
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn stats(tb: &Testbed, dsp: &Host) -> Snapshot {
-    Snapshot::read(&tb.pin_dir(dsp)).expect("read pinned stats")
-}
+use tests::{
+    bed::{Answer, Bed},
+    testbed::{dispatcher_bin, Host},
+};
 
 #[test]
 fn request_is_dispatched_by_xdp_and_answered_directly_by_the_worker() {
-    let mut tb = Testbed::new("e2e");
-    let dsp = tb.add_host("dsp", 1);
-    let client = tb.add_host("client", 2);
-    let worker = tb.add_host("worker", 10);
-    tb.enable_xdp_tx(&dsp);
-    let conf = tb.write_file(
-        "dispatcher.toml",
-        &config(
-            dsp.ip,
-            &[(1, &[&worker])],
-            "\n[metrics]\nlisten = \"127.0.0.1:9110\"\n",
-        ),
+    let bed = Bed::new("e2e", 1);
+    let Bed {
+        tb, dsp, workers, ..
+    } = &bed;
+    let worker = &workers[0];
+    let conf = bed.write_config(
+        &[(1, &[worker])],
+        "\n[metrics]\nlisten = \"127.0.0.1:9110\"\n",
     );
-    let _worker = tb.serve(&worker, "echo", &[]);
-    let mut dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &conf, &[]);
+    let _worker = tb.serve(worker, "echo", &[]);
+    let mut dispatcher = bed.start("dispatcher", &conf, &[]);
 
     for i in 0..5 {
         let payload = format!("hello-{i}");
-        let (code, stdout, stderr) = invoke(&tb, &client, &dsp, "1", &payload);
+        let Answer {
+            code,
+            body: stdout,
+            stderr,
+        } = bed.invoke("1", &payload);
         assert_eq!(code, Some(0), "invoke {i} failed: {stderr}\n{}", tb.logs());
         assert_eq!(stdout, payload);
         // The answer came from the worker itself, not through the dispatcher.
@@ -72,10 +43,10 @@ fn request_is_dispatched_by_xdp_and_answered_directly_by_the_worker() {
     }
 
     // Every request went through the XDP program.
-    assert_eq!(stats(&tb, &dsp).get(Counter::DispatchedRequest), 5);
+    assert_eq!(bed.stats().get(Counter::DispatchedRequest), 5);
 
     // The CLI reads the same counters.
-    let out = tb.exec(&dsp, &dispatcher_bin(), &["stats", "--json"]);
+    let out = tb.exec(dsp, &dispatcher_bin(), &["stats", "--json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -94,7 +65,7 @@ fn request_is_dispatched_by_xdp_and_answered_directly_by_the_worker() {
     // So does the Prometheus endpoint.
     let scrape =
         "exec 3<>/dev/tcp/127.0.0.1/9110; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3";
-    let out = tb.exec(&dsp, Path::new("bash"), &["-c", scrape]);
+    let out = tb.exec(dsp, Path::new("bash"), &["-c", scrape]);
     let metrics = String::from_utf8_lossy(&out.stdout);
     assert!(
         metrics.contains("dispatcher_packets_total{outcome=\"dispatched_request\"} 5"),
@@ -118,8 +89,8 @@ fn request_is_dispatched_by_xdp_and_answered_directly_by_the_worker() {
         "dispatcher did not exit cleanly:\n{}",
         dispatcher.log()
     );
-    assert!(!tb.pin_dir(&dsp).exists(), "pins left behind after SIGTERM");
-    let link = tb.exec(&dsp, Path::new("ip"), &["link", "show", "eth0"]);
+    assert!(!bed.pin_dir().exists(), "pins left behind after SIGTERM");
+    let link = tb.exec(dsp, Path::new("ip"), &["link", "show", "eth0"]);
     assert!(
         !String::from_utf8_lossy(&link.stdout).contains("xdp"),
         "XDP still attached after SIGTERM"
@@ -131,21 +102,18 @@ fn request_is_dispatched_by_xdp_and_answered_directly_by_the_worker() {
 /// (reassembled) request through the daemon's slow path.
 #[test]
 fn the_slow_path_answers_errors_and_dispatches_fragmented_requests() {
-    let mut tb = Testbed::new("slow");
-    let dsp = tb.add_host("dsp", 1);
-    let client = tb.add_host("client", 2);
-    let worker = tb.add_host("worker", 10);
-    tb.enable_xdp_tx(&dsp);
-    let conf = tb.write_file(
-        "dispatcher.toml",
-        &config(dsp.ip, &[(1, &[&worker]), (3, &[])], ""),
-    );
-    let _worker = tb.serve(&worker, "echo", &[]);
-    let _dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &conf, &[]);
-    tb.wait_for_udp_port(&dsp, 7770, Duration::from_secs(10));
+    let bed = Bed::new("slow", 1);
+    let Bed {
+        tb, dsp, workers, ..
+    } = &bed;
+    let worker = &workers[0];
+    let conf = bed.write_config(&[(1, &[worker]), (3, &[])], "");
+    let _worker = tb.serve(worker, "echo", &[]);
+    let _dispatcher = bed.start("dispatcher", &conf, &[]);
+    tb.wait_for_udp_port(dsp, 7770, Duration::from_secs(10));
 
     for (function, expected) in [("99", "ERROR 1 "), ("3", "ERROR 2 ")] {
-        let (code, _, stderr) = invoke(&tb, &client, &dsp, function, "x");
+        let Answer { code, stderr, .. } = bed.invoke(function, "x");
         assert_eq!(
             code,
             Some(2),
@@ -158,14 +126,18 @@ fn the_slow_path_answers_errors_and_dispatches_fragmented_requests() {
     // 4,000 bytes do not fit a 1,500-byte MTU: the request arrives in
     // fragments, which XDP passes up and the host reassembles.
     let big = "f".repeat(4000);
-    let (code, stdout, stderr) = invoke(&tb, &client, &dsp, "1", &big);
+    let Answer {
+        code,
+        body: stdout,
+        stderr,
+    } = bed.invoke("1", &big);
     assert_eq!(code, Some(0), "{stderr}\n{}", tb.logs());
     assert_eq!(stdout, big);
     assert!(
         stderr.contains(&format!("RESPONSE from {}:9000", worker.ip)),
         "{stderr}"
     );
-    let s = stats(&tb, &dsp);
+    let s = bed.stats();
     assert!(s.get(Counter::PassFragment) >= 3, "{s:?}");
     assert_eq!(s.get(Counter::PassUnknownFunction), 1, "{s:?}");
     assert_eq!(s.get(Counter::PassNoWorker), 1, "{s:?}");
@@ -175,21 +147,16 @@ fn the_slow_path_answers_errors_and_dispatches_fragmented_requests() {
 /// through a devmap, on eth1.
 #[test]
 fn two_arm_egress_redirects_out_of_another_interface() {
-    let mut tb = Testbed::new("twoarm");
-    let dsp = tb.add_host("dsp", 1);
-    let client = tb.add_host("client", 2);
-    let worker = tb.add_host("worker", 10);
-    tb.add_interface(&dsp, "eth1");
-    let conf = tb.write_file(
-        "dispatcher.toml",
-        &config(
-            dsp.ip,
-            &[(1, &[&worker])],
-            "\n[egress]\nredirect_to = \"eth1\"\n",
-        ),
-    );
-    let _worker = tb.serve(&worker, "echo", &[]);
-    let _dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &conf, &[]);
+    let mut bed = Bed::new("twoarm", 1);
+    let dsp = bed.dsp.clone();
+    bed.add_interface(&dsp, "eth1");
+    let Bed {
+        tb, dsp, workers, ..
+    } = &bed;
+    let worker = &workers[0];
+    let conf = bed.write_config(&[(1, &[worker])], "\n[egress]\nredirect_to = \"eth1\"\n");
+    let _worker = tb.serve(worker, "echo", &[]);
+    let _dispatcher = bed.start("dispatcher", &conf, &[]);
 
     let sent = || {
         let out = tb.exec(
@@ -204,10 +171,10 @@ fn two_arm_egress_redirects_out_of_another_interface() {
     };
     let before = sent();
     for i in 0..3 {
-        let (code, _, stderr) = invoke(&tb, &client, &dsp, "1", &format!("two-arm {i}"));
+        let Answer { code, stderr, .. } = bed.invoke("1", &format!("two-arm {i}"));
         assert_eq!(code, Some(0), "{stderr}\n{}", tb.logs());
     }
-    assert_eq!(stats(&tb, &dsp).get(Counter::DispatchedRequest), 3);
+    assert_eq!(bed.stats().get(Counter::DispatchedRequest), 3);
     assert!(sent() >= before + 3, "eth1 sent {} -> {}", before, sent());
 }
 
@@ -216,34 +183,26 @@ fn two_arm_egress_redirects_out_of_another_interface() {
 /// the last worker answers the client.
 #[test]
 fn a_three_step_workflow_runs_through_the_kernel() {
-    let mut tb = Testbed::new("flow");
-    let dsp = tb.add_host("dsp", 1);
-    let client = tb.add_host("client", 2);
-    let workers = [
-        tb.add_host("w1", 10),
-        tb.add_host("w2", 11),
-        tb.add_host("w3", 12),
-    ];
-    tb.enable_xdp_tx(&dsp);
+    let bed = Bed::new("flow", 3);
+    let Bed {
+        tb, dsp, workers, ..
+    } = &bed;
     let [w1, w2, w3] = [&workers[0], &workers[1], &workers[2]];
     let functions: [(u32, &[&Host]); 3] = [(1, &[w1]), (2, &[w2]), (3, &[w3])];
-    let conf = tb.write_file(
-        "dispatcher.toml",
-        &config(
-            dsp.ip,
-            &functions,
-            "\n[[workflows]]\nid = 100\nsteps = [1, 2, 3]\n",
-        ),
-    );
+    let conf = bed.write_config(&functions, "\n[[workflows]]\nid = 100\nsteps = [1, 2, 3]\n");
     let service = format!("{}:7770", dsp.ip);
     let _workers: Vec<_> = workers
         .iter()
         .zip(["upper", "reverse", "echo"])
         .map(|(w, f)| tb.serve(w, f, &["--dispatcher", &service]))
         .collect();
-    let _dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &conf, &[]);
+    let _dispatcher = bed.start("dispatcher", &conf, &[]);
 
-    let (code, stdout, stderr) = invoke(&tb, &client, &dsp, "100", "hello workflow");
+    let Answer {
+        code,
+        body: stdout,
+        stderr,
+    } = bed.invoke("100", "hello workflow");
     assert_eq!(code, Some(0), "{stderr}\n{}", tb.logs());
     // upper, then reverse, then echo.
     assert_eq!(stdout, "WOLFKROW OLLEH");
@@ -251,7 +210,7 @@ fn a_three_step_workflow_runs_through_the_kernel() {
         stderr.contains(&format!("RESPONSE from {}:9000", workers[2].ip)),
         "the last worker answers: {stderr}"
     );
-    let s = stats(&tb, &dsp);
+    let s = bed.stats();
     assert_eq!(s.get(Counter::DispatchedWorkflow), 1, "{s:?}");
     assert_eq!(s.get(Counter::DispatchedStep), 2, "{s:?}");
     assert_eq!(
@@ -266,22 +225,26 @@ fn a_three_step_workflow_runs_through_the_kernel() {
 /// `dispatcher run` adopts the pinned state. A plain SIGTERM detaches.
 #[test]
 fn the_data_plane_outlives_the_daemon_and_is_adopted() {
-    let mut tb = Testbed::new("adopt");
-    let dsp = tb.add_host("dsp", 1);
-    let client = tb.add_host("client", 2);
-    let worker = tb.add_host("worker", 10);
-    tb.enable_xdp_tx(&dsp);
-    let conf = tb.write_file("dispatcher.toml", &config(dsp.ip, &[(1, &[&worker])], ""));
-    let _worker = tb.serve(&worker, "echo", &[]);
-    let dispatched = || stats(&tb, &dsp).get(Counter::DispatchedRequest);
+    let bed = Bed::new("adopt", 1);
+    let Bed {
+        tb, dsp, workers, ..
+    } = &bed;
+    let worker = &workers[0];
+    let conf = bed.write_config(&[(1, &[worker])], "");
+    let _worker = tb.serve(worker, "echo", &[]);
+    let dispatched = || bed.stats().get(Counter::DispatchedRequest);
     let invoke_ok = |what: &str| {
-        let (code, stdout, stderr) = invoke(&tb, &client, &dsp, "1", what);
+        let Answer {
+            code,
+            body: stdout,
+            stderr,
+        } = bed.invoke("1", what);
         assert_eq!(code, Some(0), "{what}: {stderr}\n{}", tb.logs());
         assert_eq!(stdout, what);
     };
 
     // 1. Stopped with --keep-attached: still dispatching in the kernel.
-    let mut first = tb.run_dispatcher(&dsp, "first", &conf, &["--keep-attached"]);
+    let mut first = bed.start("first", &conf, &["--keep-attached"]);
     invoke_ok("before");
     assert!(first.stop(), "{}", first.log());
     invoke_ok("no daemon");
@@ -290,15 +253,15 @@ fn the_data_plane_outlives_the_daemon_and_is_adopted() {
     // 2. A second daemon adopts it (counters continue), and a second one at
     //    the same time is refused.
     let mut second = tb.spawn(
-        &dsp,
+        dsp,
         "second",
         &dispatcher_bin(),
         &["run", "--iface", "eth0", "--config", conf.to_str().unwrap()],
     );
-    tb.wait_for_udp_port(&dsp, 7770, Duration::from_secs(20));
+    tb.wait_for_udp_port(dsp, 7770, Duration::from_secs(20));
     assert!(second.log().contains("adopted"), "{}", second.log());
     let out = tb.exec(
-        &dsp,
+        dsp,
         &dispatcher_bin(),
         &["run", "--iface", "eth0", "--config", conf.to_str().unwrap()],
     );
@@ -318,16 +281,16 @@ fn the_data_plane_outlives_the_daemon_and_is_adopted() {
 
     // 4. Adopted again, then a plain SIGTERM detaches and removes the pins.
     let mut third = tb.spawn(
-        &dsp,
+        dsp,
         "third",
         &dispatcher_bin(),
         &["run", "--iface", "eth0", "--config", conf.to_str().unwrap()],
     );
-    tb.wait_for_udp_port(&dsp, 7770, Duration::from_secs(20));
+    tb.wait_for_udp_port(dsp, 7770, Duration::from_secs(20));
     invoke_ok("third");
     assert!(third.stop(), "{}", third.log());
-    assert!(!tb.pin_dir(&dsp).exists(), "pins left after SIGTERM");
-    let link = tb.exec(&dsp, Path::new("ip"), &["link", "show", "eth0"]);
+    assert!(!bed.pin_dir().exists(), "pins left after SIGTERM");
+    let link = tb.exec(dsp, Path::new("ip"), &["link", "show", "eth0"]);
     assert!(
         !String::from_utf8_lossy(&link.stdout).contains("xdp"),
         "XDP still attached"
@@ -339,20 +302,24 @@ fn the_data_plane_outlives_the_daemon_and_is_adopted() {
 /// does not answer ARP is a clear error.
 #[test]
 fn worker_macs_are_learned_from_the_neighbour_table() {
-    let mut tb = Testbed::new("neigh");
-    let dsp = tb.add_host("dsp", 1);
-    let client = tb.add_host("client", 2);
-    let worker = tb.add_host("worker", 10);
-    tb.enable_xdp_tx(&dsp);
+    let bed = Bed::new("neigh", 1);
+    let Bed {
+        tb, dsp, workers, ..
+    } = &bed;
+    let worker = &workers[0];
     let no_mac = format!("[service]\naddresses = [\"{}\"]\n\n[[functions]]\nid = 1\nworkers = [{{ addr = \"{}:9000\" }}]\n", dsp.ip, worker.ip);
     let conf = tb.write_file("dispatcher.toml", &no_mac);
-    let _worker = tb.serve(&worker, "echo", &[]);
-    let mut dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &conf, &[]);
-    let (code, stdout, stderr) = invoke(&tb, &client, &dsp, "1", "learned");
+    let _worker = tb.serve(worker, "echo", &[]);
+    let mut dispatcher = bed.start("dispatcher", &conf, &[]);
+    let Answer {
+        code,
+        body: stdout,
+        stderr,
+    } = bed.invoke("1", "learned");
     assert_eq!(code, Some(0), "{stderr}\n{}", tb.logs());
     assert_eq!(stdout, "learned");
-    assert_eq!(stats(&tb, &dsp).get(Counter::DispatchedRequest), 1);
-    let list = tb.exec(&dsp, &dispatcher_bin(), &["workers", "list"]);
+    assert_eq!(bed.stats().get(Counter::DispatchedRequest), 1);
+    let list = tb.exec(dsp, &dispatcher_bin(), &["workers", "list"]);
     assert!(
         String::from_utf8_lossy(&list.stdout).contains(&worker.mac_string()),
         "{}",
@@ -363,7 +330,7 @@ fn worker_macs_are_learned_from_the_neighbour_table() {
     let nobody = format!("[service]\naddresses = [\"{}\"]\n\n[[functions]]\nid = 1\nworkers = [{{ addr = \"10.99.0.99:9000\" }}]\n", dsp.ip);
     let conf = tb.write_file("nobody.toml", &nobody);
     let out = tb.exec(
-        &dsp,
+        dsp,
         &dispatcher_bin(),
         &["run", "--iface", "eth0", "--config", conf.to_str().unwrap()],
     );
@@ -380,62 +347,57 @@ fn worker_macs_are_learned_from_the_neighbour_table() {
 /// `static` function.
 #[test]
 fn kv_requests_reach_memcached_and_feed_a_workflow() {
-    let mut tb = Testbed::new("kv");
-    let dsp = tb.add_host("dsp", 1);
-    let client = tb.add_host("client", 2);
-    let w1 = tb.add_host("w1", 10);
-    let w2 = tb.add_host("w2", 11);
-    let w3 = tb.add_host("w3", 12);
-    tb.enable_xdp_tx(&dsp);
-    let conf = tb.write_file(
-        "dispatcher.toml",
-        &config(
-            dsp.ip,
-            &[(1, &[&w1]), (2, &[&w2]), (3, &[&w3])],
-            "\n[[workflows]]\nid = 100\nsteps = [1, 2]\n",
-        ),
+    let bed = Bed::new("kv", 3);
+    let Bed {
+        tb, dsp, workers, ..
+    } = &bed;
+    let (w1, w2, w3) = (&workers[0], &workers[1], &workers[2]);
+    let conf = bed.write_config(
+        &[(1, &[w1]), (2, &[w2]), (3, &[w3])],
+        "\n[[workflows]]\nid = 100\nsteps = [1, 2]\n",
     );
-    let _memcached = tb.spawn(
-        &w1,
-        "memcached",
-        Path::new("memcached"),
-        &["-u", "nobody", "-l", "127.0.0.1", "-p", "11211", "-U", "0"],
-    );
-    tb.wait_for_tcp_port(&w1, 11211, Duration::from_secs(10));
+    let _memcached = bed.memcached(w1);
     let service = format!("{}:7770", dsp.ip);
     let _kv = tb.serve(
-        &w1,
+        w1,
         "kv",
         &["--memcached", "127.0.0.1:11211", "--dispatcher", &service],
     );
-    let _upper = tb.serve(&w2, "upper", &["--dispatcher", &service]);
-    let _static = tb.serve(&w3, "static", &[]);
-    let _dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &conf, &[]);
+    let _upper = tb.serve(w2, "upper", &["--dispatcher", &service]);
+    let _static = tb.serve(w3, "static", &[]);
+    let _dispatcher = bed.start("dispatcher", &conf, &[]);
 
-    let (_, stdout, _) = invoke(&tb, &client, &dsp, "3", "anything");
+    let Answer { body: stdout, .. } = bed.invoke("3", "anything");
     assert!(
         stdout.starts_with("<!doctype html>") && stdout.contains("Hello from a FaaS worker"),
         "{stdout}"
     );
 
-    let (code, stdout, stderr) =
-        invoke(&tb, &client, &dsp, "1", "SET greeting hello from memcached");
+    let Answer {
+        code,
+        body: stdout,
+        stderr,
+    } = bed.invoke("1", "SET greeting hello from memcached");
     assert_eq!(
         (code, stdout.as_str()),
         (Some(0), "STORED"),
         "{stderr}\n{}",
         tb.logs()
     );
-    let (_, stdout, _) = invoke(&tb, &client, &dsp, "1", "GET greeting");
+    let Answer { body: stdout, .. } = bed.invoke("1", "GET greeting");
     assert_eq!(stdout, "hello from memcached");
-    let (code, _, stderr) = invoke(&tb, &client, &dsp, "1", "GET nothing-here");
+    let Answer { code, stderr, .. } = bed.invoke("1", "GET nothing-here");
     assert_eq!(code, Some(2));
     assert!(
         stderr.contains("ERROR 6") && stderr.contains("no value for key `nothing-here`"),
         "{stderr}"
     );
     // Workflow: kv GET, then upper; the last worker answers.
-    let (code, stdout, stderr) = invoke(&tb, &client, &dsp, "100", "GET greeting");
+    let Answer {
+        code,
+        body: stdout,
+        stderr,
+    } = bed.invoke("100", "GET greeting");
     assert_eq!(code, Some(0), "{stderr}\n{}", tb.logs());
     assert_eq!(stdout, "HELLO FROM MEMCACHED");
     assert!(
@@ -450,15 +412,18 @@ fn kv_requests_reach_memcached_and_feed_a_workflow() {
 /// grayscale PNG, exactly the image crate's luma conversion of the input.
 #[test]
 fn a_multi_packet_image_is_converted_to_grayscale_through_the_slow_path() {
-    let mut tb = Testbed::new("gray");
-    let dsp = tb.add_host("dsp", 1);
-    let client = tb.add_host("client", 2);
-    let worker = tb.add_host("worker", 10);
-    tb.enable_xdp_tx(&dsp);
-    let conf = tb.write_file("dispatcher.toml", &config(dsp.ip, &[(1, &[&worker])], ""));
-    let _worker = tb.serve(&worker, "grayscale", &[]);
-    let _dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &conf, &[]);
-    tb.wait_for_udp_port(&dsp, 7770, Duration::from_secs(10));
+    let bed = Bed::new("gray", 1);
+    let Bed {
+        tb,
+        dsp,
+        client,
+        workers,
+    } = &bed;
+    let worker = &workers[0];
+    let conf = bed.write_config(&[(1, &[worker])], "");
+    let _worker = tb.serve(worker, "grayscale", &[]);
+    let _dispatcher = bed.start("dispatcher", &conf, &[]);
+    tb.wait_for_udp_port(dsp, 7770, Duration::from_secs(10));
 
     // Noise, so that PNG cannot squeeze it into one packet.
     let mut seed = 12345u32;
@@ -482,7 +447,7 @@ fn a_multi_packet_image_is_converted_to_grayscale_through_the_slow_path() {
 
     let to = format!("{}:7770", dsp.ip);
     let out = tb.exec(
-        &client,
+        client,
         &dispatcher_bin(),
         &[
             "invoke",
@@ -508,10 +473,10 @@ fn a_multi_packet_image_is_converted_to_grayscale_through_the_slow_path() {
         image::DynamicImage::ImageRgb8(input).to_luma8(),
         "exactly the luma conversion"
     );
-    assert!(stats(&tb, &dsp).get(Counter::PassFragment) >= 3);
+    assert!(bed.stats().get(Counter::PassFragment) >= 3);
 
     // Not an image: ERROR 6. Too large for a datagram: refused, with why.
-    let (code, _, stderr) = invoke(&tb, &client, &dsp, "1", "not an image");
+    let Answer { code, stderr, .. } = bed.invoke("1", "not an image");
     assert_eq!(code, Some(2));
     assert!(
         stderr.contains("ERROR 6") && stderr.contains("not an image"),
@@ -519,7 +484,7 @@ fn a_multi_packet_image_is_converted_to_grayscale_through_the_slow_path() {
     );
     let big = tb.write_file("big.bin", &"x".repeat(70_000));
     let out = tb.exec(
-        &client,
+        client,
         &dispatcher_bin(),
         &[
             "invoke",
@@ -543,40 +508,29 @@ fn a_multi_packet_image_is_converted_to_grayscale_through_the_slow_path() {
 /// them exactly as the kernel does (registered sender, next step's worker).
 #[test]
 fn kv_then_grayscale_then_static_with_multi_packet_steps() {
-    let mut tb = Testbed::new("chain");
-    let dsp = tb.add_host("dsp", 1);
-    let client = tb.add_host("client", 2);
-    let (w1, w2, w3) = (
-        tb.add_host("w1", 10),
-        tb.add_host("w2", 11),
-        tb.add_host("w3", 12),
+    let bed = Bed::new("chain", 3);
+    let Bed {
+        tb,
+        dsp,
+        client,
+        workers,
+    } = &bed;
+    let (w1, w2, w3) = (&workers[0], &workers[1], &workers[2]);
+    let conf = bed.write_config(
+        &[(1, &[w1]), (2, &[w2]), (3, &[w3])],
+        "\n[[workflows]]\nid = 100\nsteps = [1, 2, 3]\n",
     );
-    tb.enable_xdp_tx(&dsp);
-    let conf = tb.write_file(
-        "dispatcher.toml",
-        &config(
-            dsp.ip,
-            &[(1, &[&w1]), (2, &[&w2]), (3, &[&w3])],
-            "\n[[workflows]]\nid = 100\nsteps = [1, 2, 3]\n",
-        ),
-    );
-    let _memcached = tb.spawn(
-        &w1,
-        "memcached",
-        Path::new("memcached"),
-        &["-u", "nobody", "-l", "127.0.0.1", "-p", "11211", "-U", "0"],
-    );
-    tb.wait_for_tcp_port(&w1, 11211, Duration::from_secs(10));
+    let _memcached = bed.memcached(w1);
     let service = format!("{}:7770", dsp.ip);
     let _kv = tb.serve(
-        &w1,
+        w1,
         "kv",
         &["--memcached", "127.0.0.1:11211", "--dispatcher", &service],
     );
-    let _gray = tb.serve(&w2, "grayscale", &["--dispatcher", &service]);
-    let _static = tb.serve(&w3, "static", &[]);
-    let _dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &conf, &[]);
-    tb.wait_for_udp_port(&dsp, 7770, Duration::from_secs(10));
+    let _gray = tb.serve(w2, "grayscale", &["--dispatcher", &service]);
+    let _static = tb.serve(w3, "static", &[]);
+    let _dispatcher = bed.start("dispatcher", &conf, &[]);
+    tb.wait_for_udp_port(dsp, 7770, Duration::from_secs(10));
 
     let mut seed = 7u32;
     let noise = image::RgbImage::from_fn(96, 96, |_, _| {
@@ -591,7 +545,7 @@ fn kv_then_grayscale_then_static_with_multi_packet_steps() {
     let set = tb.write_file("set.bin", "");
     std::fs::write(&set, png.into_inner()).unwrap();
     let out = tb.exec(
-        &client,
+        client,
         &dispatcher_bin(),
         &[
             "invoke",
@@ -611,8 +565,12 @@ fn kv_then_grayscale_then_static_with_multi_packet_steps() {
     );
 
     // The SET above arrived in fragments too: count from here.
-    let before = stats(&tb, &dsp);
-    let (code, stdout, stderr) = invoke(&tb, &client, &dsp, "100", "GET photo");
+    let before = bed.stats();
+    let Answer {
+        code,
+        body: stdout,
+        stderr,
+    } = bed.invoke("100", "GET photo");
     assert_eq!(code, Some(0), "{stderr}\n{}", tb.logs());
     assert!(stdout.contains("Hello from a FaaS worker"), "{stdout}");
     assert!(
@@ -621,7 +579,7 @@ fn kv_then_grayscale_then_static_with_multi_packet_steps() {
     );
     // The first dispatch is in the kernel; the image-carrying STEPs came in
     // fragments and took the slow path.
-    let s = stats(&tb, &dsp);
+    let s = bed.stats();
     assert_eq!(s.get(Counter::DispatchedWorkflow), 1, "{s:?}");
     // The image-carrying STEP alone is some 20 fragments.
     assert!(
@@ -636,12 +594,14 @@ fn kv_then_grayscale_then_static_with_multi_packet_steps() {
 /// or netdevsim, which this machine cannot load (docs/offload.md).
 #[test]
 fn hw_mode_on_a_device_without_offload_is_refused_cleanly() {
-    let mut tb = Testbed::new("hw");
-    let dsp = tb.add_host("dsp", 1);
-    let worker = tb.add_host("worker", 10);
-    let conf = tb.write_file("dispatcher.toml", &config(dsp.ip, &[(1, &[&worker])], ""));
+    let bed = Bed::new("hw", 1);
+    let Bed {
+        tb, dsp, workers, ..
+    } = &bed;
+    let worker = &workers[0];
+    let conf = bed.write_config(&[(1, &[worker])], "");
     let out = tb.exec(
-        &dsp,
+        dsp,
         &dispatcher_bin(),
         &[
             "run",
@@ -663,8 +623,8 @@ fn hw_mode_on_a_device_without_offload_is_refused_cleanly() {
             && stderr.contains("--mode drv"),
         "{stderr}"
     );
-    assert!(!tb.pin_dir(&dsp).exists(), "pins left after a refusal");
-    let link = tb.exec(&dsp, Path::new("ip"), &["link", "show", "eth0"]);
+    assert!(!bed.pin_dir().exists(), "pins left after a refusal");
+    let link = tb.exec(dsp, Path::new("ip"), &["link", "show", "eth0"]);
     assert!(
         !String::from_utf8_lossy(&link.stdout).contains("xdp"),
         "XDP attached after a refusal"
@@ -673,14 +633,14 @@ fn hw_mode_on_a_device_without_offload_is_refused_cleanly() {
     // config is refused before anything is loaded, with the fix named.
     let redirect = tb.write_file(
         "redirect.toml",
-        &config(
+        &tests::testbed::config(
             dsp.ip,
-            &[(1, &[&worker])],
+            &[(1, &[worker])],
             "\n[egress]\nredirect_to = \"eth0\"\n",
         ),
     );
     let out = tb.exec(
-        &dsp,
+        dsp,
         &dispatcher_bin(),
         &[
             "run",
@@ -701,10 +661,10 @@ fn hw_mode_on_a_device_without_offload_is_refused_cleanly() {
             && stderr.contains("Remove [egress]"),
         "{stderr}"
     );
-    assert!(!tb.pin_dir(&dsp).exists(), "pins left after a refusal");
+    assert!(!bed.pin_dir().exists(), "pins left after a refusal");
     // --hw-map-entries belongs to hw mode.
     let out = tb.exec(
-        &dsp,
+        dsp,
         &dispatcher_bin(),
         &[
             "run",
@@ -727,13 +687,16 @@ fn hw_mode_on_a_device_without_offload_is_refused_cleanly() {
 /// packet), and over IPv6.
 #[test]
 fn a_workflow_whose_steps_share_one_worker_is_answered() {
-    let mut tb = Testbed::new("self");
-    let dsp = tb.add_host("dsp", 1);
-    let client = tb.add_host("client", 2);
-    let worker = tb.add_host("worker", 10);
-    tb.enable_xdp_tx(&dsp);
-    let (dsp6, worker6) = (tb.add_ipv6(&dsp), tb.add_ipv6(&worker));
-    tb.add_ipv6(&client);
+    let bed = Bed::new("self", 1);
+    let Bed {
+        tb,
+        dsp,
+        client,
+        workers,
+    } = &bed;
+    let worker = &workers[0];
+    let (dsp6, worker6) = (tb.add_ipv6(dsp), tb.add_ipv6(worker));
+    tb.add_ipv6(client);
     let conf = format!(
         "[service]\naddresses = [\"{}\", \"{dsp6}\"]\n\n\
          [[functions]]\nid = 1\nworkers = [{{ addr = \"{}:9000\", mac = \"{m}\" }}]\n\n\
@@ -750,19 +713,14 @@ fn a_workflow_whose_steps_share_one_worker_is_answered() {
     // One worker process per address family, each serving both steps.
     let v4 = format!("{}:7770", dsp.ip);
     let v6 = format!("[{dsp6}]:7770");
-    let _w4 = tb.serve(&worker, "1=upper,2=reverse", &["--dispatcher", &v4]);
-    let _w6 = tb.serve_ipv6(
-        &worker,
-        worker6,
-        "3=upper,4=reverse",
-        &["--dispatcher", &v6],
-    );
-    let _dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &conf, &[]);
-    tb.wait_for_udp_port(&dsp, 7770, Duration::from_secs(10));
+    let _w4 = tb.serve(worker, "1=upper,2=reverse", &["--dispatcher", &v4]);
+    let _w6 = tb.serve_ipv6(worker, worker6, "3=upper,4=reverse", &["--dispatcher", &v6]);
+    let _dispatcher = bed.start("dispatcher", &conf, &[]);
+    tb.wait_for_udp_port(dsp, 7770, Duration::from_secs(10));
 
     let call = |to: &str, workflow: &str, payload: &str| {
         let out = tb.exec(
-            &client,
+            client,
             &dispatcher_bin(),
             &[
                 "invoke",
@@ -780,14 +738,14 @@ fn a_workflow_whose_steps_share_one_worker_is_answered() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let before = stats(&tb, &dsp);
+    let before = bed.stats();
     // Through XDP: every packet of it fits in one frame.
     for i in 0..5 {
         let (code, stdout, stderr) = call(&v4, "100", &format!("same worker {i}"));
         assert_eq!(code, Some(0), "IPv4 round {i}: {stderr}\n{}", tb.logs());
         assert_eq!(stdout, format!("{i} REKROW EMAS"));
     }
-    let s = stats(&tb, &dsp);
+    let s = bed.stats();
     assert_eq!(
         s.get(Counter::DispatchedStep) - before.get(Counter::DispatchedStep),
         5,
@@ -803,7 +761,7 @@ fn a_workflow_whose_steps_share_one_worker_is_answered() {
             "{stderr}"
         );
     }
-    let after_v6 = stats(&tb, &dsp);
+    let after_v6 = bed.stats();
     assert_eq!(
         after_v6.get(Counter::DispatchedStep) - s.get(Counter::DispatchedStep),
         5,
@@ -820,7 +778,7 @@ fn a_workflow_whose_steps_share_one_worker_is_answered() {
     let (code, stdout, stderr) = call(&v4, "100", &big);
     assert_eq!(code, Some(0), "slow path: {stderr}\n{}", tb.logs());
     assert_eq!(stdout, "S".repeat(4000));
-    let slow = stats(&tb, &dsp);
+    let slow = bed.stats();
     assert!(
         slow.get(Counter::PassFragment) - after_v6.get(Counter::PassFragment) >= 6,
         "request and STEP in fragments: {slow:?}"
