@@ -30,7 +30,7 @@ pub const SERVICE_PORT: u16 = 7770;
 
 pub struct Bed {
     pub tb: Testbed,
-    /// 10.99.0.1, its peer ready for XDP_TX.
+    /// 10.99.0.1, its peer ready for XDP_TX (unless `with_plain_peer`).
     pub dsp: Host,
     /// 10.99.0.2.
     pub client: Host,
@@ -70,13 +70,20 @@ impl Bed {
     /// A testbed named after `label` with the dispatcher, the client and
     /// `workers` worker hosts.
     pub fn new(label: &str, workers: usize) -> Bed {
+        let bed = Bed::with_plain_peer(label, workers);
+        bed.tb.enable_xdp_tx(&bed.dsp);
+        bed
+    }
+
+    /// The same, but the dispatcher's veth peer runs no XDP program (as a
+    /// container's host side does not): XDP_TX in drv mode loses frames.
+    pub fn with_plain_peer(label: &str, workers: usize) -> Bed {
         let mut tb = Testbed::new(label);
         let dsp = tb.add_host("dsp", 1);
         let client = tb.add_host("client", 2);
         let workers = (0..workers)
             .map(|i| tb.add_host(&format!("w{}", i + 1), 10 + i as u8))
             .collect();
-        tb.enable_xdp_tx(&dsp);
         Bed {
             tb,
             dsp,
@@ -119,12 +126,21 @@ impl Bed {
         out.stdout
     }
 
-    /// `dispatcher invoke --to SERVICE FUNCTION PAYLOAD` from the client.
+    /// `dispatcher invoke --to SERVICE FUNCTION PAYLOAD` from the client,
+    /// waiting up to 3 s (a slow machine is not a lost answer).
     pub fn invoke(&self, function: &str, payload: &str) -> Answer {
         let out = self.tb.exec(
             &self.client,
             &dispatcher_bin(),
-            &["invoke", "--to", &self.service(), function, payload],
+            &[
+                "invoke",
+                "--timeout-ms",
+                "3000",
+                "--to",
+                &self.service(),
+                function,
+                payload,
+            ],
         );
         Answer {
             code: out.status.code(),

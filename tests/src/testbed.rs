@@ -159,7 +159,7 @@ pub struct Testbed {
     switch_ns: String,
     hosts: Vec<Host>,
     /// XDP programs the testbed attached itself (detached on drop).
-    attached: Vec<aya::Ebpf>,
+    attached: std::sync::Mutex<Vec<aya::Ebpf>>,
 }
 
 /// Runs a command; panics with its output if it fails.
@@ -203,7 +203,7 @@ impl Testbed {
             bpffs,
             switch_ns,
             hosts: Vec::new(),
-            attached: Vec::new(),
+            attached: Default::default(),
         };
         fs::create_dir_all(&tb.bpffs).expect("create testbed directory");
         dispatcher::data_plane::bpffs::ensure_mounted(&tb.bpffs)
@@ -414,7 +414,7 @@ impl Testbed {
     /// Makes XDP_TX work from `host`'s eth0: a veth delivers XDP_TX frames
     /// to its peer but wakes the peer only if the peer runs an XDP program,
     /// so the switch-side port gets one that passes everything.
-    pub fn enable_xdp_tx(&mut self, host: &Host) {
+    pub fn enable_xdp_tx(&self, host: &Host) {
         let port = format!("p-{}", host.role);
         let ebpf = attach_in_namespace(
             &self.switch_ns,
@@ -422,7 +422,7 @@ impl Testbed {
             dispatcher::data_plane::PASS_PROGRAM,
             |_| {},
         );
-        self.attached.push(ebpf);
+        self.attached.lock().unwrap().push(ebpf);
     }
 
     /// Starts `program args` inside `host`'s namespace; output goes to a log.
@@ -520,7 +520,7 @@ impl Testbed {
         );
     }
 
-    /// The pin directory of the data plane attached to `host`'s eth0.
+    /// The pin directory of the data plane on the dispatcher's eth0.
     pub fn pin_dir(&self) -> PathBuf {
         self.bpffs.join("dispatcher").join("eth0")
     }

@@ -6,12 +6,15 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use dispatcher::{control::stats::Snapshot, wire::Message};
+use dispatcher::wire::Message;
 use dispatcher_common::{
     protocol::{error_code, flags, kind, FaasHdr},
     stats::Counter,
 };
-use tests::testbed::{dispatcher_bin, Host, Testbed};
+use tests::{
+    bed::{Answer, Bed},
+    testbed::Host,
+};
 
 fn worker_entry(h: &Host, port: u16) -> String {
     format!(
@@ -23,15 +26,14 @@ fn worker_entry(h: &Host, port: u16) -> String {
 
 #[test]
 fn busy_workers_are_skipped_and_the_slow_path_answers_errors_3_4_and_7() {
-    let mut tb = Testbed::new("busy");
-    let dsp = tb.add_host("dsp", 1);
-    let client = tb.add_host("client", 2);
-    let (busy1, free, busy2) = (
-        tb.add_host("busy1", 10),
-        tb.add_host("free", 11),
-        tb.add_host("busy2", 12),
-    );
-    tb.enable_xdp_tx(&dsp);
+    let bed = Bed::new("busy", 3);
+    let Bed {
+        tb,
+        dsp,
+        client,
+        workers,
+    } = &bed;
+    let (busy1, free, busy2) = (&workers[0], &workers[1], &workers[2]);
     let service = format!("{}:7770", dsp.ip);
     // Function 1: a busy worker and a free one. Function 2: two busy ones.
     // Function 3: a worker at free:9001 that runs nothing there (so that
@@ -40,57 +42,40 @@ fn busy_workers_are_skipped_and_the_slow_path_answers_errors_3_4_and_7() {
         "[service]\naddresses = [\"{}\"]\n\n[[functions]]\nid = 1\nworkers = [{}, {}]\n\n[[functions]]\nid = 2\nworkers = [{}, {}]\n\n\
          [[functions]]\nid = 3\nworkers = [{}]\n\n[[workflows]]\nid = 100\nsteps = [1]\n",
         dsp.ip,
-        worker_entry(&busy1, 9000),
-        worker_entry(&free, 9000),
-        worker_entry(&busy1, 9000),
-        worker_entry(&busy2, 9000),
-        worker_entry(&free, 9001),
+        worker_entry(busy1, 9000),
+        worker_entry(free, 9000),
+        worker_entry(busy1, 9000),
+        worker_entry(busy2, 9000),
+        worker_entry(free, 9001),
     );
     let conf = tb.write_file("dispatcher.toml", &conf);
     let _busy1 = tb.serve(
-        &busy1,
+        busy1,
         "echo",
         &["--dispatcher", &service, "--max-in-flight", "0"],
     );
     let _busy2 = tb.serve(
-        &busy2,
+        busy2,
         "echo",
         &["--dispatcher", &service, "--max-in-flight", "0"],
     );
     let _free = tb.serve(
-        &free,
+        free,
         "echo",
         &["--dispatcher", &service, "--max-in-flight", "64"],
     );
-    let _dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &conf, &[]);
-    tb.wait_for_udp_port(&dsp, 7770, Duration::from_secs(10));
-    let stats = || Snapshot::read(&tb.pin_dir(&dsp)).expect("pinned stats");
-    let invoke = |function: &str, payload: &str| {
-        let out = tb.exec(
-            &client,
-            &dispatcher_bin(),
-            &[
-                "invoke",
-                "--timeout-ms",
-                "3000",
-                "--to",
-                &service,
-                function,
-                payload,
-            ],
-        );
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).trim().to_string(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let _dispatcher = bed.start("dispatcher", &conf, &[]);
+    tb.wait_for_udp_port(dsp, 7770, Duration::from_secs(10));
 
     // BUSY: every request for function 1 ends at the free worker, whichever
     // worker the ring picked first, re-steered by the data plane.
-    let before = stats();
+    let before = bed.stats();
     for i in 0..6 {
-        let (code, stdout, stderr) = invoke("1", &format!("busy {i}"));
+        let Answer {
+            code,
+            body: stdout,
+            stderr,
+        } = bed.invoke("1", &format!("busy {i}"));
         assert_eq!(code, Some(0), "{stderr}\n{}", tb.logs());
         assert_eq!(stdout, format!("busy {i}"));
         assert!(
@@ -98,7 +83,7 @@ fn busy_workers_are_skipped_and_the_slow_path_answers_errors_3_4_and_7() {
             "{stderr}"
         );
     }
-    let after = stats();
+    let after = bed.stats();
     let resteered = after.get(Counter::Resteered) - before.get(Counter::Resteered);
     assert!(
         (1..=6).contains(&resteered),
@@ -111,10 +96,10 @@ fn busy_workers_are_skipped_and_the_slow_path_answers_errors_3_4_and_7() {
 
     // ERROR 7: both workers of function 2 say BUSY; after the re-steers the
     // data plane passes it up and the slow path answers.
-    let (code, _, stderr) = invoke("2", "nobody free");
+    let Answer { code, stderr, .. } = bed.invoke("2", "nobody free");
     assert_eq!(code, Some(2), "{stderr}\n{}", tb.logs());
     assert!(stderr.contains("ERROR 7 "), "{stderr}");
-    assert!(stats().get(Counter::PassBusyExhausted) > after.get(Counter::PassBusyExhausted));
+    assert!(bed.stats().get(Counter::PassBusyExhausted) > after.get(Counter::PassBusyExhausted));
 
     let to: SocketAddr = service.parse().unwrap();
     let error_of = |answer: Option<(Vec<u8>, SocketAddr)>| {
@@ -128,7 +113,7 @@ fn busy_workers_are_skipped_and_the_slow_path_answers_errors_3_4_and_7() {
     let mut hdr = FaasHdr::new(kind::REQUEST, 1, 77);
     hdr.version = 2;
     let answer = tb.udp_exchange(
-        &client,
+        client,
         format!("{}:0", client.ip).parse().unwrap(),
         to,
         &hdr.to_bytes(),
@@ -145,11 +130,11 @@ fn busy_workers_are_skipped_and_the_slow_path_answers_errors_3_4_and_7() {
     hdr.reply_port = 9001u16.to_be_bytes();
     hdr.reply_addr = free.ip.to_ipv6_mapped().octets();
     let from: SocketAddr = format!("{}:9001", free.ip).parse().unwrap();
-    let before = stats();
-    let answer = tb.udp_exchange(&free, from, to, &hdr.to_bytes(), Duration::from_secs(3));
+    let before = bed.stats();
+    let answer = tb.udp_exchange(free, from, to, &hdr.to_bytes(), Duration::from_secs(3));
     assert_eq!(error_of(answer), error_code::MALFORMED_REQUEST);
     assert_eq!(
-        stats().get(Counter::PassBadStep) - before.get(Counter::PassBadStep),
+        bed.stats().get(Counter::PassBadStep) - before.get(Counter::PassBadStep),
         1
     );
 }

@@ -160,7 +160,7 @@ fn two_arm_egress_redirects_out_of_another_interface() {
 
     let sent = || {
         let out = tb.exec(
-            &dsp,
+            dsp,
             Path::new("cat"),
             &["/sys/class/net/eth1/statistics/tx_packets"],
         );

@@ -6,31 +6,28 @@
 
 use std::{thread, time::Duration};
 
-use tests::testbed::{assert_nothing_lost, config, dispatcher_bin, under_load, Testbed};
+use tests::{
+    bed::{assert_nothing_lost, Bed},
+    testbed::{config, dispatcher_bin},
+};
 
 #[test]
 fn workers_change_and_the_daemon_restarts_without_losing_a_request() {
-    let mut tb = Testbed::new("load");
-    let dsp = tb.add_host("dsp", 1);
-    let client = tb.add_host("client", 2);
-    let w1 = tb.add_host("w1", 10);
-    let w2 = tb.add_host("w2", 11);
-    tb.enable_xdp_tx(&dsp);
-    let conf = tb.write_file("dispatcher.toml", &config(dsp.ip, &[(1, &[&w1])], ""));
-    let _workers = [tb.serve(&w1, "echo", &[]), tb.serve(&w2, "echo", &[])];
-    let first = tb.run_dispatcher(&dsp, "first", &conf, &[]);
+    let bed = Bed::new("load", 2);
+    let Bed {
+        tb, dsp, workers, ..
+    } = &bed;
+    let (w1, w2) = (&workers[0], &workers[1]);
+    let conf = bed.write_config(&[(1, &[w1])], "");
+    let _workers = [tb.serve(w1, "echo", &[]), tb.serve(w2, "echo", &[])];
+    let first = bed.start("first", &conf, &[]);
     let cli = |args: &[&str]| {
-        let out = tb.exec(&dsp, &dispatcher_bin(), args);
-        assert!(
-            out.status.success(),
-            "dispatcher {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bed.cli_ok(args);
     };
     let a2 = format!("{}:9000", w2.ip);
 
     // Add, drain, remove, re-add a worker, ten times, under load.
-    let (report, ()) = under_load(&tb, &client, &dsp, 1000, 3.0, || {
+    let (report, ()) = bed.under_load(1000, 3.0, || {
         for _ in 0..10 {
             cli(&[
                 "workers",
@@ -52,8 +49,8 @@ fn workers_change_and_the_daemon_restarts_without_losing_a_request() {
     assert_nothing_lost(&report, "worker changes");
 
     // Reload a config that moves the function to w2, and back.
-    let to_w2 = tb.write_file("w2.toml", &config(dsp.ip, &[(1, &[&w2])], ""));
-    let (report, ()) = under_load(&tb, &client, &dsp, 1000, 2.0, || {
+    let to_w2 = tb.write_file("w2.toml", &config(dsp.ip, &[(1, &[w2])], ""));
+    let (report, ()) = bed.under_load(1000, 2.0, || {
         for _ in 0..5 {
             cli(&["reload", "--config", to_w2.to_str().unwrap()]);
             thread::sleep(Duration::from_millis(100));
@@ -66,7 +63,7 @@ fn workers_change_and_the_daemon_restarts_without_losing_a_request() {
     // Kill the daemon outright and start another, under load: the data
     // plane keeps dispatching, and the new daemon adopts it.
     let pid = first.pid();
-    let (report, _second) = under_load(&tb, &client, &dsp, 1000, 2.0, || {
+    let (report, _second) = bed.under_load(1000, 2.0, || {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
             nix::sys::signal::Signal::SIGKILL,
@@ -74,12 +71,12 @@ fn workers_change_and_the_daemon_restarts_without_losing_a_request() {
         .unwrap();
         thread::sleep(Duration::from_millis(300));
         let second = tb.spawn(
-            &dsp,
+            dsp,
             "second",
             &dispatcher_bin(),
             &["run", "--iface", "eth0", "--config", conf.to_str().unwrap()],
         );
-        tb.wait_for_udp_port(&dsp, 7770, Duration::from_secs(10));
+        tb.wait_for_udp_port(dsp, 7770, Duration::from_secs(10));
         second
     });
     assert_nothing_lost(&report, "daemon killed and restarted");

@@ -8,22 +8,22 @@
 
 use std::{path::Path, time::Duration};
 
-use dispatcher::control::stats::Snapshot;
 use dispatcher_common::stats::Counter;
-use tests::testbed::{config, dispatcher_bin, Host, Testbed};
+use tests::{
+    bed::Bed,
+    testbed::{config, dispatcher_bin},
+};
 
 /// Three requests from `client` to function 1 over IPv4 and two to
 /// function 2 at `to6`, all answered by the worker; returns how many were
 /// dispatched by XDP.
-fn requests_are_answered(tb: &Testbed, client: &Host, dsp: &Host, to6: &str, case: &str) -> u64 {
-    let before = Snapshot::read(&tb.pin_dir(dsp))
-        .expect("pinned stats")
-        .get(Counter::DispatchedRequest);
-    let mut targets = vec![(format!("{}:7770", dsp.ip), "1"); 3];
+fn requests_are_answered(bed: &Bed, to6: &str, case: &str) -> u64 {
+    let before = bed.stats().get(Counter::DispatchedRequest);
+    let mut targets = vec![(bed.service(), "1"); 3];
     targets.extend([(to6.to_string(), "2"), (to6.to_string(), "2")]);
     for (i, (to, function)) in targets.iter().enumerate() {
-        let out = tb.exec(
-            client,
+        let out = bed.exec(
+            &bed.client,
             &dispatcher_bin(),
             &["invoke", "--to", to, function, &format!("veth {i}")],
         );
@@ -31,7 +31,7 @@ fn requests_are_answered(tb: &Testbed, client: &Host, dsp: &Host, to6: &str, cas
             out.status.success(),
             "{case}: request {i} to {to} not answered: {}\n{}",
             String::from_utf8_lossy(&out.stderr),
-            tb.logs()
+            bed.logs()
         );
         assert_eq!(
             String::from_utf8_lossy(&out.stdout).trim(),
@@ -39,17 +39,14 @@ fn requests_are_answered(tb: &Testbed, client: &Host, dsp: &Host, to6: &str, cas
             "{case}"
         );
     }
-    Snapshot::read(&tb.pin_dir(dsp))
-        .unwrap()
-        .get(Counter::DispatchedRequest)
-        - before
+    bed.stats().get(Counter::DispatchedRequest) - before
 }
 
 /// How XDP is attached to `dsp`'s eth0, as `ip link` says it: "skb",
 /// "drv" or "" (iproute2 prints `xdpgeneric` for skb mode and plain `xdp`
 /// for driver mode).
-fn xdp_mode(tb: &Testbed, dsp: &Host) -> &'static str {
-    let out = tb.exec(dsp, Path::new("ip"), &["link", "show", "eth0"]);
+fn xdp_mode(bed: &Bed) -> &'static str {
+    let out = bed.exec(&bed.dsp, Path::new("ip"), &["link", "show", "eth0"]);
     let text = String::from_utf8_lossy(&out.stdout);
     if text.contains("xdpgeneric") {
         "skb"
@@ -64,13 +61,17 @@ fn xdp_mode(tb: &Testbed, dsp: &Host) -> &'static str {
 
 #[test]
 fn a_veth_whose_peer_runs_no_xdp_gets_skb_mode_and_drv_is_refused() {
-    let mut tb = Testbed::new("veth");
-    let dsp = tb.add_host("dsp", 1);
-    let client = tb.add_host("client", 2);
-    let worker = tb.add_host("worker", 10);
-    let (dsp6, worker6) = (tb.add_ipv6(&dsp), tb.add_ipv6(&worker));
-    let _ = tb.add_ipv6(&client);
-    // Deliberately no `enable_xdp_tx(&dsp)`: the peer runs nothing.
+    let bed = Bed::with_plain_peer("veth", 1);
+    let Bed {
+        tb,
+        dsp,
+        client,
+        workers,
+    } = &bed;
+    let worker = &workers[0];
+    let (dsp6, worker6) = (tb.add_ipv6(dsp), tb.add_ipv6(worker));
+    let _ = tb.add_ipv6(client);
+    // Deliberately no `enable_xdp_tx(dsp)`: the peer runs nothing.
     let conf = config(dsp.ip, &[], "");
     let conf = conf.replace(
         &format!("addresses = [\"{}\"]", dsp.ip),
@@ -82,19 +83,19 @@ fn a_veth_whose_peer_runs_no_xdp_gets_skb_mode_and_drv_is_refused() {
         ),
     );
     let conf = tb.write_file("dispatcher.toml", &conf);
-    let _worker = tb.serve(&worker, "echo", &[]);
-    let _worker6 = tb.serve_ipv6(&worker, worker6, "echo", &[]);
+    let _worker = tb.serve(worker, "echo", &[]);
+    let _worker6 = tb.serve_ipv6(worker, worker6, "echo", &[]);
     let to6 = format!("[{dsp6}]:7770");
 
     // The default: skb, with the reason in the log; every request answered.
-    let mut dispatcher = tb.run_dispatcher(&dsp, "default", &conf, &[]);
-    tb.wait_for_udp_port(&dsp, 7770, Duration::from_secs(10));
+    let mut dispatcher = bed.start("default", &conf, &[]);
+    tb.wait_for_udp_port(dsp, 7770, Duration::from_secs(10));
     assert_eq!(
-        xdp_mode(&tb, &dsp),
+        xdp_mode(&bed),
         "skb",
         "{}\n{}",
         String::from_utf8_lossy(
-            &tb.exec(&dsp, Path::new("ip"), &["link", "show", "eth0"])
+            &tb.exec(dsp, Path::new("ip"), &["link", "show", "eth0"])
                 .stdout
         ),
         dispatcher.log()
@@ -107,7 +108,7 @@ fn a_veth_whose_peer_runs_no_xdp_gets_skb_mode_and_drv_is_refused() {
         dispatcher.log()
     );
     assert_eq!(
-        requests_are_answered(&tb, &client, &dsp, &to6, "default mode"),
+        requests_are_answered(&bed, &to6, "default mode"),
         5,
         "all through XDP"
     );
@@ -115,7 +116,7 @@ fn a_veth_whose_peer_runs_no_xdp_gets_skb_mode_and_drv_is_refused() {
 
     // An explicit drv: refused, the fix named, nothing left behind.
     let out = tb.exec(
-        &dsp,
+        dsp,
         &dispatcher_bin(),
         &[
             "run",
@@ -135,29 +136,26 @@ fn a_veth_whose_peer_runs_no_xdp_gets_skb_mode_and_drv_is_refused() {
             && stderr.contains("xdpdrv"),
         "{stderr}"
     );
-    assert!(!tb.pin_dir(&dsp).exists(), "pins left after the refusal");
+    assert!(!bed.pin_dir().exists(), "pins left after the refusal");
     assert_eq!(
-        xdp_mode(&tb, &dsp),
+        xdp_mode(&bed),
         "",
         "a program left attached after the refusal"
     );
 
     // An explicit skb: works.
-    let mut dispatcher = tb.run_dispatcher(&dsp, "skb", &conf, &["--mode", "skb"]);
-    tb.wait_for_udp_port(&dsp, 7770, Duration::from_secs(10));
-    assert_eq!(xdp_mode(&tb, &dsp), "skb");
-    assert_eq!(
-        requests_are_answered(&tb, &client, &dsp, &to6, "skb mode"),
-        5
-    );
+    let mut dispatcher = bed.start("skb", &conf, &["--mode", "skb"]);
+    tb.wait_for_udp_port(dsp, 7770, Duration::from_secs(10));
+    assert_eq!(xdp_mode(&bed), "skb");
+    assert_eq!(requests_are_answered(&bed, &to6, "skb mode"), 5);
     assert!(dispatcher.stop(), "{}", dispatcher.log());
 
     // With an XDP program on the peer (found in the switch's namespace by
     // its namespace id), the default is drv, and drv works.
-    tb.enable_xdp_tx(&dsp);
-    let mut dispatcher = tb.run_dispatcher(&dsp, "drv", &conf, &[]);
-    tb.wait_for_udp_port(&dsp, 7770, Duration::from_secs(10));
-    assert_eq!(xdp_mode(&tb, &dsp), "drv", "{}", dispatcher.log());
+    tb.enable_xdp_tx(dsp);
+    let mut dispatcher = bed.start("drv", &conf, &[]);
+    tb.wait_for_udp_port(dsp, 7770, Duration::from_secs(10));
+    assert_eq!(xdp_mode(&bed), "drv", "{}", dispatcher.log());
     assert!(
         dispatcher
             .log()
@@ -165,12 +163,9 @@ fn a_veth_whose_peer_runs_no_xdp_gets_skb_mode_and_drv_is_refused() {
         "{}",
         dispatcher.log()
     );
-    assert_eq!(
-        requests_are_answered(&tb, &client, &dsp, &to6, "drv mode"),
-        5
-    );
+    assert_eq!(requests_are_answered(&bed, &to6, "drv mode"), 5);
     assert!(dispatcher.stop(), "{}", dispatcher.log());
-    let mut dispatcher = tb.run_dispatcher(&dsp, "drv-explicit", &conf, &["--mode", "drv"]);
-    assert_eq!(xdp_mode(&tb, &dsp), "drv", "{}", dispatcher.log());
+    let mut dispatcher = bed.start("drv-explicit", &conf, &["--mode", "drv"]);
+    assert_eq!(xdp_mode(&bed), "drv", "{}", dispatcher.log());
     assert!(dispatcher.stop(), "{}", dispatcher.log());
 }
