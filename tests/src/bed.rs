@@ -109,6 +109,65 @@ impl Bed {
         self.tb.run_dispatcher(&self.dsp, name, config, extra)
     }
 
+    /// `dispatcher run` as `name` without waiting for pins of its own (an
+    /// adopter finds them there already): waits for its service port.
+    pub fn spawn_dispatcher(&self, name: &str, config: &Path) -> Process {
+        let config = config.to_str().expect("UTF-8 path");
+        let process = self.tb.spawn(
+            &self.dsp,
+            name,
+            &dispatcher_bin(),
+            &["run", "--iface", "eth0", "--config", config],
+        );
+        self.tb
+            .wait_for_udp_port(&self.dsp, SERVICE_PORT, Duration::from_secs(20));
+        process
+    }
+
+    /// `dispatcher run --iface eth0 --config CONFIG EXTRA`, which must be
+    /// refused and leave nothing behind (no pins, no program on eth0
+    /// unless `already_attached`); its stderr.
+    pub fn run_refused(&self, config: &Path, extra: &[&str]) -> String {
+        let config = config.to_str().expect("UTF-8 path");
+        let mut args = vec!["run", "--iface", "eth0", "--config", config];
+        args.extend_from_slice(extra);
+        let was_attached = self.pin_dir().exists();
+        let mode_before = self.xdp_mode();
+        let out = self.tb.exec(&self.dsp, &dispatcher_bin(), &args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{args:?} was not refused: {stderr}");
+        if !was_attached {
+            assert!(!self.pin_dir().exists(), "pins left after a refusal");
+        }
+        assert_eq!(self.xdp_mode(), mode_before, "a refusal changed eth0's XDP");
+        stderr
+    }
+
+    /// How XDP is attached to the dispatcher's eth0, as `ip link` says it:
+    /// "skb", "drv", "hw" or "" (iproute2 prints `xdpgeneric` for skb mode,
+    /// `xdpoffload` for hw and plain `xdp` for driver mode).
+    pub fn xdp_mode(&self) -> &'static str {
+        let out = self
+            .tb
+            .exec(&self.dsp, Path::new("ip"), &["link", "show", "eth0"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        if text.contains("xdpgeneric") {
+            "skb"
+        } else if text.contains("xdpoffload") {
+            "hw"
+        } else if text.contains("xdp") {
+            "drv"
+        } else {
+            ""
+        }
+    }
+
+    /// Nothing of a data plane is left: no pins, no program on eth0.
+    pub fn assert_detached(&self, after: &str) {
+        assert!(!self.pin_dir().exists(), "pins left after {after}");
+        assert_eq!(self.xdp_mode(), "", "XDP still attached after {after}");
+    }
+
     /// `dispatcher ARGS` in the dispatcher's namespace.
     pub fn cli(&self, args: &[&str]) -> CliOutput {
         let out = self.tb.exec(&self.dsp, &dispatcher_bin(), args);

@@ -89,12 +89,7 @@ fn request_is_dispatched_by_xdp_and_answered_directly_by_the_worker() {
         "dispatcher did not exit cleanly:\n{}",
         dispatcher.log()
     );
-    assert!(!bed.pin_dir().exists(), "pins left behind after SIGTERM");
-    let link = tb.exec(dsp, Path::new("ip"), &["link", "show", "eth0"]);
-    assert!(
-        !String::from_utf8_lossy(&link.stdout).contains("xdp"),
-        "XDP still attached after SIGTERM"
-    );
+    bed.assert_detached("SIGTERM");
 }
 
 /// What the data plane passes up gets the answer PROTOCOL.md promises:
@@ -226,9 +221,7 @@ fn a_three_step_workflow_runs_through_the_kernel() {
 #[test]
 fn the_data_plane_outlives_the_daemon_and_is_adopted() {
     let bed = Bed::new("adopt", 1);
-    let Bed {
-        tb, dsp, workers, ..
-    } = &bed;
+    let Bed { tb, workers, .. } = &bed;
     let worker = &workers[0];
     let conf = bed.write_config(&[(1, &[worker])], "");
     let _worker = tb.serve(worker, "echo", &[]);
@@ -252,24 +245,12 @@ fn the_data_plane_outlives_the_daemon_and_is_adopted() {
 
     // 2. A second daemon adopts it (counters continue), and a second one at
     //    the same time is refused.
-    let mut second = tb.spawn(
-        dsp,
-        "second",
-        &dispatcher_bin(),
-        &["run", "--iface", "eth0", "--config", conf.to_str().unwrap()],
-    );
-    tb.wait_for_udp_port(dsp, 7770, Duration::from_secs(20));
+    let mut second = bed.spawn_dispatcher("second", &conf);
     assert!(second.log().contains("adopted"), "{}", second.log());
-    let out = tb.exec(
-        dsp,
-        &dispatcher_bin(),
-        &["run", "--iface", "eth0", "--config", conf.to_str().unwrap()],
-    );
-    assert!(!out.status.success());
+    let stderr = bed.run_refused(&conf, &[]);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("another `dispatcher run` manages"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr.contains("another `dispatcher run` manages"),
+        "{stderr}"
     );
     invoke_ok("adopted");
     assert_eq!(dispatched(), 3);
@@ -280,21 +261,10 @@ fn the_data_plane_outlives_the_daemon_and_is_adopted() {
     assert_eq!(dispatched(), 4);
 
     // 4. Adopted again, then a plain SIGTERM detaches and removes the pins.
-    let mut third = tb.spawn(
-        dsp,
-        "third",
-        &dispatcher_bin(),
-        &["run", "--iface", "eth0", "--config", conf.to_str().unwrap()],
-    );
-    tb.wait_for_udp_port(dsp, 7770, Duration::from_secs(20));
+    let mut third = bed.spawn_dispatcher("third", &conf);
     invoke_ok("third");
     assert!(third.stop(), "{}", third.log());
-    assert!(!bed.pin_dir().exists(), "pins left after SIGTERM");
-    let link = tb.exec(dsp, Path::new("ip"), &["link", "show", "eth0"]);
-    assert!(
-        !String::from_utf8_lossy(&link.stdout).contains("xdp"),
-        "XDP still attached"
-    );
+    bed.assert_detached("SIGTERM");
 }
 
 /// Workers without a `mac` in the config: the daemon learns their MACs from
@@ -329,13 +299,7 @@ fn worker_macs_are_learned_from_the_neighbour_table() {
 
     let nobody = format!("[service]\naddresses = [\"{}\"]\n\n[[functions]]\nid = 1\nworkers = [{{ addr = \"10.99.0.99:9000\" }}]\n", dsp.ip);
     let conf = tb.write_file("nobody.toml", &nobody);
-    let out = tb.exec(
-        dsp,
-        &dispatcher_bin(),
-        &["run", "--iface", "eth0", "--config", conf.to_str().unwrap()],
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = bed.run_refused(&conf, &[]);
     assert!(
         stderr.contains("cannot learn the MAC of 10.99.0.99") && stderr.contains("set `mac`"),
         "{stderr}"
@@ -600,34 +564,13 @@ fn hw_mode_on_a_device_without_offload_is_refused_cleanly() {
     } = &bed;
     let worker = &workers[0];
     let conf = bed.write_config(&[(1, &[worker])], "");
-    let out = tb.exec(
-        dsp,
-        &dispatcher_bin(),
-        &[
-            "run",
-            "--iface",
-            "eth0",
-            "--mode",
-            "hw",
-            "--hw-map-entries",
-            "2",
-            "--config",
-            conf.to_str().unwrap(),
-        ],
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let hw = ["--mode", "hw", "--hw-map-entries", "2"];
+    let stderr = bed.run_refused(&conf, &hw);
     assert!(
         stderr.contains("eth0 refused to hold map")
             && stderr.contains("needs a NIC that offloads eBPF")
             && stderr.contains("--mode drv"),
         "{stderr}"
-    );
-    assert!(!bed.pin_dir().exists(), "pins left after a refusal");
-    let link = tb.exec(dsp, Path::new("ip"), &["link", "show", "eth0"]);
-    assert!(
-        !String::from_utf8_lossy(&link.stdout).contains("xdp"),
-        "XDP attached after a refusal"
     );
     // The offloaded program transmits with XDP_TX only: a redirect in the
     // config is refused before anything is loaded, with the fix named.
@@ -639,44 +582,14 @@ fn hw_mode_on_a_device_without_offload_is_refused_cleanly() {
             "\n[egress]\nredirect_to = \"eth0\"\n",
         ),
     );
-    let out = tb.exec(
-        dsp,
-        &dispatcher_bin(),
-        &[
-            "run",
-            "--iface",
-            "eth0",
-            "--mode",
-            "hw",
-            "--hw-map-entries",
-            "2",
-            "--config",
-            redirect.to_str().unwrap(),
-        ],
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = bed.run_refused(&redirect, &hw);
     assert!(
-        !out.status.success()
-            && stderr.contains("cannot go with --mode hw")
-            && stderr.contains("Remove [egress]"),
+        stderr.contains("cannot go with --mode hw") && stderr.contains("Remove [egress]"),
         "{stderr}"
     );
-    assert!(!bed.pin_dir().exists(), "pins left after a refusal");
     // --hw-map-entries belongs to hw mode.
-    let out = tb.exec(
-        dsp,
-        &dispatcher_bin(),
-        &[
-            "run",
-            "--iface",
-            "eth0",
-            "--hw-map-entries",
-            "2",
-            "--config",
-            conf.to_str().unwrap(),
-        ],
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("goes with --mode hw"));
+    let stderr = bed.run_refused(&conf, &["--hw-map-entries", "2"]);
+    assert!(stderr.contains("goes with --mode hw"), "{stderr}");
 }
 
 /// A workflow whose steps both run on one worker: the worker sends its

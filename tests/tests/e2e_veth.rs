@@ -42,23 +42,6 @@ fn requests_are_answered(bed: &Bed, to6: &str, case: &str) -> u64 {
     bed.stats().get(Counter::DispatchedRequest) - before
 }
 
-/// How XDP is attached to `dsp`'s eth0, as `ip link` says it: "skb",
-/// "drv" or "" (iproute2 prints `xdpgeneric` for skb mode and plain `xdp`
-/// for driver mode).
-fn xdp_mode(bed: &Bed) -> &'static str {
-    let out = bed.exec(&bed.dsp, Path::new("ip"), &["link", "show", "eth0"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    if text.contains("xdpgeneric") {
-        "skb"
-    } else if text.contains("xdpoffload") {
-        "hw"
-    } else if text.contains("xdp") {
-        "drv"
-    } else {
-        ""
-    }
-}
-
 #[test]
 fn a_veth_whose_peer_runs_no_xdp_gets_skb_mode_and_drv_is_refused() {
     let bed = Bed::with_plain_peer("veth", 1);
@@ -91,7 +74,7 @@ fn a_veth_whose_peer_runs_no_xdp_gets_skb_mode_and_drv_is_refused() {
     let mut dispatcher = bed.start("default", &conf, &[]);
     tb.wait_for_udp_port(dsp, 7770, Duration::from_secs(10));
     assert_eq!(
-        xdp_mode(&bed),
+        bed.xdp_mode(),
         "skb",
         "{}\n{}",
         String::from_utf8_lossy(
@@ -115,38 +98,18 @@ fn a_veth_whose_peer_runs_no_xdp_gets_skb_mode_and_drv_is_refused() {
     assert!(dispatcher.stop(), "{}", dispatcher.log());
 
     // An explicit drv: refused, the fix named, nothing left behind.
-    let out = tb.exec(
-        dsp,
-        &dispatcher_bin(),
-        &[
-            "run",
-            "--iface",
-            "eth0",
-            "--mode",
-            "drv",
-            "--config",
-            conf.to_str().unwrap(),
-        ],
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "drv mode was not refused: {stderr}");
+    let stderr = bed.run_refused(&conf, &["--mode", "drv"]);
     assert!(
         stderr.contains("runs no XDP program")
             && stderr.contains("--mode skb")
             && stderr.contains("xdpdrv"),
         "{stderr}"
     );
-    assert!(!bed.pin_dir().exists(), "pins left after the refusal");
-    assert_eq!(
-        xdp_mode(&bed),
-        "",
-        "a program left attached after the refusal"
-    );
 
     // An explicit skb: works.
     let mut dispatcher = bed.start("skb", &conf, &["--mode", "skb"]);
     tb.wait_for_udp_port(dsp, 7770, Duration::from_secs(10));
-    assert_eq!(xdp_mode(&bed), "skb");
+    assert_eq!(bed.xdp_mode(), "skb");
     assert_eq!(requests_are_answered(&bed, &to6, "skb mode"), 5);
     assert!(dispatcher.stop(), "{}", dispatcher.log());
 
@@ -155,7 +118,7 @@ fn a_veth_whose_peer_runs_no_xdp_gets_skb_mode_and_drv_is_refused() {
     tb.enable_xdp_tx(dsp);
     let mut dispatcher = bed.start("drv", &conf, &[]);
     tb.wait_for_udp_port(dsp, 7770, Duration::from_secs(10));
-    assert_eq!(xdp_mode(&bed), "drv", "{}", dispatcher.log());
+    assert_eq!(bed.xdp_mode(), "drv", "{}", dispatcher.log());
     assert!(
         dispatcher
             .log()
@@ -166,6 +129,6 @@ fn a_veth_whose_peer_runs_no_xdp_gets_skb_mode_and_drv_is_refused() {
     assert_eq!(requests_are_answered(&bed, &to6, "drv mode"), 5);
     assert!(dispatcher.stop(), "{}", dispatcher.log());
     let mut dispatcher = bed.start("drv-explicit", &conf, &["--mode", "drv"]);
-    assert_eq!(xdp_mode(&bed), "drv", "{}", dispatcher.log());
+    assert_eq!(bed.xdp_mode(), "drv", "{}", dispatcher.log());
     assert!(dispatcher.stop(), "{}", dispatcher.log());
 }
