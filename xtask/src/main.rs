@@ -177,15 +177,7 @@ fn bench() -> Result<()> {
     cmd::step("building the release binaries");
     cmd::cargo(&["build", "--quiet", "--release", "--package", "dispatcher"])?;
     cmd::step("benchmarking: six contenders, five repetitions, interleaved; about 7 minutes");
-    cmd::cargo(&[
-        "run",
-        "--quiet",
-        "--release",
-        "--package",
-        "tests",
-        "--bin",
-        "bench",
-    ])
+    run_release_bin("bench")
 }
 
 fn bench_control() -> Result<()> {
@@ -193,6 +185,11 @@ fn bench_control() -> Result<()> {
     build()?;
     cmd::step("benchmarking the control plane");
     // Release: this measures user-space code.
+    run_release_bin("bench_control")
+}
+
+/// Runs a release build of one of the tests crate's binaries.
+fn run_release_bin(name: &str) -> Result<()> {
     cmd::cargo(&[
         "run",
         "--quiet",
@@ -200,6 +197,6 @@ fn bench_control() -> Result<()> {
         "--package",
         "tests",
         "--bin",
-        "bench_control",
+        name,
     ])
 }

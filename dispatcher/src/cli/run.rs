@@ -50,40 +50,31 @@ pub struct Args {
 }
 
 pub fn run(args: Args, bpffs: &Path) -> Result<ExitCode> {
-    let Args {
-        iface,
-        mode,
-        veth_peer_xdp,
-        config,
-        vips,
-        port,
-        keep_attached,
-        hw_map_entries,
-    } = args;
-    let iface = match (iface, mode) {
+    let mode = args.mode;
+    let iface = match (args.iface, mode) {
         (Some(iface), _) => iface,
         (None, Some(Mode::User)) => String::new(),
         (None, _) => bail!(
             "--iface: name the interface to attach to (`ip link` lists them), or use --mode user"
         ),
     };
-    if hw_map_entries.is_some() && mode != Some(Mode::Hw) {
+    if args.hw_map_entries.is_some() && mode != Some(Mode::Hw) {
         bail!("--hw-map-entries sizes maps on the NIC: it goes with --mode hw");
     }
-    if veth_peer_xdp && mode != Some(Mode::Drv) {
+    if args.veth_peer_xdp && mode != Some(Mode::Drv) {
         bail!("--veth-peer-xdp vouches for a veth's peer in drv mode: it goes with --mode drv");
     }
     let opts = RunOptions {
         iface,
         mode,
-        veth_peer_xdp,
-        config,
-        vips,
-        port,
+        veth_peer_xdp: args.veth_peer_xdp,
+        config: args.config,
+        vips: args.vips,
+        port: args.port,
         bpffs: bpffs.to_path_buf(),
-        keep_attached,
+        keep_attached: args.keep_attached,
         device: Device {
-            max_entries: hw_map_entries,
+            max_entries: args.hw_map_entries,
         },
     };
     super::tokio_runtime()?.block_on(daemon::run(opts))?;

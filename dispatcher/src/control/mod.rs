@@ -580,24 +580,16 @@ pub fn remove_workflow(maps: &mut Maps, id: u32) -> Result<()> {
 /// one switches in one step (see the module comment).
 pub fn reconcile(maps: &mut Maps, config: &Config) -> Result<()> {
     apply(maps, config)?;
-    let keep_workflows: Vec<u32> = config.workflows.iter().map(|w| w.id).collect();
-    let stale: Vec<u32> = maps
-        .workflows
-        .keys()
-        .filter_map(|k| k.ok())
-        .filter(|id| !keep_workflows.contains(id))
-        .collect();
-    for id in stale {
+    // The ids a map holds that `keep` does not.
+    let stale = |held: Vec<u32>, keep: Vec<u32>| -> Vec<u32> {
+        held.into_iter().filter(|id| !keep.contains(id)).collect()
+    };
+    let held = maps.workflows.keys().filter_map(|k| k.ok()).collect();
+    for id in stale(held, config.workflows.iter().map(|w| w.id).collect()) {
         remove_workflow(maps, id)?;
     }
-    let keep_functions: Vec<u32> = config.functions.iter().map(|f| f.id).collect();
-    let stale: Vec<u32> = maps
-        .functions
-        .keys()
-        .filter_map(|k| k.ok())
-        .filter(|id| !keep_functions.contains(id))
-        .collect();
-    for id in stale {
+    let held = maps.functions.keys().filter_map(|k| k.ok()).collect();
+    for id in stale(held, config.functions.iter().map(|f| f.id).collect()) {
         remove_function(maps, id)?;
     }
     let keep_services: Vec<Endpoint> = config

@@ -202,20 +202,26 @@ mod tests {
         for n in [5u8, 10, 32, 64] {
             let all = members(n);
             let before = maglev(&all, MAGLEV_SIZE);
+            // The share of keys that moved, and whether it is near `ideal`.
+            let moved = |after: &[u8], what: &str, ideal: f64| {
+                let moved = before.iter().zip(after).filter(|(a, b)| a != b).count() as f64
+                    / before.len() as f64;
+                println!(
+                    "n={n}: {what} moved {:.2}% of keys (ideal {:.2}%)",
+                    moved * 100.0,
+                    ideal * 100.0
+                );
+                assert!(
+                    moved >= ideal * 0.95 && moved <= ideal * 1.75,
+                    "n={n}, {what}: moved {moved}"
+                );
+            };
             // Remove the middle worker.
             let removed: Vec<Member> = all.iter().filter(|m| m.slot != n / 2).cloned().collect();
-            let after = maglev(&removed, MAGLEV_SIZE);
-            let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count() as f64
-                / before.len() as f64;
-            let ideal = 1.0 / n as f64;
-            println!(
-                "n={n}: removing one moved {:.2}% of keys (ideal {:.2}%)",
-                moved * 100.0,
-                ideal * 100.0
-            );
-            assert!(
-                moved >= ideal * 0.95 && moved <= ideal * 1.75,
-                "n={n} moved {moved}"
+            moved(
+                &maglev(&removed, MAGLEV_SIZE),
+                "removing one",
+                1.0 / n as f64,
             );
             // Adding it back restores the table exactly.
             assert_eq!(maglev(&all, MAGLEV_SIZE), before);
@@ -226,18 +232,10 @@ mod tests {
                 weight: 1,
                 name: "10.9.9.9:9000".into(),
             });
-            let after = maglev(&grown, MAGLEV_SIZE);
-            let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count() as f64
-                / before.len() as f64;
-            let ideal = 1.0 / (n as f64 + 1.0);
-            println!(
-                "n={n}: adding one moved {:.2}% of keys (ideal {:.2}%)",
-                moved * 100.0,
-                ideal * 100.0
-            );
-            assert!(
-                moved >= ideal * 0.95 && moved <= ideal * 1.75,
-                "n={n} moved {moved}"
+            moved(
+                &maglev(&grown, MAGLEV_SIZE),
+                "adding one",
+                1.0 / (n as f64 + 1.0),
             );
         }
     }

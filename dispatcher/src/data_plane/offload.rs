@@ -81,28 +81,12 @@ pub fn load_bound(
     // Maps of other programs (aya-log's, global data) are not created: the
     // relocation only needs a number for them, and their programs are not
     // loaded.
-    let text_sections = obj.functions.keys().map(|(section, _)| *section).collect();
-    let fds: Vec<(String, i32, aya_obj::Map)> = obj
-        .maps
-        .iter()
-        .map(|(name, m)| {
-            (
-                name.clone(),
-                created
-                    .iter()
-                    .find(|(n, _)| n == name)
-                    .map_or(-1, |(_, fd)| fd.as_raw_fd()),
-                m.clone(),
-            )
-        })
-        .collect();
-    obj.relocate_maps(
-        fds.iter().map(|(n, fd, m)| (n.as_str(), *fd, m)),
-        &text_sections,
-    )
-    .map_err(|e| anyhow!("cannot relocate the object's maps: {e}"))?;
-    obj.relocate_calls(&text_sections)
-        .map_err(|e| anyhow!("cannot link the object's functions: {e}"))?;
+    crate::offload_check::link(&mut obj, |name| {
+        created
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(-1, |(_, fd)| fd.as_raw_fd())
+    })?;
     let program = obj
         .programs
         .get(HW_PROGRAM)

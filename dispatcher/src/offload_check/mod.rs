@@ -178,6 +178,25 @@ fn map_of(fd: i32, maps: &[MapFacts]) -> Option<usize> {
     (k < maps.len()).then_some(k)
 }
 
+/// Links a parsed object as the kernel would see it: each map load
+/// pointed at the descriptor `fd_of` gives its map, bpf-to-bpf calls
+/// inlined into one instruction stream per program.
+pub fn link(obj: &mut aya_obj::Object, fd_of: impl Fn(&str) -> i32) -> Result<()> {
+    let text_sections: HashSet<usize> = obj.functions.keys().map(|(section, _)| *section).collect();
+    let maps: Vec<(String, i32, aya_obj::maps::Map)> = obj
+        .maps
+        .iter()
+        .map(|(name, m)| (name.clone(), fd_of(name), m.clone()))
+        .collect();
+    obj.relocate_maps(
+        maps.iter().map(|(n, fd, m)| (n.as_str(), *fd, m)),
+        &text_sections,
+    )
+    .map_err(|e| anyhow!("cannot relocate the object's maps: {e}"))?;
+    obj.relocate_calls(&text_sections)
+        .map_err(|e| anyhow!("cannot link the object's functions: {e}"))
+}
+
 /// Checks program `program` of the object in `bytes`.
 pub fn check_object(bytes: &[u8], program: &str, limits: Limits) -> Result<Report> {
     let mut obj = aya_obj::Object::parse(bytes)
@@ -205,19 +224,9 @@ pub fn check_object(bytes: &[u8], program: &str, limits: Limits) -> Result<Repor
             }
         })
         .collect();
-    let text_sections: HashSet<usize> = obj.functions.keys().map(|(section, _)| *section).collect();
-    let maps: Vec<(String, i32, aya_obj::maps::Map)> = names
-        .iter()
-        .enumerate()
-        .map(|(k, n)| (n.clone(), FD_BASE + k as i32, obj.maps[n].clone()))
-        .collect();
-    obj.relocate_maps(
-        maps.iter().map(|(n, fd, m)| (n.as_str(), *fd, m)),
-        &text_sections,
-    )
-    .map_err(|e| anyhow!("cannot relocate the object's maps: {e}"))?;
-    obj.relocate_calls(&text_sections)
-        .map_err(|e| anyhow!("cannot link the object's functions: {e}"))?;
+    link(&mut obj, |name| {
+        FD_BASE + names.iter().position(|n| n == name).unwrap_or(0) as i32
+    })?;
     let mut available: Vec<&String> = obj.programs.keys().collect();
     available.sort();
     let p = obj.programs.get(program).with_context(|| {

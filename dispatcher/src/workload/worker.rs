@@ -620,14 +620,10 @@ mod tests {
             .unwrap()
             .to_ipv6_mapped()
             .octets();
-        let (step, to) = handle(
-            &t,
-            Some(service),
-            None,
-            &m.to_bytes(),
-            "10.0.0.1:7770".parse().unwrap(),
-        )
-        .unwrap();
+        // What the worker sends for `m`, arriving from the dispatcher.
+        let handled =
+            |m: &Message| handle(&t, Some(service), None, &m.to_bytes(), service).unwrap();
+        let (step, to) = handled(&m);
         assert_eq!(to, service);
         assert_eq!(
             (
@@ -641,14 +637,7 @@ mod tests {
         assert_eq!(step.hdr.reply_addr, m.hdr.reply_addr);
         assert_eq!(step.payload, b"ABC");
         m.hdr.flags |= flags::LAST_STEP;
-        let (answer, to) = handle(
-            &t,
-            Some(service),
-            None,
-            &m.to_bytes(),
-            "10.0.0.1:7770".parse().unwrap(),
-        )
-        .unwrap();
+        let (answer, to) = handled(&m);
         assert_eq!(to, client);
         assert_eq!(answer.hdr.kind, kind::RESPONSE);
         assert_eq!(answer.payload, b"ABC");
