@@ -325,15 +325,11 @@ fn step(hdr: &FaasHdr, view: &impl View) -> Result<(Function, HeaderEdit, Counte
 }
 
 fn busy(hdr: &FaasHdr, view: &impl View) -> Result<(Function, HeaderEdit, Counter), Counter> {
-    let resteers = (hdr.flags & flags::RESTEER_MASK) >> flags::RESTEER_SHIFT;
+    let resteers = hdr.resteers();
     if resteers >= MAX_RESTEERS {
         return Err(Counter::PassBusyExhausted);
     }
-    let kind = if hdr.workflow_id() == 0 {
-        kind::REQUEST
-    } else {
-        kind::STEP
-    };
+    let kind = hdr.busy_answered_kind();
     let f = view
         .function(hdr.function_id())
         .ok_or(Counter::PassUnknownFunction)?;

@@ -87,6 +87,21 @@ impl FaasHdr {
     pub fn reply_port(&self) -> u16 {
         u16::from_be_bytes(self.reply_port)
     }
+    /// How often this message has been re-steered after a BUSY.
+    #[inline(always)]
+    pub fn resteers(&self) -> u8 {
+        (self.flags & flags::RESTEER_MASK) >> flags::RESTEER_SHIFT
+    }
+    /// What a BUSY answered: a workflow's STEP if it carries a workflow
+    /// id, else a REQUEST.
+    #[inline(always)]
+    pub fn busy_answered_kind(&self) -> u8 {
+        if self.workflow_id() == 0 {
+            kind::REQUEST
+        } else {
+            kind::STEP
+        }
+    }
 
     /// A header of `kind` for `function_id`, everything else zero.
     pub fn new(kind: u8, function_id: u32, request_id: u64) -> Self {

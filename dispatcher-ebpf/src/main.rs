@@ -210,15 +210,11 @@ fn step<V: Variant>(hdr: &FaasHdr) -> Result<Decision, Counter> {
 /// MAX_RESTEERS times.
 #[inline(always)]
 fn busy(hdr: &FaasHdr) -> Result<Decision, Counter> {
-    let resteers = (hdr.flags & flags::RESTEER_MASK) >> flags::RESTEER_SHIFT;
+    let resteers = hdr.resteers();
     if resteers >= MAX_RESTEERS {
         return Err(Counter::PassBusyExhausted);
     }
-    let kind = if hdr.workflow_id() == 0 {
-        kind::REQUEST
-    } else {
-        kind::STEP
-    };
+    let kind = hdr.busy_answered_kind();
     Ok(Decision {
         function: maps::function(hdr.function_id()).ok_or(Counter::PassUnknownFunction)?,
         edit: HeaderEdit::Resteer {
