@@ -2,7 +2,8 @@
 //! user space (`dispatcher`).
 //!
 //! Everything that crosses the kernel/user boundary is defined here exactly
-//! once: the FaaS wire header ([`protocol`]), the BPF map keys and values
+//! once: the FaaS wire header ([`protocol`]), the numbers of the headers
+//! below it ([`net`]), the BPF map keys and values
 //! ([`maps`]), the named counters ([`stats`]) and the checksum arithmetic both
 //! halves must agree on ([`checksum`]).
 //!
@@ -15,5 +16,6 @@ pub mod checksum;
 pub mod hash;
 pub mod maps;
 pub mod model;
+pub mod net;
 pub mod protocol;
 pub mod stats;

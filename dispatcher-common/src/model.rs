@@ -16,6 +16,11 @@ use crate::{
         egress, family, policy, Endpoint, Function, Settings, Worker, Workflow, LL_CANDIDATES,
         MAX_RESTEERS, MAX_WORKFLOW_STEPS, RESTEER_TRIES,
     },
+    net::{
+        ETHERTYPE_8021AD, ETHERTYPE_8021Q, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETH_LEN, IPPROTO_UDP,
+        IPV4_LEN, IPV4_MF_OR_OFFSET, IPV6_AH, IPV6_DEST_OPTS, IPV6_ESP, IPV6_FRAGMENT,
+        IPV6_HOP_BY_HOP, IPV6_LEN, IPV6_ROUTING, MAX_IPV6_EXT_HEADERS, UDP_LEN, VLAN_LEN,
+    },
     protocol::{flags, kind, FaasHdr, MAGIC, VERSION},
     stats::Counter,
 };
@@ -86,11 +91,6 @@ pub struct Parsed {
     pub dst: Endpoint,
 }
 
-const ETH_LEN: usize = 14;
-const IPV6_LEN: usize = 40;
-const UDP_LEN: usize = 8;
-const MAX_IPV6_EXT_HEADERS: usize = 4;
-
 fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
@@ -120,24 +120,24 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, Counter> {
     let mut offset = ETH_LEN;
     let mut ether_type = be16(frame, 12);
     for _ in 0..2 {
-        if ether_type == 0x88A8 || ether_type == 0x8100 {
-            need(offset + 4)?;
+        if ether_type == ETHERTYPE_8021AD || ether_type == ETHERTYPE_8021Q {
+            need(offset + VLAN_LEN)?;
             ether_type = be16(frame, offset + 2);
-            offset += 4;
+            offset += VLAN_LEN;
         }
     }
     let l3 = offset;
-    let (fam, l4, ip_end) = if ether_type == 0x0800 {
-        need(l3 + 20)?;
+    let (fam, l4, ip_end) = if ether_type == ETHERTYPE_IPV4 {
+        need(l3 + IPV4_LEN)?;
         let vihl = frame[l3];
         let header_len = (vihl & 0x0f) as usize * 4;
-        if vihl >> 4 != 4 || header_len < 20 {
+        if vihl >> 4 != 4 || header_len < IPV4_LEN {
             return Err(Counter::PassMalformed);
         }
-        if frame[l3 + 9] != 17 {
+        if frame[l3 + 9] != IPPROTO_UDP {
             return Err(Counter::PassNotUdp);
         }
-        if be16(frame, l3 + 6) & 0x3fff != 0 {
+        if be16(frame, l3 + 6) & IPV4_MF_OR_OFFSET != 0 {
             return Err(Counter::PassFragment);
         }
         let total_len = be16(frame, l3 + 2) as usize;
@@ -145,7 +145,7 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, Counter> {
             return Err(Counter::PassBadLength);
         }
         (family::IPV4, l3 + header_len, l3 + total_len)
-    } else if ether_type == 0x86DD {
+    } else if ether_type == ETHERTYPE_IPV6 {
         need(l3 + IPV6_LEN)?;
         if frame[l3] >> 4 != 6 {
             return Err(Counter::PassMalformed);
@@ -203,18 +203,18 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, Counter> {
 fn skip_ipv6_extensions(frame: &[u8], mut next: u8, mut offset: usize) -> Result<usize, Counter> {
     for i in 0..MAX_IPV6_EXT_HEADERS {
         match next {
-            17 => return Ok(offset),
-            44 => return Err(Counter::PassFragment),
+            IPPROTO_UDP => return Ok(offset),
+            IPV6_FRAGMENT => return Err(Counter::PassFragment),
             // Hop-by-hop options only right after the IPv6 header.
-            0 if i > 0 => return Err(Counter::PassIpv6ExtHeader),
-            0 | 43 | 60 => {}
-            50 | 51 => return Err(Counter::PassIpv6ExtHeader),
+            IPV6_HOP_BY_HOP if i > 0 => return Err(Counter::PassIpv6ExtHeader),
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => {}
+            IPV6_ESP | IPV6_AH => return Err(Counter::PassIpv6ExtHeader),
             _ => return Err(Counter::PassNotUdp),
         }
         if frame.len() < offset + 4 {
             return Err(Counter::PassMalformed);
         }
-        if next == 43 && frame[offset + 3] != 0 {
+        if next == IPV6_ROUTING && frame[offset + 3] != 0 {
             return Err(Counter::PassIpv6ExtHeader);
         }
         let len = (frame[offset + 1] as usize + 1) * 8;
@@ -222,9 +222,11 @@ fn skip_ipv6_extensions(frame: &[u8], mut next: u8, mut offset: usize) -> Result
         offset += len;
     }
     match next {
-        17 => Ok(offset),
-        44 => Err(Counter::PassFragment),
-        0 | 43 | 60 | 50 | 51 => Err(Counter::PassIpv6ExtHeader),
+        IPPROTO_UDP => Ok(offset),
+        IPV6_FRAGMENT => Err(Counter::PassFragment),
+        IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_ESP | IPV6_AH => {
+            Err(Counter::PassIpv6ExtHeader)
+        }
         _ => Err(Counter::PassNotUdp),
     }
 }

@@ -8,6 +8,10 @@ use core::mem;
 use aya_ebpf::programs::XdpContext;
 use dispatcher_common::{
     maps::{family, Endpoint},
+    net::{
+        self, IPPROTO_UDP, IPV4_MF_OR_OFFSET, IPV6_AH, IPV6_DEST_OPTS, IPV6_ESP, IPV6_FRAGMENT,
+        IPV6_HOP_BY_HOP, IPV6_ROUTING, MAX_IPV6_EXT_HEADERS,
+    },
     protocol::FaasHdr,
     stats::Counter,
 };
@@ -20,23 +24,10 @@ use network_types::{
 
 // EtherTypes as the raw (network-order) values read from the packet, so
 // comparisons need no byte swap.
-const ETH_P_IP: u16 = 0x0800u16.to_be();
-const ETH_P_IPV6: u16 = 0x86DDu16.to_be();
-const ETH_P_8021Q: u16 = 0x8100u16.to_be();
-const ETH_P_8021AD: u16 = 0x88A8u16.to_be();
-const IPPROTO_UDP: u8 = 17;
-/// "More fragments" flag and fragment offset of the IPv4 `frags` field.
-const IPV4_MF_OR_OFFSET: u16 = 0x3FFF;
-
-/// IPv6 extension headers the parser walks over.
-const IPV6_HOP_BY_HOP: u8 = 0;
-const IPV6_ROUTING: u8 = 43;
-const IPV6_FRAGMENT: u8 = 44;
-const IPV6_DEST_OPTS: u8 = 60;
-const IPV6_ESP: u8 = 50;
-const IPV6_AH: u8 = 51;
-/// At most this many extension headers before UDP; a longer chain passes.
-pub const MAX_IPV6_EXT_HEADERS: usize = 4;
+const ETH_P_IP: u16 = net::ETHERTYPE_IPV4.to_be();
+const ETH_P_IPV6: u16 = net::ETHERTYPE_IPV6.to_be();
+const ETH_P_8021Q: u16 = net::ETHERTYPE_8021Q.to_be();
+const ETH_P_8021AD: u16 = net::ETHERTYPE_8021AD.to_be();
 
 /// A pointer to a `T` at `offset` into the packet, if the whole `T` lies
 /// before `data_end`.

@@ -19,8 +19,8 @@ use network_types::{
 
 use crate::{maps, parse::ptr_at};
 
-const ETH_P_IP: u16 = 0x0800u16.to_be();
-const ETH_P_IPV6: u16 = 0x86DDu16.to_be();
+const ETH_P_IP: u16 = dispatcher_common::net::ETHERTYPE_IPV4.to_be();
+const ETH_P_IPV6: u16 = dispatcher_common::net::ETHERTYPE_IPV6.to_be();
 
 /// The fixed worker of `yardstick_one_lookup`: 02:00:00:00:00:0a,
 /// 10.0.0.10 or fd00::10, port 9000. Written byte by byte below, as

@@ -19,6 +19,7 @@ use anyhow::{Context as _, Result};
 use dispatcher_common::{
     maps::{family, Endpoint, Function, Settings, Worker, Workflow},
     model::{self, View},
+    net::MAX_UDP_PAYLOAD,
     protocol::{error_code, flags, kind, FaasHdr},
     stats::Counter,
 };
@@ -30,9 +31,6 @@ use crate::{
     endpoints::{endpoint, worker_socket_addr},
     wire::{Message, ParseError},
 };
-
-/// The largest UDP payload an IPv4 datagram can carry.
-const MAX_DATAGRAM: usize = 65_507;
 
 /// The pinned maps, with round-robin turns of the slow path's own (it does
 /// not touch the kernel's cursors).
@@ -152,9 +150,9 @@ pub fn answer(view: &impl View, datagram: &[u8], source: SocketAddr, random: u32
                 hdr.reply_port = src.port;
                 hdr.reply_addr = src.addr;
             }
-            if FaasHdr::LEN + message.payload.len() > MAX_DATAGRAM {
+            if FaasHdr::LEN + message.payload.len() > MAX_UDP_PAYLOAD {
                 let text =
-                    format!("the request is larger than one datagram ({MAX_DATAGRAM} bytes)");
+                    format!("the request is larger than one datagram ({MAX_UDP_PAYLOAD} bytes)");
                 return error(error_code::PAYLOAD_TOO_LARGE, text, Counter::PassMalformed);
             }
             Answer::Dispatch {

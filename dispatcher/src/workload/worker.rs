@@ -47,7 +47,8 @@ const NAMES: &str = "echo, static, upper, reverse, kv, grayscale";
 
 /// The largest payload one UDP datagram (over IPv4) can carry after the
 /// FaaS header.
-pub const MAX_PAYLOAD: usize = 65_507 - dispatcher_common::protocol::FaasHdr::LEN;
+pub const MAX_PAYLOAD: usize =
+    dispatcher_common::net::MAX_UDP_PAYLOAD - dispatcher_common::protocol::FaasHdr::LEN;
 
 /// The page `static` serves.
 pub const STATIC_PAGE: &str = "<!doctype html><html><head><title>faas</title></head><body><h1>Hello from a FaaS worker</h1></body></html>";
