@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use nix::{
     mount::{mount, MsFlags},
     sys::statfs::{statfs, BPF_FS_MAGIC},
@@ -52,10 +52,11 @@ pub fn find_pin_dir(bpffs: &Path, iface: Option<&str>) -> Result<PathBuf> {
     if let Some(iface) = iface {
         let dir = pin_dir(bpffs, iface);
         if !dir.is_dir() {
-            bail!(
-                "no data plane is pinned for {iface} under {} (is `dispatcher run --iface {iface}` running, with the same --bpffs?)",
-                root.display()
-            );
+            return Err(super::Error::NotPinned {
+                root,
+                iface: Some(iface.to_string()),
+            }
+            .into());
         }
         return Ok(dir);
     }
@@ -68,17 +69,14 @@ pub fn find_pin_dir(bpffs: &Path, iface: Option<&str>) -> Result<PathBuf> {
         Err(_) => Vec::new(),
     };
     match dirs.len() {
-        0 => bail!(
-            "no data plane is pinned under {} (start one with `dispatcher run --iface IF`, or pass the --bpffs it uses)",
-            root.display()
-        ),
+        0 => Err(super::Error::NotPinned { root, iface: None }.into()),
         1 => Ok(dirs.remove(0)),
         _ => {
             let names: Vec<String> = dirs
                 .iter()
                 .filter_map(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
                 .collect();
-            bail!("several data planes are running ({}): pick one with --iface", names.join(", "))
+            Err(super::Error::SeveralPinned(names).into())
         }
     }
 }

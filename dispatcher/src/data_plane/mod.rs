@@ -2,6 +2,7 @@
 //! attaching it, pinning its maps, and typed access to them.
 
 pub mod bpffs;
+mod error;
 pub mod map_batch;
 pub mod offload;
 pub mod privileges;
@@ -24,6 +25,7 @@ use dispatcher_common::{
     },
     stats::Counter,
 };
+pub use error::Error;
 use nix::fcntl::{Flock, FlockArg};
 use tracing::{info, warn};
 
@@ -107,9 +109,9 @@ impl Maps {
     /// when given.
     fn take(ebpf: &mut Ebpf, pin_dir: Option<&Path>) -> Result<Maps> {
         Maps::build(|name| {
-            let map = ebpf.take_map(name).ok_or_else(|| {
-                anyhow!("the eBPF object has no map {name}: rebuild the dispatcher")
-            })?;
+            let map = ebpf
+                .take_map(name)
+                .ok_or_else(|| Error::MissingMap(name.to_string()))?;
             if let Some(dir) = pin_dir {
                 let path = dir.join(name);
                 map.pin(&path)
@@ -289,9 +291,9 @@ pub fn load(programs: &[&str], geometry: &Geometry) -> Result<Ebpf> {
     for name in programs {
         let program: &mut Xdp = ebpf
             .program_mut(name)
-            .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?
+            .ok_or_else(|| Error::MissingProgram(name.to_string()))?
             .try_into()?;
-        program.load().map_err(|e| explain_load_error(e, name))?;
+        program.load().map_err(|e| Error::of_load(e, name))?;
     }
     Ok(ebpf)
 }
@@ -587,19 +589,15 @@ impl Attached {
 fn lock(pin_dir: &Path) -> Result<Flock<std::fs::File>> {
     let dir = std::fs::File::open(pin_dir)
         .with_context(|| format!("cannot open {}", pin_dir.display()))?;
-    Flock::lock(dir, FlockArg::LockExclusiveNonblock).map_err(|_| {
-        anyhow!(
-            "another `dispatcher run` manages the data plane at {} (stop it first)",
-            pin_dir.display()
-        )
-    })
+    Flock::lock(dir, FlockArg::LockExclusiveNonblock)
+        .map_err(|_| Error::Managed(pin_dir.to_path_buf()).into())
 }
 
 /// The MAC address of `iface`, which also proves it exists.
 pub fn interface_mac(iface: &str) -> Result<[u8; 6]> {
     let path = format!("/sys/class/net/{iface}/address");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|_| anyhow!("interface {iface} not found (`ip link` shows the names)"))?;
+    let text =
+        std::fs::read_to_string(&path).map_err(|_| Error::UnknownInterface(iface.to_string()))?;
     let mac: macaddr::MacAddr6 = text.trim().parse().with_context(|| {
         format!(
             "interface {iface} has no Ethernet address ({})",
@@ -609,28 +607,9 @@ pub fn interface_mac(iface: &str) -> Result<[u8; 6]> {
     Ok(mac.into_array())
 }
 
-fn explain_load_error(e: ProgramError, name: &str) -> anyhow::Error {
-    // By errno, not by the message's words.
-    let errno = match &e {
-        ProgramError::LoadError { io_error, .. } => io_error.raw_os_error(),
-        ProgramError::SyscallError(aya::sys::SyscallError { io_error, .. }) => {
-            io_error.raw_os_error()
-        }
-        _ => None,
-    };
-    if errno == Some(libc::EPERM) {
-        return anyhow!("the kernel refused to load the XDP program {name}: permission denied (run as root, or with CAP_BPF and CAP_NET_ADMIN)\n{e:#}");
-    }
-    anyhow!(e).context(format!(
-        "the kernel refused to load the XDP program {name} (verifier log above)"
-    ))
-}
-
 fn explain_attach_error(e: ProgramError, iface: &str) -> anyhow::Error {
     match e {
-        ProgramError::UnknownInterface { .. } => {
-            anyhow!("interface {iface} not found (`ip link` shows the names)")
-        }
+        ProgramError::UnknownInterface { .. } => Error::UnknownInterface(iface.to_string()).into(),
         e => anyhow!(e).context(format!(
             "cannot attach to {iface}: is another XDP program attached? (`ip link show {iface}` shows it)"
         )),
@@ -692,15 +671,11 @@ mod tests {
             io_error: std::io::Error::from_raw_os_error(errno),
             verifier_log: aya_obj::VerifierLog::new("some log".into()),
         };
-        let eperm = format!("{:#}", explain_load_error(refused(libc::EPERM), PROGRAM));
-        assert!(
-            eperm.contains("permission denied (run as root, or with CAP_BPF"),
-            "{eperm}"
-        );
-        let einval = format!("{:#}", explain_load_error(refused(libc::EINVAL), PROGRAM));
-        assert!(
-            !einval.contains("permission denied") && einval.contains("verifier log"),
-            "{einval}"
-        );
+        let eperm = Error::of_load(refused(libc::EPERM), PROGRAM);
+        assert!(matches!(eperm, Error::PermissionDenied { .. }), "{eperm:?}");
+        assert!(eperm.to_string().contains("CAP_BPF"), "{eperm}");
+        let einval = Error::of_load(refused(libc::EINVAL), PROGRAM);
+        assert!(matches!(einval, Error::Rejected { .. }), "{einval:?}");
+        assert!(einval.to_string().contains("verifier log"), "{einval}");
     }
 }
