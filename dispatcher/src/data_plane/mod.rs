@@ -55,56 +55,57 @@ pub enum Mode {
     User,
 }
 
-/// Typed handles on every map of one data plane (see dispatcher-ebpf's
-/// maps.rs for what each holds and who writes it).
-pub struct Maps {
-    pub services: Array<MapData, ServiceSlot>,
-    pub settings: Array<MapData, Settings>,
-    pub functions: HashMap<MapData, u32, Function>,
-    pub workers: Array<MapData, Worker>,
-    pub loads: Array<MapData, u64>,
-    pub ring: Array<MapData, TableChunk>,
-    pub maglev: Array<MapData, TableChunk>,
-    pub rr_cursors: Array<MapData, u64>,
-    pub workflows: HashMap<MapData, u32, Workflow>,
-    pub registered: HashMap<MapData, Endpoint, u32>,
-    pub egress: DevMap<MapData>,
-    pub stats: PerCpuArray<MapData, u64>,
-    pub function_stats: PerCpuArray<MapData, Traffic>,
-    pub worker_stats: PerCpuArray<MapData, Traffic>,
+/// The map set, declared once: each map's field, handle type and name in
+/// the object (dispatcher-common's `maps::names`, which the kernel's maps.rs
+/// declares). `Maps`, `Maps::build` and `MAP_NAMES` are made from it, so a
+/// map added here is pinned, opened, adopted and bound to a NIC alike.
+macro_rules! map_set {
+    ($($(#[$doc:meta])* $field:ident: $handle:ty = $name:ident,)*) => {
+        /// Typed handles on every map of one data plane (see dispatcher-ebpf's
+        /// maps.rs for what each holds and who writes it).
+        pub struct Maps {
+            $($(#[$doc])* pub $field: $handle,)*
+            /// SETTINGS' geometry, read once: it never changes after the load.
+            geometry: std::cell::OnceCell<Geometry>,
+        }
+
+        /// Every map the daemon pins and the CLI reads.
+        pub const MAP_NAMES: &[&str] = &[$(names::$name),*];
+
+        impl Maps {
+            /// Builds the handles from a function that yields each map by name.
+            fn build(mut get: impl FnMut(&str) -> Result<Map>) -> Result<Maps> {
+                Ok(Maps {
+                    $($field: <$handle>::try_from(get(names::$name)?)?,)*
+                    geometry: std::cell::OnceCell::new(),
+                })
+            }
+        }
+    };
+}
+
+map_set! {
+    services: Array<MapData, ServiceSlot> = SERVICES,
+    settings: Array<MapData, Settings> = SETTINGS,
+    functions: HashMap<MapData, u32, Function> = FUNCTIONS,
+    workers: Array<MapData, Worker> = WORKERS,
+    loads: Array<MapData, u64> = LOADS,
+    ring: Array<MapData, TableChunk> = RING,
+    maglev: Array<MapData, TableChunk> = MAGLEV,
+    rr_cursors: Array<MapData, u64> = RR_CURSORS,
+    workflows: HashMap<MapData, u32, Workflow> = WORKFLOWS,
+    registered: HashMap<MapData, Endpoint, u32> = REGISTERED,
+    egress: DevMap<MapData> = EGRESS,
+    stats: PerCpuArray<MapData, u64> = STATS,
+    function_stats: PerCpuArray<MapData, Traffic> = FUNCTION_STATS,
+    worker_stats: PerCpuArray<MapData, Traffic> = WORKER_STATS,
     /// The offload variant's counters (plain arrays).
-    pub stats_hw: Array<MapData, u64>,
-    pub function_stats_hw: Array<MapData, Traffic>,
-    pub worker_stats_hw: Array<MapData, Traffic>,
-    /// SETTINGS' geometry, read once: it never changes after the load.
-    geometry: std::cell::OnceCell<Geometry>,
+    stats_hw: Array<MapData, u64> = STATS_HW,
+    function_stats_hw: Array<MapData, Traffic> = FUNCTION_STATS_HW,
+    worker_stats_hw: Array<MapData, Traffic> = WORKER_STATS_HW,
 }
 
 impl Maps {
-    /// Builds the handles from a function that yields each map by name.
-    fn build(mut get: impl FnMut(&str) -> Result<Map>) -> Result<Maps> {
-        Ok(Maps {
-            services: Array::try_from(get(names::SERVICES)?)?,
-            settings: Array::try_from(get(names::SETTINGS)?)?,
-            functions: HashMap::try_from(get(names::FUNCTIONS)?)?,
-            workers: Array::try_from(get(names::WORKERS)?)?,
-            loads: Array::try_from(get(names::LOADS)?)?,
-            ring: Array::try_from(get(names::RING)?)?,
-            maglev: Array::try_from(get(names::MAGLEV)?)?,
-            rr_cursors: Array::try_from(get(names::RR_CURSORS)?)?,
-            workflows: HashMap::try_from(get(names::WORKFLOWS)?)?,
-            registered: HashMap::try_from(get(names::REGISTERED)?)?,
-            egress: DevMap::try_from(get(names::EGRESS)?)?,
-            stats: PerCpuArray::try_from(get(names::STATS)?)?,
-            function_stats: PerCpuArray::try_from(get(names::FUNCTION_STATS)?)?,
-            worker_stats: PerCpuArray::try_from(get(names::WORKER_STATS)?)?,
-            stats_hw: Array::try_from(get(names::STATS_HW)?)?,
-            function_stats_hw: Array::try_from(get(names::FUNCTION_STATS_HW)?)?,
-            worker_stats_hw: Array::try_from(get(names::WORKER_STATS_HW)?)?,
-            geometry: std::cell::OnceCell::new(),
-        })
-    }
-
     /// Takes the maps out of a loaded object, pinning each under `pin_dir`
     /// when given.
     fn take(ebpf: &mut Ebpf, pin_dir: Option<&Path>) -> Result<Maps> {
@@ -334,27 +335,6 @@ pub const LINK_PIN: &str = "link";
 /// there to attach it).
 pub const PROGRAM_PIN: &str = "program";
 
-/// Every map the daemon pins and the CLI reads.
-pub const MAP_NAMES: [&str; 17] = [
-    names::SERVICES,
-    names::SETTINGS,
-    names::FUNCTIONS,
-    names::WORKERS,
-    names::LOADS,
-    names::RING,
-    names::MAGLEV,
-    names::RR_CURSORS,
-    names::WORKFLOWS,
-    names::REGISTERED,
-    names::EGRESS,
-    names::STATS,
-    names::FUNCTION_STATS,
-    names::WORKER_STATS,
-    names::STATS_HW,
-    names::FUNCTION_STATS_HW,
-    names::WORKER_STATS_HW,
-];
-
 /// Turns an attached program's link into a bpf_link pinned in `dir`, so
 /// the data plane outlives this process.
 fn pin_link(
@@ -504,7 +484,7 @@ impl Attached {
         let ifindex = offload::ifindex(iface)?;
         let geometry = device.geometry()?;
         info!(iface, ?geometry, "sizing the maps for the device");
-        let bound = offload::load_bound(iface, ifindex, &device, &geometry, &MAP_NAMES)?;
+        let bound = offload::load_bound(iface, ifindex, &device, &geometry, MAP_NAMES)?;
         let mut by_name: std::collections::HashMap<String, Map> = bound.maps.into_iter().collect();
         let mut maps = Maps::build(|name| {
             let map = by_name

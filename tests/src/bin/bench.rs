@@ -184,8 +184,11 @@ impl Bed {
                 "yardstick_one_lookup",
                 |ebpf| {
                     let mut functions: aya::maps::HashMap<_, u32, Function> =
-                        aya::maps::HashMap::try_from(ebpf.map_mut("FUNCTIONS").expect("FUNCTIONS"))
-                            .expect("a hash map");
+                        aya::maps::HashMap::try_from(
+                            ebpf.map_mut(dispatcher_common::maps::names::FUNCTIONS)
+                                .expect("FUNCTIONS"),
+                        )
+                        .expect("a hash map");
                     functions
                         .insert(1, Function::default(), 0)
                         .expect("function 1");
