@@ -21,7 +21,7 @@ use crate::{
         IPV4_LEN, IPV4_MF_OR_OFFSET, IPV6_AH, IPV6_DEST_OPTS, IPV6_ESP, IPV6_FRAGMENT,
         IPV6_HOP_BY_HOP, IPV6_LEN, IPV6_ROUTING, MAX_IPV6_EXT_HEADERS, UDP_LEN, VLAN_LEN,
     },
-    protocol::{flags, kind, FaasHdr, MAGIC, VERSION},
+    protocol::{flags, kind, FaasHdr, HeaderEdit, MAGIC, VERSION},
     stats::Counter,
 };
 
@@ -60,25 +60,6 @@ pub struct Dispatch {
     pub worker: Worker,
     pub edit: HeaderEdit,
     pub counter: Counter,
-}
-
-/// Changes to the FaaS header (see dispatcher-ebpf's rewrite.rs).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HeaderEdit {
-    None,
-    StartWorkflow {
-        workflow_id: u32,
-        function_id: u32,
-        last: bool,
-    },
-    Step {
-        function_id: u32,
-        last: bool,
-    },
-    Resteer {
-        kind: u8,
-        resteers: u8,
-    },
 }
 
 /// Where the headers of a parsed frame are.
@@ -453,15 +434,6 @@ pub fn edit_header(hdr: &mut FaasHdr, edit: &HeaderEdit, src: &Endpoint) {
     }
 }
 
-/// Whether a dispatched packet leaves from the service address and port it
-/// was sent to, rather than keeping its source: STEPs and re-steered BUSYs
-/// come from a worker and may go back to that very worker, whose kernel
-/// would drop a packet with its own address as the source (a martian).
-/// Their answers go to `reply_*`, so the source carries nothing they need.
-pub fn leaves_from_service(edit: &HeaderEdit) -> bool {
-    matches!(edit, HeaderEdit::Step { .. } | HeaderEdit::Resteer { .. })
-}
-
 /// What the program does with a frame: its verdict and counter, and the
 /// dispatch (if any). `frame` is rewritten in place when dispatched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -539,7 +511,7 @@ fn rewrite(frame: &mut [u8], p: &Parsed, hdr: &FaasHdr, d: &Dispatch, settings: 
     frame[l4 + 2..l4 + 4].copy_from_slice(&d.worker.port);
     // A STEP or re-steered BUSY came from a worker and may go back to it:
     // it leaves from the service address and port (see `leaves_from_service`).
-    let from_service = leaves_from_service(&d.edit);
+    let from_service = d.edit.leaves_from_service();
     if from_service {
         let old_port = [frame[l4], frame[l4 + 1]];
         patch = patch.bytes(&old_port, &p.dst.port);

@@ -195,3 +195,33 @@ mod tests {
         assert!(FaasHdr::from_bytes(&b[..47]).is_none());
     }
 }
+
+/// The changes the data plane makes to a FaaS header it dispatches,
+/// decided once per packet (the kernel's rewrite.rs applies them to the
+/// frame with checksum patches; the model and user space to values).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderEdit {
+    /// A plain REQUEST: the header is forwarded as it came.
+    None,
+    /// A REQUEST for a workflow becomes step 0 of it.
+    StartWorkflow {
+        workflow_id: u32,
+        function_id: u32,
+        last: bool,
+    },
+    /// A STEP gets the step's function and the last-step flag.
+    Step { function_id: u32, last: bool },
+    /// A BUSY becomes a REQUEST (or STEP) again, re-steered once more.
+    Resteer { kind: u8, resteers: u8 },
+}
+
+impl HeaderEdit {
+    /// Whether the packet came from a worker (a STEP, or a BUSY) and so
+    /// leaves from the service address and port: a worker's kernel drops
+    /// a packet that arrives from its own address, and the next worker
+    /// must see the dispatcher, not its peer, as the sender.
+    #[inline(always)]
+    pub fn leaves_from_service(&self) -> bool {
+        matches!(self, HeaderEdit::Step { .. } | HeaderEdit::Resteer { .. })
+    }
+}

@@ -27,15 +27,12 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use aya_log_ebpf::warn;
 use dispatcher_common::{
     maps::{Function, MAX_RESTEERS, MAX_WORKFLOW_STEPS},
-    protocol::{
-        flags, kind, FaasHdr, {self},
-    },
+    protocol::{self, flags, kind, FaasHdr, HeaderEdit},
     stats::Counter,
 };
 
 use crate::{
     parse::Packet,
-    rewrite::HeaderEdit,
     variant::{Host, Hw, Variant},
 };
 

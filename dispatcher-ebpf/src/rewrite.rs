@@ -14,7 +14,7 @@ use aya_ebpf::programs::XdpContext;
 use dispatcher_common::{
     checksum::Patch,
     maps::{family, Worker},
-    protocol::{flags, FaasHdr},
+    protocol::{flags, FaasHdr, HeaderEdit},
     stats::Counter,
 };
 use network_types::{
@@ -24,31 +24,6 @@ use network_types::{
 };
 
 use crate::parse::{ptr_at, Packet};
-
-/// Changes to the FaaS header decided for this packet.
-pub enum HeaderEdit {
-    /// A plain REQUEST: the header is forwarded as it came.
-    None,
-    /// A REQUEST for a workflow becomes step 0 of it.
-    StartWorkflow {
-        workflow_id: u32,
-        function_id: u32,
-        last: bool,
-    },
-    /// A STEP gets the step's function and the last-step flag.
-    Step { function_id: u32, last: bool },
-    /// A BUSY becomes a REQUEST (or STEP) again, re-steered once more.
-    Resteer { kind: u8, resteers: u8 },
-}
-
-impl HeaderEdit {
-    /// Whether the packet came from a worker and so leaves from the
-    /// service address (see the module's comment).
-    #[inline(always)]
-    fn from_service(&self) -> bool {
-        matches!(self, HeaderEdit::Step { .. } | HeaderEdit::Resteer { .. })
-    }
-}
 
 /// Sets a header field, patching the UDP checksum for the change.
 #[inline(always)]
@@ -137,7 +112,7 @@ pub fn toward_worker(
     // destination, so that sum loses the old source and gains the worker,
     // just as a plain dispatch loses the old destination: one patch either
     // way, from whichever field the worker's address replaces in the sum.
-    let from_service = edit.from_service();
+    let from_service = edit.leaves_from_service();
     let old_port = if from_service { udp.src } else { udp.dst };
     patch = patch.bytes(&old_port, &worker.port);
     if from_service {

@@ -363,7 +363,11 @@ fn compare(dp: &Loaded, hw: bool, frame: &[u8]) {
     // BUSY re-steering takes ring turns whatever the policy: only a p2c
     // request samples at random.
     let p2c = outcome.dispatch.is_some_and(|d| {
-        d.function.policy == policy::P2C && !matches!(d.edit, model::HeaderEdit::Resteer { .. })
+        d.function.policy == policy::P2C
+            && !matches!(
+                d.edit,
+                dispatcher_common::protocol::HeaderEdit::Resteer { .. }
+            )
     });
     if !p2c {
         assert_eq!(out, expected, "output bytes (hw: {hw})");

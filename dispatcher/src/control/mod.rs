@@ -23,7 +23,7 @@ use dispatcher_common::maps::{
 use crate::{
     config::{self, Config},
     control::tables::Member,
-    data_plane::{interface_mac, map_batch, Maps},
+    data_plane::{self, interface_mac, map_batch, Maps},
     endpoints::endpoint,
 };
 
@@ -38,11 +38,7 @@ pub fn configure_interface(
         None => maps.set_settings(iface_mac, egress::TX),
         Some(target) => {
             let mac = interface_mac(target).context("egress.redirect_to")?;
-            let ifindex = nix::net::if_::if_nametoindex(target.as_str()).map_err(|_| {
-                anyhow!(
-                    "egress.redirect_to: interface {target} not found (`ip link` shows the names)"
-                )
-            })?;
+            let ifindex = data_plane::ifindex(target).context("egress.redirect_to")?;
             maps.egress.set(0, ifindex, None, 0).with_context(|| {
                 format!("egress.redirect_to: cannot use {target} as a redirect target")
             })?;

@@ -481,7 +481,7 @@ impl Attached {
         device: offload::Device,
         configure: impl FnOnce(&mut Maps) -> Result<()>,
     ) -> Result<(Maps, XdpMode)> {
-        let ifindex = offload::ifindex(iface)?;
+        let ifindex = ifindex(iface)?;
         let geometry = device.geometry()?;
         info!(iface, ?geometry, "sizing the maps for the device");
         let bound = offload::load_bound(iface, ifindex, &device, &geometry, MAP_NAMES)?;
@@ -571,6 +571,12 @@ fn lock(pin_dir: &Path) -> Result<Flock<std::fs::File>> {
         .with_context(|| format!("cannot open {}", pin_dir.display()))?;
     Flock::lock(dir, FlockArg::LockExclusiveNonblock)
         .map_err(|_| Error::Managed(pin_dir.to_path_buf()).into())
+}
+
+/// The interface index of `iface`.
+pub fn ifindex(iface: &str) -> Result<u32> {
+    nix::net::if_::if_nametoindex(iface)
+        .map_err(|_| Error::UnknownInterface(iface.to_string()).into())
 }
 
 /// The MAC address of `iface`, which also proves it exists.

@@ -249,12 +249,6 @@ fn explain_load_error(e: BpfError, iface: &str) -> anyhow::Error {
     }
 }
 
-/// The interface index of `iface`, or the error people see.
-pub fn ifindex(iface: &str) -> Result<u32> {
-    nix::net::if_::if_nametoindex(iface)
-        .map_err(|_| anyhow!("interface {iface} not found (`ip link` shows the names)"))
-}
-
 /// Pins a program descriptor at `path` (BPF_OBJ_PIN), so aya can open it
 /// (`Xdp::from_pin`) and attach it like any program.
 pub fn pin_program(program: &OwnedFd, path: &std::path::Path) -> Result<()> {
