@@ -9,7 +9,7 @@ use dispatcher::{
     control::{self, inspect},
 };
 
-use super::{render, Target};
+use super::{render, ById, Target};
 
 #[derive(Subcommand)]
 pub enum Action {
@@ -24,11 +24,7 @@ pub enum Action {
         target: Target,
     },
     /// Remove a function and its workers.
-    Rm {
-        id: u32,
-        #[command(flatten)]
-        target: Target,
-    },
+    Rm(ById),
 }
 
 pub fn run(action: Action, bpffs: &Path) -> Result<ExitCode> {
@@ -37,7 +33,7 @@ pub fn run(action: Action, bpffs: &Path) -> Result<ExitCode> {
         Action::Add { id, policy, target } => {
             control::add_function(&mut target.open(bpffs)?, id, policy.to_map())?
         }
-        Action::Rm { id, target } => control::remove_function(&mut target.open(bpffs)?, id)?,
+        Action::Rm(ById { id, target }) => control::remove_function(&mut target.open(bpffs)?, id)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -103,6 +103,15 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// `rm ID`: a function or workflow to remove, and where.
+#[derive(clap::Args)]
+struct ById {
+    /// The function's or workflow's id.
+    id: u32,
+    #[command(flatten)]
+    target: Target,
+}
+
 /// Where a command finds its data plane.
 #[derive(clap::Args, Clone)]
 struct Target {

@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Subcommand;
 use dispatcher::control::{self, inspect};
 
-use super::{render, Target};
+use super::{render, ById, Target};
 
 #[derive(Subcommand)]
 pub enum Action {
@@ -21,11 +21,7 @@ pub enum Action {
         target: Target,
     },
     /// Remove a workflow.
-    Rm {
-        id: u32,
-        #[command(flatten)]
-        target: Target,
-    },
+    Rm(ById),
 }
 
 pub fn run(action: Action, bpffs: &Path) -> Result<ExitCode> {
@@ -34,7 +30,7 @@ pub fn run(action: Action, bpffs: &Path) -> Result<ExitCode> {
         Action::Add { id, steps, target } => {
             control::set_workflow(&mut target.open(bpffs)?, id, &steps)?
         }
-        Action::Rm { id, target } => control::remove_workflow(&mut target.open(bpffs)?, id)?,
+        Action::Rm(ById { id, target }) => control::remove_workflow(&mut target.open(bpffs)?, id)?,
     }
     Ok(ExitCode::SUCCESS)
 }
