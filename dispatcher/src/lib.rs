@@ -6,7 +6,8 @@
 //!   thin: parse, call a part below, render;
 //! - [`daemon`]: `dispatcher run`: chooses the attach mode, attaches or
 //!   adopts the data plane, and runs the slow path, health, neighbour MACs,
-//!   metrics, the kernel's log and reloads; also `--mode user`;
+//!   metrics, the kernel's log, reloads and cluster membership from etcd;
+//!   also `--mode user`;
 //! - [`control`]: turns configuration and CLI changes into map contents in
 //!   a safe order (rings and Maglev tables in [`control::tables`]) and reads
 //!   the state back ([`control::inspect`], [`control::stats`]);
@@ -15,10 +16,12 @@
 //! - [`offload_check`]: the static checker of the NFP's offload rules;
 //! - [`workload`]: the worker runtime (`serve`), the client (`invoke`) and
 //!   `pktgen`, which speak only the wire protocol, never the maps;
-//! - at the bottom: [`config`] (the TOML file), [`wire`] (the FaaS header
+//! - at the bottom: [`config`] (the TOML file), [`cluster`] (cluster
+//!   mode's key layout in etcd and the membership it holds), [`wire`] (the FaaS header
 //!   on sockets), [`heartbeat`] (the worker control protocol),
 //!   [`endpoints`] (socket addresses <-> map entries), [`udp_batch`].
 
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -103,6 +103,25 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// Where a cluster's membership lives (cluster mode).
+#[derive(clap::Args, Clone, Debug)]
+pub struct EtcdArgs {
+    /// etcd endpoints, comma-separated (http://IP:2379,...): use a
+    /// cluster's membership in etcd.
+    #[arg(long = "etcd", value_name = "URL[,URL...]", value_delimiter = ',', global = true)]
+    etcd: Vec<String>,
+    /// The cluster's name: its keys live under /faas-dispatcher/NAME/.
+    #[arg(long, default_value = dispatcher::cluster::DEFAULT_CLUSTER, global = true)]
+    cluster: String,
+}
+
+impl EtcdArgs {
+    /// The endpoints, if cluster mode was asked for.
+    pub fn endpoints(&self) -> Option<Vec<String>> {
+        (!self.etcd.is_empty()).then(|| self.etcd.clone())
+    }
+}
+
 /// `rm ID`: a function or workflow to remove, and where.
 #[derive(clap::Args)]
 struct ById {

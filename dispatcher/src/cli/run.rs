@@ -47,6 +47,16 @@ pub struct Args {
     /// fit: fewer functions, workers per function, ring and Maglev slots.
     #[arg(long, value_name = "N")]
     hw_map_entries: Option<u32>,
+    #[command(flatten)]
+    etcd: super::EtcdArgs,
+    /// Cluster mode: this dispatcher's name among the cluster's
+    /// (default: HOSTNAME-IFACE).
+    #[arg(long, requires = "etcd")]
+    node_name: Option<String>,
+    /// Cluster mode: seconds this dispatcher's registration outlives it
+    /// (workers stop sending it load reports after that).
+    #[arg(long, default_value_t = 5, requires = "etcd")]
+    lease_ttl: i64,
 }
 
 pub fn run(args: Args, bpffs: &Path) -> Result<ExitCode> {
@@ -64,6 +74,7 @@ pub fn run(args: Args, bpffs: &Path) -> Result<ExitCode> {
     if args.veth_peer_xdp && mode != Some(Mode::Drv) {
         bail!("--veth-peer-xdp vouches for a veth's peer in drv mode: it goes with --mode drv");
     }
+    let iface_name = iface.clone();
     let opts = RunOptions {
         iface,
         mode,
@@ -76,6 +87,17 @@ pub fn run(args: Args, bpffs: &Path) -> Result<ExitCode> {
         device: Device {
             max_entries: args.hw_map_entries,
         },
+        cluster: args.etcd.endpoints().map(|endpoints| daemon::membership::ClusterOptions {
+            endpoints,
+            cluster: args.etcd.cluster.clone(),
+            name: args.node_name.clone().unwrap_or_else(|| {
+                let host = nix::unistd::gethostname()
+                    .map(|h| h.to_string_lossy().into_owned())
+                    .unwrap_or_else(|_| "dispatcher".into());
+                format!("{host}-{iface_name}")
+            }),
+            lease_ttl: args.lease_ttl.max(1),
+        }),
     };
     super::tokio_runtime()?.block_on(daemon::run(opts))?;
     Ok(ExitCode::SUCCESS)

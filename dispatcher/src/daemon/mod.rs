@@ -3,6 +3,7 @@
 
 pub mod health;
 pub mod kernel_log;
+pub mod membership;
 pub mod metrics;
 pub mod neighbours;
 pub mod slow_path;
@@ -44,6 +45,9 @@ pub struct RunOptions {
     pub keep_attached: bool,
     /// `--mode hw`: what the device holds.
     pub device: crate::data_plane::offload::Device,
+    /// `--etcd`: the functions, workers and workflows come from a cluster's
+    /// membership in etcd instead of the config file.
+    pub cluster: Option<membership::ClusterOptions>,
 }
 
 /// The config file (if any) with the command line's additions, validated.
@@ -80,8 +84,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let shutdown = shutdown_signal()?;
     let mut hup = signal(SignalKind::hangup())?;
     if opts.mode == Some(Mode::User) {
+        if opts.cluster.is_some() {
+            anyhow::bail!("--etcd goes with the XDP data plane: --mode user takes its functions from the config file");
+        }
         return run_user(opts, shutdown, hup).await;
     }
+    tokio::pin!(shutdown);
     let mut config = effective_config(&opts)?;
     check_egress_for_mode(opts.mode, &config)?;
     let mut learned = neighbours::fill_missing(&mut config).await?;
@@ -89,6 +97,18 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     privileges::require_bpf_admin("dispatcher run")?;
     bpffs::ensure_mounted(&opts.bpffs)?;
     let pin_dir = bpffs::pin_dir(&opts.bpffs, &opts.iface);
+    let mut cluster = match &opts.cluster {
+        Some(c) => Some(Cluster::start(c, &config)?),
+        None => None,
+    };
+    // A fresh data plane in cluster mode waits for the membership: serving
+    // an empty one would answer every request ERROR 1. An adopted one
+    // keeps serving what it has meanwhile.
+    if let Some(c) = &mut cluster {
+        if !pin_dir.exists() && !c.wait_for_first(&mut shutdown).await? {
+            return Ok(());
+        }
+    }
 
     // A data plane left by an earlier daemon (stopped with --keep-attached,
     // or killed) keeps serving; adopt it and bring it up to date.
@@ -122,6 +142,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             control::apply(maps, &config)
         })?
     };
+    let mut maps = attached.maps_handle()?;
+    if let Some(c) = &mut cluster {
+        c.apply_latest(&mut maps).await;
+        learned = c.applier.learned();
+    }
     info!(
         services = ?config.service.addresses,
         port = config.service.port,
@@ -141,7 +166,6 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             warn!("{e:#}");
         }
     }
-    let mut maps = attached.maps_handle()?;
     let mut refresh =
         tokio::time::interval(Duration::from_millis(config.neighbours.refresh_ms.max(100)));
     let mut port = config.service.port;
@@ -151,13 +175,17 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         Some(h) => Some(health::start(h, attached.maps_handle()?).await?),
         None => None,
     };
-    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             r = &mut service => { r?; break; }
+            Some(()) = membership_changed(&mut cluster) => {
+                let c = cluster.as_mut().expect("changed");
+                c.apply_latest(&mut maps).await;
+                learned = c.applier.learned();
+            }
             _ = hup.recv() => {
-                if let Some(new) = reload(&opts, &mut maps, iface_mac).await {
+                if let Some(new) = reload(&opts, &mut maps, iface_mac, cluster.as_mut()).await {
                     learned = new.learned;
                     if new.port != port {
                         // The old socket closes as its future is dropped.
@@ -257,19 +285,33 @@ fn check_egress_for_mode(mode: Option<Mode>, config: &Config) -> Result<()> {
     Ok(())
 }
 
-/// SIGHUP: re-read the config and apply the difference. A bad config is
+/// SIGHUP: re-read the config and apply the difference (in cluster mode,
+/// the new local config with the cluster's membership). A bad config is
 /// reported and changes nothing.
 async fn reload(
     opts: &RunOptions,
     maps: &mut crate::data_plane::Maps,
     iface_mac: [u8; 6],
+    cluster: Option<&mut Cluster>,
 ) -> Option<Reloaded> {
     let result = async {
         let mut config = effective_config(opts)?;
         check_egress_for_mode(opts.mode, &config)?;
-        let learned = neighbours::fill_missing(&mut config).await?;
-        control::configure_interface(maps, iface_mac, &config.egress)?;
-        control::reconcile(maps, &config)?;
+        let learned = match cluster {
+            Some(c) => {
+                Cluster::check_local(&config)?;
+                control::configure_interface(maps, iface_mac, &config.egress)?;
+                c.applier.set_local(config.clone());
+                c.apply_latest(maps).await;
+                c.applier.learned()
+            }
+            None => {
+                let learned = neighbours::fill_missing(&mut config).await?;
+                control::configure_interface(maps, iface_mac, &config.egress)?;
+                control::reconcile(maps, &config)?;
+                learned
+            }
+        };
         anyhow::Ok(Reloaded {
             learned,
             health: config.health,
@@ -338,4 +380,82 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
             _ = int.recv() => {}
         }
     })
+}
+
+/// Cluster mode's part of the run loop: the follower's latest membership
+/// and what applies it.
+struct Cluster {
+    updates: tokio::sync::watch::Receiver<Option<std::sync::Arc<crate::cluster::Membership>>>,
+    status: std::sync::Arc<membership::Status>,
+    applier: membership::Applier,
+    endpoints: String,
+}
+
+impl Cluster {
+    fn start(opts: &membership::ClusterOptions, local: &Config) -> Result<Cluster> {
+        Cluster::check_local(local)?;
+        let status = std::sync::Arc::new(membership::Status::default());
+        let health = local.health.as_ref().map(|h| h.listen);
+        let updates = membership::follow(opts.clone(), health, status.clone())?;
+        info!(etcd = %opts.endpoints.join(","), cluster = %opts.cluster, name = %opts.name, "cluster mode: the membership comes from etcd");
+        Ok(Cluster {
+            updates,
+            status,
+            applier: membership::Applier::new(local.clone()),
+            endpoints: opts.endpoints.join(","),
+        })
+    }
+
+    /// With --etcd the functions and workflows come from the cluster: a
+    /// config file that lists its own would be silently overridden.
+    fn check_local(local: &Config) -> Result<()> {
+        if !local.functions.is_empty() || !local.workflows.is_empty() {
+            anyhow::bail!(
+                "--etcd: the cluster's functions, workers and workflows come from etcd; remove [[functions]] and [[workflows]] from the config (add them with `dispatcher functions add --etcd ...`)"
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits until the first membership is read (false: shut down first).
+    async fn wait_for_first(
+        &mut self,
+        shutdown: &mut (impl std::future::Future<Output = ()> + Unpin),
+    ) -> Result<bool> {
+        let mut said = false;
+        while self.updates.borrow().is_none() {
+            tokio::select! {
+                () = &mut *shutdown => return Ok(false),
+                r = self.updates.changed() => r.map_err(|_| anyhow::anyhow!("the cluster follower stopped"))?,
+                _ = tokio::time::sleep(Duration::from_secs(2)), if !said => {
+                    warn!(etcd = %self.endpoints, "cluster: waiting for etcd before attaching a data plane (nothing is served until the membership is read)");
+                    said = true;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Applies the latest membership, if any; a failure is logged and the
+    /// maps keep what they had.
+    async fn apply_latest(&mut self, maps: &mut crate::data_plane::Maps) {
+        let Some(m) = self.updates.borrow_and_update().clone() else {
+            return;
+        };
+        match self.applier.apply(&m, maps).await {
+            Ok(()) => self
+                .status
+                .applied
+                .store(m.revision, std::sync::atomic::Ordering::Relaxed),
+            Err(e) => warn!(revision = m.revision, "cluster: membership not applied, the maps keep the last one: {e:#}"),
+        }
+    }
+}
+
+/// Resolves when the cluster's membership changed; never without one.
+async fn membership_changed(cluster: &mut Option<Cluster>) -> Option<()> {
+    match cluster {
+        Some(c) => c.updates.changed().await.ok(),
+        None => std::future::pending().await,
+    }
 }
