@@ -98,7 +98,9 @@ impl Keys {
             ("service", None, None) => Some(Key::Service),
             ("functions", Some(id), None) => id.parse().ok().map(Key::Function),
             ("workflows", Some(id), None) => id.parse().ok().map(Key::Workflow),
-            ("workers", Some(f), Some(addr)) => Some(Key::Worker(f.parse().ok()?, addr.parse().ok()?)),
+            ("workers", Some(f), Some(addr)) => {
+                Some(Key::Worker(f.parse().ok()?, addr.parse().ok()?))
+            }
             ("dispatchers", Some(name), None) if !name.is_empty() => {
                 Some(Key::Dispatcher(name.to_string()))
             }
@@ -337,6 +339,279 @@ pub async fn read(client: &mut etcd_client::Client, keys: &Keys) -> Result<Membe
         }
     }
     Ok(membership)
+}
+
+/// The operator's changes to a cluster's membership (the CLI with
+/// `--etcd`): each checks what the maps version checks, then writes one
+/// key, which every dispatcher follows.
+pub struct Admin {
+    client: etcd_client::Client,
+    keys: Keys,
+}
+
+/// One dispatcher, as `cluster status` shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DispatcherStatus {
+    pub name: String,
+    pub health: Option<SocketAddr>,
+    /// The revision of the membership it has applied.
+    pub revision: i64,
+    /// How many revisions of membership changes it is behind (0: current).
+    pub lag: i64,
+}
+
+/// One worker, as `cluster status` and `workers list --etcd` show it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub function: u32,
+    pub addr: SocketAddr,
+    pub state: Registered,
+    pub weight: u16,
+    /// Seconds left on its lease (None: the operator's, no lease).
+    pub lease_left_s: Option<i64>,
+}
+
+/// What `cluster status` prints.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Status {
+    /// The latest revision that changed the membership (not counting the
+    /// dispatchers' own reports).
+    pub revision: i64,
+    pub dispatchers: Vec<DispatcherStatus>,
+    pub workers: Vec<WorkerStatus>,
+}
+
+/// One function, as `functions list --etcd` shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FunctionStatus {
+    pub id: u32,
+    pub policy: Policy,
+    /// Declared by the operator (false: it exists because workers
+    /// registered for it).
+    pub declared: bool,
+    pub workers: usize,
+}
+
+impl Admin {
+    pub async fn connect(endpoints: &[String], cluster: &str) -> Result<Admin> {
+        Ok(Admin {
+            client: connect(endpoints).await?,
+            keys: Keys::new(cluster)?,
+        })
+    }
+
+    async fn membership(&mut self) -> Result<Membership> {
+        read(&mut self.client, &self.keys).await
+    }
+
+    async fn put(&mut self, key: String, value: Vec<u8>) -> Result<()> {
+        self.client
+            .put(key.clone(), value, None)
+            .await
+            .map(|_| ())
+            .with_context(|| {
+                format!("cannot write {key} (are these credentials allowed to change the cluster?)")
+            })
+    }
+
+    async fn delete(&mut self, key: String, what: String) -> Result<()> {
+        let deleted = self
+            .client
+            .delete(key.clone(), None)
+            .await
+            .with_context(|| format!("cannot delete {key}"))?
+            .deleted();
+        if deleted == 0 {
+            bail!("{what}");
+        }
+        Ok(())
+    }
+
+    pub async fn set_function(&mut self, id: u32, policy: Policy) -> Result<()> {
+        let m = self.membership().await?;
+        if m.workflows.contains_key(&id) {
+            bail!("function {id}: {id} is a workflow id; pick another id");
+        }
+        let value = serde_json::to_vec(&FunctionValue { policy })?;
+        self.put(self.keys.function(id), value).await
+    }
+
+    pub async fn remove_function(&mut self, id: u32) -> Result<()> {
+        let m = self.membership().await?;
+        if let Some((w, _)) = m.workflows.iter().find(|(_, w)| w.steps.contains(&id)) {
+            bail!("function {id} is a step of workflow {w}: remove the workflow first");
+        }
+        let workers: Vec<SocketAddr> = m
+            .workers
+            .keys()
+            .filter(|(f, _)| *f == id)
+            .map(|(_, a)| *a)
+            .collect();
+        for addr in workers {
+            let _ = self.client.delete(self.keys.worker(id, addr), None).await;
+        }
+        self.delete(
+            self.keys.function(id),
+            format!("the cluster has no function {id} (`dispatcher functions list --etcd ...` lists them)"),
+        )
+        .await
+    }
+
+    pub async fn set_worker(
+        &mut self,
+        function: u32,
+        addr: SocketAddr,
+        value: WorkerValue,
+    ) -> Result<()> {
+        if value.weight == 0 {
+            bail!("--weight 0: use 1 or more (drain a worker to stop its requests)");
+        }
+        self.put(
+            self.keys.worker(function, addr),
+            serde_json::to_vec(&value)?,
+        )
+        .await
+    }
+
+    pub async fn remove_worker(&mut self, function: u32, addr: SocketAddr) -> Result<()> {
+        self.delete(
+            self.keys.worker(function, addr),
+            format!("function {function} has no worker {addr} in the cluster"),
+        )
+        .await
+    }
+
+    /// Marks a worker draining, keeping its lease (a registered worker's
+    /// key still expires with it).
+    pub async fn drain_worker(&mut self, function: u32, addr: SocketAddr) -> Result<()> {
+        let m = self.membership().await?;
+        let Some(entry) = m.workers.get(&(function, addr)) else {
+            bail!("function {function} has no worker {addr} in the cluster");
+        };
+        let mut value = entry.value.clone();
+        value.state = Registered::Draining;
+        let options =
+            (entry.lease != 0).then(|| etcd_client::PutOptions::new().with_lease(entry.lease));
+        self.client
+            .put(
+                self.keys.worker(function, addr),
+                serde_json::to_vec(&value)?,
+                options,
+            )
+            .await
+            .context("cannot mark the worker draining")?;
+        Ok(())
+    }
+
+    pub async fn set_workflow(&mut self, id: u32, steps: &[u32]) -> Result<()> {
+        let m = self.membership().await?;
+        let exists = |f: &u32| m.functions.contains_key(f) || m.workers.keys().any(|(w, _)| w == f);
+        if exists(&id) {
+            bail!("workflow {id}: {id} is a function id; pick another id");
+        }
+        if steps.is_empty() || steps.len() > dispatcher_common::maps::MAX_WORKFLOW_STEPS {
+            bail!(
+                "workflow {id}: --steps takes 1 to {} function ids",
+                dispatcher_common::maps::MAX_WORKFLOW_STEPS
+            );
+        }
+        if let Some(missing) = steps.iter().find(|f| !exists(f)) {
+            bail!("workflow {id} runs function {missing}, which does not exist in the cluster: add it first");
+        }
+        let value = serde_json::to_vec(&WorkflowValue {
+            steps: steps.to_vec(),
+        })?;
+        self.put(self.keys.workflow(id), value).await
+    }
+
+    pub async fn remove_workflow(&mut self, id: u32) -> Result<()> {
+        self.delete(
+            self.keys.workflow(id),
+            format!("the cluster has no workflow {id}"),
+        )
+        .await
+    }
+
+    pub async fn functions(&mut self) -> Result<Vec<FunctionStatus>> {
+        let m = self.membership().await?;
+        let mut ids: Vec<u32> = m.functions.keys().copied().collect();
+        ids.extend(m.workers.keys().map(|(f, _)| *f));
+        ids.sort();
+        ids.dedup();
+        Ok(ids
+            .into_iter()
+            .map(|id| FunctionStatus {
+                id,
+                policy: m.functions.get(&id).map(|f| f.policy).unwrap_or_default(),
+                declared: m.functions.contains_key(&id),
+                workers: m.workers.keys().filter(|(f, _)| *f == id).count(),
+            })
+            .collect())
+    }
+
+    pub async fn workflows(&mut self) -> Result<Vec<crate::control::inspect::WorkflowInfo>> {
+        let m = self.membership().await?;
+        Ok(m.workflows
+            .iter()
+            .map(|(id, w)| crate::control::inspect::WorkflowInfo {
+                id: *id,
+                steps: w.steps.clone(),
+            })
+            .collect())
+    }
+
+    pub async fn status(&mut self) -> Result<Status> {
+        let response = self
+            .client
+            .get(
+                self.keys.prefix(),
+                Some(etcd_client::GetOptions::new().with_prefix()),
+            )
+            .await
+            .context("cannot read the cluster's keys from etcd")?;
+        let mut m = Membership::default();
+        let mut revision = 0;
+        for kv in response.kvs() {
+            let key = kv.key_str().unwrap_or_default();
+            let _ = m.put(&self.keys, key, kv.value(), kv.lease());
+            if !matches!(self.keys.parse(key), Some(Key::Dispatcher(_))) {
+                revision = revision.max(kv.mod_revision());
+            }
+        }
+        let mut workers = Vec::new();
+        for ((function, addr), entry) in &m.workers {
+            let lease_left_s = if entry.lease == 0 {
+                None
+            } else {
+                self.client
+                    .lease_time_to_live(entry.lease, None)
+                    .await
+                    .ok()
+                    .map(|l| l.ttl())
+            };
+            workers.push(WorkerStatus {
+                function: *function,
+                addr: *addr,
+                state: entry.value.state,
+                weight: entry.value.weight,
+                lease_left_s,
+            });
+        }
+        Ok(Status {
+            revision,
+            dispatchers: m
+                .dispatchers
+                .iter()
+                .map(|(name, d)| DispatcherStatus {
+                    name: name.clone(),
+                    health: d.health,
+                    revision: d.revision,
+                    lag: (revision - d.revision).max(0),
+                })
+                .collect(),
+            workers,
+        })
+    }
 }
 
 #[cfg(test)]

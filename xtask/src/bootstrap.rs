@@ -23,7 +23,9 @@ const NIGHTLY: &str = "nightly";
 pub fn ensure_toolchain() -> Result<()> {
     let sysroot = nightly_sysroot()?;
     ensure_rust_src(&sysroot)?;
-    ensure_bpf_linker(&sysroot)
+    ensure_bpf_linker(&sysroot)?;
+    // etcd-client's build compiles etcd's gRPC protocol with protoc.
+    ensure_packages(&[("protoc", "protobuf-compiler")])
 }
 
 /// `$CARGO_HOME/bin` (default `~/.cargo/bin`): where `cargo install` puts
@@ -149,14 +151,16 @@ fn llvm_prefix(sysroot: &Path, soname: &str) -> Result<PathBuf> {
     Ok(prefix)
 }
 
-/// Tools the namespace testbeds call: `ip` (iproute2), `ethtool`, and
-/// memcached (for the `kv` function's tests). Installed with apt-get when
-/// missing.
+/// Tools the namespace testbeds call: `ip` (iproute2), `ethtool`,
+/// memcached (for the `kv` function's tests), and etcd with etcdctl (the
+/// cluster tests run a real one). Installed with apt-get when missing.
 pub fn ensure_system_tools() -> Result<()> {
     ensure_packages(&[
         ("ip", "iproute2"),
         ("ethtool", "ethtool"),
         ("memcached", "memcached"),
+        ("etcd", "etcd-server"),
+        ("etcdctl", "etcd-client"),
     ])
 }
 

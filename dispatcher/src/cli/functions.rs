@@ -28,6 +28,9 @@ pub enum Action {
 }
 
 pub fn run(action: Action, bpffs: &Path) -> Result<ExitCode> {
+    if let Some(exit) = in_cluster(&action)? {
+        return Ok(exit);
+    }
     match action {
         Action::List(target) => render(&inspect::functions(&target.open(bpffs)?)?, target.json)?,
         Action::Add { id, policy, target } => {
@@ -36,4 +39,22 @@ pub fn run(action: Action, bpffs: &Path) -> Result<ExitCode> {
         Action::Rm(ById { id, target }) => control::remove_function(&mut target.open(bpffs)?, id)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// With --etcd: the same on the cluster's membership.
+fn in_cluster(action: &Action) -> Result<Option<ExitCode>> {
+    let target = match action {
+        Action::List(t) | Action::Add { target: t, .. } | Action::Rm(ById { target: t, .. }) => t,
+    };
+    let Some((runtime, mut admin)) = target.cluster()? else {
+        return Ok(None);
+    };
+    runtime.block_on(async {
+        match action {
+            Action::List(t) => render(&admin.functions().await?, t.json),
+            Action::Add { id, policy, .. } => admin.set_function(*id, *policy).await,
+            Action::Rm(ById { id, .. }) => admin.remove_function(*id).await,
+        }
+    })?;
+    Ok(Some(ExitCode::SUCCESS))
 }

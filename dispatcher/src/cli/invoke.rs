@@ -12,6 +12,10 @@ pub struct Args {
     to: SocketAddr,
     /// Function id to call.
     function_id: u32,
+    /// The affinity key: the hash policy sends requests with equal keys to
+    /// the same worker (0: hash the client's address and port).
+    #[arg(long, default_value_t = 0)]
+    key: u64,
     /// The request payload (UTF-8).
     #[arg(default_value = "", conflicts_with = "payload_file")]
     payload: String,
@@ -36,6 +40,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let answer = client::invoke(
         args.to,
         args.function_id,
+        args.key,
         &payload,
         Duration::from_millis(args.timeout_ms),
     )?;

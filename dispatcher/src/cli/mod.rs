@@ -2,6 +2,7 @@
 //! command, each with its arguments and a thin body that calls the library
 //! and renders what it returns.
 
+mod cluster;
 mod functions;
 mod invoke;
 mod maps;
@@ -83,6 +84,11 @@ enum Command {
     Pktgen(pktgen::Args),
     /// Send one request and print the answer and its latency.
     Invoke(invoke::Args),
+    /// Cluster mode: the dispatchers and workers of a cluster in etcd.
+    Cluster {
+        #[command(subcommand)]
+        action: cluster::Action,
+    },
 }
 
 /// Runs the command the line names.
@@ -100,6 +106,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve(args) => serve::run(args),
         Command::Pktgen(args) => pktgen::run(args),
         Command::Invoke(args) => invoke::run(args),
+        Command::Cluster { action } => cluster::run(action),
     }
 }
 
@@ -108,10 +115,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 pub struct EtcdArgs {
     /// etcd endpoints, comma-separated (http://IP:2379,...): use a
     /// cluster's membership in etcd.
-    #[arg(long = "etcd", value_name = "URL[,URL...]", value_delimiter = ',', global = true)]
+    #[arg(long = "etcd", value_name = "URL[,URL...]", value_delimiter = ',')]
     etcd: Vec<String>,
     /// The cluster's name: its keys live under /faas-dispatcher/NAME/.
-    #[arg(long, default_value = dispatcher::cluster::DEFAULT_CLUSTER, global = true)]
+    #[arg(long, default_value = dispatcher::cluster::DEFAULT_CLUSTER)]
     cluster: String,
 }
 
@@ -131,7 +138,8 @@ struct ById {
     target: Target,
 }
 
-/// Where a command finds its data plane.
+/// Where a command finds its data plane: one dispatcher's maps, or with
+/// --etcd the cluster's membership (which every dispatcher follows).
 #[derive(clap::Args, Clone)]
 struct Target {
     /// The interface whose data plane to act on (default: the only one).
@@ -140,9 +148,24 @@ struct Target {
     /// Print one JSON document instead of a table.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    etcd: EtcdArgs,
 }
 
 impl Target {
+    /// The cluster this names, connected, if --etcd was given.
+    fn cluster(&self) -> Result<Option<(tokio::runtime::Runtime, dispatcher::cluster::Admin)>> {
+        let Some(endpoints) = self.etcd.endpoints() else {
+            return Ok(None);
+        };
+        let runtime = tokio_runtime()?;
+        let admin = runtime.block_on(dispatcher::cluster::Admin::connect(
+            &endpoints,
+            &self.etcd.cluster,
+        ))?;
+        Ok(Some((runtime, admin)))
+    }
+
     /// The maps of the data plane this names.
     fn open(&self, bpffs: &Path) -> Result<Maps> {
         let dir = bpffs::find_pin_dir(bpffs, self.iface.as_deref())?;

@@ -87,17 +87,20 @@ pub fn run(args: Args, bpffs: &Path) -> Result<ExitCode> {
         device: Device {
             max_entries: args.hw_map_entries,
         },
-        cluster: args.etcd.endpoints().map(|endpoints| daemon::membership::ClusterOptions {
-            endpoints,
-            cluster: args.etcd.cluster.clone(),
-            name: args.node_name.clone().unwrap_or_else(|| {
-                let host = nix::unistd::gethostname()
-                    .map(|h| h.to_string_lossy().into_owned())
-                    .unwrap_or_else(|_| "dispatcher".into());
-                format!("{host}-{iface_name}")
+        cluster: args
+            .etcd
+            .endpoints()
+            .map(|endpoints| daemon::membership::ClusterOptions {
+                endpoints,
+                cluster: args.etcd.cluster.clone(),
+                name: args.node_name.clone().unwrap_or_else(|| {
+                    let host = nix::unistd::gethostname()
+                        .map(|h| h.to_string_lossy().into_owned())
+                        .unwrap_or_else(|_| "dispatcher".into());
+                    format!("{host}-{iface_name}")
+                }),
+                lease_ttl: args.lease_ttl.max(1),
             }),
-            lease_ttl: args.lease_ttl.max(1),
-        }),
     };
     super::tokio_runtime()?.block_on(daemon::run(opts))?;
     Ok(ExitCode::SUCCESS)

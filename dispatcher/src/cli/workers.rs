@@ -62,6 +62,9 @@ pub enum Action {
 }
 
 pub fn run(action: Action, bpffs: &Path) -> Result<ExitCode> {
+    if let Some(exit) = in_cluster(&action)? {
+        return Ok(exit);
+    }
     match action {
         Action::List { function, target } => render(
             &inspect::workers(&target.open(bpffs)?, function)?,
@@ -103,4 +106,52 @@ pub fn run(action: Action, bpffs: &Path) -> Result<ExitCode> {
         )?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// With --etcd: the same on the cluster's membership.
+fn in_cluster(action: &Action) -> Result<Option<ExitCode>> {
+    let target = match action {
+        Action::List { target, .. }
+        | Action::Add { target, .. }
+        | Action::Rm { target, .. }
+        | Action::Drain { target, .. } => target,
+    };
+    let Some((runtime, mut admin)) = target.cluster()? else {
+        return Ok(None);
+    };
+    runtime.block_on(async {
+        match action {
+            Action::List { function, target } => {
+                let workers: Vec<_> = admin
+                    .status()
+                    .await?
+                    .workers
+                    .into_iter()
+                    .filter(|w| function.is_none_or(|f| f == w.function))
+                    .collect();
+                render(&workers, target.json)
+            }
+            Action::Add {
+                worker,
+                mac,
+                weight,
+                ..
+            } => {
+                if let Some(mac) = mac {
+                    mac.parse::<macaddr::MacAddr6>().map_err(|_| {
+                        anyhow!("--mac {mac}: not a MAC address (write it as 02:00:00:00:00:0a)")
+                    })?;
+                }
+                let value = dispatcher::cluster::WorkerValue {
+                    weight: *weight,
+                    mac: mac.clone(),
+                    state: Default::default(),
+                };
+                admin.set_worker(worker.function, worker.addr, value).await
+            }
+            Action::Rm { worker, .. } => admin.remove_worker(worker.function, worker.addr).await,
+            Action::Drain { worker, .. } => admin.drain_worker(worker.function, worker.addr).await,
+        }
+    })?;
+    Ok(Some(ExitCode::SUCCESS))
 }

@@ -25,6 +25,9 @@ pub enum Action {
 }
 
 pub fn run(action: Action, bpffs: &Path) -> Result<ExitCode> {
+    if let Some(exit) = in_cluster(&action)? {
+        return Ok(exit);
+    }
     match action {
         Action::List(target) => render(&inspect::workflows(&target.open(bpffs)?)?, target.json)?,
         Action::Add { id, steps, target } => {
@@ -33,4 +36,22 @@ pub fn run(action: Action, bpffs: &Path) -> Result<ExitCode> {
         Action::Rm(ById { id, target }) => control::remove_workflow(&mut target.open(bpffs)?, id)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// With --etcd: the same on the cluster's membership.
+fn in_cluster(action: &Action) -> Result<Option<ExitCode>> {
+    let target = match action {
+        Action::List(t) | Action::Add { target: t, .. } | Action::Rm(ById { target: t, .. }) => t,
+    };
+    let Some((runtime, mut admin)) = target.cluster()? else {
+        return Ok(None);
+    };
+    runtime.block_on(async {
+        match action {
+            Action::List(t) => render(&admin.workflows().await?, t.json),
+            Action::Add { id, steps, .. } => admin.set_workflow(*id, steps).await,
+            Action::Rm(ById { id, .. }) => admin.remove_workflow(*id).await,
+        }
+    })?;
+    Ok(Some(ExitCode::SUCCESS))
 }

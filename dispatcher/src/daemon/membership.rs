@@ -147,7 +147,8 @@ async fn session(
         .await?;
     status.connected.store(true, Ordering::Relaxed);
     info!(from = start, "cluster: watching etcd");
-    let mut keep_alive = tokio::time::interval(Duration::from_secs((opts.lease_ttl / 3).max(1) as u64));
+    let mut keep_alive =
+        tokio::time::interval(Duration::from_secs((opts.lease_ttl / 3).max(1) as u64));
     let mut reported = status.applied.load(Ordering::Relaxed);
     let mut report = tokio::time::interval(Duration::from_millis(200));
     loop {
@@ -290,7 +291,11 @@ impl Applier {
         info!(
             revision = m.revision,
             functions = config.functions.len(),
-            workers = config.functions.iter().map(|f| f.workers.len()).sum::<usize>(),
+            workers = config
+                .functions
+                .iter()
+                .map(|f| f.workers.len())
+                .sum::<usize>(),
             workflows = config.workflows.len(),
             "cluster: membership applied"
         );

@@ -447,7 +447,10 @@ impl Cluster {
                 .status
                 .applied
                 .store(m.revision, std::sync::atomic::Ordering::Relaxed),
-            Err(e) => warn!(revision = m.revision, "cluster: membership not applied, the maps keep the last one: {e:#}"),
+            Err(e) => warn!(
+                revision = m.revision,
+                "cluster: membership not applied, the maps keep the last one: {e:#}"
+            ),
         }
     }
 }

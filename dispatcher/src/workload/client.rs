@@ -24,13 +24,15 @@ pub fn random_request_id() -> u64 {
     RandomState::new().hash_one(Instant::now())
 }
 
-/// Sends `payload` to `function_id` at `to` and waits up to `timeout` for
-/// the RESPONSE or ERROR with the same request id. The answer may come from
-/// any address (workers answer clients directly), so the socket is not
-/// connected.
+/// Sends `payload` to `function_id` at `to` (with affinity `key`: the hash
+/// policy sends equal keys to the same worker; 0 hashes the client's
+/// address) and waits up to `timeout` for the RESPONSE or ERROR with the
+/// same request id. The answer may come from any address (workers answer
+/// clients directly), so the socket is not connected.
 pub fn invoke(
     to: SocketAddr,
     function_id: u32,
+    key: u64,
     payload: &[u8],
     timeout: Duration,
 ) -> Result<Answer> {
@@ -44,7 +46,9 @@ pub fn invoke(
     let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
     let socket = UdpSocket::bind(bind).context("cannot open a UDP socket")?;
     let request_id = random_request_id();
-    let request = Message::request(function_id, request_id, payload).to_bytes();
+    let mut request = Message::request(function_id, request_id, payload);
+    request.hdr.key = key.to_be_bytes();
+    let request = request.to_bytes();
     let start = Instant::now();
     socket
         .send_to(&request, to)

@@ -1,9 +1,12 @@
 //! What runs beside the dispatcher rather than in it: the reference worker
 //! runtime (`dispatcher serve`), the client (`dispatcher invoke`) and the
 //! load generator (`dispatcher pktgen`, with its plots). They speak only the
-//! wire protocol ([`crate::wire`], [`crate::heartbeat`]), never the maps.
+//! wire protocol ([`crate::wire`], [`crate::heartbeat`]), never the maps;
+//! a worker joins a cluster through its keys in etcd ([`register`],
+//! [`crate::cluster`]).
 
 pub mod client;
 pub mod pktgen;
 pub mod plot;
+pub mod register;
 pub mod worker;

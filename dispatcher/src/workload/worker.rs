@@ -106,6 +106,13 @@ impl FromStr for FunctionTable {
 }
 
 impl FunctionTable {
+    /// The ids mapped explicitly (ID=NAME), in order.
+    pub fn ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.by_id.keys().copied().collect();
+        ids.sort();
+        ids
+    }
+
     pub fn lookup(&self, function_id: u32) -> Option<FunctionKind> {
         self.by_id.get(&function_id).copied().or(self.any)
     }
@@ -264,28 +271,26 @@ pub fn handle(
     }
 }
 
-/// Where and how a worker reports heartbeats (see heartbeat.rs).
+/// Where and how a worker reports heartbeats (see heartbeat.rs): to every
+/// address in `to`, which registration keeps current with the cluster's
+/// dispatchers.
 #[derive(Clone, Debug)]
 pub struct HeartbeatTarget {
-    pub to: SocketAddr,
+    pub to: Arc<std::sync::RwLock<Vec<SocketAddr>>>,
     pub key: String,
     pub interval: Duration,
     pub capacity: u32,
 }
 
-/// Sends a heartbeat carrying the in-flight count every interval.
+/// Sends a heartbeat carrying the in-flight count to every target, every
+/// interval.
 async fn send_heartbeats(
     listen: SocketAddr,
     target: HeartbeatTarget,
     in_flight: Arc<AtomicU32>,
 ) -> Result<()> {
-    let bind: SocketAddr = if target.to.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    }
-    .parse()?;
-    let socket = UdpSocket::bind(bind).await?;
+    let v4 = UdpSocket::bind("0.0.0.0:0").await?;
+    let v6 = UdpSocket::bind("[::]:0").await.ok();
     let mut tick = tokio::time::interval(target.interval);
     loop {
         tick.tick().await;
@@ -295,11 +300,16 @@ async fn send_heartbeats(
             capacity: target.capacity,
             sent_ns: crate::heartbeat::now_ns(),
         };
-        if let Err(e) = socket
-            .send_to(&hb.encode(target.key.as_bytes()), target.to)
-            .await
-        {
-            warn!(to = %target.to, "cannot send heartbeat: {e}");
+        let bytes = hb.encode(target.key.as_bytes());
+        let targets = target.to.read().expect("not poisoned").clone();
+        for to in targets {
+            let socket = match (&to, &v6) {
+                (SocketAddr::V6(_), Some(v6)) => v6,
+                _ => &v4,
+            };
+            if let Err(e) = socket.send_to(&bytes, to).await {
+                warn!(%to, "cannot send heartbeat: {e}");
+            }
         }
     }
 }
@@ -331,6 +341,7 @@ pub async fn serve(
     limits: Limits,
     heartbeats: Option<HeartbeatTarget>,
     memcached: Option<SocketAddr>,
+    in_flight: Arc<AtomicU32>,
 ) -> Result<()> {
     let Limits {
         service,
@@ -345,7 +356,6 @@ pub async fn serve(
         }
         None => None,
     };
-    let in_flight = Arc::new(AtomicU32::new(0));
     if let Some(target) = heartbeats {
         if listen.ip().is_unspecified() {
             bail!("--heartbeat-to needs --listen on the worker's own address (the one the dispatcher's config names), not {}", listen.ip());
