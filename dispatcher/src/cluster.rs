@@ -309,14 +309,18 @@ pub async fn connect(endpoints: &[String]) -> Result<etcd_client::Client> {
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(5))
         .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
-    etcd_client::Client::connect(endpoints, Some(options))
+    let unreachable = || {
+        format!(
+            "cannot reach etcd at {} (is it running, and are the URLs its --advertise-client-urls?)",
+            endpoints.join(",")
+        )
+    };
+    let mut client = etcd_client::Client::connect(endpoints, Some(options))
         .await
-        .with_context(|| {
-            format!(
-                "cannot reach etcd at {} (is it running, and are the URLs its --advertise-client-urls?)",
-                endpoints.join(",")
-            )
-        })
+        .with_context(unreachable)?;
+    // The channel connects lazily: one cheap call proves etcd answers.
+    client.status().await.with_context(unreachable)?;
+    Ok(client)
 }
 
 /// Reads the whole membership of the cluster at one revision.

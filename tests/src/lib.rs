@@ -3,6 +3,7 @@
 //! standard end-to-end fixture on one (`bed`).
 
 pub mod bed;
+pub mod cluster;
 pub mod packets;
 pub mod testbed;
 pub mod xdp;

@@ -224,6 +224,9 @@ pub struct Applier {
     /// so that a new worker costs one resolution and the others none.
     learned: HashMap<IpAddr, MacAddr6>,
     last: Option<Config>,
+    /// Workers were left out of the last apply for want of a MAC: apply
+    /// again later.
+    incomplete: bool,
 }
 
 impl Applier {
@@ -232,6 +235,7 @@ impl Applier {
             local,
             learned: HashMap::new(),
             last: None,
+            incomplete: false,
         }
     }
 
@@ -257,27 +261,35 @@ impl Applier {
             .collect()
     }
 
+    /// Whether the last apply left workers out (their MAC unknown).
+    pub fn incomplete(&self) -> bool {
+        self.incomplete
+    }
+
     /// Applies `m` to `maps` if it changes them.
     pub async fn apply(&mut self, m: &Membership, maps: &mut Maps) -> Result<()> {
         let mut config = m.to_config(&self.local);
         let resolver = neighbours::Resolver::new()?;
+        self.incomplete = false;
         for f in &mut config.functions {
             let mut kept = Vec::with_capacity(f.workers.len());
             for mut w in std::mem::take(&mut f.workers) {
                 if w.mac.is_none() {
                     let ip = w.addr.ip();
-                    if !self.learned.contains_key(&ip) {
-                        match resolver.resolve(ip).await {
+                    w.mac = match self.learned.get(&ip) {
+                        Some(mac) => Some(*mac),
+                        None => match resolver.resolve(ip).await {
                             Ok(mac) => {
                                 self.learned.insert(ip, mac);
+                                Some(mac)
                             }
                             Err(e) => {
                                 warn!(worker = %w.addr, function = f.id, "cluster: worker left out until its MAC is known: {e:#}");
+                                self.incomplete = true;
                                 continue;
                             }
-                        }
-                    }
-                    w.mac = self.learned.get(&ip).copied();
+                        },
+                    };
                 }
                 kept.push(w);
             }

@@ -2,13 +2,19 @@
 //! plane's statistics maps at every scrape: packets by outcome, packets and
 //! bytes per function and per worker, worker load and state.
 
-use std::{fmt::Write as _, net::SocketAddr, path::PathBuf};
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{atomic::Ordering, Arc},
+};
 
 use anyhow::{anyhow, Result};
 use tracing::{info, warn};
 
 use crate::{
     control::{inspect, inspect::WorkerState},
+    daemon::membership::Status,
     data_plane::Maps,
 };
 
@@ -27,9 +33,26 @@ fn family(
     }
 }
 
-/// The exposition text for a data plane.
-pub fn render(maps: &Maps) -> Result<String> {
+/// The exposition text for a data plane (and, in cluster mode, how it
+/// stands with etcd).
+pub fn render(maps: &Maps, cluster: Option<&Status>) -> Result<String> {
     let mut out = String::new();
+    if let Some(status) = cluster {
+        family(
+            &mut out,
+            "dispatcher_etcd_connected",
+            "gauge",
+            "1 while the dispatcher follows the cluster's membership in etcd; 0 while etcd is unreachable (the last membership keeps serving).",
+            [(String::new(), status.connected.load(Ordering::Relaxed) as u8 as f64)],
+        );
+        family(
+            &mut out,
+            "dispatcher_membership_revision",
+            "gauge",
+            "The etcd revision of the cluster membership applied to the maps.",
+            [(String::new(), status.applied.load(Ordering::Relaxed) as f64)],
+        );
+    }
     family(
         &mut out,
         "dispatcher_packets_total",
@@ -100,7 +123,7 @@ pub fn render(maps: &Maps) -> Result<String> {
 
 /// Serves GET /metrics on `listen` from the maps pinned at `pin_dir`, on a
 /// thread of its own, until the process ends.
-pub fn spawn(listen: SocketAddr, pin_dir: PathBuf) -> Result<()> {
+pub fn spawn(listen: SocketAddr, pin_dir: PathBuf, cluster: Option<Arc<Status>>) -> Result<()> {
     let server = tiny_http::Server::http(listen)
         .map_err(|e| anyhow!("metrics.listen: cannot listen on {listen}: {e} (in use, or not an address of this host?)"))?;
     info!(%listen, "metrics: Prometheus text at /metrics");
@@ -114,7 +137,7 @@ pub fn spawn(listen: SocketAddr, pin_dir: PathBuf) -> Result<()> {
                 tiny_http::Response::from_string("not found: the metrics are at /metrics\n")
                     .with_status_code(404)
             } else {
-                match render(&maps) {
+                match render(&maps, cluster.as_deref()) {
                     Ok(text) => tiny_http::Response::from_string(text).with_header(
                         "Content-Type: text/plain; version=0.0.4"
                             .parse::<tiny_http::Header>()

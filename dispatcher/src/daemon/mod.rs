@@ -154,7 +154,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         "dispatching; SIGINT or SIGTERM detaches"
     );
     if let Some(m) = &config.metrics {
-        crate::daemon::metrics::spawn(m.listen, pin_dir.clone())?;
+        let status = cluster.as_ref().map(|c| c.status.clone());
+        crate::daemon::metrics::spawn(m.listen, pin_dir.clone(), status)?;
     }
     // Not fatal: the data plane dispatches whether or not its log is read.
     // The offloaded program has none (the NFP cannot log).
@@ -213,7 +214,14 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                     }
                 }
             }
-            _ = refresh.tick() => refresh_macs(&learned, &mut maps).await,
+            _ = refresh.tick() => {
+                refresh_macs(&learned, &mut maps).await;
+                // Workers left out for want of a MAC: try them again.
+                if let Some(c) = cluster.as_mut().filter(|c| c.applier.incomplete()) {
+                    c.apply_latest(&mut maps).await;
+                    learned = c.applier.learned();
+                }
+            }
         }
     }
     if opts.keep_attached {

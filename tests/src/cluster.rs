@@ -1,0 +1,336 @@
+//! The cluster-mode fixture: a real etcd in a namespace of its own,
+//! dispatchers each in theirs (each with its own pin directory), a client
+//! and worker hosts, on one testbed segment.
+//!
+//! Each dispatcher serves its own address as the service address (the
+//! router and ECMP in front of them are the ECMP test's business), takes
+//! heartbeats on port 7771, and follows the cluster `test` in etcd.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Output,
+    time::{Duration, Instant},
+};
+
+use dispatcher::control::inspect::WorkerInfo;
+
+use crate::{
+    bed::{Answer, CliOutput},
+    testbed::{dispatcher_bin, sh, Host, Process, Testbed},
+};
+
+/// The health key every dispatcher and worker of the fixture shares.
+pub const HEARTBEAT_KEY: &str = "cluster-test-key-0123456789";
+pub const CLUSTER: &str = "test";
+
+pub struct ClusterBed {
+    pub tb: Testbed,
+    pub etcd_host: Host,
+    pub dispatchers: Vec<Host>,
+    pub client: Host,
+    pub workers: Vec<Host>,
+    etcd: Option<Process>,
+}
+
+impl ClusterBed {
+    /// etcd at 10.99.0.5, dispatchers at .1, .3, .4, the client at .2 and
+    /// workers w1.. at .10, .11, ...; etcd started.
+    pub fn new(label: &str, dispatchers: usize, workers: usize) -> ClusterBed {
+        assert!(dispatchers <= 3);
+        let mut tb = Testbed::new(label);
+        let etcd_host = tb.add_host("etcd", 5);
+        let client = tb.add_host("client", 2);
+        let dispatchers: Vec<Host> = [1u8, 3, 4]
+            .iter()
+            .take(dispatchers)
+            .enumerate()
+            .map(|(i, n)| tb.add_host(&format!("dsp{}", i + 1), *n))
+            .collect();
+        let workers = (0..workers)
+            .map(|i| tb.add_host(&format!("w{}", i + 1), 10 + i as u8))
+            .collect();
+        for d in &dispatchers {
+            tb.enable_xdp_tx(d);
+        }
+        let mut bed = ClusterBed {
+            tb,
+            etcd_host,
+            dispatchers,
+            client,
+            workers,
+            etcd: None,
+        };
+        bed.start_etcd();
+        bed
+    }
+
+    pub fn etcd_url(&self) -> String {
+        format!("http://{}:2379", self.etcd_host.ip)
+    }
+
+    /// Starts etcd (its data in the testbed's directory, kept across
+    /// restarts) and waits until it answers.
+    pub fn start_etcd(&mut self) {
+        let data = self.tb.dir().join("etcd-data");
+        let url = self.etcd_url();
+        let peer = "http://127.0.0.1:2380";
+        let process = self.tb.spawn(
+            &self.etcd_host,
+            "etcd",
+            Path::new("etcd"),
+            &[
+                "--name",
+                "test",
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+                "--listen-peer-urls",
+                peer,
+                "--initial-advertise-peer-urls",
+                peer,
+                "--initial-cluster",
+                &format!("test={peer}"),
+            ],
+        );
+        self.etcd = Some(process);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.etcdctl(&["endpoint", "health"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not come up:\n{}",
+                self.tb.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills etcd outright (its data stays).
+    pub fn kill_etcd(&mut self) {
+        if let Some(mut p) = self.etcd.take() {
+            p.kill_hard();
+        }
+    }
+
+    /// `etcdctl ARGS` against the fixture's etcd, from the client host.
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        let endpoints = format!("--endpoints={}", self.etcd_url());
+        let mut all = vec![
+            endpoints.as_str(),
+            "--dial-timeout=1s",
+            "--command-timeout=2s",
+        ];
+        all.extend_from_slice(args);
+        self.tb.exec(&self.client, Path::new("etcdctl"), &all)
+    }
+
+    /// Dispatcher `i`'s own bpffs directory (a pin directory each).
+    pub fn bpffs(&self, i: usize) -> PathBuf {
+        self.tb.bpffs.join(&self.dispatchers[i].role)
+    }
+
+    /// Starts dispatcher `i` in cluster mode and waits for its data plane.
+    pub fn start_dispatcher(&self, i: usize, extra: &[&str]) -> Process {
+        let d = &self.dispatchers[i];
+        let config = format!(
+            "[service]\naddresses = [\"{ip}\"]\n\n[health]\nlisten = \"{ip}:7771\"\nkey = \"{HEARTBEAT_KEY}\"\nnetworks = [\"10.99.0.0/24\"]\ndown_after_ms = 1000\n\n[metrics]\nlisten = \"127.0.0.1:9110\"\n",
+            ip = d.ip
+        );
+        let path = self.tb.write_file(&format!("{}.toml", d.role), &config);
+        let bpffs = self.bpffs(i);
+        std::fs::create_dir_all(&bpffs).expect("a bpffs directory of its own");
+        let url = self.etcd_url();
+        let mut args = vec![
+            "--bpffs",
+            bpffs.to_str().unwrap(),
+            "run",
+            "--iface",
+            "eth0",
+            "--config",
+            path.to_str().unwrap(),
+            "--etcd",
+            &url,
+            "--cluster",
+            CLUSTER,
+            "--node-name",
+            &d.role,
+        ];
+        args.extend_from_slice(extra);
+        let mut process = self.tb.spawn(d, &d.role, &dispatcher_bin(), &args);
+        let pins = bpffs.join("dispatcher").join("eth0");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !pins.exists() {
+            process.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "{} did not attach:\n{}",
+                d.role,
+                process.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.tb.wait_for_udp_port(d, 7770, Duration::from_secs(10));
+        process
+    }
+
+    /// `dispatcher ARGS` on dispatcher `i`'s host, against its own data
+    /// plane.
+    pub fn cli(&self, i: usize, args: &[&str]) -> CliOutput {
+        let bpffs = self.bpffs(i);
+        let mut all = vec!["--bpffs", bpffs.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let out = self.tb.exec(&self.dispatchers[i], &dispatcher_bin(), &all);
+        CliOutput {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// `dispatcher ARGS --etcd URL --cluster test` from the client host
+    /// (the operator's seat): the cluster, not one data plane.
+    pub fn cluster_cli(&self, args: &[&str]) -> CliOutput {
+        let url = self.etcd_url();
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--etcd", &url, "--cluster", CLUSTER]);
+        let out = self.tb.exec(&self.client, &dispatcher_bin(), &all);
+        CliOutput {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// `cluster_cli`, which must succeed.
+    pub fn cluster_ok(&self, args: &[&str]) -> String {
+        let out = self.cluster_cli(args);
+        assert!(out.ok, "dispatcher {args:?} --etcd: {}", out.stderr);
+        out.stdout
+    }
+
+    /// Worker `w` serving `functions` (ID=NAME,...) and registering them.
+    pub fn register(&self, w: usize, functions: &str, extra: &[&str]) -> Process {
+        let host = &self.workers[w];
+        let listen = host.worker_addr().to_string();
+        let url = self.etcd_url();
+        let mut args = vec![
+            "serve",
+            "--listen",
+            &listen,
+            "--functions",
+            functions,
+            "--register",
+            "--etcd",
+            &url,
+            "--cluster",
+            CLUSTER,
+            "--heartbeat-key",
+            HEARTBEAT_KEY,
+            "--heartbeat-ms",
+            "100",
+        ];
+        args.extend_from_slice(extra);
+        let process = self.tb.spawn(host, &host.role, &dispatcher_bin(), &args);
+        self.tb
+            .wait_for_udp_port(host, crate::testbed::WORKER_PORT, Duration::from_secs(10));
+        process
+    }
+
+    /// `dispatcher invoke` from the client through dispatcher `i`.
+    pub fn invoke_via(&self, i: usize, function: u32, key: u64, payload: &str) -> Answer {
+        let to = format!("{}:7770", self.dispatchers[i].ip);
+        let out = self.tb.exec(
+            &self.client,
+            &dispatcher_bin(),
+            &[
+                "invoke",
+                "--timeout-ms",
+                "3000",
+                "--to",
+                &to,
+                "--key",
+                &key.to_string(),
+                &function.to_string(),
+                payload,
+            ],
+        );
+        Answer {
+            code: out.status.code(),
+            body: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// The value of metric `name` (a sample without labels) on dispatcher
+    /// `i`'s Prometheus endpoint.
+    pub fn metric(&self, i: usize, name: &str) -> Option<f64> {
+        let scrape = "exec 3<>/dev/tcp/127.0.0.1/9110; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3";
+        let out = self
+            .tb
+            .exec(&self.dispatchers[i], Path::new("bash"), &["-c", scrape]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}{{}} ")))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// The workers dispatcher `i`'s maps hold.
+    pub fn workers_on(&self, i: usize) -> Vec<WorkerInfo> {
+        let out = self.cli(i, &["workers", "list", "--json"]);
+        assert!(out.ok, "workers list on dsp{}: {}", i + 1, out.stderr);
+        serde_json::from_str(&out.stdout).expect("workers list --json")
+    }
+
+    /// The (function, worker address) pairs in dispatcher `i`'s maps.
+    pub fn members_on(&self, i: usize) -> Vec<(u32, SocketAddr)> {
+        let mut m: Vec<_> = self
+            .workers_on(i)
+            .iter()
+            .map(|w| (w.function, w.addr))
+            .collect();
+        m.sort();
+        m
+    }
+
+    /// Polls until every running dispatcher in `which` holds exactly
+    /// `members` (panics after `timeout`, with what each held).
+    pub fn wait_for_members(
+        &self,
+        which: &[usize],
+        members: &[(u32, SocketAddr)],
+        timeout: Duration,
+    ) {
+        let mut want = members.to_vec();
+        want.sort();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let held: Vec<_> = which.iter().map(|i| self.members_on(*i)).collect();
+            if held.iter().all(|h| *h == want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dispatchers {which:?} hold {held:?}, not {want:?} after {timeout:?}\n{}",
+                self.tb.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Drops every packet between dispatcher `i` and etcd, both ways (a
+    /// route on one side only would still let etcd's pushes in), and lets
+    /// them through again with `cut = false`.
+    pub fn cut_from_etcd(&self, i: usize, cut: bool) {
+        let action = if cut { "add" } else { "del" };
+        let d = &self.dispatchers[i];
+        for (ns, to) in [(&d.ns, self.etcd_host.ip), (&self.etcd_host.ns, d.ip)] {
+            sh(
+                "ip",
+                &["-n", ns, "route", action, "blackhole", &format!("{to}/32")],
+            );
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! Cluster mode end to end, against a real etcd: dispatchers that share
+//! one membership, workers that register themselves, and the faults a
+//! cluster lives through (a worker killed, etcd killed, a dispatcher cut
+//! off from etcd, a dispatcher that joins late).
+//!
+//! Needs root: run through `cargo xtask test`.
+
+use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
+
+use dispatcher::{cluster, control::inspect::WorkerState};
+use tests::cluster::ClusterBed;
+
+/// Which worker answered `n` requests through dispatcher `i`.
+fn answered_by(bed: &ClusterBed, i: usize, function: u32, n: usize) -> BTreeSet<SocketAddr> {
+    (0..n)
+        .map(|k| {
+            let a = bed.invoke_via(i, function, 0, &format!("r{k}"));
+            assert_eq!(
+                a.code,
+                Some(0),
+                "via dsp{}: {a:?}\n{}",
+                i + 1,
+                bed.tb.logs()
+            );
+            a.from().expect("who answered")
+        })
+        .collect()
+}
+
+#[test]
+fn dispatchers_share_one_membership_and_ride_out_faults() {
+    let mut bed = ClusterBed::new("cluster", 3, 3);
+    let (a1, a2, a3) = (
+        bed.workers[0].worker_addr(),
+        bed.workers[1].worker_addr(),
+        bed.workers[2].worker_addr(),
+    );
+    // The operator declares function 2 with the hash policy; function 1
+    // comes into being when its first worker registers.
+    bed.cluster_ok(&["functions", "add", "2", "--policy", "hash"]);
+    let bad = bed.cluster_cli(&["workflows", "add", "100", "--steps", "1,9"]);
+    assert!(
+        !bad.ok && bad.stderr.contains("function 1, which does not exist"),
+        "{bad:?}"
+    );
+    let _d1 = bed.start_dispatcher(0, &[]);
+    let _d2 = bed.start_dispatcher(1, &[]);
+
+    // A worker registered on one host is used by every dispatcher.
+    let mut w1 = bed.register(0, "1=echo,2=echo", &[]);
+    let mut w2 = bed.register(1, "1=echo,2=echo", &["--lease-ttl", "2"]);
+    let both = [(1, a1), (1, a2), (2, a1), (2, a2)];
+    bed.wait_for_members(&[0, 1], &both, Duration::from_secs(10));
+    for i in [0, 1] {
+        assert_eq!(
+            answered_by(&bed, i, 1, 6),
+            BTreeSet::from([a1, a2]),
+            "dsp{} uses both workers",
+            i + 1
+        );
+    }
+
+    // Heartbeats reach every registered dispatcher: well past the health
+    // grace period (1 s), both still hold both workers up.
+    std::thread::sleep(Duration::from_millis(1500));
+    for i in [0, 1] {
+        for w in bed.workers_on(i) {
+            assert_eq!(w.state, WorkerState::Up, "dsp{}: {w:?}", i + 1);
+        }
+    }
+
+    // The same affinity key lands on the same worker through either
+    // dispatcher (the tables are a function of the membership alone).
+    for key in 1..=20u64 {
+        let via: Vec<_> = [0, 1]
+            .iter()
+            .map(|i| bed.invoke_via(*i, 2, key, "k").from())
+            .collect();
+        assert!(via[0].is_some() && via[0] == via[1], "key {key}: {via:?}");
+    }
+
+    // A worker killed outright: once its lease expires no dispatcher has
+    // it, and every request is answered by the other.
+    w2.kill_hard();
+    bed.wait_for_members(&[0, 1], &[(1, a1), (2, a1)], Duration::from_secs(10));
+    for i in [0, 1] {
+        assert_eq!(answered_by(&bed, i, 1, 4), BTreeSet::from([a1]));
+    }
+
+    // etcd killed: nothing on the request path notices; the CLI says what
+    // is wrong, the metrics too. Back, and a new worker reaches every
+    // dispatcher.
+    assert_eq!(bed.metric(0, "dispatcher_etcd_connected"), Some(1.0));
+    assert!(bed.metric(0, "dispatcher_membership_revision").unwrap() > 0.0);
+    bed.kill_etcd();
+    for i in [0, 1] {
+        assert_eq!(answered_by(&bed, i, 1, 4), BTreeSet::from([a1]));
+    }
+    let down = bed.cluster_cli(&["functions", "list"]);
+    assert!(
+        !down.ok && down.stderr.contains("cannot reach etcd"),
+        "{down:?}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(bed.members_on(0), vec![(1, a1), (2, a1)], "nothing flushed");
+    assert_eq!(bed.metric(0, "dispatcher_etcd_connected"), Some(0.0));
+    bed.start_etcd();
+    let _w3 = bed.register(2, "1=echo", &[]);
+    bed.wait_for_members(
+        &[0, 1],
+        &[(1, a1), (1, a3), (2, a1)],
+        Duration::from_secs(15),
+    );
+
+    // A dispatcher cut off from etcd alone keeps serving what it has, and
+    // catches up once it reaches etcd again.
+    bed.cut_from_etcd(1, true);
+    bed.cluster_ok(&[
+        "workers",
+        "add",
+        "--function",
+        "2",
+        "--addr",
+        &a3.to_string(),
+        "--mac",
+        &bed.workers[2].mac_string(),
+    ]);
+    bed.wait_for_members(
+        &[0],
+        &[(1, a1), (1, a3), (2, a1), (2, a3)],
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        bed.members_on(1),
+        vec![(1, a1), (1, a3), (2, a1)],
+        "cut off: the old state, untouched"
+    );
+    assert_eq!(answered_by(&bed, 1, 1, 6), BTreeSet::from([a1, a3]));
+    bed.cut_from_etcd(1, false);
+    bed.wait_for_members(
+        &[0, 1],
+        &[(1, a1), (1, a3), (2, a1), (2, a3)],
+        Duration::from_secs(15),
+    );
+
+    // A dispatcher that joins late reads the same membership and makes
+    // the same decisions.
+    let _d3 = bed.start_dispatcher(2, &[]);
+    bed.wait_for_members(
+        &[0, 1, 2],
+        &[(1, a1), (1, a3), (2, a1), (2, a3)],
+        Duration::from_secs(10),
+    );
+    for key in 1..=20u64 {
+        let via: Vec<_> = [0, 1, 2]
+            .iter()
+            .map(|i| bed.invoke_via(*i, 2, key, "k").from())
+            .collect();
+        assert!(
+            via[0].is_some() && via.iter().all(|v| *v == via[0]),
+            "key {key}: {via:?}"
+        );
+    }
+
+    // cluster status: three dispatchers, none behind; the workers with
+    // their leases (the operator's entry has none).
+    let status: cluster::Status =
+        serde_json::from_str(&bed.cluster_ok(&["cluster", "status", "--json"])).unwrap();
+    assert_eq!(status.dispatchers.len(), 3, "{status:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status: cluster::Status =
+            serde_json::from_str(&bed.cluster_ok(&["cluster", "status", "--json"])).unwrap();
+        if status.dispatchers.iter().all(|d| d.lag == 0) {
+            let operator = status
+                .workers
+                .iter()
+                .find(|w| w.function == 2 && w.addr == a3)
+                .expect("listed");
+            assert_eq!(operator.lease_left_s, None);
+            assert!(status
+                .workers
+                .iter()
+                .filter(|w| w.addr == a1)
+                .all(|w| w.lease_left_s.is_some_and(|s| s > 0)));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a dispatcher stays behind: {status:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A worker stopped gracefully drains, then deregisters: every
+    // dispatcher drops it, with nothing lost meanwhile.
+    assert!(w1.stop(), "{}", w1.log());
+    assert!(w1.log().contains("deregistered"), "{}", w1.log());
+    bed.wait_for_members(&[0, 1, 2], &[(1, a3), (2, a3)], Duration::from_secs(10));
+    for i in [0, 1, 2] {
+        assert_eq!(answered_by(&bed, i, 1, 3), BTreeSet::from([a3]));
+    }
+}
