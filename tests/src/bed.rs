@@ -273,35 +273,14 @@ impl Bed {
         seconds: f64,
         changes: impl FnOnce() -> T,
     ) -> (Report, T) {
-        std::thread::scope(|s| {
-            let load = s.spawn(|| {
-                let args = [
-                    "pktgen",
-                    "--to",
-                    &self.service(),
-                    "--rate",
-                    &rate.to_string(),
-                    "--duration",
-                    &seconds.to_string(),
-                    "--drain-ms",
-                    "1500",
-                    "--json",
-                ];
-                self.tb.exec(&self.client, &dispatcher_bin(), &args)
-            });
-            std::thread::sleep(Duration::from_millis(300));
-            let changed = changes();
-            let out = load.join().expect("pktgen thread");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            (
-                serde_json::from_slice(&out.stdout).expect("pktgen's JSON report"),
-                changed,
-            )
-        })
+        under_load(
+            &self.tb,
+            &self.client,
+            &self.service(),
+            rate,
+            seconds,
+            changes,
+        )
     }
 
     /// memcached on `host`'s loopback (port 11211, UDP off), once it
@@ -337,4 +316,46 @@ pub fn assert_nothing_lost(report: &Report, what: &str) {
     assert_eq!(report.lost, 0, "{what}: requests lost: {report:?}");
     assert_eq!(report.errors, 0, "{what}: ERROR answers: {report:?}");
     assert_eq!(report.answered, report.sent, "{what}: {report:?}");
+}
+
+/// Runs pktgen from `client` to `to` at `rate` for `seconds` in a thread
+/// of its own while `changes` runs (starting 0.3 s in); pktgen's report
+/// (it waits 1.5 s for the last answers) and what `changes` returned.
+pub fn under_load<T>(
+    tb: &Testbed,
+    client: &Host,
+    to: &str,
+    rate: u32,
+    seconds: f64,
+    changes: impl FnOnce() -> T,
+) -> (Report, T) {
+    std::thread::scope(|s| {
+        let load = s.spawn(|| {
+            let args = [
+                "pktgen",
+                "--to",
+                to,
+                "--rate",
+                &rate.to_string(),
+                "--duration",
+                &seconds.to_string(),
+                "--drain-ms",
+                "1500",
+                "--json",
+            ];
+            tb.exec(client, &dispatcher_bin(), &args)
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let changed = changes();
+        let out = load.join().expect("pktgen thread");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            serde_json::from_slice(&out.stdout).expect("pktgen's JSON report"),
+            changed,
+        )
+    })
 }

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dispatcher::control::inspect::WorkerInfo;
+use dispatcher::{control::inspect::WorkerInfo, workload::pktgen::Report};
 
 use crate::{
     bed::{Answer, CliOutput},
@@ -30,7 +30,7 @@ pub struct ClusterBed {
     pub dispatchers: Vec<Host>,
     pub client: Host,
     pub workers: Vec<Host>,
-    etcd: Option<Process>,
+    etcd: std::sync::Mutex<Option<Process>>,
 }
 
 impl ClusterBed {
@@ -53,13 +53,13 @@ impl ClusterBed {
         for d in &dispatchers {
             tb.enable_xdp_tx(d);
         }
-        let mut bed = ClusterBed {
+        let bed = ClusterBed {
             tb,
             etcd_host,
             dispatchers,
             client,
             workers,
-            etcd: None,
+            etcd: Default::default(),
         };
         bed.start_etcd();
         bed
@@ -71,7 +71,7 @@ impl ClusterBed {
 
     /// Starts etcd (its data in the testbed's directory, kept across
     /// restarts) and waits until it answers.
-    pub fn start_etcd(&mut self) {
+    pub fn start_etcd(&self) {
         let data = self.tb.dir().join("etcd-data");
         let url = self.etcd_url();
         let peer = "http://127.0.0.1:2380";
@@ -96,7 +96,7 @@ impl ClusterBed {
                 &format!("test={peer}"),
             ],
         );
-        self.etcd = Some(process);
+        *self.etcd.lock().unwrap() = Some(process);
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self.etcdctl(&["endpoint", "health"]).status.success() {
             assert!(
@@ -109,8 +109,8 @@ impl ClusterBed {
     }
 
     /// Kills etcd outright (its data stays).
-    pub fn kill_etcd(&mut self) {
-        if let Some(mut p) = self.etcd.take() {
+    pub fn kill_etcd(&self) {
+        if let Some(mut p) = self.etcd.lock().unwrap().take() {
             p.kill_hard();
         }
     }
@@ -275,6 +275,19 @@ impl ClusterBed {
         text.lines()
             .find_map(|l| l.strip_prefix(&format!("{name}{{}} ")))
             .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// pktgen through dispatcher `i` while `changes` runs (see
+    /// `bed::under_load`).
+    pub fn under_load<T>(
+        &self,
+        i: usize,
+        rate: u32,
+        seconds: f64,
+        changes: impl FnOnce() -> T,
+    ) -> (Report, T) {
+        let to = format!("{}:7770", self.dispatchers[i].ip);
+        crate::bed::under_load(&self.tb, &self.client, &to, rate, seconds, changes)
     }
 
     /// The workers dispatcher `i`'s maps hold.

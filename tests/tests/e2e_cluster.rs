@@ -8,7 +8,7 @@
 use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
 use dispatcher::{cluster, control::inspect::WorkerState};
-use tests::cluster::ClusterBed;
+use tests::{bed::assert_nothing_lost, cluster::ClusterBed};
 
 /// Which worker answered `n` requests through dispatcher `i`.
 fn answered_by(bed: &ClusterBed, i: usize, function: u32, n: usize) -> BTreeSet<SocketAddr> {
@@ -29,7 +29,7 @@ fn answered_by(bed: &ClusterBed, i: usize, function: u32, n: usize) -> BTreeSet<
 
 #[test]
 fn dispatchers_share_one_membership_and_ride_out_faults() {
-    let mut bed = ClusterBed::new("cluster", 3, 3);
+    let bed = ClusterBed::new("cluster", 3, 3);
     let (a1, a2, a3) = (
         bed.workers[0].worker_addr(),
         bed.workers[1].worker_addr(),
@@ -200,4 +200,56 @@ fn dispatchers_share_one_membership_and_ride_out_faults() {
     for i in [0, 1, 2] {
         assert_eq!(answered_by(&bed, i, 1, 3), BTreeSet::from([a3]));
     }
+}
+
+/// etcd is not on the request path: under steady load, etcd stopped for
+/// 10 s and restarted loses nothing; one dispatcher cut off from etcd for
+/// 10 s while the membership changes keeps answering every request, and
+/// catches up once it reaches etcd again.
+#[test]
+fn etcd_failures_under_load_lose_no_request() {
+    let bed = ClusterBed::new("clload", 2, 3);
+    let (a1, a2, a3) = (
+        bed.workers[0].worker_addr(),
+        bed.workers[1].worker_addr(),
+        bed.workers[2].worker_addr(),
+    );
+    let _d1 = bed.start_dispatcher(0, &[]);
+    let _d2 = bed.start_dispatcher(1, &[]);
+    let _w1 = bed.register(0, "1=echo", &[]);
+    let _w2 = bed.register(1, "1=echo", &[]);
+    bed.wait_for_members(&[0, 1], &[(1, a1), (1, a2)], Duration::from_secs(10));
+
+    let (report, ()) = bed.under_load(0, 500, 13.0, || {
+        bed.kill_etcd();
+        std::thread::sleep(Duration::from_secs(10));
+        bed.start_etcd();
+    });
+    assert_nothing_lost(&report, "etcd stopped for 10 s");
+
+    // dsp2 cut off; meanwhile w3 registers and the operator removes w2's
+    // key (w2 keeps serving, so what dsp2 still sends it is answered).
+    let (report, _w3) = bed.under_load(1, 500, 13.0, || {
+        bed.cut_from_etcd(1, true);
+        let w3 = bed.register(2, "1=echo", &[]);
+        bed.cluster_ok(&[
+            "workers",
+            "rm",
+            "--function",
+            "1",
+            "--addr",
+            &a2.to_string(),
+        ]);
+        bed.wait_for_members(&[0], &[(1, a1), (1, a3)], Duration::from_secs(10));
+        assert_eq!(
+            bed.members_on(1),
+            vec![(1, a1), (1, a2)],
+            "cut off: unchanged"
+        );
+        std::thread::sleep(Duration::from_secs(8));
+        bed.cut_from_etcd(1, false);
+        bed.wait_for_members(&[0, 1], &[(1, a1), (1, a3)], Duration::from_secs(15));
+        w3
+    });
+    assert_nothing_lost(&report, "a dispatcher cut off from etcd");
 }

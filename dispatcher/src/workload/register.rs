@@ -55,10 +55,11 @@ pub async fn run(
     let keys = Keys::new(&reg.cluster)?;
     tokio::pin!(stop);
     let mut backoff = Duration::from_millis(100);
+    let mut health = Dispatchers::default();
     loop {
         let session = std::sync::Mutex::new(None);
         let outcome = tokio::select! {
-            r = keep(&reg, &keys, &heartbeat_to, &session) => r,
+            r = keep(&reg, &keys, &heartbeat_to, &mut health, &session) => r,
             () = &mut stop => {
                 let session = session.lock().expect("not poisoned").take();
                 return deregister(&reg, &keys, session, &in_flight).await;
@@ -95,6 +96,7 @@ async fn keep(
     reg: &Registration,
     keys: &Keys,
     heartbeat_to: &RwLock<Vec<SocketAddr>>,
+    health: &mut Dispatchers,
     session: &std::sync::Mutex<Option<Session>>,
 ) -> Result<()> {
     let mut client = cluster::connect(&reg.endpoints).await?;
@@ -126,16 +128,22 @@ async fn keep(
     let dispatchers = client
         .get(keys.dispatchers(), Some(GetOptions::new().with_prefix()))
         .await?;
-    let mut health: std::collections::BTreeMap<String, SocketAddr> = Default::default();
+    // What was registered before this session is kept for a while if the
+    // fresh read lacks it (see FORGET_AFTER).
+    let now = Instant::now();
+    let before = std::mem::take(&mut health.registered);
+    for (name, a) in before {
+        health.gone.insert(name, (a, now));
+    }
     for kv in dispatchers.kvs() {
         note_dispatcher(
             keys,
             kv.key_str().unwrap_or_default(),
             Some(kv.value()),
-            &mut health,
+            health,
         );
     }
-    *heartbeat_to.write().expect("not poisoned") = health.values().copied().collect();
+    *heartbeat_to.write().expect("not poisoned") = health.targets();
     let start = dispatchers.header().map_or(0, |h| h.revision()) + 1;
     let mut watch = client
         .watch(
@@ -148,6 +156,7 @@ async fn keep(
         lease,
     });
     let mut tick = tokio::time::interval(Duration::from_secs((reg.lease_ttl / 3).max(1) as u64));
+    let mut forget = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {
             _ = tick.tick() => keeper.keep_alive().await?,
@@ -162,22 +171,51 @@ async fn keep(
                 for event in response.events() {
                     let Some(kv) = event.kv() else { continue };
                     let put = event.event_type() == etcd_client::EventType::Put;
-                    note_dispatcher(keys, kv.key_str().unwrap_or_default(), put.then(|| kv.value()), &mut health);
+                    note_dispatcher(keys, kv.key_str().unwrap_or_default(), put.then(|| kv.value()), health);
                 }
-                *heartbeat_to.write().expect("not poisoned") = health.values().copied().collect();
+                *heartbeat_to.write().expect("not poisoned") = health.targets();
+            }
+            _ = forget.tick() => {
+                *heartbeat_to.write().expect("not poisoned") = health.targets();
             }
         }
     }
 }
 
-/// Keeps `health` (dispatcher name -> heartbeat address) up to date with
-/// a put (`Some(value)`) or delete of a dispatcher's key.
-fn note_dispatcher(
-    keys: &Keys,
-    key: &str,
-    value: Option<&[u8]>,
-    health: &mut std::collections::BTreeMap<String, SocketAddr>,
-) {
+/// How long a worker keeps sending heartbeats to a dispatcher whose key
+/// went away. A dispatcher cut off from etcd loses its key when its lease
+/// expires, but it still serves requests (etcd is not on the request
+/// path) and still needs this worker's heartbeats, or its health checking
+/// would mark every worker down.
+const FORGET_AFTER: Duration = Duration::from_secs(120);
+
+/// The dispatchers a worker sends heartbeats to: the registered ones, and
+/// for FORGET_AFTER those whose key went away.
+#[derive(Default)]
+struct Dispatchers {
+    registered: std::collections::BTreeMap<String, SocketAddr>,
+    gone: std::collections::BTreeMap<String, (SocketAddr, Instant)>,
+}
+
+impl Dispatchers {
+    fn targets(&mut self) -> Vec<SocketAddr> {
+        self.gone
+            .retain(|_, (_, since)| since.elapsed() < FORGET_AFTER);
+        let mut all: Vec<SocketAddr> = self
+            .registered
+            .values()
+            .chain(self.gone.values().map(|(a, _)| a))
+            .copied()
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+}
+
+/// Keeps `health` up to date with a put (`Some(value)`) or delete of a
+/// dispatcher's key.
+fn note_dispatcher(keys: &Keys, key: &str, value: Option<&[u8]>, health: &mut Dispatchers) {
     let Some(Key::Dispatcher(name)) = keys.parse(key) else {
         return;
     };
@@ -186,10 +224,13 @@ fn note_dispatcher(
         .and_then(|d| d.health);
     match addr {
         Some(a) => {
-            health.insert(name, a);
+            health.gone.remove(&name);
+            health.registered.insert(name, a);
         }
         None => {
-            health.remove(&name);
+            if let Some(a) = health.registered.remove(&name) {
+                health.gone.insert(name, (a, Instant::now()));
+            }
         }
     }
 }
