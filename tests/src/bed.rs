@@ -279,6 +279,7 @@ impl Bed {
             &self.service(),
             rate,
             seconds,
+            &[],
             changes,
         )
     }
@@ -318,31 +319,36 @@ pub fn assert_nothing_lost(report: &Report, what: &str) {
     assert_eq!(report.answered, report.sent, "{what}: {report:?}");
 }
 
-/// Runs pktgen from `client` to `to` at `rate` for `seconds` in a thread
-/// of its own while `changes` runs (starting 0.3 s in); pktgen's report
-/// (it waits 1.5 s for the last answers) and what `changes` returned.
+/// Runs pktgen from `client` to `to` at `rate` for `seconds` (with
+/// `extra` arguments) in a thread of its own while `changes` runs
+/// (starting 0.3 s in); pktgen's report (it waits 1.5 s for the last
+/// answers) and what `changes` returned.
 pub fn under_load<T>(
     tb: &Testbed,
     client: &Host,
     to: &str,
     rate: u32,
     seconds: f64,
+    extra: &[&str],
     changes: impl FnOnce() -> T,
 ) -> (Report, T) {
     std::thread::scope(|s| {
         let load = s.spawn(|| {
-            let args = [
+            let rate = rate.to_string();
+            let seconds = seconds.to_string();
+            let mut args = vec![
                 "pktgen",
                 "--to",
                 to,
                 "--rate",
-                &rate.to_string(),
+                &rate,
                 "--duration",
-                &seconds.to_string(),
+                &seconds,
                 "--drain-ms",
                 "1500",
                 "--json",
             ];
+            args.extend_from_slice(extra);
             tb.exec(client, &dispatcher_bin(), &args)
         });
         std::thread::sleep(Duration::from_millis(300));

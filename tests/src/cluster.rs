@@ -31,7 +31,13 @@ pub struct ClusterBed {
     pub client: Host,
     pub workers: Vec<Host>,
     etcd: std::sync::Mutex<Option<Process>>,
+    /// With `with_router`: the router in front of the dispatchers, and a
+    /// client behind it.
+    pub router: Option<(Host, Host)>,
 }
+
+/// The service address the router spreads over the dispatchers.
+pub const VIP: &str = "10.99.0.100";
 
 impl ClusterBed {
     /// etcd at 10.99.0.5, dispatchers at .1, .3, .4, the client at .2 and
@@ -60,9 +66,96 @@ impl ClusterBed {
             client,
             workers,
             etcd: Default::default(),
+            router: None,
         };
         bed.start_etcd();
         bed
+    }
+
+    /// The same, with a router (10.99.0.254) whose multipath route to VIP
+    /// spreads flows over every dispatcher (L4 hash), a client behind it
+    /// (10.98.0.2), routes back to it on the workers, and the cluster's
+    /// service address set to VIP in etcd.
+    pub fn with_router(label: &str, dispatchers: usize, workers: usize) -> ClusterBed {
+        let mut bed = ClusterBed::new(label, dispatchers, workers);
+        let router = bed.tb.add_host("router", 254);
+        let far = bed.tb.add_host_behind(&router, "farclient");
+        for w in &bed.workers {
+            sh(
+                "ip",
+                &[
+                    "-n",
+                    &w.ns,
+                    "route",
+                    "add",
+                    "10.98.0.0/24",
+                    "via",
+                    "10.99.0.254",
+                ],
+            );
+        }
+        bed.router = Some((router, far));
+        let all: Vec<usize> = (0..dispatchers).collect();
+        bed.route_to(&all);
+        let service = format!("{{\"addresses\": [\"{VIP}\"], \"port\": 7770}}");
+        let key = format!("{}/{CLUSTER}/service", dispatcher::cluster::ROOT);
+        let out = bed.etcdctl(&["put", &key, &service]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        bed
+    }
+
+    /// Points the router's route to VIP at the dispatchers `which` (equal
+    /// cost; a dispatcher left out gets no new flows).
+    pub fn route_to(&self, which: &[usize]) {
+        let (router, _) = self.router.as_ref().expect("with_router");
+        let mut args = vec![
+            "-n".to_string(),
+            router.ns.clone(),
+            "route".into(),
+            "replace".into(),
+            format!("{VIP}/32"),
+        ];
+        for i in which {
+            args.extend([
+                "nexthop".into(),
+                "via".into(),
+                self.dispatchers[*i].ip.to_string(),
+            ]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        sh("ip", &args);
+    }
+
+    /// pktgen from the client behind the router to VIP, over 32 flows,
+    /// while `changes` runs.
+    pub fn through_router<T>(
+        &self,
+        rate: u32,
+        seconds: f64,
+        changes: impl FnOnce() -> T,
+    ) -> (Report, T) {
+        let (_, far) = self.router.as_ref().expect("with_router");
+        let to = format!("{VIP}:7770");
+        crate::bed::under_load(
+            &self.tb,
+            far,
+            &to,
+            rate,
+            seconds,
+            &["--flows", "32"],
+            changes,
+        )
+    }
+
+    /// Requests dispatcher `i`'s data plane has dispatched so far.
+    pub fn dispatched(&self, i: usize) -> u64 {
+        dispatcher::control::stats::Snapshot::read(&self.bpffs(i).join("dispatcher").join("eth0"))
+            .expect("pinned counters")
+            .get(dispatcher_common::stats::Counter::DispatchedRequest)
     }
 
     pub fn etcd_url(&self) -> String {
@@ -287,7 +380,7 @@ impl ClusterBed {
         changes: impl FnOnce() -> T,
     ) -> (Report, T) {
         let to = format!("{}:7770", self.dispatchers[i].ip);
-        crate::bed::under_load(&self.tb, &self.client, &to, rate, seconds, changes)
+        crate::bed::under_load(&self.tb, &self.client, &to, rate, seconds, &[], changes)
     }
 
     /// The workers dispatcher `i`'s maps hold.

@@ -324,6 +324,91 @@ impl Testbed {
         host
     }
 
+    /// Pins `host`'s MAC to its switch port (a static FDB entry), so that
+    /// frames for it keep going to that port, and are lost there, when its
+    /// link goes down. Without it the bridge forgets the MAC and floods
+    /// them to every port, where a veth (unlike a NIC, which filters other
+    /// hosts' MACs) hands them to whatever XDP program it runs.
+    pub fn pin_mac_to_port(&self, host: &Host) {
+        sh(
+            "bridge",
+            &[
+                "-n",
+                &self.switch_ns,
+                "fdb",
+                "replace",
+                &host.mac_string(),
+                "dev",
+                &format!("p-{}", host.role),
+                "master",
+                "static",
+            ],
+        );
+    }
+
+    /// A host on a network of its own (10.98.0.0/24) behind `router`: a
+    /// veth from the router's eth1 (10.98.0.1, forwarding on, multipath
+    /// routes hashed on the L4 5-tuple) to the host's eth0 (10.98.0.2, its
+    /// default route through the router).
+    pub fn add_host_behind(&mut self, router: &Host, role: &str) -> Host {
+        let host = Host {
+            role: role.to_string(),
+            ns: format!("{}-{role}", self.name),
+            ip: Ipv4Addr::new(10, 98, 0, 2),
+            mac: [0x02, 0xfe, 0, 0, 0, 2],
+        };
+        self.hosts.push(host.clone());
+        let ns = host.ns.as_str();
+        let r = router.ns.as_str();
+        sh("ip", &["netns", "add", ns]);
+        sh(
+            "ip",
+            &[
+                "-n", r, "link", "add", "eth1", "type", "veth", "peer", "name", "eth0", "netns", ns,
+            ],
+        );
+        sh(
+            "ip",
+            &[
+                "-n",
+                ns,
+                "link",
+                "set",
+                "eth0",
+                "address",
+                &host.mac_string(),
+            ],
+        );
+        sh(
+            "ip",
+            &["-n", ns, "addr", "add", "10.98.0.2/24", "dev", "eth0"],
+        );
+        sh(
+            "ip",
+            &["-n", r, "addr", "add", "10.98.0.1/24", "dev", "eth1"],
+        );
+        for (n, dev) in [(ns, "lo"), (ns, "eth0"), (r, "eth1")] {
+            sh("ip", &["-n", n, "link", "set", dev, "up"]);
+        }
+        sh(
+            "ip",
+            &["-n", ns, "route", "add", "default", "via", "10.98.0.1"],
+        );
+        for (n, dev) in [(ns, "eth0"), (r, "eth1")] {
+            sh(
+                "ip",
+                &["netns", "exec", n, "ethtool", "-K", dev, "tx", "off"],
+            );
+        }
+        for sysctl in [
+            "net.ipv4.ip_forward=1",
+            "net.ipv4.fib_multipath_hash_policy=1",
+        ] {
+            sh("ip", &["netns", "exec", r, "sysctl", "-q", "-w", sysctl]);
+        }
+        host
+    }
+
     /// Gives `host` the IPv6 address fd99::N (N: its IPv4 address's last
     /// byte) on eth0, without duplicate address detection (so it is usable
     /// at once), and returns it.

@@ -253,3 +253,90 @@ fn etcd_failures_under_load_lose_no_request() {
     });
     assert_nothing_lost(&report, "a dispatcher cut off from etcd");
 }
+
+/// Three dispatchers behind a router's ECMP route to one service address,
+/// under steady load from a client behind the router: every dispatcher
+/// takes a share; a worker killed with SIGKILL costs only what was sent
+/// to it before the dispatchers' health noticed (and no dispatcher sends
+/// it anything once its lease expired); a dispatcher host lost (its link
+/// down, its route withdrawn) costs only the requests on their way to it.
+#[test]
+fn ecmp_spreads_over_dispatchers_and_a_lost_host_costs_only_its_requests_in_flight() {
+    let bed = ClusterBed::with_router("ecmp", 3, 3);
+    let addrs: Vec<SocketAddr> = bed.workers.iter().map(|w| w.worker_addr()).collect();
+    let dispatchers = bed
+        .dispatchers
+        .iter()
+        .enumerate()
+        .map(|(i, _)| bed.start_dispatcher(i, &[]))
+        .collect::<Vec<_>>();
+    let workers: Vec<_> = (0..3)
+        .map(|w| bed.register(w, "1=echo", &["--lease-ttl", "2"]))
+        .collect();
+    let all: Vec<_> = addrs.iter().map(|a| (1, *a)).collect();
+    bed.wait_for_members(&[0, 1, 2], &all, Duration::from_secs(10));
+
+    // Steady load: every dispatcher gets a share, nothing is lost.
+    let before: Vec<u64> = (0..3).map(|i| bed.dispatched(i)).collect();
+    let (report, ()) = bed.through_router(1000, 2.0, || {});
+    assert_nothing_lost(&report, "steady load through ECMP");
+    // (32 flows over 3 dispatchers: that one gets none is a 1 in 10^5
+    // chance.)
+    for (i, before) in before.iter().enumerate() {
+        let took = bed.dispatched(i) - before;
+        assert!(took > 50, "dsp{} took {took} of 2000 requests", i + 1);
+    }
+
+    // A worker killed: lost are only requests already sent to it before
+    // health marked it down (down_after_ms = 1000, a third of the load).
+    let mut workers = workers;
+    let (report, ()) = bed.through_router(1000, 4.0, || {
+        workers[2].kill_hard();
+        bed.wait_for_members(&[0, 1, 2], &all[..2], Duration::from_secs(10));
+    });
+    eprintln!(
+        "worker killed under 1000 req/s: {} of {} lost, {} ERRORs",
+        report.lost, report.sent, report.errors
+    );
+    assert!(
+        report.lost + report.errors <= 600,
+        "more lost than a third of 1.5 s of load: {report:?}"
+    );
+
+    // A dispatcher host lost: its link down, and 200 ms later (a routing
+    // protocol noticing) its route withdrawn. Lost are only the requests
+    // hashed to it meanwhile, about a third of 200 ms of load; the flows
+    // move to the others, which make the same decisions.
+    bed.tb.pin_mac_to_port(&bed.dispatchers[1]);
+    let lost_host = bed.dispatched(1);
+    let counts_before: Vec<u64> = (0..3).map(|i| bed.dispatched(i)).collect();
+    let (report, ()) = bed.through_router(1000, 4.0, || {
+        std::thread::sleep(Duration::from_millis(500));
+        tests::testbed::sh(
+            "ip",
+            &["-n", &bed.dispatchers[1].ns, "link", "set", "eth0", "down"],
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        bed.route_to(&[0, 2]);
+    });
+    eprintln!(
+        "dispatcher host lost under 1000 req/s: {} of {} lost, {} ERRORs; dispatched by each: {:?}",
+        report.lost,
+        report.sent,
+        report.errors,
+        (0..3)
+            .map(|i| bed.dispatched(i) - counts_before[i])
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(report.errors, 0, "{report:?}");
+    assert!(
+        report.lost > 0 && report.lost <= 150,
+        "lost should be the requests sent to the host in its 200 ms gone: {report:?}"
+    );
+    let took = bed.dispatched(1) - lost_host;
+    assert!(
+        took < 700,
+        "the lost host took {took} of its share: it was not lost"
+    );
+    drop(dispatchers);
+}

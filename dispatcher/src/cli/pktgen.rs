@@ -32,6 +32,10 @@ pub struct Args {
     /// next request (0: always sleep, leaving the CPU to others).
     #[arg(long, default_value_t = 200)]
     spin_us: u64,
+    /// Spread the requests over this many source ports (flows an ECMP
+    /// router or RSS tells apart), 1 to 64.
+    #[arg(long, default_value_t = 1)]
+    flows: usize,
     /// Print one JSON document.
     #[arg(long)]
     json: bool,
@@ -61,6 +65,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         drain: Duration::from_millis(args.drain_ms),
         batch: args.batch.clamp(1, 1024),
         spin: Duration::from_micros(args.spin_us),
+        flows: args.flows,
     };
     let bar = (!args.json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
         let bar = indicatif::ProgressBar::new(0);

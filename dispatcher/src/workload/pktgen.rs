@@ -44,6 +44,9 @@ pub struct Options {
     /// also timestamps answers as they come; 0 always sleeps, leaving the
     /// CPU to whatever shares it.
     pub spin: Duration,
+    /// Sockets (source ports) to spread the requests over: flows an ECMP
+    /// router or RSS can tell apart. 1: one flow.
+    pub flows: usize,
 }
 
 /// Latency percentiles, in microseconds.
@@ -253,12 +256,28 @@ pub fn run(opts: &Options, mut progress: impl FnMut(u64, u64)) -> Result<Report>
         "[::]:0"
     }
     .parse()?;
-    let socket = UdpSocket::bind(bind).context("cannot open a UDP socket")?;
-    // Not connected: answers come from the workers, not from `to`, and a
-    // connected socket would drop them.
-    socket.set_nonblocking(true)?;
-    let _ = nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::RcvBuf, &(8 << 20));
-    let _ = nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::SndBuf, &(8 << 20));
+    if opts.flows == 0 || opts.flows > 64 {
+        bail!("--flows {}: give 1 to 64", opts.flows);
+    }
+    let sockets = (0..opts.flows)
+        .map(|_| {
+            let socket = UdpSocket::bind(bind).context("cannot open a UDP socket")?;
+            // Not connected: answers come from the workers, not from `to`,
+            // and a connected socket would drop them.
+            socket.set_nonblocking(true)?;
+            let _ = nix::sys::socket::setsockopt(
+                &socket,
+                nix::sys::socket::sockopt::RcvBuf,
+                &(8 << 20),
+            );
+            let _ = nix::sys::socket::setsockopt(
+                &socket,
+                nix::sys::socket::sockopt::SndBuf,
+                &(8 << 20),
+            );
+            Ok(socket)
+        })
+        .collect::<Result<Vec<UdpSocket>>>()?;
     precise_sleeps();
 
     let mut tally = Tally::new(opts.mix.len(), total);
@@ -275,6 +294,7 @@ pub fn run(opts: &Options, mut progress: impl FnMut(u64, u64)) -> Result<Report>
     let start = Instant::now();
     let now_ns = || start.elapsed().as_nanos() as u64;
     let mut next = 0u64;
+    let mut turn = 0usize;
     let (mut max_lag, mut late) = (0u64, 0u64);
     let mut last_progress = Instant::now();
     while next < total {
@@ -293,15 +313,20 @@ pub fn run(opts: &Options, mut progress: impl FnMut(u64, u64)) -> Result<Report>
                     .copy_from_slice(&FaasHdr::new(kind::REQUEST, plan.function(i), i).to_bytes());
             }
             // A short batch (full socket buffer) is retried on the next
-            // turn; its lateness shows in the lag.
+            // turn; its lateness shows in the lag. Batches take the flows
+            // in turn.
+            let socket = &sockets[turn % sockets.len()];
+            turn += 1;
             next += sender
-                .send(&socket, &datagrams[..n])
+                .send(socket, &datagrams[..n])
                 .with_context(|| format!("cannot send to {}", opts.to))? as u64;
         }
-        while receiver.recv(&socket)? > 0 {
-            let now = now_ns();
-            for k in 0..receiver.len() {
-                tally.record(receiver.get(k).0, now, &plan);
+        for socket in &sockets {
+            while receiver.recv(socket)? > 0 {
+                let now = now_ns();
+                for k in 0..receiver.len() {
+                    tally.record(receiver.get(k).0, now, &plan);
+                }
             }
         }
         if last_progress.elapsed() > Duration::from_millis(100) {
@@ -317,7 +342,7 @@ pub fn run(opts: &Options, mut progress: impl FnMut(u64, u64)) -> Result<Report>
             .saturating_sub(now_ns());
         let spin = opts.spin.as_nanos() as u64;
         if next < total && wait > spin {
-            wait_readable(&socket, wait - spin / 2);
+            wait_readable(&sockets, wait - spin / 2);
         }
     }
     progress(total, total);
@@ -328,11 +353,13 @@ pub fn run(opts: &Options, mut progress: impl FnMut(u64, u64)) -> Result<Report>
         if left.is_zero() {
             break;
         }
-        wait_readable(&socket, left.as_nanos() as u64);
-        while receiver.recv(&socket)? > 0 {
-            let now = now_ns();
-            for k in 0..receiver.len() {
-                tally.record(receiver.get(k).0, now, &plan);
+        wait_readable(&sockets, left.as_nanos() as u64);
+        for socket in &sockets {
+            while receiver.recv(socket)? > 0 {
+                let now = now_ns();
+                for k in 0..receiver.len() {
+                    tally.record(receiver.get(k).0, now, &plan);
+                }
             }
         }
     }
@@ -404,25 +431,33 @@ fn precise_sleeps() {
     }
 }
 
-/// Sleeps until the socket has something to read or `ns` have passed.
-fn wait_readable(socket: &UdpSocket, ns: u64) {
+/// Sleeps until a socket has something to read or `ns` have passed.
+fn wait_readable(sockets: &[UdpSocket], ns: u64) {
     if ns == 0 {
         return;
     }
-    let mut fd = libc::pollfd {
-        fd: socket.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut fds: Vec<libc::pollfd> = sockets
+        .iter()
+        .map(|s| libc::pollfd {
+            fd: s.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
     let timeout = libc::timespec {
         tv_sec: (ns / 1_000_000_000) as libc::time_t,
         tv_nsec: (ns % 1_000_000_000) as libc::c_long,
     };
-    // SAFETY: one valid pollfd, a valid timespec, no signal mask; the
-    // result only says whether to look at the socket, which the caller
+    // SAFETY: `fds` holds valid pollfds, a valid timespec, no signal mask;
+    // the result only says whether to look at the sockets, which the caller
     // does anyway.
     unsafe {
-        libc::ppoll(&mut fd, 1, &timeout, std::ptr::null());
+        libc::ppoll(
+            fds.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            &timeout,
+            std::ptr::null(),
+        );
     }
 }
 
