@@ -286,6 +286,12 @@ pub struct Settings {
     /// One of [`egress`].
     pub egress: u8,
     pub _pad: u8,
+    /// The MAC of the interface the program is attached to: only frames
+    /// addressed to it are dispatched (a flooded or promiscuously received
+    /// frame for another host is passed, or two dispatchers would both
+    /// dispatch it).
+    pub iface_mac: [u8; 6],
+    pub _pad2: [u8; 2],
     /// The sizes the maps were created with.
     pub geometry: Geometry,
 }
@@ -416,7 +422,7 @@ mod tests {
     fn map_types_have_no_implicit_padding() {
         assert_eq!(size_of::<Endpoint>(), 20);
         assert_eq!(size_of::<ServiceSlot>(), 24);
-        assert_eq!(size_of::<Settings>(), 32);
+        assert_eq!(size_of::<Settings>(), 40);
         assert_eq!(size_of::<Function>(), 32);
         assert_eq!(size_of::<Worker>(), 32);
         assert_eq!(size_of::<Workflow>(), 36);

@@ -469,6 +469,10 @@ fn try_process(
     random: u32,
 ) -> Result<(Verdict, Dispatch), Counter> {
     let p = parse(frame)?;
+    let settings = view.settings().ok_or(Counter::PassNotConfigured)?;
+    if frame[..6] != settings.iface_mac {
+        return Err(Counter::PassNotForUs);
+    }
     if !view.is_service(&p.dst) {
         return Err(Counter::PassNotService);
     }
@@ -485,7 +489,6 @@ fn try_process(
         return Err(Counter::PassBadVersion);
     }
     let d = decide(&hdr, &p.src, p.family, view, random)?;
-    let settings = view.settings().ok_or(Counter::PassNotConfigured)?;
     rewrite(frame, &p, &hdr, &d, &settings);
     let verdict = if settings.egress == egress::REDIRECT {
         Verdict::Redirect

@@ -44,6 +44,9 @@ counters! {
     PassNotIp => "pass_not_ip",
     /// IP, but not UDP: passed.
     PassNotUdp => "pass_not_udp",
+    /// Addressed to another host's MAC (a frame a bridge flooded, or one
+    /// seen in promiscuous mode): passed, for the host stack to drop.
+    PassNotForUs => "pass_not_for_us",
     /// UDP, but not to a service address and port: passed.
     PassNotService => "pass_not_service",
     /// An IPv4 fragment or an IPv6 fragment header: passed to the host

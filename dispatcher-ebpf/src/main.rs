@@ -95,6 +95,9 @@ struct Decision {
 fn try_dispatch<V: Variant>(ctx: &XdpContext) -> Result<(Counter, u32), Counter> {
     let pkt = Packet::parse(ctx)?;
     let settings = maps::settings()?;
+    if !Packet::addressed_to(ctx, &settings.iface_mac) {
+        return Err(Counter::PassNotForUs);
+    }
     if !maps::is_service(settings, &pkt.dst) {
         return Err(Counter::PassNotService);
     }

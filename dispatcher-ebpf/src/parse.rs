@@ -177,6 +177,22 @@ impl Packet {
         })
     }
 
+    /// Whether the frame's destination MAC is `mac`. Byte by byte, folded
+    /// into one test: no memcmp in BPF, and one branch.
+    #[inline(always)]
+    pub fn addressed_to(ctx: &XdpContext, mac: &[u8; 6]) -> bool {
+        let Some(eth) = ptr_at::<[u8; 6]>(ctx, 0) else {
+            return false;
+        };
+        // SAFETY: bounds-checked by `ptr_at`.
+        let dst = unsafe { *eth };
+        let mut diff = 0u8;
+        for i in 0..6 {
+            diff |= dst[i] ^ mac[i];
+        }
+        diff == 0
+    }
+
     /// The FaaS header after the UDP header. A datagram too short to hold
     /// one is not a FaaS packet.
     #[inline(always)]

@@ -324,28 +324,6 @@ impl Testbed {
         host
     }
 
-    /// Pins `host`'s MAC to its switch port (a static FDB entry), so that
-    /// frames for it keep going to that port, and are lost there, when its
-    /// link goes down. Without it the bridge forgets the MAC and floods
-    /// them to every port, where a veth (unlike a NIC, which filters other
-    /// hosts' MACs) hands them to whatever XDP program it runs.
-    pub fn pin_mac_to_port(&self, host: &Host) {
-        sh(
-            "bridge",
-            &[
-                "-n",
-                &self.switch_ns,
-                "fdb",
-                "replace",
-                &host.mac_string(),
-                "dev",
-                &format!("p-{}", host.role),
-                "master",
-                "static",
-            ],
-        );
-    }
-
     /// A host on a network of its own (10.98.0.0/24) behind `router`: a
     /// veth from the router's eth1 (10.98.0.1, forwarding on, multipath
     /// routes hashed on the L4 5-tuple) to the host's eth0 (10.98.0.2, its

@@ -18,7 +18,9 @@ pub fn data_plane(config: &str) -> Loaded {
 /// `data_plane`, with maps sized by `geometry` (a NIC's, say).
 pub fn data_plane_with(config: &str, geometry: Geometry) -> Loaded {
     let mut dp = Loaded::with_geometry(geometry).expect("load the data plane (are you root?)");
-    dp.maps.set_settings(IFACE_MAC, egress::TX).unwrap();
+    dp.maps
+        .set_settings(IFACE_MAC, IFACE_MAC, egress::TX)
+        .unwrap();
     control::apply(
         &mut dp.maps,
         &Config::parse(config).expect("a valid test config"),

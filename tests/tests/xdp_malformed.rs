@@ -208,6 +208,11 @@ fn bad_headers_are_passed_under_their_reason() {
             Counter::PassMalformed,
         ),
         (
+            "addressed to another host's MAC",
+            edit(&|v| v[5] ^= 1),
+            Counter::PassNotForUs,
+        ),
+        (
             "IP version 4 in an IPv6 frame",
             edit6(&|v| v[14] = 0x40),
             Counter::PassMalformed,

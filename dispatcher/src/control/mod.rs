@@ -35,14 +35,14 @@ pub fn configure_interface(
     egress_config: &config::Egress,
 ) -> Result<()> {
     match &egress_config.redirect_to {
-        None => maps.set_settings(iface_mac, egress::TX),
+        None => maps.set_settings(iface_mac, iface_mac, egress::TX),
         Some(target) => {
             let mac = interface_mac(target).context("egress.redirect_to")?;
             let ifindex = data_plane::ifindex(target).context("egress.redirect_to")?;
             maps.egress.set(0, ifindex, None, 0).with_context(|| {
                 format!("egress.redirect_to: cannot use {target} as a redirect target")
             })?;
-            maps.set_settings(mac, egress::REDIRECT)
+            maps.set_settings(iface_mac, mac, egress::REDIRECT)
         }
     }
 }

@@ -132,12 +132,19 @@ impl Maps {
         })
     }
 
-    /// Writes the per-interface settings: the source MAC of every
-    /// dispatched frame and how frames leave (the geometry stays).
-    pub fn set_settings(&mut self, src_mac: [u8; 6], egress_mode: u8) -> Result<()> {
+    /// Writes the per-interface settings: the MAC of the attached
+    /// interface, the source MAC of every dispatched frame and how frames
+    /// leave (the geometry stays).
+    pub fn set_settings(
+        &mut self,
+        iface_mac: [u8; 6],
+        src_mac: [u8; 6],
+        egress_mode: u8,
+    ) -> Result<()> {
         let settings = Settings {
             src_mac,
             egress: egress_mode,
+            iface_mac,
             ..self.settings.get(&0, 0)?
         };
         self.settings.set(0, settings, 0)?;

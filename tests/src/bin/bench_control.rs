@@ -48,7 +48,7 @@ fn main() {
     .unwrap();
     let mut dp = Loaded::new().expect("load the data plane (run as root)");
     dp.maps
-        .set_settings([2, 0, 0, 0, 0, 1], egress::TX)
+        .set_settings([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 1], egress::TX)
         .unwrap();
     control::apply(&mut dp.maps, &config).unwrap();
     println!(

@@ -69,7 +69,9 @@ fn config(policy: Policy, functions: usize, workers: usize, v6: bool) -> Config 
 
 fn setup(policy: Policy, functions: usize, workers: usize, v6: bool) -> Loaded {
     let mut dp = Loaded::new().expect("load the data plane (run as root)");
-    dp.maps.set_settings(IFACE_MAC, egress::TX).unwrap();
+    dp.maps
+        .set_settings(IFACE_MAC, IFACE_MAC, egress::TX)
+        .unwrap();
     control::apply(&mut dp.maps, &config(policy, functions, workers, v6)).unwrap();
     dp
 }
