@@ -385,6 +385,13 @@ pub struct Status {
     pub workers: Vec<WorkerStatus>,
 }
 
+/// One workflow, as `workflows list --etcd` shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WorkflowStatus {
+    pub id: u32,
+    pub steps: Vec<u32>,
+}
+
 /// One function, as `functions list --etcd` shows it.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct FunctionStatus {
@@ -553,11 +560,11 @@ impl Admin {
             .collect())
     }
 
-    pub async fn workflows(&mut self) -> Result<Vec<crate::control::inspect::WorkflowInfo>> {
+    pub async fn workflows(&mut self) -> Result<Vec<WorkflowStatus>> {
         let m = self.membership().await?;
         Ok(m.workflows
             .iter()
-            .map(|(id, w)| crate::control::inspect::WorkflowInfo {
+            .map(|(id, w)| WorkflowStatus {
                 id: *id,
                 steps: w.steps.clone(),
             })
