@@ -299,23 +299,61 @@ impl Membership {
     }
 }
 
-/// Connects to etcd at `endpoints` (comma-separated URLs), or says why not
-/// and what to check.
-pub async fn connect(endpoints: &[String]) -> Result<etcd_client::Client> {
-    if endpoints.is_empty() {
+/// Where etcd is and how to prove who we are to it.
+#[derive(Clone, Debug)]
+pub struct Etcd {
+    /// Client URLs: http://IP:2379, or https:// with `tls`.
+    pub endpoints: Vec<String>,
+    pub tls: Option<Tls>,
+}
+
+/// TLS toward etcd: the CA that signed its certificate, and this side's
+/// client certificate and key (with etcd's `--client-cert-auth`, the
+/// certificate's common name is the etcd user whose roles apply).
+#[derive(Clone, Debug)]
+pub struct Tls {
+    pub ca: std::path::PathBuf,
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl std::fmt::Display for Etcd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.endpoints.join(","))
+    }
+}
+
+/// Connects to etcd, or says why not and what to check.
+pub async fn connect(etcd: &Etcd) -> Result<etcd_client::Client> {
+    if etcd.endpoints.is_empty() {
         bail!("--etcd: name at least one etcd endpoint, like http://127.0.0.1:2379");
     }
-    let options = etcd_client::ConnectOptions::new()
+    let mut options = etcd_client::ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(5))
         .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+    if let Some(tls) = &etcd.tls {
+        let read = |path: &std::path::Path, what: &str| {
+            std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
+        };
+        let mut config = etcd_client::TlsOptions::new().ca_certificate(
+            etcd_client::Certificate::from_pem(read(&tls.ca, "--etcd-ca")?),
+        );
+        if let Some((cert, key)) = &tls.identity {
+            config = config.identity(etcd_client::Identity::from_pem(
+                read(cert, "--etcd-cert")?,
+                read(key, "--etcd-key")?,
+            ));
+        }
+        options = options.with_tls(config);
+    } else if etcd.endpoints.iter().any(|e| e.starts_with("https://")) {
+        bail!("--etcd {etcd}: an https:// endpoint needs --etcd-ca (and, where etcd checks client certificates, --etcd-cert and --etcd-key)");
+    }
     let unreachable = || {
         format!(
-            "cannot reach etcd at {} (is it running, and are the URLs its --advertise-client-urls?)",
-            endpoints.join(",")
+            "cannot reach etcd at {etcd} (is it running, are the URLs its --advertise-client-urls, and do TLS and the certificates match?)"
         )
     };
-    let mut client = etcd_client::Client::connect(endpoints, Some(options))
+    let mut client = etcd_client::Client::connect(&etcd.endpoints, Some(options))
         .await
         .with_context(unreachable)?;
     // The channel connects lazily: one cheap call proves etcd answers.
@@ -404,9 +442,9 @@ pub struct FunctionStatus {
 }
 
 impl Admin {
-    pub async fn connect(endpoints: &[String], cluster: &str) -> Result<Admin> {
+    pub async fn connect(etcd: &Etcd, cluster: &str) -> Result<Admin> {
         Ok(Admin {
-            client: connect(endpoints).await?,
+            client: connect(etcd).await?,
             keys: Keys::new(cluster)?,
         })
     }

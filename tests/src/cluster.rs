@@ -20,6 +20,9 @@ use crate::{
     testbed::{dispatcher_bin, sh, Host, Process, Testbed},
 };
 
+/// An etcd role's permission: (key, "read" or "readwrite", on the prefix).
+type Grant = (String, &'static str, bool);
+
 /// The health key every dispatcher and worker of the fixture shares.
 pub const HEARTBEAT_KEY: &str = "cluster-test-key-0123456789";
 pub const CLUSTER: &str = "test";
@@ -34,6 +37,9 @@ pub struct ClusterBed {
     /// With `with_router`: the router in front of the dispatchers, and a
     /// client behind it.
     pub router: Option<(Host, Host)>,
+    /// With `with_auth`: the directory of the CA and every identity's
+    /// certificate and key.
+    pki: Option<PathBuf>,
 }
 
 /// The service address the router spreads over the dispatchers.
@@ -43,6 +49,80 @@ impl ClusterBed {
     /// etcd at 10.99.0.5, dispatchers at .1, .3, .4, the client at .2 and
     /// workers w1.. at .10, .11, ...; etcd started.
     pub fn new(label: &str, dispatchers: usize, workers: usize) -> ClusterBed {
+        let bed = ClusterBed::hosts(label, dispatchers, workers, false);
+        bed.start_etcd();
+        bed
+    }
+
+    /// The same with etcd as production runs it: TLS with client
+    /// certificates (the common name is the etcd user) and auth on, with
+    /// roles: `operator` reads and writes the cluster; `dispatcher` reads
+    /// it and writes only `dispatchers/`; each `worker-wN` writes only its
+    /// own `workers/<f>/<addr>` keys for `functions`, and reads
+    /// `dispatchers/`.
+    pub fn with_auth(
+        label: &str,
+        dispatchers: usize,
+        workers: usize,
+        functions: &[u32],
+    ) -> ClusterBed {
+        let bed = ClusterBed::hosts(label, dispatchers, workers, true);
+        bed.start_etcd();
+        let prefix = format!("{}/{CLUSTER}/", dispatcher::cluster::ROOT);
+        let ctl = |args: &[&str]| {
+            let out = bed.etcdctl(args);
+            assert!(
+                out.status.success(),
+                "etcdctl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let mut users: Vec<(String, Vec<Grant>)> = vec![
+            ("operator".into(), vec![(prefix.clone(), "readwrite", true)]),
+            (
+                "dispatcher".into(),
+                vec![
+                    (prefix.clone(), "read", true),
+                    (format!("{prefix}dispatchers/"), "readwrite", true),
+                ],
+            ),
+        ];
+        for w in &bed.workers {
+            let mut grants: Vec<Grant> = vec![(format!("{prefix}dispatchers/"), "read", true)];
+            for f in functions {
+                grants.push((
+                    format!("{prefix}workers/{f}/{}", w.worker_addr()),
+                    "readwrite",
+                    false,
+                ));
+            }
+            users.push((format!("worker-{}", w.role), grants));
+        }
+        ctl(&["user", "add", "root", "--no-password"]);
+        ctl(&["user", "grant-role", "root", "root"]);
+        for (user, grants) in &users {
+            ctl(&["role", "add", user]);
+            for (key, perm, prefix) in grants {
+                let mut args = vec![
+                    "role",
+                    "grant-permission",
+                    user.as_str(),
+                    perm,
+                    key.as_str(),
+                ];
+                if *prefix {
+                    args.push("--prefix=true");
+                }
+                ctl(&args);
+            }
+            ctl(&["user", "add", user, "--no-password"]);
+            ctl(&["user", "grant-role", user, user]);
+        }
+        ctl(&["auth", "enable"]);
+        bed
+    }
+
+    fn hosts(label: &str, dispatchers: usize, workers: usize, auth: bool) -> ClusterBed {
         assert!(dispatchers <= 3);
         let mut tb = Testbed::new(label);
         let etcd_host = tb.add_host("etcd", 5);
@@ -53,13 +133,21 @@ impl ClusterBed {
             .enumerate()
             .map(|(i, n)| tb.add_host(&format!("dsp{}", i + 1), *n))
             .collect();
-        let workers = (0..workers)
+        let workers: Vec<Host> = (0..workers)
             .map(|i| tb.add_host(&format!("w{}", i + 1), 10 + i as u8))
             .collect();
         for d in &dispatchers {
             tb.enable_xdp_tx(d);
         }
-        let bed = ClusterBed {
+        let pki = auth.then(|| {
+            let mut names = vec!["root", "operator", "dispatcher"]
+                .into_iter()
+                .map(String::from)
+                .collect::<Vec<_>>();
+            names.extend(workers.iter().map(|w: &Host| format!("worker-{}", w.role)));
+            make_pki(&tb.dir().join("pki"), etcd_host.ip, &names)
+        });
+        ClusterBed {
             tb,
             etcd_host,
             dispatchers,
@@ -67,9 +155,25 @@ impl ClusterBed {
             workers,
             etcd: Default::default(),
             router: None,
+            pki,
+        }
+    }
+
+    /// `--etcd-ca`, `--etcd-cert`, `--etcd-key` for `identity` (nothing
+    /// without auth).
+    pub fn identity(&self, identity: &str) -> Vec<String> {
+        let Some(pki) = &self.pki else {
+            return Vec::new();
         };
-        bed.start_etcd();
-        bed
+        let path = |f: String| pki.join(f).to_str().unwrap().to_string();
+        vec![
+            "--etcd-ca".into(),
+            path("ca.crt".into()),
+            "--etcd-cert".into(),
+            path(format!("{identity}.crt")),
+            "--etcd-key".into(),
+            path(format!("{identity}.key")),
+        ]
     }
 
     /// The same, with a router (10.99.0.254) whose multipath route to VIP
@@ -159,7 +263,8 @@ impl ClusterBed {
     }
 
     pub fn etcd_url(&self) -> String {
-        format!("http://{}:2379", self.etcd_host.ip)
+        let scheme = if self.pki.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:2379", self.etcd_host.ip)
     }
 
     /// Starts etcd (its data in the testbed's directory, kept across
@@ -168,27 +273,43 @@ impl ClusterBed {
         let data = self.tb.dir().join("etcd-data");
         let url = self.etcd_url();
         let peer = "http://127.0.0.1:2380";
-        let process = self.tb.spawn(
-            &self.etcd_host,
-            "etcd",
-            Path::new("etcd"),
-            &[
-                "--name",
-                "test",
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-                "--listen-peer-urls",
-                peer,
-                "--initial-advertise-peer-urls",
-                peer,
-                "--initial-cluster",
-                &format!("test={peer}"),
-            ],
-        );
+        let tls: Vec<String> = match &self.pki {
+            Some(pki) => {
+                let p = |f: &str| pki.join(f).to_str().unwrap().to_string();
+                vec![
+                    "--cert-file".into(),
+                    p("etcd.crt"),
+                    "--key-file".into(),
+                    p("etcd.key"),
+                    "--trusted-ca-file".into(),
+                    p("ca.crt"),
+                    "--client-cert-auth".into(),
+                ]
+            }
+            None => Vec::new(),
+        };
+        let mut args: Vec<&str> = tls.iter().map(String::as_str).collect();
+        let data = data.to_str().unwrap().to_string();
+        let cluster = format!("test={peer}");
+        args.extend_from_slice(&[
+            "--name",
+            "test",
+            "--data-dir",
+            &data,
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+            "--initial-cluster",
+            &cluster,
+        ]);
+        let process = self
+            .tb
+            .spawn(&self.etcd_host, "etcd", Path::new("etcd"), &args);
         *self.etcd.lock().unwrap() = Some(process);
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self.etcdctl(&["endpoint", "health"]).status.success() {
@@ -208,14 +329,27 @@ impl ClusterBed {
         }
     }
 
-    /// `etcdctl ARGS` against the fixture's etcd, from the client host.
+    /// `etcdctl ARGS` against the fixture's etcd, from the client host
+    /// (as `root` with auth).
     pub fn etcdctl(&self, args: &[&str]) -> Output {
         let endpoints = format!("--endpoints={}", self.etcd_url());
+        let tls: Vec<String> = match &self.pki {
+            Some(pki) => {
+                let p = |f: &str| pki.join(f).to_str().unwrap().to_string();
+                vec![
+                    format!("--cacert={}", p("ca.crt")),
+                    format!("--cert={}", p("root.crt")),
+                    format!("--key={}", p("root.key")),
+                ]
+            }
+            None => Vec::new(),
+        };
         let mut all = vec![
             endpoints.as_str(),
             "--dial-timeout=1s",
             "--command-timeout=2s",
         ];
+        all.extend(tls.iter().map(String::as_str));
         all.extend_from_slice(args);
         self.tb.exec(&self.client, Path::new("etcdctl"), &all)
     }
@@ -251,6 +385,8 @@ impl ClusterBed {
             "--node-name",
             &d.role,
         ];
+        let identity = self.identity("dispatcher");
+        args.extend(identity.iter().map(String::as_str));
         args.extend_from_slice(extra);
         let mut process = self.tb.spawn(d, &d.role, &dispatcher_bin(), &args);
         let pins = bpffs.join("dispatcher").join("eth0");
@@ -286,9 +422,16 @@ impl ClusterBed {
     /// `dispatcher ARGS --etcd URL --cluster test` from the client host
     /// (the operator's seat): the cluster, not one data plane.
     pub fn cluster_cli(&self, args: &[&str]) -> CliOutput {
+        self.cluster_cli_as("operator", args)
+    }
+
+    /// `cluster_cli` with `identity`'s certificate (with auth).
+    pub fn cluster_cli_as(&self, identity: &str, args: &[&str]) -> CliOutput {
         let url = self.etcd_url();
         let mut all = args.to_vec();
         all.extend_from_slice(&["--etcd", &url, "--cluster", CLUSTER]);
+        let identity = self.identity(identity);
+        all.extend(identity.iter().map(String::as_str));
         let out = self.tb.exec(&self.client, &dispatcher_bin(), &all);
         CliOutput {
             ok: out.status.success(),
@@ -304,8 +447,18 @@ impl ClusterBed {
         out.stdout
     }
 
-    /// Worker `w` serving `functions` (ID=NAME,...) and registering them.
+    /// Worker `w` serving `functions` (ID=NAME,...) and registering them
+    /// (with auth: as `worker-wN`).
     pub fn register(&self, w: usize, functions: &str, extra: &[&str]) -> Process {
+        let identity = self.identity(&format!("worker-{}", self.workers[w].role));
+        let mut all: Vec<&str> = identity.iter().map(String::as_str).collect();
+        all.extend_from_slice(extra);
+        self.register_as(w, &self.workers[w].role, functions, &all)
+    }
+
+    /// Worker `w` registering with exactly `extra` (credentials or none),
+    /// its log under `name`.
+    pub fn register_as(&self, w: usize, name: &str, functions: &str, extra: &[&str]) -> Process {
         let host = &self.workers[w];
         let listen = host.worker_addr().to_string();
         let url = self.etcd_url();
@@ -326,7 +479,7 @@ impl ClusterBed {
             "100",
         ];
         args.extend_from_slice(extra);
-        let process = self.tb.spawn(host, &host.role, &dispatcher_bin(), &args);
+        let process = self.tb.spawn(host, name, &dispatcher_bin(), &args);
         self.tb
             .wait_for_udp_port(host, crate::testbed::WORKER_PORT, Duration::from_secs(10));
         process
@@ -439,4 +592,81 @@ impl ClusterBed {
             );
         }
     }
+}
+
+/// A CA in `dir`, etcd's server certificate (for `etcd_ip`), and a client
+/// certificate and key per name (its common name); returns `dir`.
+fn make_pki(dir: &Path, etcd_ip: std::net::Ipv4Addr, names: &[String]) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("pki directory");
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend_from_slice(&ec);
+    ca.extend_from_slice(&[
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-subj",
+        "/CN=faas-test-ca",
+        "-days",
+        "2",
+    ]);
+    openssl(&ca);
+    let sign = |name: &str, ext: &str| {
+        let (key, csr, crt) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+        );
+        let subj = format!("/CN={name}");
+        let mut req = vec!["req"];
+        req.extend_from_slice(&ec);
+        req.extend_from_slice(&["-keyout", &key, "-out", &csr, "-subj", &subj]);
+        openssl(&req);
+        let ext_file = format!("{name}.ext");
+        std::fs::write(dir.join(&ext_file), ext).expect("extensions");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &crt,
+            "-days",
+            "2",
+            "-extfile",
+            &ext_file,
+        ]);
+    };
+    sign(
+        "etcd",
+        &format!("subjectAltName=IP:{etcd_ip}\nextendedKeyUsage=serverAuth\n"),
+    );
+    for name in names {
+        sign(name, "extendedKeyUsage=clientAuth\n");
+    }
+    dir.to_path_buf()
 }

@@ -341,3 +341,55 @@ fn ecmp_spreads_over_dispatchers_and_a_lost_host_costs_only_its_requests_in_flig
     );
     drop(dispatchers);
 }
+
+/// Only who may, writes membership: etcd with TLS client certificates and
+/// roles. A worker writes its own registration and nothing else; a worker
+/// without credentials, or with another worker's, is refused, and no
+/// dispatcher changes.
+#[test]
+fn only_who_may_writes_membership() {
+    let bed = ClusterBed::with_auth("clauth", 1, 2, &[1]);
+    let (a1, a2) = (bed.workers[0].worker_addr(), bed.workers[1].worker_addr());
+    bed.cluster_ok(&["functions", "add", "1"]);
+    let _d1 = bed.start_dispatcher(0, &[]);
+    let _w1 = bed.register(0, "1=echo", &[]);
+    bed.wait_for_members(&[0], &[(1, a1)], Duration::from_secs(10));
+    assert_eq!(answered_by(&bed, 0, 1, 2), BTreeSet::from([a1]));
+
+    // w2 with w1's certificate: w1's role does not cover w2's key.
+    let borrowed = bed.identity("worker-w1");
+    let borrowed: Vec<&str> = borrowed.iter().map(String::as_str).collect();
+    let mut w2 = bed.register_as(1, "w2-borrowed", "1=echo", &borrowed);
+    w2.wait_for_log("permission denied", 1, Duration::from_secs(10));
+    w2.kill_hard();
+    // w2 with no certificate at all: etcd refuses the connection.
+    let ca = bed.identity("worker-w2")[..2].to_vec();
+    let ca: Vec<&str> = ca.iter().map(String::as_str).collect();
+    let anonymous = bed.register_as(1, "w2-anonymous", "1=echo", &ca);
+    anonymous.wait_for_log("registration failed", 1, Duration::from_secs(10));
+    // A worker's certificate cannot change functions, nor the dispatchers'.
+    let as_worker = bed.cluster_cli_as("worker-w1", &["functions", "add", "7"]);
+    assert!(
+        !as_worker.ok && as_worker.stderr.contains("permission denied"),
+        "{as_worker:?}"
+    );
+    let as_dispatcher = bed.cluster_cli_as(
+        "dispatcher",
+        &[
+            "workers",
+            "rm",
+            "--function",
+            "1",
+            "--addr",
+            &a1.to_string(),
+        ],
+    );
+    assert!(!as_dispatcher.ok, "{as_dispatcher:?}");
+    // Nothing changed anywhere.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(bed.members_on(0), vec![(1, a1)]);
+    let functions = bed.cluster_ok(&["functions", "list", "--json"]);
+    let functions: Vec<cluster::FunctionStatus> = serde_json::from_str(&functions).unwrap();
+    assert_eq!(functions.iter().map(|f| f.id).collect::<Vec<_>>(), vec![1]);
+    assert!(!bed.members_on(0).contains(&(1, a2)));
+}

@@ -22,7 +22,7 @@ pub enum Action {
 
 pub fn run(action: Action) -> Result<ExitCode> {
     let Action::Status { etcd, json } = action;
-    let Some(endpoints) = etcd.endpoints() else {
+    let Some(endpoints) = etcd.etcd() else {
         bail!("cluster status: give --etcd URL[,URL...] (the cluster's etcd endpoints)");
     };
     let status = super::tokio_runtime()?.block_on(async {

@@ -120,12 +120,30 @@ pub struct EtcdArgs {
     /// The cluster's name: its keys live under /faas-dispatcher/NAME/.
     #[arg(long, default_value = dispatcher::cluster::DEFAULT_CLUSTER)]
     cluster: String,
+    /// TLS to etcd (https:// endpoints): the CA that signed etcd's
+    /// certificate.
+    #[arg(long, value_name = "FILE")]
+    etcd_ca: Option<PathBuf>,
+    /// This side's client certificate (PEM): with etcd's
+    /// --client-cert-auth its common name is the etcd user whose roles
+    /// apply.
+    #[arg(long, value_name = "FILE", requires_all = ["etcd_ca", "etcd_key"])]
+    etcd_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
 }
 
 impl EtcdArgs {
-    /// The endpoints, if cluster mode was asked for.
-    pub fn endpoints(&self) -> Option<Vec<String>> {
-        (!self.etcd.is_empty()).then(|| self.etcd.clone())
+    /// Where etcd is, if cluster mode was asked for.
+    pub fn etcd(&self) -> Option<dispatcher::cluster::Etcd> {
+        (!self.etcd.is_empty()).then(|| dispatcher::cluster::Etcd {
+            endpoints: self.etcd.clone(),
+            tls: self.etcd_ca.clone().map(|ca| dispatcher::cluster::Tls {
+                ca,
+                identity: self.etcd_cert.clone().zip(self.etcd_key.clone()),
+            }),
+        })
     }
 }
 
@@ -155,12 +173,12 @@ struct Target {
 impl Target {
     /// The cluster this names, connected, if --etcd was given.
     fn cluster(&self) -> Result<Option<(tokio::runtime::Runtime, dispatcher::cluster::Admin)>> {
-        let Some(endpoints) = self.etcd.endpoints() else {
+        let Some(etcd) = self.etcd.etcd() else {
             return Ok(None);
         };
         let runtime = tokio_runtime()?;
         let admin = runtime.block_on(dispatcher::cluster::Admin::connect(
-            &endpoints,
+            &etcd,
             &self.etcd.cluster,
         ))?;
         Ok(Some((runtime, admin)))

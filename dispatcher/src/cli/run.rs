@@ -89,9 +89,9 @@ pub fn run(args: Args, bpffs: &Path) -> Result<ExitCode> {
         },
         cluster: args
             .etcd
-            .endpoints()
-            .map(|endpoints| daemon::membership::ClusterOptions {
-                endpoints,
+            .etcd()
+            .map(|etcd| daemon::membership::ClusterOptions {
+                etcd,
                 cluster: args.etcd.cluster.clone(),
                 name: args.node_name.clone().unwrap_or_else(|| {
                     let host = nix::unistd::gethostname()

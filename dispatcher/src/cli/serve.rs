@@ -89,8 +89,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
             interval: Duration::from_millis(args.heartbeat_ms.max(10)),
             capacity: args.capacity,
         });
-    let registration = match (args.register, args.etcd.endpoints()) {
-        (true, Some(endpoints)) => {
+    let registration = match (args.register, args.etcd.etcd()) {
+        (true, Some(etcd)) => {
             let functions = args.functions.ids();
             if functions.is_empty() {
                 bail!("--register writes one key per function id: name them in --functions as ID=NAME (for example 1=echo,2=upper)");
@@ -100,7 +100,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 bail!("--register: dispatchers need an address to send to; give --advertise IP:PORT (or --listen on the worker's own address)");
             }
             Some(register::Registration {
-                endpoints,
+                etcd,
                 cluster: args.etcd.cluster.clone(),
                 advertise,
                 functions,

@@ -38,7 +38,7 @@ use crate::{
 /// `dispatcher run --etcd ...`.
 #[derive(Clone, Debug)]
 pub struct ClusterOptions {
-    pub endpoints: Vec<String>,
+    pub etcd: cluster::Etcd,
     pub cluster: String,
     /// This dispatcher's name among the cluster's dispatchers.
     pub name: String,
@@ -103,7 +103,7 @@ async fn session(
     state: &mut Option<Membership>,
     tx: &watch::Sender<Option<Arc<Membership>>>,
 ) -> Result<()> {
-    let mut client = cluster::connect(&opts.endpoints).await?;
+    let mut client = cluster::connect(&opts.etcd).await?;
     let start = match state {
         Some(m) => m.revision + 1,
         None => {

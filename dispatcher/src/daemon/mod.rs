@@ -405,12 +405,12 @@ impl Cluster {
         let status = std::sync::Arc::new(membership::Status::default());
         let health = local.health.as_ref().map(|h| h.listen);
         let updates = membership::follow(opts.clone(), health, status.clone())?;
-        info!(etcd = %opts.endpoints.join(","), cluster = %opts.cluster, name = %opts.name, "cluster mode: the membership comes from etcd");
+        info!(etcd = %opts.etcd, cluster = %opts.cluster, name = %opts.name, "cluster mode: the membership comes from etcd");
         Ok(Cluster {
             updates,
             status,
             applier: membership::Applier::new(local.clone()),
-            endpoints: opts.endpoints.join(","),
+            endpoints: opts.etcd.to_string(),
         })
     }
 

@@ -30,7 +30,7 @@ use crate::cluster::{self, Key, Keys, Registered, WorkerValue};
 /// What a worker registers.
 #[derive(Clone, Debug)]
 pub struct Registration {
-    pub endpoints: Vec<String>,
+    pub etcd: cluster::Etcd,
     pub cluster: String,
     /// The address dispatchers send its requests to.
     pub advertise: SocketAddr,
@@ -66,7 +66,7 @@ pub async fn run(
             }
         };
         if let Err(e) = outcome {
-            warn!("registration: etcd unreachable ({e:#}); registering again when it is back");
+            warn!("registration failed or lost ({e:#}); trying again");
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
@@ -99,7 +99,7 @@ async fn keep(
     health: &mut Dispatchers,
     session: &std::sync::Mutex<Option<Session>>,
 ) -> Result<()> {
-    let mut client = cluster::connect(&reg.endpoints).await?;
+    let mut client = cluster::connect(&reg.etcd).await?;
     let lease = client
         .lease_grant(reg.lease_ttl, None)
         .await
