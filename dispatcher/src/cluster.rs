@@ -522,6 +522,45 @@ impl Admin {
         .await
     }
 
+    /// A worker entry under a fresh lease of `ttl_s` seconds that nobody
+    /// keeps alive (benchmarks of expiry); returns the lease.
+    pub async fn set_worker_leased(
+        &mut self,
+        function: u32,
+        addr: SocketAddr,
+        value: WorkerValue,
+        ttl_s: i64,
+    ) -> Result<i64> {
+        let lease = self.client.lease_grant(ttl_s, None).await?.id();
+        self.client
+            .put(
+                self.keys.worker(function, addr),
+                serde_json::to_vec(&value)?,
+                Some(etcd_client::PutOptions::new().with_lease(lease)),
+            )
+            .await?;
+        Ok(lease)
+    }
+
+    /// Resolves when etcd deletes worker `addr` of `function` (its lease
+    /// expired, or someone removed it).
+    pub async fn deleted(&mut self, function: u32, addr: SocketAddr) -> Result<()> {
+        let mut stream = self
+            .client
+            .watch(self.keys.worker(function, addr), None)
+            .await?;
+        while let Some(response) = stream.message().await? {
+            if response
+                .events()
+                .iter()
+                .any(|e| e.event_type() == etcd_client::EventType::Delete)
+            {
+                return Ok(());
+            }
+        }
+        bail!("etcd closed the watch")
+    }
+
     pub async fn remove_worker(&mut self, function: u32, addr: SocketAddr) -> Result<()> {
         self.delete(
             self.keys.worker(function, addr),

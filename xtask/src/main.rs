@@ -43,6 +43,10 @@ enum Task {
     /// Benchmark the control plane: heartbeat-to-map latency and worker
     /// add/remove throughput (root; a benchmark, not a test).
     BenchControl,
+    /// Cluster mode: from a membership change in etcd to the maps of three
+    /// dispatchers (registration, removal, lease expiry), and churn under
+    /// load (root; about a minute; a benchmark, not a test).
+    BenchCluster,
     /// The dispatcher beside the direct path, a minimal XDP rewrite, user
     /// mode and nginx on a namespace testbed; writes docs/benchmarks/bench.md
     /// (root; about 7 minutes; installs nginx with apt-get if missing).
@@ -74,6 +78,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Run { args } => run_dispatcher(args),
         Task::BenchXdp => bench_xdp(),
         Task::BenchControl => bench_control(),
+        Task::BenchCluster => bench_cluster(),
         Task::Bench => bench(),
         Task::OffloadTest => offload_vm::run(&workspace_root()).1,
     }
@@ -186,6 +191,16 @@ fn bench_control() -> Result<()> {
     cmd::step("benchmarking the control plane");
     // Release: this measures user-space code.
     run_release_bin("bench_control")
+}
+
+fn bench_cluster() -> Result<()> {
+    require_root("bench-cluster")?;
+    build()?;
+    bootstrap::ensure_system_tools()?;
+    cmd::step("building the release binaries");
+    cmd::cargo(&["build", "--quiet", "--release", "--package", "dispatcher"])?;
+    cmd::step("benchmarking cluster mode: etcd, three dispatchers, one worker");
+    run_release_bin("bench_cluster")
 }
 
 /// Runs a release build of one of the tests crate's binaries.
