@@ -58,12 +58,32 @@ impl Answer {
     }
 }
 
+impl From<std::process::Output> for Answer {
+    fn from(out: std::process::Output) -> Answer {
+        Answer {
+            code: out.status.code(),
+            body: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
 /// What one CLI call printed.
 #[derive(Debug)]
 pub struct CliOutput {
     pub ok: bool,
     pub stdout: String,
     pub stderr: String,
+}
+
+impl From<std::process::Output> for CliOutput {
+    fn from(out: std::process::Output) -> CliOutput {
+        CliOutput {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
 }
 
 impl Bed {
@@ -90,6 +110,16 @@ impl Bed {
             client,
             workers,
         }
+    }
+
+    /// IPv6 addresses (fd99::N) on the dispatcher, the client and the
+    /// first worker: (the dispatcher's, the worker's).
+    pub fn add_ipv6(&self) -> (std::net::Ipv6Addr, std::net::Ipv6Addr) {
+        self.tb.add_ipv6(&self.client);
+        (
+            self.tb.add_ipv6(&self.dsp),
+            self.tb.add_ipv6(&self.workers[0]),
+        )
     }
 
     /// The service address requests go to.
@@ -170,12 +200,7 @@ impl Bed {
 
     /// `dispatcher ARGS` in the dispatcher's namespace.
     pub fn cli(&self, args: &[&str]) -> CliOutput {
-        let out = self.tb.exec(&self.dsp, &dispatcher_bin(), args);
-        CliOutput {
-            ok: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        self.tb.exec(&self.dsp, &dispatcher_bin(), args).into()
     }
 
     /// `dispatcher ARGS`, which must succeed; its stdout.
@@ -201,11 +226,7 @@ impl Bed {
                 payload,
             ],
         );
-        Answer {
-            code: out.status.code(),
-            body: String::from_utf8_lossy(&out.stdout).trim().to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        out.into()
     }
 
     /// Sends `n` requests for `function`, each of which must be answered;

@@ -411,12 +411,9 @@ impl ClusterBed {
         let bpffs = self.bpffs(i);
         let mut all = vec!["--bpffs", bpffs.to_str().unwrap()];
         all.extend_from_slice(args);
-        let out = self.tb.exec(&self.dispatchers[i], &dispatcher_bin(), &all);
-        CliOutput {
-            ok: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        self.tb
+            .exec(&self.dispatchers[i], &dispatcher_bin(), &all)
+            .into()
     }
 
     /// `dispatcher ARGS --etcd URL --cluster test` from the client host
@@ -432,12 +429,7 @@ impl ClusterBed {
         all.extend_from_slice(&["--etcd", &url, "--cluster", CLUSTER]);
         let identity = self.identity(identity);
         all.extend(identity.iter().map(String::as_str));
-        let out = self.tb.exec(&self.client, &dispatcher_bin(), &all);
-        CliOutput {
-            ok: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        self.tb.exec(&self.client, &dispatcher_bin(), &all).into()
     }
 
     /// `cluster_cli`, which must succeed.
@@ -503,11 +495,7 @@ impl ClusterBed {
                 payload,
             ],
         );
-        Answer {
-            code: out.status.code(),
-            body: String::from_utf8_lossy(&out.stdout).trim().to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        out.into()
     }
 
     /// The value of metric `name` (a sample without labels) on dispatcher

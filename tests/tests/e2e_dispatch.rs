@@ -608,8 +608,7 @@ fn a_workflow_whose_steps_share_one_worker_is_answered() {
         workers,
     } = &bed;
     let worker = &workers[0];
-    let (dsp6, worker6) = (tb.add_ipv6(dsp), tb.add_ipv6(worker));
-    tb.add_ipv6(client);
+    let (dsp6, worker6) = bed.add_ipv6();
     let conf = format!(
         "[service]\naddresses = [\"{}\", \"{dsp6}\"]\n\n\
          [[functions]]\nid = 1\nworkers = [{{ addr = \"{}:9000\", mac = \"{m}\" }}]\n\n\

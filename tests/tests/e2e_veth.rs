@@ -46,14 +46,10 @@ fn requests_are_answered(bed: &Bed, to6: &str, case: &str) -> u64 {
 fn a_veth_whose_peer_runs_no_xdp_gets_skb_mode_and_drv_is_refused() {
     let bed = Bed::with_plain_peer("veth", 1);
     let Bed {
-        tb,
-        dsp,
-        client,
-        workers,
+        tb, dsp, workers, ..
     } = &bed;
     let worker = &workers[0];
-    let (dsp6, worker6) = (tb.add_ipv6(dsp), tb.add_ipv6(worker));
-    let _ = tb.add_ipv6(client);
+    let (dsp6, worker6) = bed.add_ipv6();
     // Deliberately no `enable_xdp_tx(dsp)`: the peer runs nothing.
     let conf = config(dsp.ip, &[], "");
     let conf = conf.replace(
