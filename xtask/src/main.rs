@@ -56,7 +56,8 @@ enum Task {
     /// a pinned Debian kernel (~220 MB, cached) the first time.
     OffloadTest,
     /// `dispatcher run ARGS` with the privileges it needs; with no --iface,
-    /// a demo on a namespace testbed.
+    /// a demo on a namespace testbed (`--cluster`: three dispatchers
+    /// behind ECMP sharing a membership in etcd).
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
@@ -148,13 +149,15 @@ fn run_dispatcher(args: Vec<OsString>) -> Result<()> {
         full.extend(args);
         return cmd::exec(&dispatcher_bin(), &full);
     }
-    if !args.is_empty() {
-        bail!("without --iface, `cargo xtask run` runs the demo and takes no arguments (got {args:?})");
-    }
+    let demo = match args.as_slice() {
+        [] => "demo",
+        [one] if one == "--cluster" => "demo_cluster",
+        _ => bail!("without --iface, `cargo xtask run` runs the demo (`--cluster`: the cluster-mode demo) and takes no other arguments (got {args:?})"),
+    };
     bootstrap::ensure_system_tools()?;
     cmd::step("building and running the demo testbed");
     cmd::cargo_with_env(
-        &["run", "--quiet", "--package", "tests", "--bin", "demo"],
+        &["run", "--quiet", "--package", "tests", "--bin", demo],
         &[("DISPATCHER_BIN", dispatcher_bin().into_os_string())],
     )
 }

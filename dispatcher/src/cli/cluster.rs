@@ -34,7 +34,10 @@ pub fn run(action: Action) -> Result<ExitCode> {
     if json {
         println!("{}", serde_json::to_string(&status)?);
     } else {
-        println!("membership revision {}\n\ndispatchers:", status.revision);
+        println!(
+            "membership: revision {} (the latest write of a key still there)\n\ndispatchers (lag: revisions behind it):",
+            status.revision
+        );
         render(&status.dispatchers, false)?;
         println!("\nworkers:");
         render(&status.workers, false)?;
