@@ -361,6 +361,40 @@ pub async fn connect(etcd: &Etcd) -> Result<etcd_client::Client> {
     Ok(client)
 }
 
+/// Notices an etcd that stopped answering on a connection that looks
+/// open (a partition drops packets silently; HTTP/2 pings do not always
+/// fail the streams): lease renewals are sent every `interval`, and three
+/// intervals without an answer end the session, so that it reconnects.
+pub struct Liveness {
+    last: std::time::Instant,
+    limit: Duration,
+}
+
+impl Liveness {
+    pub fn new(interval: Duration) -> Liveness {
+        Liveness {
+            last: std::time::Instant::now(),
+            limit: interval * 3,
+        }
+    }
+
+    /// A renewal was answered.
+    pub fn answered(&mut self) {
+        self.last = std::time::Instant::now();
+    }
+
+    /// Fails once no renewal was answered for three intervals.
+    pub fn check(&self) -> Result<()> {
+        if self.last.elapsed() > self.limit {
+            bail!(
+                "etcd has not answered a lease renewal for {:?} (a partition?)",
+                self.last.elapsed()
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Reads the whole membership of the cluster at one revision.
 pub async fn read(client: &mut etcd_client::Client, keys: &Keys) -> Result<Membership> {
     let response = client

@@ -361,6 +361,13 @@ impl ClusterBed {
 
     /// Starts dispatcher `i` in cluster mode and waits for its data plane.
     pub fn start_dispatcher(&self, i: usize, extra: &[&str]) -> Process {
+        let mut process = self.spawn_dispatcher(i, extra);
+        self.wait_for_dispatcher(i, &mut process);
+        process
+    }
+
+    /// Starts dispatcher `i` in cluster mode without waiting for it.
+    pub fn spawn_dispatcher(&self, i: usize, extra: &[&str]) -> Process {
         let d = &self.dispatchers[i];
         let config = format!(
             "[service]\naddresses = [\"{ip}\"]\n\n[health]\nlisten = \"{ip}:7771\"\nkey = \"{HEARTBEAT_KEY}\"\nnetworks = [\"10.99.0.0/24\"]\ndown_after_ms = 1000\n\n[metrics]\nlisten = \"127.0.0.1:9110\"\n",
@@ -388,8 +395,13 @@ impl ClusterBed {
         let identity = self.identity("dispatcher");
         args.extend(identity.iter().map(String::as_str));
         args.extend_from_slice(extra);
-        let mut process = self.tb.spawn(d, &d.role, &dispatcher_bin(), &args);
-        let pins = bpffs.join("dispatcher").join("eth0");
+        self.tb.spawn(d, &d.role, &dispatcher_bin(), &args)
+    }
+
+    /// Waits until dispatcher `i` (`process`) has attached and serves.
+    pub fn wait_for_dispatcher(&self, i: usize, process: &mut Process) {
+        let d = &self.dispatchers[i];
+        let pins = self.bpffs(i).join("dispatcher").join("eth0");
         let deadline = Instant::now() + Duration::from_secs(30);
         while !pins.exists() {
             process.assert_running();
@@ -402,7 +414,6 @@ impl ClusterBed {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.tb.wait_for_udp_port(d, 7770, Duration::from_secs(10));
-        process
     }
 
     /// `dispatcher ARGS` on dispatcher `i`'s host, against its own data

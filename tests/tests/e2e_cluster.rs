@@ -393,3 +393,69 @@ fn only_who_may_writes_membership() {
     assert_eq!(functions.iter().map(|f| f.id).collect::<Vec<_>>(), vec![1]);
     assert!(!bed.members_on(0).contains(&(1, a2)));
 }
+
+/// A dispatcher started while etcd is down says so and waits (nothing
+/// attached, nothing served empty), and attaches once etcd is back. One
+/// that was cut off while etcd compacted the revisions it missed reads the
+/// membership afresh instead of failing.
+#[test]
+fn a_dispatcher_waits_for_etcd_and_reads_afresh_after_compaction() {
+    let bed = ClusterBed::new("clwait", 1, 2);
+    let (a1, a2) = (bed.workers[0].worker_addr(), bed.workers[1].worker_addr());
+    let _w1 = bed.register(0, "1=echo", &[]);
+    bed.kill_etcd();
+    let mut d1 = bed.spawn_dispatcher(0, &[]);
+    d1.wait_for_log(
+        "waiting for etcd before attaching",
+        1,
+        Duration::from_secs(10),
+    );
+    assert!(
+        !bed.bpffs(0).join("dispatcher").join("eth0").exists(),
+        "attached before the membership was read"
+    );
+    bed.start_etcd();
+    bed.wait_for_dispatcher(0, &mut d1);
+    bed.wait_for_members(&[0], &[(1, a1)], Duration::from_secs(15));
+
+    // Cut off; meanwhile w2 registers and the store is compacted past
+    // every revision the dispatcher has not seen.
+    let said = d1.log().matches("etcd unreachable").count();
+    bed.cut_from_etcd(0, true);
+    // Once it knows (within three lease renewals).
+    d1.wait_for_log("etcd unreachable", said + 1, Duration::from_secs(30));
+    let _w2 = bed.register(1, "1=echo", &[]);
+    let revision = |bed: &ClusterBed| -> String {
+        let out = bed.etcdctl(&["endpoint", "status", "--write-out=json"]);
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("etcdctl JSON");
+        status[0]["Status"]["header"]["revision"].to_string()
+    };
+    // Once w2's key is in etcd (it registers a moment after it listens).
+    let key = format!(
+        "{}/{}/workers/1/{a2}",
+        cluster::ROOT,
+        tests::cluster::CLUSTER
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while bed
+        .etcdctl(&["get", &key, "--print-value-only"])
+        .stdout
+        .is_empty()
+    {
+        assert!(std::time::Instant::now() < deadline, "w2 never registered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Another write, so that the compaction covers the first revision the
+    // dispatcher has not seen, whatever it is.
+    bed.cluster_ok(&["functions", "add", "1", "--policy", "hash"]);
+    let out = bed.etcdctl(&["compact", &revision(&bed)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bed.cut_from_etcd(0, false);
+    d1.wait_for_log("reading the membership afresh", 1, Duration::from_secs(20));
+    bed.wait_for_members(&[0], &[(1, a1), (1, a2)], Duration::from_secs(15));
+    d1.assert_running();
+}

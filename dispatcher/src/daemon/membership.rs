@@ -71,7 +71,12 @@ pub fn follow(
         let mut said_down = false;
         loop {
             let result = session(&opts, &keys, health, &status, &mut state, &tx).await;
-            status.connected.store(false, Ordering::Relaxed);
+            // A session that got as far as watching was a recovery: its
+            // loss is news again.
+            if status.connected.swap(false, Ordering::Relaxed) {
+                said_down = false;
+                backoff = Duration::from_millis(100);
+            }
             match result {
                 Ok(()) => backoff = Duration::from_millis(100),
                 Err(e) => {
@@ -147,8 +152,9 @@ async fn session(
         .await?;
     status.connected.store(true, Ordering::Relaxed);
     info!(from = start, "cluster: watching etcd");
-    let mut keep_alive =
-        tokio::time::interval(Duration::from_secs((opts.lease_ttl / 3).max(1) as u64));
+    let interval = Duration::from_secs((opts.lease_ttl / 3).max(1) as u64);
+    let mut keep_alive = tokio::time::interval(interval);
+    let mut liveness = cluster::Liveness::new(interval);
     let mut reported = status.applied.load(Ordering::Relaxed);
     let mut report = tokio::time::interval(Duration::from_millis(200));
     loop {
@@ -193,10 +199,15 @@ async fn session(
                     tx.send_replace(Some(Arc::new(m.clone())));
                 }
             }
-            _ = keep_alive.tick() => keeper.keep_alive().await?,
+            _ = keep_alive.tick() => {
+                liveness.check()?;
+                tokio::time::timeout(interval * 3, keeper.keep_alive())
+                    .await
+                    .map_err(|_| anyhow!("etcd took longer than {:?} to take a lease renewal", interval * 3))??;
+            }
             renewed = keep_alives.message() => {
                 match renewed? {
-                    Some(r) if r.ttl() > 0 => {}
+                    Some(r) if r.ttl() > 0 => liveness.answered(),
                     _ => return Err(anyhow!("etcd let this dispatcher's lease expire")),
                 }
             }
@@ -207,7 +218,12 @@ async fn session(
                 let applied = status.applied.load(Ordering::Relaxed);
                 if applied != reported {
                     let (key, value) = register(applied);
-                    client.put(key, value, Some(PutOptions::new().with_lease(lease))).await?;
+                    tokio::time::timeout(
+                        interval * 3,
+                        client.put(key, value, Some(PutOptions::new().with_lease(lease))),
+                    )
+                    .await
+                    .map_err(|_| anyhow!("etcd took longer than {:?} to take this dispatcher's report", interval * 3))??;
                     reported = applied;
                 }
             }

@@ -155,13 +155,20 @@ async fn keep(
         client: client.clone(),
         lease,
     });
-    let mut tick = tokio::time::interval(Duration::from_secs((reg.lease_ttl / 3).max(1) as u64));
+    let interval = Duration::from_secs((reg.lease_ttl / 3).max(1) as u64);
+    let mut tick = tokio::time::interval(interval);
+    let mut liveness = cluster::Liveness::new(interval);
     let mut forget = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {
-            _ = tick.tick() => keeper.keep_alive().await?,
+            _ = tick.tick() => {
+                liveness.check()?;
+                tokio::time::timeout(interval * 3, keeper.keep_alive())
+                    .await
+                    .map_err(|_| anyhow!("etcd took longer than {:?} to take a lease renewal", interval * 3))??;
+            }
             renewed = renewals.message() => match renewed? {
-                Some(r) if r.ttl() > 0 => {}
+                Some(r) if r.ttl() > 0 => liveness.answered(),
                 _ => return Err(anyhow!("the lease expired (was etcd unreachable for longer than its TTL?)")),
             },
             message = watch.message() => {
