@@ -459,3 +459,34 @@ fn a_dispatcher_waits_for_etcd_and_reads_afresh_after_compaction() {
     bed.wait_for_members(&[0], &[(1, a1), (1, a2)], Duration::from_secs(15));
     d1.assert_running();
 }
+
+/// Workers report their load to every dispatcher, so least-loaded ranks a
+/// worker by its own in-flight count whichever dispatcher the requests
+/// came through: with a slow worker kept busy through dsp1, dsp2 sends
+/// its own requests to the idle one.
+#[test]
+fn least_loaded_sees_the_load_other_dispatchers_put_on_a_worker() {
+    let bed = ClusterBed::new("clload2", 2, 2);
+    let (a1, a2) = (bed.workers[0].worker_addr(), bed.workers[1].worker_addr());
+    bed.cluster_ok(&["functions", "add", "1", "--policy", "least-loaded"]);
+    let _d1 = bed.start_dispatcher(0, &[]);
+    let _d2 = bed.start_dispatcher(1, &[]);
+    // w1 holds each request 100 ms; w2 answers at once. Both report their
+    // in-flight count every 100 ms.
+    let _w1 = bed.register(0, "1=echo", &["--delay-us", "100000"]);
+    let _w2 = bed.register(1, "1=echo", &[]);
+    bed.wait_for_members(&[0, 1], &[(1, a1), (1, a2)], Duration::from_secs(10));
+    let (_, picks) = bed.under_load(0, 400, 3.0, || {
+        // Let w1's load build up and be reported.
+        std::thread::sleep(Duration::from_millis(800));
+        (0..20)
+            .map(|k| bed.invoke_via(1, 1, 0, &format!("via dsp2 {k}")).from())
+            .collect::<Vec<_>>()
+    });
+    let to_w2 = picks.iter().filter(|p| **p == Some(a2)).count();
+    assert!(
+        to_w2 >= 18,
+        "dsp2 sent {} of 20 to the idle worker: {picks:?}",
+        to_w2
+    );
+}
