@@ -276,6 +276,14 @@ impl Endpoint {
     }
 }
 
+/// Who owns the membership in a data plane's maps.
+pub mod managed {
+    /// The config file and the CLI (the default).
+    pub const LOCAL: u8 = 0;
+    /// A cluster in etcd (`dispatcher run --etcd`): changed through etcd.
+    pub const CLUSTER: u8 = 1;
+}
+
 /// The one entry of `SETTINGS`: per-interface facts written by the loader.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -285,7 +293,9 @@ pub struct Settings {
     pub src_mac: [u8; 6],
     /// One of [`egress`].
     pub egress: u8,
-    pub _pad: u8,
+    /// One of [`managed`]: who owns the membership in the maps (the
+    /// kernel ignores it; the CLI refuses to change a cluster's maps).
+    pub managed: u8,
     /// The MAC of the interface the program is attached to: only frames
     /// addressed to it are dispatched (a flooded or promiscuously received
     /// frame for another host is passed, or two dispatchers would both

@@ -60,6 +60,28 @@ fn dispatchers_share_one_membership_and_ride_out_faults() {
         );
     }
 
+    // A cluster's maps are changed through etcd: the local CLI refuses,
+    // since the next membership change would undo it.
+    let local = bed.cli(
+        0,
+        &[
+            "workers",
+            "rm",
+            "--function",
+            "1",
+            "--addr",
+            &a1.to_string(),
+        ],
+    );
+    assert!(
+        !local.ok
+            && local
+                .stderr
+                .contains("follows a cluster's membership in etcd"),
+        "{local:?}"
+    );
+    assert!(bed.cli(0, &["workers", "list"]).ok, "reading stays allowed");
+
     // Heartbeats reach every registered dispatcher: well past the health
     // grace period (1 s), both still hold both workers up.
     std::thread::sleep(Duration::from_millis(1500));

@@ -34,9 +34,11 @@ pub fn run(action: Action, bpffs: &Path) -> Result<ExitCode> {
     match action {
         Action::List(target) => render(&inspect::functions(&target.open(bpffs)?)?, target.json)?,
         Action::Add { id, policy, target } => {
-            control::add_function(&mut target.open(bpffs)?, id, policy.to_map())?
+            control::add_function(&mut target.open_to_change(bpffs)?, id, policy.to_map())?
         }
-        Action::Rm(ById { id, target }) => control::remove_function(&mut target.open(bpffs)?, id)?,
+        Action::Rm(ById { id, target }) => {
+            control::remove_function(&mut target.open_to_change(bpffs)?, id)?
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

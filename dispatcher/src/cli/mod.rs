@@ -189,6 +189,18 @@ impl Target {
         let dir = bpffs::find_pin_dir(bpffs, self.iface.as_deref())?;
         Maps::from_pins(&dir)
     }
+
+    /// The maps, to change: refused for a data plane that follows a
+    /// cluster, whose next membership change would undo it.
+    fn open_to_change(&self, bpffs: &Path) -> Result<Maps> {
+        let maps = self.open(bpffs)?;
+        if maps.managed()? == dispatcher_common::maps::managed::CLUSTER {
+            anyhow::bail!(
+                "this data plane follows a cluster's membership in etcd (`dispatcher run --etcd`): change the cluster with --etcd URL [--cluster NAME] instead; a change to these maps would be undone by its next membership change"
+            );
+        }
+        Ok(maps)
+    }
 }
 
 /// Rows as a table, or as one JSON document.

@@ -22,7 +22,7 @@ pub struct Args {
 pub fn run(args: Args, bpffs: &Path) -> Result<ExitCode> {
     let mut config = Config::load(&args.config)?;
     tokio_runtime()?.block_on(neighbours::fill_missing(&mut config))?;
-    control::reconcile(&mut args.target.open(bpffs)?, &config)?;
+    control::reconcile(&mut args.target.open_to_change(bpffs)?, &config)?;
     eprintln!("applied");
     Ok(ExitCode::SUCCESS)
 }

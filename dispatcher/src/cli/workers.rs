@@ -93,13 +93,15 @@ pub fn run(action: Action, bpffs: &Path) -> Result<ExitCode> {
                 weight,
             }
             .to_map(worker.function)?;
-            control::add_worker(&mut target.open(bpffs)?, worker.function, w)?
+            control::add_worker(&mut target.open_to_change(bpffs)?, worker.function, w)?
         }
-        Action::Rm { worker, target } => {
-            control::remove_worker(&mut target.open(bpffs)?, worker.function, worker.addr)?
-        }
+        Action::Rm { worker, target } => control::remove_worker(
+            &mut target.open_to_change(bpffs)?,
+            worker.function,
+            worker.addr,
+        )?,
         Action::Drain { worker, target } => control::set_worker_state(
-            &mut target.open(bpffs)?,
+            &mut target.open_to_change(bpffs)?,
             worker.function,
             worker.addr,
             worker_state::DRAINING,

@@ -31,9 +31,11 @@ pub fn run(action: Action, bpffs: &Path) -> Result<ExitCode> {
     match action {
         Action::List(target) => render(&inspect::workflows(&target.open(bpffs)?)?, target.json)?,
         Action::Add { id, steps, target } => {
-            control::set_workflow(&mut target.open(bpffs)?, id, &steps)?
+            control::set_workflow(&mut target.open_to_change(bpffs)?, id, &steps)?
         }
-        Action::Rm(ById { id, target }) => control::remove_workflow(&mut target.open(bpffs)?, id)?,
+        Action::Rm(ById { id, target }) => {
+            control::remove_workflow(&mut target.open_to_change(bpffs)?, id)?
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -143,6 +143,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         })?
     };
     let mut maps = attached.maps_handle()?;
+    // The CLI refuses to change a cluster's maps (etcd is their source).
+    maps.set_managed(if cluster.is_some() {
+        dispatcher_common::maps::managed::CLUSTER
+    } else {
+        dispatcher_common::maps::managed::LOCAL
+    })?;
     if let Some(c) = &mut cluster {
         c.apply_latest(&mut maps).await;
         learned = c.applier.learned();

@@ -151,6 +151,21 @@ impl Maps {
         Ok(())
     }
 
+    /// Records who owns the membership (`managed::LOCAL` or `CLUSTER`).
+    pub fn set_managed(&mut self, managed: u8) -> Result<()> {
+        let settings = Settings {
+            managed,
+            ..self.settings.get(&0, 0)?
+        };
+        self.settings.set(0, settings, 0)?;
+        Ok(())
+    }
+
+    /// Who owns the membership in these maps.
+    pub fn managed(&self) -> Result<u8> {
+        Ok(self.settings.get(&0, 0)?.managed)
+    }
+
     /// Records the geometry the maps were created with (once, at load).
     fn set_geometry(&mut self, geometry: Geometry) -> Result<()> {
         let settings = Settings {
