@@ -79,10 +79,6 @@ impl Keys {
     pub fn worker(&self, function: u32, addr: SocketAddr) -> String {
         format!("{}workers/{function}/{addr}", self.prefix)
     }
-    /// The prefix of function `function`'s workers.
-    pub fn workers_of(&self, function: u32) -> String {
-        format!("{}workers/{function}/", self.prefix)
-    }
     pub fn dispatchers(&self) -> String {
         format!("{}dispatchers/", self.prefix)
     }
@@ -531,7 +527,10 @@ impl Admin {
             .map(|(_, a)| *a)
             .collect();
         for addr in workers {
-            let _ = self.client.delete(self.keys.worker(id, addr), None).await;
+            self.client
+                .delete(self.keys.worker(id, addr), None)
+                .await
+                .with_context(|| format!("cannot remove worker {addr} of function {id}"))?;
         }
         self.delete(
             self.keys.function(id),

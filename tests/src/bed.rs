@@ -213,20 +213,14 @@ impl Bed {
     /// `dispatcher invoke --to SERVICE FUNCTION PAYLOAD` from the client,
     /// waiting up to 3 s (a slow machine is not a lost answer).
     pub fn invoke(&self, function: &str, payload: &str) -> Answer {
-        let out = self.tb.exec(
+        invoke(
+            &self.tb,
             &self.client,
-            &dispatcher_bin(),
-            &[
-                "invoke",
-                "--timeout-ms",
-                "3000",
-                "--to",
-                &self.service(),
-                function,
-                payload,
-            ],
-        );
-        out.into()
+            &self.service(),
+            function,
+            0,
+            payload,
+        )
     }
 
     /// Sends `n` requests for `function`, each of which must be answered;
@@ -385,4 +379,29 @@ pub fn under_load<T>(
             changed,
         )
     })
+}
+
+/// `dispatcher invoke --to TO --key KEY FUNCTION PAYLOAD` from `client`,
+/// waiting up to 3 s (a slow machine is not a lost answer).
+pub fn invoke(
+    tb: &Testbed,
+    client: &Host,
+    to: &str,
+    function: &str,
+    key: u64,
+    payload: &str,
+) -> Answer {
+    let key = key.to_string();
+    let args = [
+        "invoke",
+        "--timeout-ms",
+        "3000",
+        "--to",
+        to,
+        "--key",
+        &key,
+        function,
+        payload,
+    ];
+    tb.exec(client, &dispatcher_bin(), &args).into()
 }

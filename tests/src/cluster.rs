@@ -234,6 +234,18 @@ impl ClusterBed {
         sh("ip", &args);
     }
 
+    /// Dispatcher `i`'s host lost: its link down, and 200 ms later (a
+    /// routing protocol's detection time) its route withdrawn from the
+    /// router, leaving `remaining`.
+    pub fn lose_dispatcher_host(&self, i: usize, remaining: &[usize]) {
+        sh(
+            "ip",
+            &["-n", &self.dispatchers[i].ns, "link", "set", "eth0", "down"],
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        self.route_to(remaining);
+    }
+
     /// pktgen from the client behind the router to VIP, over 32 flows,
     /// while `changes` runs.
     pub fn through_router<T>(
@@ -491,22 +503,14 @@ impl ClusterBed {
     /// `dispatcher invoke` from the client through dispatcher `i`.
     pub fn invoke_via(&self, i: usize, function: u32, key: u64, payload: &str) -> Answer {
         let to = format!("{}:7770", self.dispatchers[i].ip);
-        let out = self.tb.exec(
+        crate::bed::invoke(
+            &self.tb,
             &self.client,
-            &dispatcher_bin(),
-            &[
-                "invoke",
-                "--timeout-ms",
-                "3000",
-                "--to",
-                &to,
-                "--key",
-                &key.to_string(),
-                &function.to_string(),
-                payload,
-            ],
-        );
-        out.into()
+            &to,
+            &function.to_string(),
+            key,
+            payload,
+        )
     }
 
     /// The value of metric `name` (a sample without labels) on dispatcher

@@ -335,12 +335,7 @@ fn ecmp_spreads_over_dispatchers_and_a_lost_host_costs_only_its_requests_in_flig
     let counts_before: Vec<u64> = (0..3).map(|i| bed.dispatched(i)).collect();
     let (report, ()) = bed.through_router(1000, 4.0, || {
         std::thread::sleep(Duration::from_millis(500));
-        tests::testbed::sh(
-            "ip",
-            &["-n", &bed.dispatchers[1].ns, "link", "set", "eth0", "down"],
-        );
-        std::thread::sleep(Duration::from_millis(200));
-        bed.route_to(&[0, 2]);
+        bed.lose_dispatcher_host(1, &[0, 2]);
     });
     eprintln!(
         "dispatcher host lost under 1000 req/s: {} of {} lost, {} ERRORs; dispatched by each: {:?}",

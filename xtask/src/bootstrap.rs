@@ -152,8 +152,9 @@ fn llvm_prefix(sysroot: &Path, soname: &str) -> Result<PathBuf> {
 }
 
 /// Tools the namespace testbeds call: `ip` (iproute2), `ethtool`,
-/// memcached (for the `kv` function's tests), and etcd with etcdctl (the
-/// cluster tests run a real one). Installed with apt-get when missing.
+/// memcached (for the `kv` function's tests), etcd with etcdctl (the
+/// cluster tests run a real one), openssl and sysctl. Installed with
+/// apt-get when missing.
 pub fn ensure_system_tools() -> Result<()> {
     ensure_packages(&[
         ("ip", "iproute2"),
@@ -161,6 +162,9 @@ pub fn ensure_system_tools() -> Result<()> {
         ("memcached", "memcached"),
         ("etcd", "etcd-server"),
         ("etcdctl", "etcd-client"),
+        // The cluster tests' certificates, and the router's sysctls.
+        ("openssl", "openssl"),
+        ("sysctl", "procps"),
     ])
 }
 

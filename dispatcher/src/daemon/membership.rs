@@ -285,26 +285,34 @@ impl Applier {
     /// Applies `m` to `maps` if it changes them.
     pub async fn apply(&mut self, m: &Membership, maps: &mut Maps) -> Result<()> {
         let mut config = m.to_config(&self.local);
-        let resolver = neighbours::Resolver::new()?;
+        // A netlink connection only when some worker's MAC is unknown.
+        let mut resolver = None;
         self.incomplete = false;
         for f in &mut config.functions {
             let mut kept = Vec::with_capacity(f.workers.len());
             for mut w in std::mem::take(&mut f.workers) {
                 if w.mac.is_none() {
                     let ip = w.addr.ip();
-                    w.mac = match self.learned.get(&ip) {
-                        Some(mac) => Some(*mac),
-                        None => match resolver.resolve(ip).await {
-                            Ok(mac) => {
-                                self.learned.insert(ip, mac);
-                                Some(mac)
+                    let known = self.learned.get(&ip).copied();
+                    w.mac = match known {
+                        Some(mac) => Some(mac),
+                        None => {
+                            if resolver.is_none() {
+                                resolver = Some(neighbours::Resolver::new()?);
                             }
-                            Err(e) => {
-                                warn!(worker = %w.addr, function = f.id, "cluster: worker left out until its MAC is known: {e:#}");
-                                self.incomplete = true;
-                                continue;
+                            let resolved = resolver.as_ref().expect("just made").resolve(ip).await;
+                            match resolved {
+                                Ok(mac) => {
+                                    self.learned.insert(ip, mac);
+                                    Some(mac)
+                                }
+                                Err(e) => {
+                                    warn!(worker = %w.addr, function = f.id, "cluster: worker left out until its MAC is known: {e:#}");
+                                    self.incomplete = true;
+                                    continue;
+                                }
                             }
-                        },
+                        }
                     };
                 }
                 kept.push(w);

@@ -60,12 +60,7 @@ fn main() {
     let before = counts(&bed);
     let (report, ()) = bed.through_router(1000, 4.0, || {
         std::thread::sleep(Duration::from_millis(500));
-        tests::testbed::sh(
-            "ip",
-            &["-n", &bed.dispatchers[1].ns, "link", "set", "eth0", "down"],
-        );
-        std::thread::sleep(Duration::from_millis(200));
-        bed.route_to(&[0, 2]);
+        bed.lose_dispatcher_host(1, &[0, 2]);
     });
     show("a dispatcher host lost", &before, &report);
     print!("{}", bed.cluster_ok(&["cluster", "status"]));
