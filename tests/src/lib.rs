@@ -4,6 +4,7 @@
 
 pub mod bed;
 pub mod cluster;
+pub mod examples;
 pub mod packets;
 pub mod testbed;
 pub mod xdp;

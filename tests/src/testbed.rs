@@ -632,6 +632,18 @@ impl Testbed {
         process
     }
 
+    /// Starts `dispatcher serve` on `worker` (port 9000) with `args` after
+    /// `--listen` (the functions, as `--function ID=KIND[:ARG]`, and the
+    /// rest), and waits until its socket is there.
+    pub fn serve_with(&self, worker: &Host, args: &[&str]) -> Process {
+        let listen = format!("{}:{WORKER_PORT}", worker.ip);
+        let mut all = vec!["serve", "--listen", &listen];
+        all.extend_from_slice(args);
+        let process = self.spawn(worker, &worker.role, &dispatcher_bin(), &all);
+        self.wait_for_udp_port(worker, WORKER_PORT, Duration::from_secs(10));
+        process
+    }
+
     /// Starts the reference worker on `worker`'s IPv6 address `ip` (port
     /// 9000) and waits until its socket is there.
     pub fn serve_ipv6(
@@ -873,4 +885,10 @@ pub fn attach_in_namespace(
         .join()
         .expect("attach thread")
     })
+}
+
+/// A file of this repository (examples, test functions, the Python
+/// client), by its path from the repository's root.
+pub fn repo_file(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
 }

@@ -153,8 +153,10 @@ fn llvm_prefix(sysroot: &Path, soname: &str) -> Result<PathBuf> {
 
 /// Tools the namespace testbeds call: `ip` (iproute2), `ethtool`,
 /// memcached (for the `kv` function's tests), etcd with etcdctl (the
-/// cluster tests run a real one), openssl and sysctl. Installed with
-/// apt-get when missing.
+/// cluster tests run a real one), openssl and sysctl, and Debian's Python
+/// with venv (the hosting tests' function servers and handlers, which run
+/// as `nobody` and so cannot use a Python under /root; the Python client's
+/// tests). Installed with apt-get when missing.
 pub fn ensure_system_tools() -> Result<()> {
     ensure_packages(&[
         ("ip", "iproute2"),
@@ -165,6 +167,9 @@ pub fn ensure_system_tools() -> Result<()> {
         // The cluster tests' certificates, and the router's sysctls.
         ("openssl", "openssl"),
         ("sysctl", "procps"),
+        ("/usr/bin/python3", "python3"),
+        // Debian 12's Python is 3.11; its venv module comes apart.
+        ("/usr/lib/python3.11/ensurepip", "python3-venv"),
     ])
 }
 

@@ -78,7 +78,7 @@ enum Command {
         action: offload::Action,
     },
     /// The reference worker runtime: serve functions over UDP.
-    Serve(serve::Args),
+    Serve(Box<serve::Args>),
     /// Open-loop load generator and latency meter: requests on a fixed
     /// schedule, answers matched by request_id, HDR-histogram percentiles.
     Pktgen(pktgen::Args),
@@ -103,7 +103,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Reload(args) => reload::run(args, bpffs),
         Command::Maps { action } => maps::run(action, bpffs),
         Command::Offload { action } => offload::run(action),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Pktgen(args) => pktgen::run(args),
         Command::Invoke(args) => invoke::run(args),
         Command::Cluster { action } => cluster::run(action),

@@ -1,4 +1,5 @@
-//! `dispatcher serve`: the reference worker runtime.
+//! `dispatcher serve`: the worker runtime, with the user's functions
+//! (docs/worker-api.md).
 
 use std::{
     net::SocketAddr,
@@ -7,10 +8,10 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use dispatcher::workload::{
-    register,
-    worker::{self, FunctionTable},
+    hosting::{sandbox::Sandbox, ConfigFile, Defaults, FunctionTable, Functions},
+    register, worker,
 };
 
 use super::tokio_runtime;
@@ -20,23 +21,50 @@ pub struct Args {
     /// Address and port to receive requests on.
     #[arg(long)]
     listen: SocketAddr,
-    /// Functions to serve: NAME (every function id) or ID=NAME, comma-separated.
-    /// Functions: echo, static, upper, reverse, kv (needs --memcached),
-    /// grayscale (PNG or PPM in, grayscale PNG out).
-    #[arg(long)]
-    functions: FunctionTable,
+    /// Built-in functions to serve: NAME (every function id) or ID=NAME,
+    /// comma-separated. Built-ins: echo, static, upper, reverse, kv (needs
+    /// --memcached), grayscale (PNG or PPM in, grayscale PNG out).
+    #[arg(long, value_name = "LIST")]
+    functions: Option<String>,
+    /// One function per id: ID=NAME (a built-in), ID=exec:CMD (a process
+    /// per request, payload on stdin, answer on stdout), ID=warm:CMD (a
+    /// pool of long-lived processes, framing in docs/worker-api.md),
+    /// ID=http:URL (a POST to the function's HTTP server). Repeatable.
+    #[arg(long = "function", value_name = "ID=KIND[:ARG]")]
+    function: Vec<String>,
+    /// A worker config file: per-function timeouts, limits, pools and
+    /// environment (docs/worker-api.md). Its functions join the flags'.
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
     /// The dispatcher's service address: where workflow steps and BUSYs go.
     #[arg(long)]
     dispatcher: Option<SocketAddr>,
-    /// Answer each request this many microseconds late (a known delay,
-    /// for checking latency meters).
+    /// Answer each built-in's request this many microseconds late (a known
+    /// delay, for checking latency meters).
     #[arg(long, default_value_t = 0)]
     delay_us: u64,
-    /// Hold at most this many requests at once: one that arrives beyond
-    /// it goes back to the dispatcher as BUSY (needs --dispatcher), which
-    /// re-steers it to another worker. 0: every request is BUSY.
-    #[arg(long, value_name = "N", requires = "dispatcher")]
-    max_in_flight: Option<u32>,
+    /// Hold at most this many requests of each function at once: one that
+    /// arrives beyond it goes back to the dispatcher as BUSY (needs
+    /// --dispatcher), which re-steers it to another worker. Exact, however
+    /// many dispatchers send here. 0: every request is BUSY.
+    #[arg(long, visible_alias = "max-in-flight", value_name = "N")]
+    max_inflight: Option<u32>,
+    /// Milliseconds a hosted function (exec, warm, http) may take; past
+    /// it the answer is ERROR 6 and its processes are killed.
+    #[arg(long, default_value_t = 30_000, value_name = "MS")]
+    timeout_ms: u64,
+    /// Warm processes, or connections to an HTTP function server, per
+    /// function (default: --max-inflight, else 4).
+    #[arg(long, value_name = "N")]
+    pool: Option<u32>,
+    /// The user exec and warm processes run as. Required when this worker
+    /// runs as root (`--run-as root` to run them as root knowingly).
+    #[arg(long, value_name = "USER")]
+    run_as: Option<String>,
+    /// An environment variable for exec and warm processes (which see only
+    /// what docs/worker-api.md lists). Repeatable.
+    #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
     /// Send heartbeats with this worker's load to the dispatcher's
     /// health address (its config's [health] listen).
     #[arg(long, requires = "heartbeat_key")]
@@ -77,7 +105,52 @@ pub struct Args {
     drain_timeout_ms: u64,
 }
 
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("`{s}`: want NAME=VALUE")),
+    }
+}
+
+/// The functions the flags and the config file give, and who runs the
+/// user's processes.
+fn function_table(args: &Args) -> Result<(FunctionTable, Option<Sandbox>)> {
+    let defaults = Defaults {
+        timeout: Duration::from_millis(args.timeout_ms.max(1)),
+        max_inflight: args.max_inflight,
+        pool: args.pool,
+    };
+    let mut table = FunctionTable::default();
+    if let Some(list) = &args.functions {
+        table.add_list(list, &defaults)?;
+    }
+    for spec in &args.function {
+        table.add(spec, &defaults)?;
+    }
+    let file = args.config.as_deref().map(ConfigFile::read).transpose()?;
+    if let Some(file) = &file {
+        table.add_file(file, &defaults)?;
+    }
+    if table.is_empty() {
+        bail!("no functions given: pass --function ID=KIND[:ARG] (for example --function 1=echo or 1=exec:wc -c), --functions echo, or --config FILE");
+    }
+    if table.has_limits() && args.dispatcher.is_none() {
+        bail!("a concurrency limit (--max-inflight) sends requests beyond it back to the dispatcher as BUSY: give --dispatcher VIP:PORT");
+    }
+    let sandbox = if table.runs_processes() {
+        let run_as = args
+            .run_as
+            .as_deref()
+            .or(file.as_ref().and_then(|f| f.run_as.as_deref()));
+        Some(Sandbox::new(run_as, args.env.clone())?)
+    } else {
+        None
+    };
+    Ok((table, sandbox))
+}
+
 pub fn run(args: Args) -> Result<ExitCode> {
+    let (table, sandbox) = function_table(&args)?;
     let targets = Arc::new(RwLock::new(args.heartbeat_to.into_iter().collect()));
     let heartbeats = args
         .heartbeat_key
@@ -91,9 +164,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         });
     let registration = match (args.register, args.etcd.etcd()) {
         (true, Some(etcd)) => {
-            let functions = args.functions.ids();
+            let functions = table.ids();
             if functions.is_empty() {
-                bail!("--register writes one key per function id: name them in --functions as ID=NAME (for example 1=echo,2=upper)");
+                bail!("--register writes one key per function id: give each as --function ID=KIND (for example --function 1=echo)");
             }
             let advertise = args.advertise.unwrap_or(args.listen);
             if advertise.ip().is_unspecified() {
@@ -114,7 +187,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let limits = worker::Limits {
         service: args.dispatcher,
         delay: Duration::from_micros(args.delay_us),
-        max_in_flight: args.max_in_flight,
     };
     let in_flight = Arc::new(AtomicU32::new(0));
     tokio_runtime()?.block_on(async {
@@ -125,9 +197,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 _ = term.recv() => {}
             }
         };
+        let functions = Functions::start(&table, sandbox, in_flight.clone())
+            .context("cannot start the functions")?;
         let serving = worker::serve(
             args.listen,
-            args.functions,
+            Arc::new(functions),
             limits,
             heartbeats,
             args.memcached,

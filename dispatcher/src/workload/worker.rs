@@ -1,12 +1,14 @@
-//! `dispatcher serve`: the reference worker runtime. It answers each
-//! request it receives straight to the client (or to `reply_*`), never
-//! through the dispatcher; inside a workflow it hands its output on to the
-//! next step by sending a STEP to the dispatcher's service address.
+//! `dispatcher serve`: the worker runtime. It takes requests off its
+//! socket a batch at a time, runs each on its function
+//! ([`crate::workload::hosting`]: built-ins inline, the user's processes
+//! and HTTP servers on the async runtime) and answers straight to the
+//! client (or to `reply_*`), never through the dispatcher; inside a
+//! workflow it hands its output on to the next step by sending a STEP to
+//! the dispatcher's service address. A request beyond its function's
+//! concurrency limit goes back to the dispatcher as BUSY.
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
-    str::FromStr,
     sync::{
         atomic::{AtomicU32, Ordering},
         mpsc, Arc,
@@ -23,220 +25,124 @@ use tracing::{debug, info, warn};
 use crate::{
     udp_batch::{BatchReceiver, BatchSender},
     wire::Message,
+    workload::hosting::{builtin, Call, Function, Functions, Outcome, Runner, Slot},
 };
-
-/// A function the runtime can serve.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FunctionKind {
-    /// Answers with its input.
-    Echo,
-    /// Answers with a fixed small HTML page, whatever the input.
-    Static,
-    /// Upper-cases UTF-8 text; fails (ERROR 6) on anything else.
-    Upper,
-    /// Reverses UTF-8 text by characters; fails on anything else.
-    Reverse,
-    /// A key-value store in memcached: `GET key` answers the value,
-    /// `SET key value` stores it (answers `STORED`), `DEL key` deletes it.
-    Kv,
-    /// Turns an image (PNG, or raw RGB as binary PPM) into a grayscale PNG.
-    Grayscale,
-}
-
-const NAMES: &str = "echo, static, upper, reverse, kv, grayscale";
 
 /// The largest payload one UDP datagram (over IPv4) can carry after the
 /// FaaS header.
 pub const MAX_PAYLOAD: usize =
     dispatcher_common::net::MAX_UDP_PAYLOAD - dispatcher_common::protocol::FaasHdr::LEN;
 
-/// The page `static` serves.
-pub const STATIC_PAGE: &str = "<!doctype html><html><head><title>faas</title></head><body><h1>Hello from a FaaS worker</h1></body></html>";
-
-impl FromStr for FunctionKind {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "echo" => Ok(FunctionKind::Echo),
-            "static" => Ok(FunctionKind::Static),
-            "upper" => Ok(FunctionKind::Upper),
-            "reverse" => Ok(FunctionKind::Reverse),
-            "kv" => Ok(FunctionKind::Kv),
-            "grayscale" => Ok(FunctionKind::Grayscale),
-            other => bail!("unknown function `{other}`: this runtime serves: {NAMES}"),
-        }
-    }
+/// What becomes of one datagram.
+#[derive(Debug)]
+pub enum Taken {
+    /// No answer: not FaaS, or not a request.
+    Ignored,
+    /// This answer goes to this address now; the slot (if any) is given
+    /// back once it has left.
+    Answer(Message, SocketAddr, Option<Slot>),
+    /// The request goes back to the dispatcher (its function is at its
+    /// limit).
+    Busy(Message, SocketAddr),
+    /// A hosted function runs it; `finish` makes the answer. `from` is
+    /// where it came from.
+    Hosted {
+        msg: Message,
+        from: SocketAddr,
+        function: Arc<Function>,
+        slot: Slot,
+    },
 }
 
-/// Which function answers which function id: `echo` (every id) or
-/// `1=echo,2=echo` (by id).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct FunctionTable {
-    by_id: HashMap<u32, FunctionKind>,
-    any: Option<FunctionKind>,
-}
-
-impl FromStr for FunctionTable {
-    type Err = anyhow::Error;
-    fn from_str(spec: &str) -> Result<Self> {
-        let mut table = FunctionTable::default();
-        for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            match item.split_once('=') {
-                Some((id, name)) => {
-                    let id: u32 = id
-                        .parse()
-                        .with_context(|| format!("`{item}`: function id `{id}` is not a number"))?;
-                    table.by_id.insert(id, name.parse()?);
-                }
-                None => {
-                    if table.any.is_some() {
-                        bail!(
-                            "`{item}`: only one function may serve every id; map ids with ID=NAME"
-                        );
-                    }
-                    table.any = Some(item.parse()?);
-                }
-            }
-        }
-        if table.by_id.is_empty() && table.any.is_none() {
-            bail!("no functions given: pass --functions echo (or ID=NAME,...)");
-        }
-        Ok(table)
-    }
-}
-
-impl FunctionTable {
-    /// The ids mapped explicitly (ID=NAME), in order.
-    pub fn ids(&self) -> Vec<u32> {
-        let mut ids: Vec<u32> = self.by_id.keys().copied().collect();
-        ids.sort();
-        ids
-    }
-
-    pub fn lookup(&self, function_id: u32) -> Option<FunctionKind> {
-        self.by_id.get(&function_id).copied().or(self.any)
-    }
-}
-
-/// Runs a function on `input`; `Err` is a function failure (ERROR 6).
-fn invoke(
-    function: FunctionKind,
-    input: &[u8],
+/// Takes one datagram: answers it at once (built-ins, errors, BUSY), or
+/// hands it to a hosted function.
+pub fn take(
+    functions: &Functions,
+    service: Option<SocketAddr>,
     kv: Option<&memcache::Client>,
-) -> Result<Vec<u8>, String> {
-    let text = || std::str::from_utf8(input).map_err(|e| format!("input is not UTF-8 text ({e})"));
-    match function {
-        FunctionKind::Echo => Ok(input.to_vec()),
-        FunctionKind::Static => Ok(STATIC_PAGE.as_bytes().to_vec()),
-        FunctionKind::Upper => Ok(text()?.to_uppercase().into_bytes()),
-        FunctionKind::Reverse => Ok(text()?.chars().rev().collect::<String>().into_bytes()),
-        FunctionKind::Kv => kv_command(
-            kv.ok_or("this worker has no memcached: start it with --memcached ADDR:PORT")?,
-            input,
-        ),
-        FunctionKind::Grayscale => grayscale(input),
-    }
-}
-
-/// Decodes an image (format guessed from its bytes), converts it to 8-bit
-/// luma, and encodes that as PNG.
-fn grayscale(input: &[u8]) -> Result<Vec<u8>, String> {
-    let image = image::load_from_memory(input)
-        .map_err(|e| format!("not an image this worker reads (PNG or binary PPM): {e}"))?;
-    let mut out = std::io::Cursor::new(Vec::new());
-    image
-        .to_luma8()
-        .write_to(&mut out, image::ImageFormat::Png)
-        .map_err(|e| format!("cannot encode the grayscale PNG: {e}"))?;
-    Ok(out.into_inner())
-}
-
-/// `GET key`, `SET key value` (the value may hold spaces and any bytes),
-/// `DEL key`, against memcached.
-fn kv_command(client: &memcache::Client, input: &[u8]) -> Result<Vec<u8>, String> {
-    let mut parts = input.splitn(3, |b| *b == b' ');
-    let verb = parts.next().unwrap_or_default();
-    let key = parts
-        .next()
-        .and_then(|k| std::str::from_utf8(k).ok())
-        .filter(|k| !k.is_empty() && k.len() <= 250);
-    let Some(key) = key else {
-        return Err(
-            "kv wants `GET key`, `SET key value` or `DEL key` (keys: 1 to 250 bytes of UTF-8)"
-                .into(),
-        );
-    };
-    let failed = |e: memcache::MemcacheError| format!("memcached: {e}");
-    match verb {
-        b"GET" => match client.get::<Vec<u8>>(key).map_err(failed)? {
-            Some(value) => Ok(value),
-            None => Err(format!("no value for key `{key}`")),
-        },
-        b"SET" => {
-            client
-                .set(key, parts.next().unwrap_or_default(), 0)
-                .map_err(failed)?;
-            Ok(b"STORED".to_vec())
+    datagram: &[u8],
+    source: SocketAddr,
+) -> Taken {
+    let msg = match Message::parse(datagram) {
+        Ok(m) => m,
+        Err(e) => {
+            debug!(%source, "ignored datagram: {e}");
+            return Taken::Ignored;
         }
-        b"DEL" => Ok(if client.delete(key).map_err(failed)? {
-            b"DELETED".to_vec()
-        } else {
-            b"NOT_FOUND".to_vec()
-        }),
-        other => Err(format!(
-            "kv: unknown command `{}` (GET, SET or DEL)",
-            String::from_utf8_lossy(other)
-        )),
+    };
+    if !matches!(msg.hdr.kind, kind::REQUEST | kind::STEP) {
+        debug!(%source, kind = msg.hdr.kind, "ignored non-request");
+        return Taken::Ignored;
+    }
+    let id = msg.hdr.function_id();
+    let Some(function) = functions.lookup(id) else {
+        let text = format!("this worker does not serve function {id}");
+        let to = msg.reply_target(source);
+        return Taken::Answer(msg.error(error_code::UNKNOWN_FUNCTION, &text), to, None);
+    };
+    let Some(slot) = function.try_acquire() else {
+        // At once: another worker can serve it.
+        return match service {
+            Some(service) => Taken::Busy(busy(msg, source), service),
+            None => {
+                let to = msg.reply_target(source);
+                let text = format!("function {id} is at its limit on this worker");
+                Taken::Answer(msg.error(error_code::OVERLOADED, &text), to, None)
+            }
+        };
+    };
+    match &function.runner {
+        Runner::Builtin(kind) => {
+            let outcome = match builtin::invoke(*kind, &msg.payload, kv) {
+                Ok(output) => Outcome::Output(output),
+                Err(why) => Outcome::Failed(why),
+            };
+            let (answer, to) = finish(&msg, outcome, service, source);
+            Taken::Answer(answer, to, Some(slot))
+        }
+        _ => Taken::Hosted {
+            msg,
+            from: source,
+            function: function.clone(),
+            slot,
+        },
     }
 }
 
-/// The answer to one datagram, and where it goes; `None` for datagrams that
-/// get no answer (not FaaS, or not a request).
+/// The answer to `msg` once its function has run, and where it goes.
 ///
 /// A request that is a workflow step other than the last (workflow_id set,
 /// flag bit 1 clear) continues the workflow: its output goes to the
 /// dispatcher's `service` address as a STEP for `step + 1`, keeping
 /// workflow_id, request_id, key and reply_*. Otherwise the RESPONSE (or
-/// ERROR) goes to `reply_*`, or the source.
-pub fn handle(
-    table: &FunctionTable,
+/// ERROR) goes to `reply_*`, or the source. An overloaded function server
+/// sends the request back as BUSY.
+pub fn finish(
+    msg: &Message,
+    outcome: Outcome,
     service: Option<SocketAddr>,
-    kv: Option<&memcache::Client>,
-    datagram: &[u8],
     source: SocketAddr,
-) -> Option<(Message, SocketAddr)> {
-    let msg = match Message::parse(datagram) {
-        Ok(m) => m,
-        Err(e) => {
-            debug!(%source, "ignored datagram: {e}");
-            return None;
-        }
-    };
-    if !matches!(msg.hdr.kind, kind::REQUEST | kind::STEP) {
-        debug!(%source, kind = msg.hdr.kind, "ignored non-request");
-        return None;
-    }
+) -> (Message, SocketAddr) {
     let to = msg.reply_target(source);
     let id = msg.hdr.function_id();
-    let Some(function) = table.lookup(id) else {
-        return Some((
-            msg.error(
-                error_code::UNKNOWN_FUNCTION,
-                &format!("this worker does not serve function {id}"),
-            ),
-            to,
-        ));
-    };
-    let output = match invoke(function, &msg.payload, kv) {
-        Ok(output) => output,
-        Err(why) => {
-            return Some((
-                msg.error(
-                    error_code::WORKER_FAILURE,
-                    &format!("function {id} failed: {why}"),
-                ),
-                to,
-            ))
+    let output = match outcome {
+        Outcome::Output(output) => output,
+        Outcome::Failed(why) => {
+            let text = format!("function {id} failed: {why}");
+            return (msg.error(error_code::WORKER_FAILURE, &text), to);
+        }
+        Outcome::TooLarge(why) => {
+            let text = format!("function {id}: {why}");
+            return (msg.error(error_code::PAYLOAD_TOO_LARGE, &text), to);
+        }
+        Outcome::Busy(why) => {
+            return match service {
+                Some(service) => (busy(msg.clone(), source), service),
+                None => {
+                    let text = format!("function {id} is overloaded ({why})");
+                    (msg.error(error_code::OVERLOADED, &text), to)
+                }
+            };
         }
     };
     if output.len() > MAX_PAYLOAD {
@@ -244,7 +150,7 @@ pub fn handle(
             "function {id}'s output is {} bytes, more than one datagram carries ({MAX_PAYLOAD})",
             output.len()
         );
-        return Some((msg.error(error_code::PAYLOAD_TOO_LARGE, &text), to));
+        return (msg.error(error_code::PAYLOAD_TOO_LARGE, &text), to);
     }
     let in_workflow = msg.hdr.workflow_id() != 0 && msg.hdr.flags & flags::LAST_STEP == 0;
     match (in_workflow, service) {
@@ -252,22 +158,22 @@ pub fn handle(
             let mut hdr = msg.hdr;
             hdr.kind = kind::STEP;
             hdr.step = hdr.step.wrapping_add(1);
-            Some((
+            (
                 Message {
                     hdr,
                     payload: output,
                 },
                 service,
-            ))
+            )
         }
-        (true, None) => Some((
+        (true, None) => (
             msg.error(
                 error_code::WORKER_FAILURE,
                 "this worker cannot continue workflows: start it with --dispatcher VIP:PORT",
             ),
             to,
-        )),
-        (false, _) => Some((msg.response(output), to)),
+        ),
+        (false, _) => (msg.response(output), to),
     }
 }
 
@@ -314,40 +220,33 @@ async fn send_heartbeats(
     }
 }
 
-/// Serves until the task is cancelled (or the process ends). `service` is
-/// the dispatcher's address, where workflow steps go on. With a `delay`,
-/// each answer leaves that much later (requests are still taken as they
-/// come). With `heartbeats`, reports liveness and load to the dispatcher's
-/// daemon.
-///
-/// Datagrams are taken and answered in batches (recvmmsg/sendmmsg) on a
-/// plain thread, so that one core's worth of worker keeps up with a load
-/// generator's hundred thousand requests a second; the async runtime only
-/// carries the heartbeats.
 /// How a worker paces its answers, and where it sends STEPs and BUSYs.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Limits {
     /// The dispatcher's service address (for STEP and BUSY).
     pub service: Option<SocketAddr>,
-    /// Each answer this late.
+    /// Each built-in's answer this late.
     pub delay: Duration,
-    /// Requests beyond this many in flight go back as BUSY.
-    pub max_in_flight: Option<u32>,
 }
 
+/// Serves until the task is cancelled (or the process ends). `service` is
+/// the dispatcher's address, where workflow steps go on. With a `delay`,
+/// each built-in's answer leaves that much later (requests are still taken
+/// as they come). With `heartbeats`, reports liveness and load (`in_flight`,
+/// which the functions' slots keep) to the dispatchers' daemons.
+///
+/// Datagrams are taken and answered in batches (recvmmsg/sendmmsg) on a
+/// plain thread, so that one core's worth of worker keeps up with a load
+/// generator's hundred thousand requests a second; the async runtime
+/// carries the hosted functions and the heartbeats.
 pub async fn serve(
     listen: SocketAddr,
-    table: FunctionTable,
+    functions: Arc<Functions>,
     limits: Limits,
     heartbeats: Option<HeartbeatTarget>,
     memcached: Option<SocketAddr>,
     in_flight: Arc<AtomicU32>,
 ) -> Result<()> {
-    let Limits {
-        service,
-        delay,
-        max_in_flight,
-    } = limits;
     let kv = match memcached {
         Some(addr) => {
             let client = memcache::Client::connect(format!("memcache://{addr}?timeout=1"))
@@ -360,7 +259,6 @@ pub async fn serve(
         if listen.ip().is_unspecified() {
             bail!("--heartbeat-to needs --listen on the worker's own address (the one the dispatcher's config names), not {}", listen.ip());
         }
-        let in_flight = in_flight.clone();
         tokio::spawn(async move {
             if let Err(e) = send_heartbeats(listen, target, in_flight).await {
                 warn!("heartbeats stopped: {e:#}");
@@ -374,21 +272,18 @@ pub async fn serve(
     let _ = nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::SndBuf, &(4 << 20));
     info!(%listen, "worker serving");
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let runtime = tokio::runtime::Handle::current();
     // Not joined: the process ends with the runtime (a blocking task would
     // keep the runtime's shutdown waiting on recvmmsg).
     thread::Builder::new()
         .name("answers".into())
         .spawn(move || {
             let _ = done_tx.send(answer_loop(
-                &socket,
-                &table,
-                Limits {
-                    service,
-                    delay,
-                    max_in_flight,
-                },
+                Arc::new(socket),
+                &functions,
+                limits,
                 kv.as_ref(),
-                &in_flight,
+                &runtime,
             ));
         })?;
     done_rx
@@ -399,64 +294,71 @@ pub async fn serve(
 /// Datagrams taken per recvmmsg and answers sent per sendmmsg.
 const BATCH: usize = 64;
 
-/// Receives, runs and answers, a batch at a time. With a delay, answers go
-/// to a second thread that holds each one until its time: the delay is the
-/// same for all, so they fall due in the order they were made.
+/// Receives, runs and answers, a batch at a time. Built-ins answer in the
+/// batch (with a delay, through a second thread that holds each answer
+/// until its time: the delay is the same for all, so they fall due in the
+/// order they were made); hosted functions run as tasks on `runtime`, each
+/// sending its own answer.
 fn answer_loop(
-    socket: &std::net::UdpSocket,
-    table: &FunctionTable,
+    socket: Arc<std::net::UdpSocket>,
+    functions: &Functions,
     limits: Limits,
     kv: Option<&memcache::Client>,
-    in_flight: &Arc<AtomicU32>,
+    runtime: &tokio::runtime::Handle,
 ) -> Result<()> {
-    let Limits {
-        service,
-        delay,
-        max_in_flight,
-    } = limits;
+    let Limits { service, delay } = limits;
     let delayed = (!delay.is_zero())
-        .then(|| spawn_delayed_sender(socket.try_clone()?, in_flight.clone()))
+        .then(|| spawn_delayed_sender(socket.try_clone()?))
         .transpose()?;
     let mut receiver = BatchReceiver::new(BATCH, 65536);
     let mut sender = BatchSender::new(BATCH);
     let mut answers: Vec<(Vec<u8>, Option<SocketAddr>)> = Vec::with_capacity(BATCH);
+    let mut slots: Vec<Option<Slot>> = Vec::with_capacity(BATCH);
     let mut busies: Vec<(Vec<u8>, Option<SocketAddr>)> = Vec::new();
     loop {
-        let n = receiver.recv(socket).context("cannot receive requests")?;
-        let held = in_flight.fetch_add(n as u32, Ordering::Relaxed);
-        answers.clear();
-        busies.clear();
+        let n = receiver.recv(&socket).context("cannot receive requests")?;
         for k in 0..n {
             let (datagram, from) = receiver.get(k);
             let Some(from) = from else { continue };
-            let over_limit =
-                max_in_flight.is_some_and(|max| held + k as u32 - busies.len() as u32 >= max);
-            if let (true, Some(service)) = (over_limit, service) {
-                // At once, not after the delay: another worker can serve it.
-                if let Some(m) = busy(datagram, from) {
-                    busies.push((m.to_bytes(), Some(service)));
+            match take(functions, service, kv, datagram, from) {
+                Taken::Ignored => {}
+                Taken::Answer(answer, to, slot) => {
+                    answers.push((answer.to_bytes(), Some(to)));
+                    slots.push(slot);
                 }
-                continue;
-            }
-            if let Some((answer, to)) = handle(table, service, kv, datagram, from) {
-                answers.push((answer.to_bytes(), Some(to)));
+                Taken::Busy(back, to) => busies.push((back.to_bytes(), Some(to))),
+                Taken::Hosted {
+                    msg,
+                    from,
+                    function,
+                    slot,
+                } => {
+                    let socket = socket.clone();
+                    runtime.spawn(async move {
+                        let outcome = function.call(Call::of(&msg)).await;
+                        let (answer, to) = finish(&msg, outcome, service, from);
+                        if let Err(e) = socket.send_to(&answer.to_bytes(), to) {
+                            warn!(%to, "cannot send answer: {e}");
+                        }
+                        drop(slot);
+                    });
+                }
             }
         }
         if !busies.is_empty() {
-            let sent = sender.send(socket, &busies).context("cannot send BUSY")?;
+            let sent = sender.send(&socket, &busies).context("cannot send BUSY")?;
             if sent < busies.len() {
                 warn!(
                     dropped = busies.len() - sent,
                     "send buffer full: BUSYs dropped"
                 );
             }
-            in_flight.fetch_sub(busies.len() as u32, Ordering::Relaxed);
+            busies.clear();
         }
-        let n = n - busies.len();
         match &delayed {
             None => {
                 let sent = sender
-                    .send(socket, &answers)
+                    .send(&socket, &answers)
                     .context("cannot send answers")?;
                 if sent < answers.len() {
                     warn!(
@@ -464,15 +366,14 @@ fn answer_loop(
                         "send buffer full: answers dropped"
                     );
                 }
-                in_flight.fetch_sub(n as u32, Ordering::Relaxed);
+                answers.clear();
+                slots.clear();
             }
             Some(queue) => {
                 let due = Instant::now() + delay;
-                // Requests that got no answer are done now.
-                in_flight.fetch_sub((n - answers.len()) as u32, Ordering::Relaxed);
-                for answer in answers.drain(..) {
+                for (answer, slot) in answers.drain(..).zip(slots.drain(..)) {
                     queue
-                        .send((due, answer))
+                        .send((due, answer, slot))
                         .context("the delayed-answer thread ended")?;
                 }
             }
@@ -483,10 +384,7 @@ fn answer_loop(
 /// A request sent back as BUSY (PROTOCOL.md): unchanged but for the kind,
 /// with `reply_*` set to where the answer goes. None for datagrams that are
 /// not requests.
-pub fn busy(datagram: &[u8], source: SocketAddr) -> Option<Message> {
-    let msg = Message::parse(datagram)
-        .ok()
-        .filter(|m| matches!(m.hdr.kind, kind::REQUEST | kind::STEP))?;
+pub fn busy(msg: Message, source: SocketAddr) -> Message {
     let mut hdr = msg.hdr;
     if hdr.flags & flags::REPLY_SET == 0 {
         let source = crate::endpoints::endpoint(source.ip(), source.port());
@@ -495,32 +393,30 @@ pub fn busy(datagram: &[u8], source: SocketAddr) -> Option<Message> {
         hdr.reply_addr = source.addr;
     }
     hdr.kind = kind::BUSY;
-    Some(Message {
+    Message {
         hdr,
         payload: msg.payload,
-    })
+    }
 }
 
-type Delayed = (Instant, (Vec<u8>, Option<SocketAddr>));
+type Delayed = (Instant, (Vec<u8>, Option<SocketAddr>), Option<Slot>);
 
-/// The thread that sends each delayed answer at its time.
-fn spawn_delayed_sender(
-    socket: std::net::UdpSocket,
-    in_flight: Arc<AtomicU32>,
-) -> Result<mpsc::Sender<Delayed>> {
+/// The thread that sends each delayed answer at its time (and gives its
+/// slot back then).
+fn spawn_delayed_sender(socket: std::net::UdpSocket) -> Result<mpsc::Sender<Delayed>> {
     let (tx, rx) = mpsc::channel::<Delayed>();
     thread::Builder::new()
         .name("delayed answers".into())
         .spawn(move || {
             let mut sender = BatchSender::new(1);
-            while let Ok((due, answer)) = rx.recv() {
+            while let Ok((due, answer, slot)) = rx.recv() {
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
                     thread::sleep(wait);
                 }
                 if let Err(e) = sender.send(&socket, std::slice::from_ref(&answer)) {
                     warn!("cannot send answer: {e}");
                 }
-                in_flight.fetch_sub(1, Ordering::Relaxed);
+                drop(slot);
             }
         })?;
     Ok(tx)
@@ -529,32 +425,29 @@ fn spawn_delayed_sender(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workload::hosting::FunctionTable;
 
-    #[test]
-    fn function_specs() {
-        let t: FunctionTable = "echo".parse().unwrap();
-        assert_eq!(t.lookup(77), Some(FunctionKind::Echo));
-        let t: FunctionTable = "3=echo".parse().unwrap();
-        assert_eq!(t.lookup(3), Some(FunctionKind::Echo));
-        assert_eq!(t.lookup(4), None);
-        assert!(
-            format!("{:#}", "x=echo".parse::<FunctionTable>().unwrap_err())
-                .contains("not a number")
-        );
-        assert!(
-            format!("{:#}", "resize".parse::<FunctionTable>().unwrap_err())
-                .contains("unknown function")
-        );
-        assert!("".parse::<FunctionTable>().is_err());
+    /// What a worker serving `functions` (built-ins) answers at once.
+    fn handle(
+        functions: &str,
+        service: Option<SocketAddr>,
+        datagram: &[u8],
+        source: SocketAddr,
+    ) -> Option<(Message, SocketAddr)> {
+        let table: FunctionTable = functions.parse().unwrap();
+        let functions = Functions::start(&table, None, Arc::default()).unwrap();
+        match take(&functions, service, None, datagram, source) {
+            Taken::Answer(answer, to, _) => Some((answer, to)),
+            Taken::Ignored => None,
+            other => panic!("not answered at once: {other:?}"),
+        }
     }
 
     #[test]
     fn echo_answers_the_source_with_the_same_request_id() {
-        let t: FunctionTable = "1=echo".parse().unwrap();
         let src: SocketAddr = "10.0.0.2:4000".parse().unwrap();
         let (answer, to) = handle(
-            &t,
-            None,
+            "1=echo",
             None,
             &Message::request(1, 99, b"ping").to_bytes(),
             src,
@@ -565,19 +458,19 @@ mod tests {
         assert_eq!(answer.hdr.request_id(), 99);
         assert_eq!(answer.payload, b"ping");
         let (answer, _) =
-            handle(&t, None, None, &Message::request(2, 5, b"").to_bytes(), src).unwrap();
+            handle("1=echo", None, &Message::request(2, 5, b"").to_bytes(), src).unwrap();
         assert_eq!(
             answer.error_parts().unwrap().0,
             error_code::UNKNOWN_FUNCTION
         );
-        assert!(handle(&t, None, None, b"junk", src).is_none());
+        assert!(handle("1=echo", None, b"junk", src).is_none());
     }
 
     #[test]
     fn busy_sends_the_request_back_with_reply_set_to_its_source() {
         let src: SocketAddr = "10.0.0.2:4000".parse().unwrap();
         let request = Message::request(1, 99, b"ping");
-        let back = busy(&request.to_bytes(), src).unwrap();
+        let back = busy(request.clone(), src);
         assert_eq!(back.hdr.kind, kind::BUSY);
         assert_eq!(
             (
@@ -592,21 +485,13 @@ mod tests {
             src,
             "the answer still goes to the client"
         );
-        assert!(busy(b"junk", src).is_none());
-        let response = request.response(b"pong".to_vec());
-        assert!(
-            busy(&response.to_bytes(), src).is_none(),
-            "only requests are sent back"
-        );
     }
 
     #[test]
     fn failures_answer_error_6() {
-        let t: FunctionTable = "upper".parse().unwrap();
         let src: SocketAddr = "10.0.0.2:4000".parse().unwrap();
         let (answer, _) = handle(
-            &t,
-            None,
+            "upper",
             None,
             &Message::request(1, 1, &[0xff, 0xfe]).to_bytes(),
             src,
@@ -619,7 +504,6 @@ mod tests {
 
     #[test]
     fn workflow_steps_go_on_to_the_dispatcher_and_the_last_answers_the_client() {
-        let t: FunctionTable = "upper".parse().unwrap();
         let service: SocketAddr = "10.0.0.1:7770".parse().unwrap();
         let client: SocketAddr = "10.0.0.2:4000".parse().unwrap();
         let mut m = Message::request(1, 7, b"abc");
@@ -632,8 +516,7 @@ mod tests {
             .to_ipv6_mapped()
             .octets();
         // What the worker sends for `m`, arriving from the dispatcher.
-        let handled =
-            |m: &Message| handle(&t, Some(service), None, &m.to_bytes(), service).unwrap();
+        let handled = |m: &Message| handle("upper", Some(service), &m.to_bytes(), service).unwrap();
         let (step, to) = handled(&m);
         assert_eq!(to, service);
         assert_eq!(
