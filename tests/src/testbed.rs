@@ -890,5 +890,6 @@ pub fn attach_in_namespace(
 /// A file of this repository (examples, test functions, the Python
 /// client), by its path from the repository's root.
 pub fn repo_file(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    root.canonicalize().unwrap_or(root).join(path)
 }

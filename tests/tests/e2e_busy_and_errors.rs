@@ -52,17 +52,17 @@ fn busy_workers_are_skipped_and_the_slow_path_answers_errors_3_4_and_7() {
     let _busy1 = tb.serve(
         busy1,
         "echo",
-        &["--dispatcher", &service, "--max-in-flight", "0"],
+        &["--dispatcher", &service, "--max-inflight", "0"],
     );
     let _busy2 = tb.serve(
         busy2,
         "echo",
-        &["--dispatcher", &service, "--max-in-flight", "0"],
+        &["--dispatcher", &service, "--max-inflight", "0"],
     );
     let _free = tb.serve(
         free,
         "echo",
-        &["--dispatcher", &service, "--max-in-flight", "64"],
+        &["--dispatcher", &service, "--max-inflight", "64"],
     );
     let _dispatcher = bed.start("dispatcher", &conf, &[]);
     tb.wait_for_udp_port(dsp, 7770, Duration::from_secs(10));

@@ -2,31 +2,40 @@
 //! testbed. A client sends requests to the dispatcher's service address;
 //! the XDP program on the dispatcher's interface rewrites each toward its
 //! function's worker; the workers answer the client directly. A two-step
-//! workflow runs through the kernel too, then a pktgen run. Then an
+//! workflow runs through the kernel too; then the user's own functions
+//! (examples/functions: a shell handler run per request, a warm Python
+//! handler, an HTTP function server), then a pktgen run. Then an
 //! operator's session with the CLI (add a worker, drain one, a function
 //! with no worker), the daemon's log, and everything is removed again.
 
 use std::path::Path;
 
-use tests::testbed::{config, dispatcher_bin, Testbed};
+use tests::{
+    examples,
+    testbed::{config, dispatcher_bin, Testbed},
+};
 
 const ROUNDS: usize = 3;
 
 fn main() {
     let bin = dispatcher_bin();
-    println!("== building a testbed: namespaces for a client, the dispatcher and three workers on one bridge");
+    println!("== building a testbed: namespaces for a client, the dispatcher and four workers on one bridge");
     let mut tb = Testbed::new("demo");
     let dsp = tb.add_host("dsp", 1);
     let client = tb.add_host("client", 2);
     let workers = [tb.add_host("worker-a", 10), tb.add_host("worker-b", 11)];
     let spare = tb.add_host("worker-c", 12);
+    let hosting = tb.add_host("worker-d", 13);
     tb.enable_xdp_tx(&dsp);
 
     let [wa, wb] = [&workers[0], &workers[1]];
     let config = config(
         dsp.ip,
         &[(1, &[wa]), (2, &[wb])],
-        "\n[[workflows]]\nid = 100\nsteps = [1, 2]\n",
+        &format!(
+            "\n[[workflows]]\nid = 100\nsteps = [1, 2]\n{}",
+            examples::config(&hosting)
+        ),
     );
     let config_path = tb.write_file("dispatcher.toml", &config);
     println!(
@@ -43,6 +52,12 @@ fn main() {
         tb.serve(wb, "reverse", &["--dispatcher", &service]),
         tb.serve(&spare, "upper", &["--dispatcher", &service]),
     ];
+    println!(
+        "== your functions on {}: `dispatcher serve --run-as nobody --function {}`, with examples/functions/http_function.py on its loopback",
+        hosting.ip,
+        examples::functions().join(" --function ")
+    );
+    let _examples = examples::start(&tb, &hosting, &service);
     let mut dispatcher = tb.run_dispatcher(&dsp, "dispatcher", &config_path, &[]);
     println!(
         "== dispatcher attached to {}:eth0 ({}), service {service}\n",
@@ -61,6 +76,20 @@ fn main() {
     }
     println!("\n== workflow 100 (function 1, then 2): each STEP is dispatched by XDP; the last worker answers");
     invoke("100", "hello workflow");
+
+    println!("\n== your own functions through the same XDP dispatcher: {} = greet.sh (a process per request), {} = wordcount.py (warm Python processes), {} = http_function.py (an HTTP server)", examples::GREET, examples::WORDCOUNT, examples::REVERSE);
+    invoke(&examples::GREET.to_string(), "operator");
+    invoke(&examples::GREET.to_string(), "");
+    invoke(
+        &examples::WORDCOUNT.to_string(),
+        "the quick brown fox jumps over the lazy dog the end",
+    );
+    invoke(&examples::REVERSE.to_string(), "stressed");
+    println!(
+        "workflow {} (reverse over HTTP, then count the words in a warm process):",
+        examples::WORKFLOW
+    );
+    invoke(&examples::WORKFLOW.to_string(), "olleh olleh dlrow");
 
     println!("\n== pktgen: 2,000 requests/s for 2 s through the XDP dispatcher (open loop, latency from the scheduled send time)");
     let out = tb.exec(
