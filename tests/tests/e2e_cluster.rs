@@ -507,3 +507,55 @@ fn least_loaded_sees_the_load_other_dispatchers_put_on_a_worker() {
         to_w2
     );
 }
+
+#[test]
+fn a_registered_worker_hosts_every_kind_of_function() {
+    let bed = ClusterBed::new("clhost", 1, 1);
+    let addr = bed.workers[0].worker_addr();
+    let _d1 = bed.start_dispatcher(0, &[]);
+    let host = &bed.workers[0];
+    let script = tests::testbed::repo_file("examples/functions/http_function.py");
+    let _http = bed.tb.spawn(
+        host,
+        "http-function",
+        std::path::Path::new("/usr/bin/python3"),
+        &[script.to_str().unwrap(), "--port", "8080"],
+    );
+    bed.tb
+        .wait_for_tcp_port(host, 8080, Duration::from_secs(10));
+    let warm = format!(
+        "3=warm:/usr/bin/python3 {}",
+        tests::testbed::repo_file("examples/functions/wordcount.py").display()
+    );
+    let _w1 = bed.register(
+        0,
+        "1=echo",
+        &[
+            "--function",
+            "2=exec:tr a-z A-Z",
+            "--function",
+            &warm,
+            "--function",
+            "4=http:http://127.0.0.1:8080/",
+            "--run-as",
+            "nobody",
+        ],
+    );
+    // One key per function id, whatever its kind.
+    bed.wait_for_members(
+        &[0],
+        &[(1, addr), (2, addr), (3, addr), (4, addr)],
+        Duration::from_secs(10),
+    );
+    let answers: Vec<String> = [(1, "echo"), (2, "exec"), (3, "warm words"), (4, "http")]
+        .iter()
+        .map(|(f, p)| {
+            let a = bed.invoke_via(0, *f, 0, p);
+            assert_eq!(a.code, Some(0), "function {f}: {}", a.stderr);
+            a.body
+        })
+        .collect();
+    assert_eq!(answers[..2], ["echo", "EXEC"]);
+    assert!(answers[2].contains("\"words\": 2"), "{}", answers[2]);
+    assert_eq!(answers[3], "ptth");
+}
