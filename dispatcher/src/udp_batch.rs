@@ -38,6 +38,16 @@ impl BatchReceiver {
     /// takes whatever else is queued, up to the batch size. Returns how
     /// many arrived: 0 on a timeout or an interrupted wait.
     pub fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+        self.recv_with(socket, MsgFlags::MSG_WAITFORONE)
+    }
+
+    /// Takes what is queued, up to the batch size, without waiting (for a
+    /// socket whose readiness an event loop watches): 0 when none is.
+    pub fn try_recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+        self.recv_with(socket, MsgFlags::MSG_DONTWAIT)
+    }
+
+    fn recv_with(&mut self, socket: &UdpSocket, flags: MsgFlags) -> io::Result<usize> {
         self.received.clear();
         let mut slices: Vec<[IoSliceMut; 1]> = self
             .buffers
@@ -50,7 +60,7 @@ impl BatchReceiver {
             socket.as_raw_fd(),
             &mut self.headers,
             slices.iter_mut(),
-            MsgFlags::MSG_WAITFORONE,
+            flags,
             None::<TimeSpec>,
         ) {
             Ok(results) => {

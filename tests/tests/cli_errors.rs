@@ -210,3 +210,69 @@ fn offload_check_passes_the_offload_variant_and_names_the_host_variants_violatio
         "it has: dispatch, dispatch_hw",
     );
 }
+
+#[test]
+fn serve_errors_name_the_problem_and_the_fix() {
+    let dir = std::env::temp_dir().join(format!("dispatcher-serve-errors-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("worker.toml");
+    std::fs::write(
+        &bad,
+        "[[functions]]\nid = 1\nrun = \"echo\"\nmax_inflite = 3\n",
+    )
+    .unwrap();
+    fn serve<'a>(more: &[&'a str]) -> Vec<&'a str> {
+        [&["serve", "--listen", "127.0.0.1:19999"][..], more].concat()
+    }
+    fails_saying(
+        &serve(&[]),
+        "no functions given: pass --function ID=KIND[:ARG]",
+    );
+    fails_saying(
+        &serve(&["--function", "1=exec:"]),
+        "exec needs a command after `exec:`",
+    );
+    fails_saying(
+        &serve(&["--function", "1=lambda:x"]),
+        "unknown kind `lambda`",
+    );
+    fails_saying(
+        &serve(&["--function", "x=echo"]),
+        "function id `x` is not a number",
+    );
+    fails_saying(
+        &serve(&["--function", "1=echo", "--function", "1=upper"]),
+        "function 1 is given twice",
+    );
+    fails_saying(
+        &serve(&["--function", "1=http:https://127.0.0.1/"]),
+        "serve the function on http://",
+    );
+    fails_saying(
+        &serve(&["--function", "1=echo", "--max-inflight", "2"]),
+        "give --dispatcher VIP:PORT",
+    );
+    fails_saying(&serve(&["--function", "1=exec:cat"]), "give --run-as USER");
+    fails_saying(
+        &serve(&["--function", "1=exec:cat", "--run-as", "no-such-user-here"]),
+        "no such user",
+    );
+    fails_saying(
+        &serve(&[
+            "--function",
+            "1=warm:/nonexistent/handler",
+            "--run-as",
+            "nobody",
+        ]),
+        "cannot start `/nonexistent/handler` as nobody",
+    );
+    fails_saying(
+        &serve(&["--config", bad.to_str().unwrap()]),
+        "unknown field `max_inflite`",
+    );
+    fails_saying(
+        &serve(&["--function", "1=echo", "--env", "NOVALUE"]),
+        "want NAME=VALUE",
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -47,6 +47,11 @@ enum Task {
     /// dispatchers (registration, removal, lease expiry), and churn under
     /// load (root; about a minute; a benchmark, not a test).
     BenchCluster,
+    /// What each hosting mode (exec, warm, HTTP upstream) adds to a
+    /// request through XDP over the in-process echo, at 1K and 10K req/s;
+    /// writes docs/benchmarks/bench-hosting.md (root; about 2 minutes;
+    /// installs nginx with apt-get if missing).
+    BenchHosting,
     /// The dispatcher beside the direct path, a minimal XDP rewrite, user
     /// mode and nginx on a namespace testbed; writes docs/benchmarks/bench.md
     /// (root; about 7 minutes; installs nginx with apt-get if missing).
@@ -80,6 +85,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::BenchXdp => bench_xdp(),
         Task::BenchControl => bench_control(),
         Task::BenchCluster => bench_cluster(),
+        Task::BenchHosting => bench_hosting(),
         Task::Bench => bench(),
         Task::OffloadTest => offload_vm::run(&workspace_root()).1,
     }
@@ -204,6 +210,17 @@ fn bench_cluster() -> Result<()> {
     cmd::cargo(&["build", "--quiet", "--release", "--package", "dispatcher"])?;
     cmd::step("benchmarking cluster mode: etcd, three dispatchers, one worker");
     run_release_bin("bench_cluster")
+}
+
+fn bench_hosting() -> Result<()> {
+    require_root("bench-hosting")?;
+    build()?;
+    bootstrap::ensure_system_tools()?;
+    bootstrap::ensure_packages(&[("nginx", "nginx")])?;
+    cmd::step("building the release binaries");
+    cmd::cargo(&["build", "--quiet", "--release", "--package", "dispatcher"])?;
+    cmd::step("benchmarking the hosting modes through XDP");
+    run_release_bin("bench_hosting")
 }
 
 /// Runs a release build of one of the tests crate's binaries.

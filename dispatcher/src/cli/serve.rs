@@ -8,9 +8,9 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, Result};
 use dispatcher::workload::{
-    hosting::{sandbox::Sandbox, ConfigFile, Defaults, FunctionTable, Functions},
+    hosting::{sandbox::Sandbox, ConfigFile, Defaults, FunctionTable},
     register, worker,
 };
 
@@ -197,11 +197,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 _ = term.recv() => {}
             }
         };
-        let functions = Functions::start(&table, sandbox, in_flight.clone())
-            .context("cannot start the functions")?;
         let serving = worker::serve(
             args.listen,
-            Arc::new(functions),
+            table,
+            sandbox,
             limits,
             heartbeats,
             args.memcached,

@@ -19,13 +19,18 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use dispatcher_common::protocol::{error_code, flags, kind};
-use tokio::net::UdpSocket;
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    net::UdpSocket,
+};
 use tracing::{debug, info, warn};
 
 use crate::{
     udp_batch::{BatchReceiver, BatchSender},
     wire::Message,
-    workload::hosting::{builtin, Call, Function, Functions, Outcome, Runner, Slot},
+    workload::hosting::{
+        builtin, sandbox::Sandbox, Call, Function, FunctionTable, Functions, Outcome, Runner, Slot,
+    },
 };
 
 /// The largest payload one UDP datagram (over IPv4) can carry after the
@@ -236,12 +241,16 @@ pub struct Limits {
 /// which the functions' slots keep) to the dispatchers' daemons.
 ///
 /// Datagrams are taken and answered in batches (recvmmsg/sendmmsg) on a
-/// plain thread, so that one core's worth of worker keeps up with a load
-/// generator's hundred thousand requests a second; the async runtime
-/// carries the hosted functions and the heartbeats.
+/// thread of their own, so that one core's worth of worker keeps up with a
+/// load generator's hundred thousand requests a second. That thread is a
+/// single-threaded event loop, and the hosted functions (their processes,
+/// their HTTP connections) live on it too: a request for one costs no hop
+/// to another thread, only the process's or the server's own wake-up. The
+/// caller's runtime carries the heartbeats.
 pub async fn serve(
     listen: SocketAddr,
-    functions: Arc<Functions>,
+    table: FunctionTable,
+    sandbox: Option<Sandbox>,
     limits: Limits,
     heartbeats: Option<HeartbeatTarget>,
     memcached: Option<SocketAddr>,
@@ -259,6 +268,7 @@ pub async fn serve(
         if listen.ip().is_unspecified() {
             bail!("--heartbeat-to needs --listen on the worker's own address (the one the dispatcher's config names), not {}", listen.ip());
         }
+        let in_flight = in_flight.clone();
         tokio::spawn(async move {
             if let Err(e) = send_heartbeats(listen, target, in_flight).await {
                 warn!("heartbeats stopped: {e:#}");
@@ -270,22 +280,39 @@ pub async fn serve(
     })?;
     let _ = nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::RcvBuf, &(4 << 20));
     let _ = nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::SndBuf, &(4 << 20));
-    info!(%listen, "worker serving");
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    let runtime = tokio::runtime::Handle::current();
-    // Not joined: the process ends with the runtime (a blocking task would
-    // keep the runtime's shutdown waiting on recvmmsg).
+    // Not joined: the process ends with the caller's runtime (a blocking
+    // join would keep its shutdown waiting on this loop).
     thread::Builder::new()
         .name("answers".into())
         .spawn(move || {
-            let _ = done_tx.send(answer_loop(
-                Arc::new(socket),
-                &functions,
-                limits,
-                kv.as_ref(),
-                &runtime,
-            ));
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = started_tx.send(Err(anyhow::Error::from(e)));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let functions = match Functions::start(&table, sandbox, in_flight) {
+                    Ok(functions) => functions,
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e.context("cannot start the functions")));
+                        return;
+                    }
+                };
+                let _ = started_tx.send(Ok(()));
+                let _ = done_tx.send(answer_loop(Arc::new(socket), functions, limits, kv).await);
+            });
         })?;
+    started_rx
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the worker's answer thread ended")))?;
+    info!(%listen, "worker serving");
     done_rx
         .await
         .unwrap_or_else(|_| Err(anyhow::anyhow!("the worker's answer thread ended")))
@@ -297,30 +324,48 @@ const BATCH: usize = 64;
 /// Receives, runs and answers, a batch at a time. Built-ins answer in the
 /// batch (with a delay, through a second thread that holds each answer
 /// until its time: the delay is the same for all, so they fall due in the
-/// order they were made); hosted functions run as tasks on `runtime`, each
-/// sending its own answer.
-fn answer_loop(
+/// order they were made); hosted functions run as tasks on this loop, each
+/// sending its own answer. Between batches the loop yields, so that under
+/// a flood of built-in requests the hosted ones still get their turn.
+async fn answer_loop(
     socket: Arc<std::net::UdpSocket>,
-    functions: &Functions,
+    functions: Functions,
     limits: Limits,
-    kv: Option<&memcache::Client>,
-    runtime: &tokio::runtime::Handle,
+    kv: Option<memcache::Client>,
 ) -> Result<()> {
     let Limits { service, delay } = limits;
     let delayed = (!delay.is_zero())
         .then(|| spawn_delayed_sender(socket.try_clone()?))
         .transpose()?;
+    // The socket stays blocking (sends wait for buffer space, as they
+    // should); receives do not wait (MSG_DONTWAIT) once the loop is told
+    // it is readable.
+    // SAFETY: the Arc keeps the socket, and so its descriptor, open for as
+    // long as the AsyncFd holds it; nothing replaces or closes it before.
+    let readable = unsafe { AsyncFd::register_with_interest(socket.clone(), Interest::READABLE) }
+        .context("cannot watch the worker's socket")?;
     let mut receiver = BatchReceiver::new(BATCH, 65536);
     let mut sender = BatchSender::new(BATCH);
     let mut answers: Vec<(Vec<u8>, Option<SocketAddr>)> = Vec::with_capacity(BATCH);
     let mut slots: Vec<Option<Slot>> = Vec::with_capacity(BATCH);
     let mut busies: Vec<(Vec<u8>, Option<SocketAddr>)> = Vec::new();
     loop {
-        let n = receiver.recv(&socket).context("cannot receive requests")?;
+        let mut ready = readable
+            .readable()
+            .await
+            .context("cannot wait for requests")?;
+        let n = receiver
+            .try_recv(&socket)
+            .context("cannot receive requests")?;
+        if n == 0 {
+            ready.clear_ready();
+            continue;
+        }
+        drop(ready);
         for k in 0..n {
             let (datagram, from) = receiver.get(k);
             let Some(from) = from else { continue };
-            match take(functions, service, kv, datagram, from) {
+            match take(&functions, service, kv.as_ref(), datagram, from) {
                 Taken::Ignored => {}
                 Taken::Answer(answer, to, slot) => {
                     answers.push((answer.to_bytes(), Some(to)));
@@ -334,7 +379,7 @@ fn answer_loop(
                     slot,
                 } => {
                     let socket = socket.clone();
-                    runtime.spawn(async move {
+                    tokio::spawn(async move {
                         let outcome = function.call(Call::of(&msg)).await;
                         let (answer, to) = finish(&msg, outcome, service, from);
                         if let Err(e) = socket.send_to(&answer.to_bytes(), to) {
@@ -378,6 +423,7 @@ fn answer_loop(
                 }
             }
         }
+        tokio::task::yield_now().await;
     }
 }
 
@@ -425,7 +471,6 @@ fn spawn_delayed_sender(socket: std::net::UdpSocket) -> Result<mpsc::Sender<Dela
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workload::hosting::FunctionTable;
 
     /// What a worker serving `functions` (built-ins) answers at once.
     fn handle(

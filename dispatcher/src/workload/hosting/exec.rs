@@ -44,7 +44,13 @@ impl Exec {
     pub async fn call(&self, call: &Call) -> Outcome {
         let mut env = self.env.clone();
         env.extend(call.ids().map(|(k, v)| (format!("FAAS_{k}"), v)));
-        let mut child = match self.sandbox.command(&self.argv, &env).spawn() {
+        let mut command = self.sandbox.command(&self.argv, &env);
+        // The fork copies this process's page tables: not on the thread
+        // that answers every other request.
+        let spawned = tokio::task::spawn_blocking(move || command.spawn())
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        let mut child = match spawned {
             Ok(child) => child,
             Err(e) => {
                 return Outcome::Failed(format!(

@@ -80,7 +80,16 @@ impl Upstream {
     }
 
     pub async fn call(&self, call: &Call) -> Outcome {
-        let _permit = self.free.acquire().await.expect("never closed");
+        // Waiting for a connection is bounded too; a request that got
+        // none was never sent, so it goes back as BUSY.
+        let Ok(permit) = tokio::time::timeout(self.timeout, self.free.acquire()).await else {
+            return Outcome::Busy(format!(
+                "no free connection to {} within {} ms",
+                self.url,
+                self.timeout.as_millis()
+            ));
+        };
+        let _permit = permit.expect("never closed");
         let mut request = hyper::Request::post(self.url.clone())
             .header(hyper::header::CONTENT_TYPE, "application/octet-stream");
         for (id, value) in call.ids() {

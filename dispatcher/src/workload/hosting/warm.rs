@@ -117,7 +117,15 @@ impl Pool {
     }
 
     pub async fn call(&self, call: &Call) -> Outcome {
-        let _permit = self.free.acquire().await.expect("never closed");
+        // Waiting for a process is bounded too; a request that got none
+        // never ran, so it goes back as BUSY (another worker may be free).
+        let Ok(permit) = tokio::time::timeout(self.timeout, self.free.acquire()).await else {
+            return Outcome::Busy(format!(
+                "no free warm process within {} ms",
+                self.timeout.as_millis()
+            ));
+        };
+        let _permit = permit.expect("never closed");
         let taken = self.idle.lock().expect("not poisoned").pop().flatten();
         let mut process = match taken.map_or_else(|| self.spawn(), Ok) {
             Ok(process) => process,
