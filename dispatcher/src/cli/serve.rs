@@ -53,8 +53,9 @@ pub struct Args {
     /// it the answer is ERROR 6 and its processes are killed.
     #[arg(long, default_value_t = 30_000, value_name = "MS")]
     timeout_ms: u64,
-    /// Warm processes, or connections to an HTTP function server, per
-    /// function (default: --max-inflight, else 4).
+    /// Warm processes, exec processes running at once, or connections to
+    /// an HTTP function server, per function (default: --max-inflight,
+    /// else 4).
     #[arg(long, value_name = "N")]
     pool: Option<u32>,
     /// The user exec and warm processes run as. Required when this worker

@@ -3,6 +3,8 @@
 //! environment (FAAS_FUNCTION_ID, FAAS_REQUEST_ID, ...); exit status 0
 //! makes its stdout the answer, anything else is ERROR 6 with the last line
 //! of its stderr. Past the function's timeout its process group is killed.
+//! At most `pool` run at once: a request waits (within the timeout) for
+//! its turn, and one that gets none goes back as BUSY, never having run.
 
 use std::{ffi::OsString, sync::Arc, time::Duration};
 
@@ -23,6 +25,8 @@ pub struct Exec {
     command: String,
     timeout: Duration,
     env: Vec<(String, String)>,
+    /// One permit per process that may run at once.
+    running: tokio::sync::Semaphore,
     sandbox: Arc<Sandbox>,
 }
 
@@ -37,11 +41,20 @@ impl Exec {
             command: command.to_string(),
             timeout: config.timeout,
             env: sandbox.base_env(&config.env),
+            running: tokio::sync::Semaphore::new(config.pool as usize),
             sandbox,
         })
     }
 
     pub async fn call(&self, call: &Call) -> Outcome {
+        let Ok(permit) = tokio::time::timeout(self.timeout, self.running.acquire()).await else {
+            return Outcome::Busy(format!(
+                "no turn to run `{}` within {} ms",
+                self.command,
+                self.timeout.as_millis()
+            ));
+        };
+        let _permit = permit.expect("never closed");
         let mut env = self.env.clone();
         env.extend(call.ids().map(|(k, v)| (format!("FAAS_{k}"), v)));
         let mut command = self.sandbox.command(&self.argv, &env);

@@ -138,7 +138,8 @@ pub struct FunctionConfig {
     pub timeout: Duration,
     /// Requests beyond this many in flight are answered BUSY.
     pub max_inflight: Option<u32>,
-    /// Warm processes, or connections to the HTTP server.
+    /// Warm processes, exec processes at once, or connections to the
+    /// HTTP server.
     pub pool: u32,
     pub env: Vec<(String, String)>,
 }
