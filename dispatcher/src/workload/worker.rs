@@ -278,8 +278,17 @@ pub async fn serve(
     let socket = std::net::UdpSocket::bind(listen).with_context(|| {
         format!("cannot listen on {listen} (is the address on an interface, the port free?)")
     })?;
-    let _ = nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::RcvBuf, &(4 << 20));
-    let _ = nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::SndBuf, &(4 << 20));
+    // Room for a burst while the answer thread is off the CPU (a host
+    // busy forking exec functions stalls it for tens of milliseconds):
+    // past net.core.rmem_max when the worker may (root), else up to it.
+    use nix::sys::socket::{setsockopt, sockopt};
+    const BUFFER: usize = 4 << 20;
+    if setsockopt(&socket, sockopt::RcvBufForce, &BUFFER).is_err() {
+        let _ = setsockopt(&socket, sockopt::RcvBuf, &BUFFER);
+    }
+    if setsockopt(&socket, sockopt::SndBufForce, &BUFFER).is_err() {
+        let _ = setsockopt(&socket, sockopt::SndBuf, &BUFFER);
+    }
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     // Not joined: the process ends with the caller's runtime (a blocking
