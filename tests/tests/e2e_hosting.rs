@@ -268,10 +268,10 @@ fn warm_processes_answer_and_a_crashed_one_is_replaced() {
 fn http_upstreams_answer_map_statuses_and_resteer_overload() {
     let bed = Bed::new("http", 2);
     let (tb, w1, w2) = (&bed.tb, &bed.workers[0], &bed.workers[1]);
-    // Function 1 on w1 and w2: w1's server is always overloaded (503), so
+    // Function 1 on w1 and w2: w1's server is always overloaded (429), so
     // w1 sends every request back as BUSY and the dispatcher re-steers it
     // to w2. Function 2 on w1 only: its server answers by payload.
-    let _w1_busy = http_server(tb, w1, 8081, &["--status", "503", "--name", "w1"]);
+    let _w1_busy = http_server(tb, w1, 8081, &["--status", "429", "--name", "w1"]);
     let _w1_http = http_server(tb, w1, 8080, &["--name", "w1"]);
     let _w2_http = http_server(tb, w2, 8080, &["--name", "w2"]);
     let conf = bed.write_config(&[(1, &[w1, w2]), (2, &[w1])], "");
@@ -334,9 +334,9 @@ fn http_upstreams_answer_map_statuses_and_resteer_overload() {
         6,
         "did not answer within its timeout (800 ms)",
     );
-    // A 429 from function 2's only worker: re-steered, no other worker,
-    // so the dispatcher answers ERROR 7.
-    assert_error(&bed.invoke("2", "status:429"), 7, "");
+    // A 503 from function 2's only worker: sent back as BUSY, no other
+    // worker to re-steer to, so the dispatcher answers ERROR 7.
+    assert_error(&bed.invoke("2", "status:503"), 7, "");
     assert_response(&bed.invoke("2", "still"), "w1:still");
 }
 
