@@ -203,18 +203,6 @@ impl Pool {
     }
 }
 
-impl Pool {
-    /// Processes idle now (for tests).
-    pub fn idle(&self) -> usize {
-        self.idle
-            .lock()
-            .expect("not poisoned")
-            .iter()
-            .flatten()
-            .count()
-    }
-}
-
 impl Process {
     async fn exchange(&mut self, call: &Call) -> Result<frame::Answer, Broke> {
         let died = |e: std::io::Error| Broke::Died(e.to_string());
