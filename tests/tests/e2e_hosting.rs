@@ -212,7 +212,7 @@ fn warm_processes_answer_and_a_crashed_one_is_replaced() {
     let function = format!("1=warm:{PYTHON} {}", handler.display());
     let conf = bed.write_config(&[(1, &[w1])], "");
     let service = bed.service();
-    let _worker = tb.serve_with(
+    let mut worker = tb.serve_with(
         w1,
         &[
             "--function",
@@ -262,6 +262,14 @@ fn warm_processes_answer_and_a_crashed_one_is_replaced() {
         tb.logs().contains("crashing on purpose"),
         "the process's stderr reaches the worker's log"
     );
+    // SIGTERM while a request runs: the worker answers it, then exits.
+    let answer = std::thread::scope(|s| {
+        let pending = s.spawn(|| bed.invoke("1", "sleep:600"));
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(worker.stop(), "the worker exits cleanly");
+        pending.join().unwrap()
+    });
+    assert_response(&answer, "slept");
 }
 
 #[test]

@@ -100,9 +100,10 @@ pub struct Args {
     /// it dies (shorter: dropped sooner; longer: rides out pauses).
     #[arg(long, default_value_t = 3, requires = "register")]
     lease_ttl: i64,
-    /// With --register: how long SIGTERM waits for requests in flight
-    /// before deregistering.
-    #[arg(long, default_value_t = 10_000, requires = "register")]
+    /// How long SIGTERM (or Ctrl-C) waits for the requests in flight to be
+    /// answered before the worker exits (with --register: before it
+    /// deregisters).
+    #[arg(long, default_value_t = 10_000)]
     drain_timeout_ms: u64,
 }
 
@@ -190,6 +191,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         delay: Duration::from_micros(args.delay_us),
     };
     let in_flight = Arc::new(AtomicU32::new(0));
+    let drain_timeout = Duration::from_millis(args.drain_timeout_ms);
     tokio_runtime()?.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let stop = async move {
@@ -213,9 +215,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 r = serving => r,
                 r = register::run(reg, in_flight, targets, stop) => r,
             },
+            // Serving goes on while what was taken is answered.
             None => tokio::select! {
                 r = serving => r,
-                () = stop => Ok(()),
+                () = async {
+                    stop.await;
+                    worker::finish_in_flight(&in_flight, drain_timeout).await;
+                } => Ok(()),
             },
         }
     })?;

@@ -14,10 +14,7 @@
 
 use std::{
     net::SocketAddr,
-    sync::{
-        atomic::{AtomicU32, Ordering},
-        Arc, RwLock,
-    },
+    sync::{atomic::AtomicU32, Arc, RwLock},
     time::{Duration, Instant},
 };
 
@@ -266,10 +263,7 @@ async fn deregister(
     // Dispatchers apply the change within milliseconds; a request sent just
     // before it may still be on its way.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let deadline = Instant::now() + reg.drain_timeout;
-    while in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::workload::worker::finish_in_flight(in_flight, reg.drain_timeout).await;
     for f in &reg.functions {
         client.delete(keys.worker(*f, reg.advertise), None).await?;
     }

@@ -436,6 +436,26 @@ async fn answer_loop(
     }
 }
 
+/// Waits until no request is in flight (their answers have left), or
+/// `timeout`: what a stopping worker owes the requests it already took.
+pub async fn finish_in_flight(in_flight: &AtomicU32, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let held = in_flight.load(Ordering::Relaxed);
+    if held > 0 {
+        info!(held, "stopping: answering the requests in flight first");
+    }
+    while in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let left = in_flight.load(Ordering::Relaxed);
+    if left > 0 {
+        warn!(
+            left,
+            "stopping with requests still in flight after {timeout:?}"
+        );
+    }
+}
+
 /// A request sent back as BUSY (PROTOCOL.md): unchanged but for the kind,
 /// with `reply_*` set to where the answer goes. None for datagrams that are
 /// not requests.
