@@ -18,7 +18,6 @@ import time
 
 from . import errors, protocol
 
-Address = tuple  # (host, port) as socket takes it
 
 
 def parse_service(service) -> tuple[str, int]:
