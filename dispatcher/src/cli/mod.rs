@@ -77,7 +77,8 @@ enum Command {
         #[command(subcommand)]
         action: offload::Action,
     },
-    /// The reference worker runtime: serve functions over UDP.
+    /// The worker: serve functions (built-ins, your processes, your HTTP
+    /// servers) to the dispatcher's requests (docs/worker-api.md).
     Serve(Box<serve::Args>),
     /// Open-loop load generator and latency meter: requests on a fixed
     /// schedule, answers matched by request_id, HDR-histogram percentiles.

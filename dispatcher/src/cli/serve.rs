@@ -82,8 +82,8 @@ pub struct Args {
     /// memcached for the `kv` function.
     #[arg(long)]
     memcached: Option<SocketAddr>,
-    /// Register in the cluster (with --etcd): one key per function id of
-    /// --functions (ID=NAME), under a lease; heartbeats then go to every
+    /// Register in the cluster (with --etcd): one key per function id
+    /// given (--function ID=KIND), under a lease; heartbeats then go to every
     /// registered dispatcher (with --heartbeat-key). On SIGTERM: drain,
     /// then deregister.
     #[arg(long, requires = "etcd")]
