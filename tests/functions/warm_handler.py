@@ -2,7 +2,8 @@
 """The warm handler the hosting tests run (through faas_dispatcher.warm):
 by payload, `pid` answers its process id, `crash` writes a line to stderr
 and exits 3 mid-request, `fail` raises, `sleep:MS` sleeps, `env` answers
-its environment's names, anything else comes back upper-cased."""
+its environment's names, `last` answers and then the process exits
+(idle, before the next request), anything else comes back upper-cased."""
 
 import os
 import sys
@@ -27,6 +28,11 @@ def handle(payload, request):
         return "slept"
     if text == "env":
         return " ".join(sorted(os.environ))
+    if text == "last":
+        # Exit once this answer is out: the next request finds it gone.
+        import threading
+        threading.Timer(0.05, lambda: os._exit(0)).start()
+        return "bye"
     if text == "ids":
         return f"{request.function_id} {request.workflow_id} {request.step}"
     return text.upper()

@@ -262,6 +262,13 @@ fn warm_processes_answer_and_a_crashed_one_is_replaced() {
         tb.logs().contains("crashing on purpose"),
         "the process's stderr reaches the worker's log"
     );
+    // A process that ends while idle: the next request it would have
+    // taken (the pool reuses the last one) runs on a fresh one instead.
+    for _ in 0..3 {
+        assert_response(&bed.invoke("1", "last"), "bye");
+        std::thread::sleep(Duration::from_millis(200));
+        assert_response(&bed.invoke("1", "taken"), "TAKEN");
+    }
     // SIGTERM while a request runs: the worker answers it, then exits.
     let answer = std::thread::scope(|s| {
         let pending = s.spawn(|| bed.invoke("1", "sleep:600"));

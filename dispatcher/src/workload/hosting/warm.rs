@@ -53,6 +53,9 @@ struct Process {
 
 /// Why a process could not answer.
 enum Broke {
+    /// It could not take the request (it had ended before it): the request
+    /// never ran, so another process may take it.
+    NotTaken(String),
     /// It exited, or closed its stdin or stdout.
     Died(String),
     /// It wrote something the framing does not allow.
@@ -138,7 +141,22 @@ impl Pool {
                 ));
             }
         };
-        match tokio::time::timeout(self.timeout, process.exchange(call)).await {
+        let mut outcome = tokio::time::timeout(self.timeout, process.exchange(call)).await;
+        if let Ok(Err(Broke::NotTaken(why))) = &outcome {
+            // A process that died while idle (killed, or a handler that
+            // exits): the request has not run; a fresh process takes it.
+            warn!(function = %self.name, "a warm process had ended while idle ({why}); starting another for the request");
+            self.bury(&mut process).await;
+            process = match self.spawn() {
+                Ok(fresh) => fresh,
+                Err(e) => {
+                    self.idle.lock().expect("not poisoned").push(None);
+                    return Outcome::Failed(format!("cannot start `{}`: {e}", self.command));
+                }
+            };
+            outcome = tokio::time::timeout(self.timeout, process.exchange(call)).await;
+        }
+        match outcome {
             Ok(Ok(answer)) => {
                 self.idle.lock().expect("not poisoned").push(Some(process));
                 if answer.ok {
@@ -159,15 +177,20 @@ impl Pool {
         }
     }
 
+    /// Kills a process and its group, reaps it, and says how it ended.
+    async fn bury(&self, process: &mut Process) -> String {
+        sandbox::kill_group(process.pgid);
+        let status = tokio::time::timeout(Duration::from_secs(1), process.child.wait()).await;
+        match status {
+            Ok(Ok(status)) => sandbox::describe_exit(status),
+            _ => "did not exit".to_string(),
+        }
+    }
+
     /// Kills a process that cannot go on, puts a fresh one in its place
     /// (or None, to try again on the next request), and says what happened.
     async fn retire(&self, mut process: Process, broke: Broke) -> Outcome {
-        sandbox::kill_group(process.pgid);
-        let status = tokio::time::timeout(Duration::from_secs(1), process.child.wait()).await;
-        let how = match status {
-            Ok(Ok(status)) => sandbox::describe_exit(status),
-            _ => "did not exit".to_string(),
-        };
+        let how = self.bury(&mut process).await;
         let last = process.last_stderr.lock().expect("not poisoned").clone();
         let replacement = self.spawn();
         if let Err(e) = &replacement {
@@ -178,7 +201,7 @@ impl Pool {
             .expect("not poisoned")
             .push(replacement.ok());
         match broke {
-            Broke::Died(why) => {
+            Broke::Died(why) | Broke::NotTaken(why) => {
                 warn!(function = %self.name, pid = process.pgid, "warm process ended ({how}); replaced");
                 Outcome::Failed(format!(
                     "the warm process of `{}` ended while running the request ({how}{}{}): {last}",
@@ -205,12 +228,13 @@ impl Pool {
 
 impl Process {
     async fn exchange(&mut self, call: &Call) -> Result<frame::Answer, Broke> {
-        let died = |e: std::io::Error| Broke::Died(e.to_string());
+        let not_taken = |e: std::io::Error| Broke::NotTaken(e.to_string());
         self.stdin
             .write_all(&frame::request(call))
             .await
-            .map_err(died)?;
-        self.stdin.flush().await.map_err(died)?;
+            .map_err(not_taken)?;
+        self.stdin.flush().await.map_err(not_taken)?;
+        let died = |e: std::io::Error| Broke::Died(e.to_string());
         let mut len = [0u8; 4];
         self.stdout.read_exact(&mut len).await.map_err(died)?;
         let len = u32::from_be_bytes(len) as usize;
