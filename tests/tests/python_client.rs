@@ -9,7 +9,9 @@ use std::{path::Path, process::Command};
 use tests::{bed::Bed, examples, testbed::repo_file};
 
 /// A venv with the client and pytest installed: made once under target/,
-/// the client reinstalled from the working tree every run.
+/// the client reinstalled from the working tree every run, from a copy
+/// (pip builds in the directory it installs from, and the source tree
+/// stays clean).
 fn venv() -> std::path::PathBuf {
     let venv = repo_file("target/python-client-venv");
     let python = venv.join("bin/python");
@@ -29,7 +31,16 @@ fn venv() -> std::path::PathBuf {
             &["-m", "venv", venv.to_str().unwrap()],
         );
     }
-    let client = repo_file("clients/python");
+    let client = repo_file("target/python-client-src");
+    let _ = std::fs::remove_dir_all(&client);
+    run(
+        Path::new("cp"),
+        &[
+            "-r",
+            repo_file("clients/python").to_str().unwrap(),
+            client.to_str().unwrap(),
+        ],
+    );
     let pip = ["-m", "pip", "install", "-q", "--disable-pip-version-check"];
     run(&python, &[&pip[..], &["pytest"]].concat());
     run(
@@ -54,6 +65,7 @@ fn the_python_client_passes_its_tests_against_the_demo_functions() {
     let _dispatcher = bed.start("dispatcher", &conf, &[]);
 
     let env = [
+        "PYTHONDONTWRITEBYTECODE=1".to_string(),
         format!("FAAS_SERVICE={service}"),
         format!("FAAS_GREET={}", examples::GREET),
         format!("FAAS_WORDCOUNT={}", examples::WORDCOUNT),
