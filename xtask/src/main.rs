@@ -49,7 +49,7 @@ enum Task {
     BenchCluster,
     /// What each hosting mode (exec, warm, HTTP upstream) adds to a
     /// request through XDP over the in-process echo, at 1K and 10K req/s;
-    /// writes docs/benchmarks/bench-hosting.md (root; about 2 minutes;
+    /// writes docs/benchmarks/bench-hosting.md (root; about 5 minutes;
     /// installs nginx with apt-get if missing).
     BenchHosting,
     /// The dispatcher beside the direct path, a minimal XDP rewrite, user

@@ -300,7 +300,8 @@ impl FunctionTable {
         self.by_id.keys().copied().collect()
     }
 
-    pub fn lookup(&self, function_id: u32) -> Option<&FunctionConfig> {
+    #[cfg(test)]
+    fn lookup(&self, function_id: u32) -> Option<&FunctionConfig> {
         self.by_id.get(&function_id).or(self.any.as_ref())
     }
 
@@ -322,9 +323,11 @@ impl FunctionTable {
     }
 }
 
+/// `--functions` with the flags' defaults (for tests: serve adds each
+/// source with its own defaults).
+#[cfg(test)]
 impl FromStr for FunctionTable {
     type Err = anyhow::Error;
-    /// `--functions` with the flags' defaults.
     fn from_str(list: &str) -> Result<FunctionTable> {
         let mut table = FunctionTable::default();
         table.add_list(list, &Defaults::default())?;
@@ -388,7 +391,8 @@ impl Function {
     }
 
     /// Requests of this function in flight now.
-    pub fn in_flight(&self) -> u32 {
+    #[cfg(test)]
+    fn in_flight(&self) -> u32 {
         self.slots.held.load(Ordering::Acquire)
     }
 
