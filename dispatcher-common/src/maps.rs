@@ -19,6 +19,7 @@ pub mod names {
     pub const RING: &str = "RING";
     pub const MAGLEV: &str = "MAGLEV";
     pub const RR_CURSORS: &str = "RR_CURSORS";
+    pub const RR_TURNS: &str = "RR_TURNS";
     pub const WORKFLOWS: &str = "WORKFLOWS";
     pub const REGISTERED: &str = "REGISTERED";
     pub const EGRESS: &str = "EGRESS";
@@ -69,7 +70,7 @@ pub const MAX_RESTEERS: u8 = 3;
 pub struct Geometry {
     /// SERVICES slots: a two-choice hash table (a power of two).
     pub service_slots: u32,
-    /// Function rows (FUNCTIONS entries, RR_CURSORS, FUNCTION_STATS).
+    /// Function rows (FUNCTIONS entries, RR_CURSORS, RR_TURNS, FUNCTION_STATS).
     pub functions: u32,
     /// Worker slots per function (a power of two, at most 64).
     pub workers_per_function: u32,
@@ -175,7 +176,9 @@ impl Geometry {
         use names::*;
         Some(match name {
             SERVICES => self.service_slots,
-            FUNCTIONS | RR_CURSORS | FUNCTION_STATS | FUNCTION_STATS_HW => self.functions,
+            FUNCTIONS | RR_CURSORS | RR_TURNS | FUNCTION_STATS | FUNCTION_STATS_HW => {
+                self.functions
+            }
             WORKERS | LOADS | REGISTERED | WORKER_STATS | WORKER_STATS_HW => self.worker_slots(),
             RING => self.functions * 2 * self.ring_chunks(),
             MAGLEV => self.functions * 2 * self.maglev_chunks(),
@@ -187,9 +190,17 @@ impl Geometry {
     /// The two SERVICES slots where `e` may live.
     #[inline(always)]
     pub fn service_slots(&self, e: &Endpoint) -> (u32, u32) {
-        let h = crate::hash::fmix32(
-            crate::hash::fold_address(&e.addr) ^ u16::from_be_bytes(e.port) as u32,
-        );
+        self.service_slots_of(
+            crate::hash::fold_address(&e.addr),
+            u16::from_be_bytes(e.port),
+        )
+    }
+
+    /// The same, from the address already folded (`hash::fold_address`)
+    /// and the port in host order: what the data plane has at hand.
+    #[inline(always)]
+    pub fn service_slots_of(&self, folded_address: u32, port: u16) -> (u32, u32) {
+        let h = crate::hash::fmix32(folded_address ^ port as u32);
         let mask = self.service_slots.wrapping_sub(1);
         (h & mask, (h >> 10) & mask)
     }
@@ -266,13 +277,30 @@ impl Endpoint {
     /// in BPF.
     #[inline(always)]
     pub fn same(&self, other: &Endpoint) -> bool {
-        let w = |a: &[u8; 16], i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
-        w(&self.addr, 0) == w(&other.addr, 0)
-            && w(&self.addr, 4) == w(&other.addr, 4)
-            && w(&self.addr, 8) == w(&other.addr, 8)
-            && w(&self.addr, 12) == w(&other.addr, 12)
-            && self.port[0] == other.port[0]
-            && self.port[1] == other.port[1]
+        self.is(&other.words(), other.port)
+    }
+
+    /// The address as four native-order words of its bytes.
+    #[inline(always)]
+    pub fn words(&self) -> [u32; 4] {
+        let w = |i: usize| {
+            let a = &self.addr;
+            u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]])
+        };
+        [w(0), w(4), w(8), w(12)]
+    }
+
+    /// Whether this is the address of `words` (see `words`) and `port`.
+    /// One branch: the differences are OR-ed together.
+    #[inline(always)]
+    pub fn is(&self, words: &[u32; 4], port: [u8; 2]) -> bool {
+        let mine = self.words();
+        let diff = (mine[0] ^ words[0])
+            | (mine[1] ^ words[1])
+            | (mine[2] ^ words[2])
+            | (mine[3] ^ words[3])
+            | (u16::from_ne_bytes(self.port) ^ u16::from_ne_bytes(port)) as u32;
+        diff == 0
     }
 }
 

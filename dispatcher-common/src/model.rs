@@ -39,7 +39,7 @@ pub trait View {
     fn maglev_slot(&self, f: &Function, position: u32) -> Option<u8>;
     fn load(&self, worker_index: u32) -> Option<u64>;
     fn settings(&self) -> Option<Settings>;
-    /// The round-robin turn a fetch-add on the function's cursor returns.
+    /// The round-robin turn the data plane takes next for the function.
     fn turn(&self, function_index: u32) -> u32;
 }
 

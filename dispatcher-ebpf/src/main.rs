@@ -93,12 +93,16 @@ struct Decision {
 
 #[inline(always)]
 fn try_dispatch<V: Variant>(ctx: &XdpContext) -> Result<(Counter, u32), Counter> {
-    let pkt = Packet::parse(ctx)?;
+    Packet::parse(ctx, |pkt| dispatch_parsed::<V>(ctx, pkt))
+}
+
+#[inline(always)]
+fn dispatch_parsed<V: Variant>(ctx: &XdpContext, pkt: &Packet) -> Result<(Counter, u32), Counter> {
     let settings = maps::settings()?;
-    if !Packet::addressed_to(ctx, &settings.iface_mac) {
+    if !pkt.addressed_to(&settings.iface_mac) {
         return Err(Counter::PassNotForUs);
     }
-    if !maps::is_service(settings, &pkt.dst) {
+    if !maps::is_service(settings, &pkt.destination()) {
         return Err(Counter::PassNotService);
     }
     let hdr_ptr = pkt.faas_header(ctx)?;
@@ -111,22 +115,26 @@ fn try_dispatch<V: Variant>(ctx: &XdpContext) -> Result<(Counter, u32), Counter>
         return Err(Counter::PassBadVersion);
     }
 
+    // The source endpoint is built only where a path needs it (checking a
+    // STEP's or BUSY's sender, re-steering away from it, hashing without a
+    // key), each time from the packet: carried in a variable across these
+    // arms, LLVM materialised it on the stack for every REQUEST too.
     let decision = match hdr.kind {
         kind::REQUEST => request(hdr)?,
         kind::STEP => {
-            registered(&pkt)?;
+            registered(pkt)?;
             step::<V>(hdr)?
         }
         kind::BUSY => {
-            registered(&pkt)?;
+            registered(pkt)?;
             busy(hdr)?
         }
         _ => return Err(Counter::PassNotRequest),
     };
     let function = decision.function;
     let slot = match decision.edit {
-        HeaderEdit::Resteer { .. } => select::other_than::<V>(function, &pkt.src)?,
-        _ => select::by_policy::<V>(function, hdr.key(), &pkt)?,
+        HeaderEdit::Resteer { .. } => select::other_than::<V>(function, &pkt.source())?,
+        _ => select::by_policy::<V>(function, hdr.key(), pkt)?,
     };
     let index = function.worker_index(slot);
     let worker = maps::worker(index).ok_or(Counter::PassNoWorker)?;
@@ -135,14 +143,7 @@ fn try_dispatch<V: Variant>(ctx: &XdpContext) -> Result<(Counter, u32), Counter>
     }
 
     // Every check is done: from here on the packet is written.
-    rewrite::toward_worker(
-        ctx,
-        &pkt,
-        hdr_ptr,
-        &decision.edit,
-        worker,
-        &settings.src_mac,
-    )?;
+    rewrite::toward_worker(pkt, hdr_ptr, &decision.edit, worker, &settings.src_mac);
     select::charge::<V>(function, slot);
     let action = V::transmit(settings)?;
     V::traffic(function.index, index, pkt.len);
@@ -152,7 +153,7 @@ fn try_dispatch<V: Variant>(ctx: &XdpContext) -> Result<(Counter, u32), Counter>
 /// STEP and BUSY are accepted only from registered workers.
 #[inline(always)]
 fn registered(pkt: &Packet) -> Result<(), Counter> {
-    if maps::is_registered(&pkt.src) {
+    if maps::is_registered(&pkt.source()) {
         Ok(())
     } else {
         Err(Counter::DropNotRegistered)

@@ -21,6 +21,8 @@ use dispatcher_common::{
     stats::Counter,
 };
 
+use crate::parse::Destination;
+
 const HOST: Geometry = Geometry::HOST;
 
 /// Service addresses and ports (VIPs), IPv4-mapped or IPv6: a two-choice
@@ -64,11 +66,19 @@ pub static RING: Array<TableChunk> =
 pub static MAGLEV: Array<TableChunk> =
     Array::with_max_entries(HOST.functions * 2 * HOST.maglev_size / TABLE_CHUNK, 0);
 
-/// Round-robin turn counter per function index. Advanced by the data plane
-/// (a fetch-add on the host, read and update on the NFP: `Variant::next_turn`);
-/// user space only creates the entries.
+/// Round-robin turn counter per function index, for the offload variant:
+/// read and updated by the data plane (the NFP has no fetch-add and no
+/// per-CPU maps: `Variant::next_turn`); user space only zeroes the entries.
 #[map]
 pub static RR_CURSORS: Array<u64> = Array::with_max_entries(HOST.functions, 0);
+
+/// Round-robin turns per function index and CPU, for the host variant:
+/// each CPU walks the ring on its own, without a locked instruction. User
+/// space starts the CPUs at evenly spaced ring positions when it creates
+/// a function, so two CPUs do not send their first requests to the same
+/// workers.
+#[map]
+pub static RR_TURNS: PerCpuArray<u32> = PerCpuArray::with_max_entries(HOST.functions, 0);
 
 /// Workflows by id: the function of each step. Written by user space; read
 /// per workflow REQUEST and STEP.
@@ -111,12 +121,18 @@ pub static WORKER_STATS_HW: Array<Traffic> = Array::with_max_entries(HOST.worker
 // are read from them.
 
 #[inline(always)]
-pub fn is_service(settings: &Settings, e: &Endpoint) -> bool {
-    let (a, b) = settings.geometry.service_slots(e);
+pub fn is_service(settings: &Settings, d: &Destination) -> bool {
+    let w = &d.words;
+    // `hash::fold_address` of the address: the XOR of its big-endian
+    // words is the byte-swapped XOR of its native-order ones.
+    let folded = u32::from_be(w[0] ^ w[1] ^ w[2] ^ w[3]);
+    let (a, b) = settings
+        .geometry
+        .service_slots_of(folded, u16::from_be_bytes(d.port));
     let holds = |i: u32| {
         SERVICES
             .get(i)
-            .is_some_and(|s| s.in_use != 0 && s.endpoint.same(e))
+            .is_some_and(|s| s.in_use != 0 && s.endpoint.is(w, d.port))
     };
     holds(a) || holds(b)
 }

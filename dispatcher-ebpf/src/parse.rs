@@ -41,24 +41,50 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     Some((start + offset) as *mut T)
 }
 
-/// A parsed UDP packet: where its headers are, and its addresses.
+/// A parsed UDP packet: where its headers are, as pointers checked once.
 ///
-/// Offsets, not pointers: a struct of packet pointers moved through a
-/// `Result` gets split into 32-bit halves by LLVM, which the verifier
-/// rejects ("pointer arithmetic with >>= operator prohibited"). Users
-/// re-derive pointers with `ptr_at`, one compare each.
+/// It is handed to a continuation (`Packet::parse(ctx, |pkt| ...)`), never
+/// returned: a struct of packet pointers moved through a `Result` gets
+/// split into 32-bit halves by LLVM, which the verifier rejects ("pointer
+/// arithmetic with >>= operator prohibited"), and re-deriving each pointer
+/// from an offset cost a bounds check at every use (eleven per request).
+///
+/// Addresses are not copied out here: a request needs only its
+/// destination (the service check), read as words by `destination`; the
+/// source is built by `source` on the paths that need it (STEP and BUSY,
+/// workflows, hashing without a key). Building both endpoints for every
+/// packet cost about a third of the dispatch path in byte moves.
 pub struct Packet {
-    /// Offset of the IP header.
-    pub l3_offset: usize,
-    /// Offset of the UDP header.
-    pub l4_offset: usize,
+    pub eth: *mut EthHdr,
+    /// The IP header: an `Ipv4Hdr` or an `Ipv6Hdr` by `family`.
+    pub ip: *mut u8,
+    pub udp: *mut UdpHdr,
     /// One of `family`.
     pub family: u8,
-    /// Source and destination address (IPv4-mapped for IPv4) and port.
-    pub src: Endpoint,
-    pub dst: Endpoint,
     /// Length of the whole frame, for byte counters.
     pub len: u64,
+}
+
+/// An address as the four native-order words of its 16 bytes (IPv4-mapped
+/// for IPv4), and a port: compared and hashed a word at a time.
+#[derive(Clone, Copy)]
+pub struct Destination {
+    pub words: [u32; 4],
+    /// Network byte order.
+    pub port: [u8; 2],
+}
+
+/// The third word of an IPv4-mapped address (`::ffff:0:0`), in memory order.
+const MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// Reads a 32-bit word of packet memory at any alignment: one load, as
+/// the object is built with `allows-misaligned-mem-access` (the kernel's
+/// JIT on x86 and arm64 loads unaligned words natively; without the
+/// feature LLVM splits it into four byte loads).
+#[inline(always)]
+fn word_at(p: *const u8) -> u32 {
+    // SAFETY: callers pass pointers from `ptr_at` covering the 4 bytes.
+    unsafe { core::ptr::read_unaligned(p as *const u32) }
 }
 
 /// `::ffff:a.b.c.d`, every byte written (a partial fill compiles to a
@@ -75,11 +101,14 @@ fn mapped(a: [u8; 4], port: [u8; 2]) -> Endpoint {
 }
 
 impl Packet {
-    /// Parses down to the UDP header. Non-UDP traffic, fragments, anything
-    /// that does not fit in the frame and length fields that lie are `Err`
-    /// with their counter.
+    /// Parses down to the UDP header and runs `then` on the packet.
+    /// Non-UDP traffic, fragments, anything that does not fit in the frame
+    /// and length fields that lie are `Err` with their counter.
     #[inline(always)]
-    pub fn parse(ctx: &XdpContext) -> Result<Packet, Counter> {
+    pub fn parse<T>(
+        ctx: &XdpContext,
+        then: impl FnOnce(&Packet) -> Result<T, Counter>,
+    ) -> Result<T, Counter> {
         let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Counter::PassMalformed)?;
         let mut offset = EthHdr::LEN;
         // SAFETY (every deref in this function): the pointer came from
@@ -99,8 +128,7 @@ impl Packet {
             offset += VlanHdr::LEN;
         }
 
-        let l3_offset = offset;
-        let (family, l4_offset, ip_end) = if ether_type == ETH_P_IP {
+        let (family, ip, l4_offset, ip_end) = if ether_type == ETH_P_IP {
             let ip: *mut Ipv4Hdr = ptr_at(ctx, offset).ok_or(Counter::PassMalformed)?;
             let vihl = unsafe { (*ip).vihl };
             let header_len = ((vihl & 0x0F) as usize) * 4;
@@ -117,7 +145,12 @@ impl Packet {
             if total_len < header_len {
                 return Err(Counter::PassBadLength);
             }
-            (family::IPV4, offset + header_len, offset + total_len)
+            (
+                family::IPV4,
+                ip as *mut u8,
+                offset + header_len,
+                offset + total_len,
+            )
         } else if ether_type == ETH_P_IPV6 {
             let ip: *mut Ipv6Hdr = ptr_at(ctx, offset).ok_or(Counter::PassMalformed)?;
             // The version is the first byte's high nibble (the rest of the
@@ -127,13 +160,17 @@ impl Packet {
             }
             let payload_len = u16::from_be_bytes(unsafe { (*ip).payload_len }) as usize;
             let l4 = skip_ipv6_extensions(ctx, unsafe { (*ip).next_hdr }, offset + Ipv6Hdr::LEN)?;
-            (family::IPV6, l4, offset + Ipv6Hdr::LEN + payload_len)
+            (
+                family::IPV6,
+                ip as *mut u8,
+                l4,
+                offset + Ipv6Hdr::LEN + payload_len,
+            )
         } else {
             return Err(Counter::PassNotIp);
         };
 
         let udp: *mut UdpHdr = ptr_at(ctx, l4_offset).ok_or(Counter::PassMalformed)?;
-        let (src_port, dst_port) = unsafe { ((*udp).src, (*udp).dst) };
         // The lengths a strict receiver checks: the IP packet within the
         // frame (Ethernet padding may follow it), the UDP datagram within
         // the IP payload (it may end before it).
@@ -142,54 +179,69 @@ impl Packet {
         if ip_end > frame_len || udp_len < UdpHdr::LEN || l4_offset + udp_len > ip_end {
             return Err(Counter::PassBadLength);
         }
-        let (src, dst) = if family == family::IPV4 {
-            let ip: *mut Ipv4Hdr = ptr_at(ctx, l3_offset).ok_or(Counter::PassMalformed)?;
-            unsafe {
-                (
-                    mapped((*ip).src_addr, src_port),
-                    mapped((*ip).dst_addr, dst_port),
-                )
-            }
-        } else {
-            let ip: *mut Ipv6Hdr = ptr_at(ctx, l3_offset).ok_or(Counter::PassMalformed)?;
-            unsafe {
-                (
-                    Endpoint {
-                        addr: (*ip).src_addr,
-                        port: src_port,
-                        _pad: [0; 2],
-                    },
-                    Endpoint {
-                        addr: (*ip).dst_addr,
-                        port: dst_port,
-                        _pad: [0; 2],
-                    },
-                )
-            }
-        };
-        Ok(Packet {
-            l3_offset,
+        then(&Packet {
+            eth,
+            ip,
+            udp,
             family,
-            src,
-            dst,
             len: frame_len as u64,
-            l4_offset,
         })
     }
 
-    /// Whether the frame's destination MAC is `mac`. Byte by byte, folded
-    /// into one test: no memcmp in BPF, and one branch.
+    /// The destination address and port, as words (for the service check).
     #[inline(always)]
-    pub fn addressed_to(ctx: &XdpContext, mac: &[u8; 6]) -> bool {
-        let Some(eth) = ptr_at::<[u8; 6]>(ctx, 0) else {
-            return false;
+    pub fn destination(&self) -> Destination {
+        // SAFETY (every deref): `parse` checked the headers lie within the
+        // frame.
+        let port = unsafe { (*self.udp).dst };
+        let words = if self.family == family::IPV4 {
+            let ip = self.ip as *const Ipv4Hdr;
+            let dst = unsafe { core::ptr::addr_of!((*ip).dst_addr) } as *const u8;
+            [0, 0, MAPPED_WORD, word_at(dst)]
+        } else {
+            let ip = self.ip as *const Ipv6Hdr;
+            let dst = unsafe { core::ptr::addr_of!((*ip).dst_addr) } as *const u8;
+            // SAFETY: within the 16 bytes of the address.
+            unsafe {
+                [
+                    word_at(dst),
+                    word_at(dst.add(4)),
+                    word_at(dst.add(8)),
+                    word_at(dst.add(12)),
+                ]
+            }
         };
-        // SAFETY: bounds-checked by `ptr_at`.
-        let dst = unsafe { *eth };
-        let mut diff = 0u8;
-        for i in 0..6 {
-            diff |= dst[i] ^ mac[i];
+        Destination { words, port }
+    }
+
+    /// The source address (IPv4-mapped for IPv4) and port, built only on
+    /// the paths that need it.
+    #[inline(always)]
+    pub fn source(&self) -> Endpoint {
+        // SAFETY (every deref): `parse` checked the headers.
+        let port = unsafe { (*self.udp).src };
+        if self.family == family::IPV4 {
+            mapped(unsafe { (*(self.ip as *const Ipv4Hdr)).src_addr }, port)
+        } else {
+            Endpoint {
+                addr: unsafe { (*(self.ip as *const Ipv6Hdr)).src_addr },
+                port,
+                _pad: [0; 2],
+            }
         }
+    }
+
+    /// Whether the frame's destination MAC is `mac`: a word and a
+    /// half-word compared, folded into one test (no memcmp in BPF).
+    #[inline(always)]
+    pub fn addressed_to(&self, mac: &[u8; 6]) -> bool {
+        let (p, m) = (self.eth as *const u8, mac.as_ptr());
+        // SAFETY: both point at 6 bytes (`parse` checked the packet's).
+        let diff = unsafe {
+            (word_at(p) ^ word_at(m))
+                | ((p.add(4) as *const u16).read_unaligned()
+                    ^ (m.add(4) as *const u16).read_unaligned()) as u32
+        };
         diff == 0
     }
 
@@ -197,13 +249,16 @@ impl Packet {
     /// one is not a FaaS packet.
     #[inline(always)]
     pub fn faas_header(&self, ctx: &XdpContext) -> Result<*mut FaasHdr, Counter> {
-        let udp: *mut UdpHdr = ptr_at(ctx, self.l4_offset).ok_or(Counter::PassMalformed)?;
-        // SAFETY: bounds-checked just above.
-        let udp_len = u16::from_be_bytes(unsafe { (*udp).len }) as usize;
+        // SAFETY: `parse` checked the UDP header.
+        let udp_len = u16::from_be_bytes(unsafe { (*self.udp).len }) as usize;
         if udp_len < UdpHdr::LEN + FaasHdr::LEN {
             return Err(Counter::PassShort);
         }
-        ptr_at(ctx, self.l4_offset + UdpHdr::LEN).ok_or(Counter::PassShort)
+        let hdr = (self.udp as usize + UdpHdr::LEN) as *mut FaasHdr;
+        if hdr as usize + FaasHdr::LEN > ctx.data_end() {
+            return Err(Counter::PassShort);
+        }
+        Ok(hdr)
     }
 }
 

@@ -10,20 +10,14 @@
 //! Every check happened before the first write, so a packet that is not
 //! dispatched leaves untouched.
 
-use aya_ebpf::programs::XdpContext;
 use dispatcher_common::{
-    checksum::Patch,
+    checksum::{Delta, Patch},
     maps::{family, Worker},
     protocol::{flags, FaasHdr, HeaderEdit},
-    stats::Counter,
 };
-use network_types::{
-    eth::EthHdr,
-    ip::{Ipv4Hdr, Ipv6Hdr},
-    udp::UdpHdr,
-};
+use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
-use crate::parse::{ptr_at, Packet};
+use crate::parse::Packet;
 
 /// Sets a header field, patching the UDP checksum for the change.
 #[inline(always)]
@@ -33,7 +27,7 @@ fn set<const N: usize>(patch: &mut Patch, field: &mut [u8; N], new: [u8; N]) {
 }
 
 #[inline(always)]
-fn edit_header(hdr: &mut FaasHdr, edit: &HeaderEdit, pkt: &Packet, mut patch: Patch) -> Patch {
+fn edit_header(pkt: &Packet, hdr: &mut FaasHdr, edit: &HeaderEdit, mut patch: Patch) -> Patch {
     // Fields are edited in 16-bit words at even offsets: the FaaS header
     // starts at an even offset from the UDP header, so each word is a word
     // of the checksum. `step` and `flags` share one; `version` and `kind`.
@@ -51,8 +45,10 @@ fn edit_header(hdr: &mut FaasHdr, edit: &HeaderEdit, pkt: &Packet, mut patch: Pa
             set(&mut patch, &mut step_flags, [0, f]);
             hdr.step = 0;
             hdr.flags = f;
-            set(&mut patch, &mut hdr.reply_port, pkt.src.port);
-            set(&mut patch, &mut hdr.reply_addr, pkt.src.addr);
+            // The answer goes to the client (read here: see `Packet`).
+            let client = pkt.source();
+            set(&mut patch, &mut hdr.reply_port, client.port);
+            set(&mut patch, &mut hdr.reply_addr, client.addr);
         }
         HeaderEdit::Step { function_id, last } => {
             set(&mut patch, &mut hdr.function_id, function_id.to_be_bytes());
@@ -74,38 +70,28 @@ fn edit_header(hdr: &mut FaasHdr, edit: &HeaderEdit, pkt: &Packet, mut patch: Pa
     patch
 }
 
-/// Rewrites the packet toward `worker`. The parser already checked every
-/// bound; the pointers are re-derived (see `Packet`) before the first write,
-/// so a failure here (which cannot happen) would leave the packet untouched.
+/// Rewrites the packet toward `worker`. The parser checked every bound;
+/// every decision was made before this, so nothing here can fail.
 #[inline(always)]
 pub fn toward_worker(
-    ctx: &XdpContext,
     pkt: &Packet,
     hdr: *mut FaasHdr,
     edit: &HeaderEdit,
     worker: &Worker,
     src_mac: &[u8; 6],
-) -> Result<(), Counter> {
-    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Counter::PassMalformed)?;
-    let udp: *mut UdpHdr = ptr_at(ctx, pkt.l4_offset).ok_or(Counter::PassMalformed)?;
-    let ip4: Option<*mut Ipv4Hdr> = if pkt.family == family::IPV4 {
-        ptr_at(ctx, pkt.l3_offset)
+) {
+    let eth = pkt.eth;
+    let (ip4, ip6) = if pkt.family == family::IPV4 {
+        (Some(pkt.ip as *mut Ipv4Hdr), None)
     } else {
-        None
+        (None, Some(pkt.ip as *mut Ipv6Hdr))
     };
-    let ip6: Option<*mut Ipv6Hdr> = if pkt.family == family::IPV6 {
-        ptr_at(ctx, pkt.l3_offset)
-    } else {
-        None
-    };
-    if ip4.is_none() && ip6.is_none() {
-        return Err(Counter::PassMalformed);
-    }
-    // SAFETY (every deref here): each pointer came from `ptr_at`.
-    let udp = unsafe { &mut *udp };
+    // SAFETY (every deref here): `parse` checked each header lies within
+    // the frame, `faas_header` the FaaS header.
+    let udp = unsafe { &mut *pkt.udp };
     let hdr = unsafe { &mut *hdr };
     let udp_check = u16::from_be_bytes(udp.check);
-    let mut patch = edit_header(hdr, edit, pkt, Patch::new(udp_check));
+    let mut patch = edit_header(pkt, hdr, edit, Patch::new(udp_check));
     // A packet that leaves from the service gets the old destination (the
     // service address and port it was sent to) as its source, and the
     // worker as its destination. The checksums cover the sum of source and
@@ -134,9 +120,11 @@ pub fn toward_worker(
             } else {
                 ip.dst_addr
             };
-            // The UDP pseudo-header holds the addresses too.
-            patch = patch.bytes(&old_addr, &new_addr);
-            let ip_patch = Patch::new(u16::from_be_bytes(ip.check)).bytes(&old_addr, &new_addr);
+            // The UDP pseudo-header holds the addresses too: one change,
+            // added to both checksums.
+            let change = Delta::of(&old_addr, &new_addr);
+            patch = patch.apply(change);
+            let ip_patch = Patch::new(u16::from_be_bytes(ip.check)).apply(change);
             if from_service {
                 ip.src_addr = ip.dst_addr;
             }
@@ -171,16 +159,17 @@ pub fn toward_worker(
     let eth = unsafe { &mut *eth };
     copy_mac(&mut eth.dst_addr, &worker.mac);
     copy_mac(&mut eth.src_addr, src_mac);
-    Ok(())
 }
 
-/// Byte by byte: a `[u8; 6]` assignment compiles to a memcpy call in BPF.
+/// A MAC as a word and a half-word (misaligned loads and stores are
+/// allowed, see dispatcher/build.rs): a `[u8; 6]` assignment compiles to
+/// a memcpy call in BPF, and byte by byte to twelve loads and stores.
 #[inline(always)]
 fn copy_mac(dst: &mut [u8; 6], src: &[u8; 6]) {
-    dst[0] = src[0];
-    dst[1] = src[1];
-    dst[2] = src[2];
-    dst[3] = src[3];
-    dst[4] = src[4];
-    dst[5] = src[5];
+    let (d, s) = (dst.as_mut_ptr(), src.as_ptr());
+    // SAFETY: both point at 6 bytes; unaligned accesses are explicit.
+    unsafe {
+        (d as *mut u32).write_unaligned((s as *const u32).read_unaligned());
+        (d.add(4) as *mut u16).write_unaligned((s.add(4) as *const u16).read_unaligned());
+    }
 }

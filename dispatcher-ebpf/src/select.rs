@@ -57,10 +57,8 @@ pub fn affinity_hash(key: u64, pkt: &Packet) -> u32 {
     if key != 0 {
         hash::key_hash(key)
     } else {
-        hash::client_hash(
-            hash::fold_address(&pkt.src.addr),
-            u16::from_be_bytes(pkt.src.port),
-        )
+        let src = pkt.source();
+        hash::client_hash(hash::fold_address(&src.addr), u16::from_be_bytes(src.port))
     }
 }
 

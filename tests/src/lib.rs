@@ -3,6 +3,7 @@
 //! standard end-to-end fixture on one (`bed`).
 
 pub mod bed;
+pub mod bpf_trace;
 pub mod cluster;
 pub mod examples;
 pub mod packets;

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use dispatcher::{
     control,
-    data_plane::{Loaded, HW_PROGRAM, PROGRAM},
+    data_plane::{Loaded, WithTurns, HW_PROGRAM, PROGRAM},
 };
 use dispatcher_common::{
     checksum,
@@ -324,10 +324,37 @@ fn counters(dp: &Loaded, hw: bool) -> Vec<u64> {
     c.unwrap().into_iter().map(|(_, n)| n).collect()
 }
 
+/// Keeps this thread on the CPU it runs on, so that the per-CPU turn the
+/// model reads is the one the kernel takes (BPF_PROG_TEST_RUN runs the
+/// program on the calling thread's CPU).
+fn stay_on_this_cpu() {
+    // SAFETY: plain syscalls on this thread's own affinity.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
 /// Runs one frame through one variant and the model; panics on a mismatch.
 fn compare(dp: &Loaded, hw: bool, frame: &[u8]) {
+    stay_on_this_cpu();
+    // The host variant takes round-robin turns per CPU (RR_TURNS, which
+    // `Maps` reads for this thread's CPU), the offload variant from the
+    // shared RR_CURSORS.
+    let view = WithTurns {
+        maps: &dp.maps,
+        turn: |index| {
+            if hw {
+                dp.maps.rr_cursors.get(&index, 0).map_or(0, |t| t as u32)
+            } else {
+                dp.maps.turn(index)
+            }
+        },
+    };
     let mut expected = frame.to_vec();
-    let outcome = model::process(&mut expected, &dp.maps, 0);
+    let outcome = model::process(&mut expected, &view, 0);
     let before = counters(dp, hw);
     let (verdict, out) = run(dp.named(if hw { HW_PROGRAM } else { PROGRAM }), frame);
     let after = counters(dp, hw);
@@ -386,7 +413,7 @@ fn compare(dp: &Loaded, hw: bool, frame: &[u8]) {
         .find(|p| dp.maps.ring_slot(&d.function, *p) == Some(slot as u8))
         .expect("slot in the ring");
     let mut expected = frame.to_vec();
-    model::process(&mut expected, &dp.maps, position | (position << 8));
+    model::process(&mut expected, &view, position | (position << 8));
     assert_eq!(out, expected, "p2c output bytes (hw: {hw})");
 }
 

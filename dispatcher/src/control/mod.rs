@@ -144,6 +144,17 @@ pub fn function_workers(maps: &Maps, f: &Function) -> Result<Vec<(u8, Worker)>> 
 }
 
 /// The smallest function index no function uses.
+/// A new function's round-robin turns, one per possible CPU, evenly spaced
+/// around a ring of `ring_size`: CPU k starts k/n of the way round, so the
+/// CPUs' first requests go to different workers (RR_TURNS).
+fn spaced_turns(ring_size: u32) -> Result<aya::maps::PerCpuValues<u32>> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| anyhow!("cannot count the CPUs: {e}"))?;
+    let turns: Vec<u32> = (0..cpus as u32)
+        .map(|k| (k as u64 * ring_size as u64 / cpus as u64) as u32)
+        .collect();
+    Ok(aya::maps::PerCpuValues::try_from(turns)?)
+}
+
 fn free_index(maps: &Maps, g: &Geometry) -> Result<u32> {
     let mut used = vec![false; g.functions as usize];
     for entry in maps.functions.iter() {
@@ -213,6 +224,7 @@ fn write_function(
         None => {
             let index = free_index(maps, &g)?;
             maps.rr_cursors.set(index, 0, 0)?;
+            maps.rr_turns.set(index, spaced_turns(g.ring_size)?, 0)?;
             (index, 0, Vec::new())
         }
     };

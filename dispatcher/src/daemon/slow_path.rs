@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use dispatcher_common::{
-    maps::{family, Endpoint, Function, Settings, Worker, Workflow},
+    maps::family,
     model::{self, View},
     net::MAX_UDP_PAYLOAD,
     protocol::{error_code, flags, kind, FaasHdr},
@@ -27,50 +27,10 @@ use tokio::net::UdpSocket;
 use tracing::{debug, info, warn};
 
 use crate::{
-    data_plane::Maps,
+    data_plane::{Maps, WithTurns},
     endpoints::{endpoint, worker_socket_addr},
     wire::{Message, ParseError},
 };
-
-/// The pinned maps, with round-robin turns of the slow path's own (it does
-/// not touch the kernel's cursors).
-struct SlowPathView<'a> {
-    maps: &'a Maps,
-    turn: u32,
-}
-
-impl View for SlowPathView<'_> {
-    fn is_service(&self, e: &Endpoint) -> bool {
-        self.maps.is_service(e)
-    }
-    fn is_registered(&self, e: &Endpoint) -> bool {
-        self.maps.is_registered(e)
-    }
-    fn function(&self, id: u32) -> Option<Function> {
-        self.maps.function(id)
-    }
-    fn workflow(&self, id: u32) -> Option<Workflow> {
-        self.maps.workflow(id)
-    }
-    fn worker(&self, index: u32) -> Option<Worker> {
-        self.maps.worker(index)
-    }
-    fn ring_slot(&self, f: &Function, position: u32) -> Option<u8> {
-        self.maps.ring_slot(f, position)
-    }
-    fn maglev_slot(&self, f: &Function, position: u32) -> Option<u8> {
-        self.maps.maglev_slot(f, position)
-    }
-    fn load(&self, index: u32) -> Option<u64> {
-        self.maps.load(index)
-    }
-    fn settings(&self) -> Option<Settings> {
-        self.maps.settings()
-    }
-    fn turn(&self, _function_index: u32) -> u32 {
-        self.turn
-    }
-}
 
 /// What to do with one datagram that reached the service socket. Each
 /// carries the counter it lands in (the one the kernel program would use).
@@ -219,7 +179,13 @@ pub async fn run(port: u16, pin_dir: &Path) -> Result<()> {
         let from = SocketAddr::new(from.ip().to_canonical(), from.port());
         let turn = turns.fetch_add(1, Ordering::Relaxed);
         let random = RandomState::new().hash_one(turn) as u32;
-        match answer(&SlowPathView { maps: &maps, turn }, &buf[..n], from, random) {
+        // Round-robin turns of the slow path's own: it does not touch
+        // the kernel's.
+        let view = WithTurns {
+            maps: &maps,
+            turn: |_| turn,
+        };
+        match answer(&view, &buf[..n], from, random) {
             Answer::Send { message: m, to, .. } | Answer::Dispatch { message: m, to, .. } => {
                 debug!(%from, %to, kind = m.hdr.kind, "slow path");
                 if let Err(e) = socket.send_to(&m.to_bytes(), to).await {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
-    maps::{Array, DevMap, HashMap, Map, MapData, PerCpuArray},
+    maps::{Array, DevMap, HashMap, IterableMap, Map, MapData, PerCpuArray},
     programs::{
         links::{FdLink, PinnedLink},
         ProgramError, Xdp, XdpMode,
@@ -80,6 +80,15 @@ macro_rules! map_set {
                     geometry: std::cell::OnceCell::new(),
                 })
             }
+
+            /// The kernel map named `name`, for tools that read maps raw
+            /// (the test suite's interpreter).
+            pub fn map_data(&self, name: &str) -> Option<&MapData> {
+                $(if name == names::$name {
+                    return Some(IterableMap::map(&self.$field));
+                })*
+                None
+            }
         }
     };
 }
@@ -93,6 +102,7 @@ map_set! {
     ring: Array<MapData, TableChunk> = RING,
     maglev: Array<MapData, TableChunk> = MAGLEV,
     rr_cursors: Array<MapData, u64> = RR_CURSORS,
+    rr_turns: PerCpuArray<MapData, u32> = RR_TURNS,
     workflows: HashMap<MapData, u32, Workflow> = WORKFLOWS,
     registered: HashMap<MapData, Endpoint, u32> = REGISTERED,
     egress: DevMap<MapData> = EGRESS,
@@ -624,6 +634,47 @@ fn explain_attach_error(e: ProgramError, iface: &str) -> anyhow::Error {
     }
 }
 
+/// The maps with round-robin turns taken elsewhere: the slow path keeps
+/// its own (it must not move the kernel's), a test takes the offload
+/// variant's. Everything else reads the maps.
+pub struct WithTurns<'a, F: Fn(u32) -> u32> {
+    pub maps: &'a Maps,
+    pub turn: F,
+}
+
+impl<F: Fn(u32) -> u32> dispatcher_common::model::View for WithTurns<'_, F> {
+    fn is_service(&self, e: &Endpoint) -> bool {
+        self.maps.is_service(e)
+    }
+    fn is_registered(&self, e: &Endpoint) -> bool {
+        self.maps.is_registered(e)
+    }
+    fn function(&self, id: u32) -> Option<Function> {
+        self.maps.function(id)
+    }
+    fn workflow(&self, id: u32) -> Option<Workflow> {
+        self.maps.workflow(id)
+    }
+    fn worker(&self, index: u32) -> Option<Worker> {
+        self.maps.worker(index)
+    }
+    fn ring_slot(&self, f: &Function, position: u32) -> Option<u8> {
+        self.maps.ring_slot(f, position)
+    }
+    fn maglev_slot(&self, f: &Function, position: u32) -> Option<u8> {
+        self.maps.maglev_slot(f, position)
+    }
+    fn load(&self, index: u32) -> Option<u64> {
+        self.maps.load(index)
+    }
+    fn settings(&self) -> Option<Settings> {
+        self.maps.settings()
+    }
+    fn turn(&self, function_index: u32) -> u32 {
+        (self.turn)(function_index)
+    }
+}
+
 /// The reference model reads the same maps the kernel program does.
 impl dispatcher_common::model::View for Maps {
     fn is_service(&self, e: &Endpoint) -> bool {
@@ -663,8 +714,16 @@ impl dispatcher_common::model::View for Maps {
     fn settings(&self) -> Option<Settings> {
         self.settings.get(&0, 0).ok()
     }
+    /// The turn the host variant takes on the CPU this thread runs on
+    /// (RR_TURNS is per CPU; a test pins itself to compare).
     fn turn(&self, function_index: u32) -> u32 {
-        self.rr_cursors.get(&function_index, 0).unwrap_or(0) as u32
+        // SAFETY: no preconditions.
+        let cpu = unsafe { libc::sched_getcpu() };
+        self.rr_turns
+            .get(&function_index, 0)
+            .ok()
+            .and_then(|per_cpu| per_cpu.get(usize::try_from(cpu).ok()?).copied())
+            .unwrap_or(0)
     }
 }
 

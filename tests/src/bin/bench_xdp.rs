@@ -23,7 +23,10 @@ use dispatcher_common::{
     protocol::{kind, FaasHdr},
     stats::Counter,
 };
-use tests::packets::{faas_payload, udp_frame, CLIENT_MAC, IFACE_MAC};
+use tests::{
+    bpf_trace::{Cost, Tracer},
+    packets::{faas_payload, udp_frame, CLIENT_MAC, IFACE_MAC},
+};
 
 const REPEAT: u32 = 200_000;
 const ROUNDS: usize = 11;
@@ -38,12 +41,15 @@ fn worker_ip(v6: bool, k: usize) -> IpAddr {
 }
 
 /// `functions` functions (ids 1..=functions) of `workers` workers each,
-/// all with `policy`; every worker address is a service address.
+/// all with `policy`; every worker address is a service address, every
+/// worker MAC the interface's.
 fn config(policy: Policy, functions: usize, workers: usize, v6: bool) -> Config {
     let ws: Vec<WorkerConfig> = (0..workers)
         .map(|k| WorkerConfig {
             addr: (worker_ip(v6, k), SERVICE_PORT).into(),
-            mac: Some([0x02, 0, 0, 0, (k >> 8) as u8, k as u8].into()),
+            // The interface's own MAC: the rewritten frame is addressed to
+            // the dispatcher again, so the next repetition dispatches it.
+            mac: Some(IFACE_MAC.into()),
             weight: 1,
         })
         .collect();
@@ -130,6 +136,13 @@ fn measure(dp: &Loaded, program: &str, frame: &[u8], check_dispatch: bool) -> f6
     result.duration.as_nanos() as f64
 }
 
+/// The machine-independent cost of one run of `program` on `frame`.
+fn cost(dp: &Loaded, program: &str, frame: &[u8]) -> Cost {
+    Tracer::new(dp, program)
+        .and_then(|t| t.run(frame))
+        .unwrap_or_else(|e| panic!("tracing {program}: {e:#}"))
+}
+
 fn median_and_range(mut xs: Vec<f64>) -> (f64, f64, f64) {
     xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
     (xs[xs.len() / 2], xs[0], xs[xs.len() - 1])
@@ -197,6 +210,14 @@ fn main() {
                 samples[3 + i].1.push(measure(dp, PROGRAM, &frame, true));
             }
         }
+        // What each program executed for this frame: counts that do not
+        // depend on the machine (tests::bpf_trace).
+        let mut costs = vec![
+            cost(yard, PASS_PROGRAM, &frame),
+            cost(yard, YARDSTICK_FLOOR, &frame),
+            cost(yard, YARDSTICK_ONE_LOOKUP, &frame),
+        ];
+        costs.extend(planes.iter().map(|(_, dp)| cost(dp, PROGRAM, &frame)));
         let stats: Vec<(String, (f64, f64, f64))> = samples
             .into_iter()
             .map(|(n, s)| (n, median_and_range(s)))
@@ -204,16 +225,33 @@ fn main() {
         let floor = stats[1].1 .0;
         let one = stats[2].1 .0;
         println!("## {family}: 1 function, 4 workers");
-        println!("| program | ns/packet | range | x floor | x one-lookup |");
-        println!("|---|---:|---:|---:|---:|");
-        for (name, (m, lo, hi)) in &stats {
+        println!(
+            "| program | ns/packet | range | x floor | x one-lookup | instructions | calls | hash lookups | array lookups | atomics |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for ((name, (m, lo, hi)), c) in stats.iter().zip(&costs) {
             println!(
-                "| {name} | {m:.1} | {lo:.1}-{hi:.1} | {:.2} | {:.2} |",
+                "| {name} | {m:.1} | {lo:.1}-{hi:.1} | {:.2} | {:.2} | {} | {} | {} | {} | {} |",
                 m / floor,
-                m / one
+                m / one,
+                c.instructions,
+                c.calls() + c.bpf_calls,
+                c.hash_lookups,
+                c.array_lookups,
+                c.atomics
             );
         }
         println!();
+        if std::env::var_os("BENCH_XDP_SOURCES").is_some() {
+            for ((name, _), c) in stats.iter().zip(&costs) {
+                println!("{name}: {:?}", c.by_source);
+                if name == "round-robin" {
+                    let mut lines: Vec<_> = c.by_line.iter().collect();
+                    lines.sort_by_key(|(_, n)| std::cmp::Reverse(**n));
+                    println!("{lines:?}");
+                }
+            }
+        }
     }
 
     if quick {
