@@ -414,6 +414,55 @@ pub struct Worker {
     pub _pad: [u8; 4],
 }
 
+/// Value of `LOADS` at a worker's index: its in-flight estimate and what
+/// each request costs it, so that least-loaded and p2c compare load
+/// relative to weight (a worker of weight 2 may carry twice the in-flight
+/// requests of one of weight 1 before it ranks as loaded).
+///
+/// Two words, not one: the host variant adds 1 to `in_flight` per request
+/// it sends (an XADD on that word alone); `cost` is only read. The rank is
+/// a 32-bit multiply, which the NFP can do.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Load {
+    /// Requests in flight: the worker's last report, plus the host
+    /// variant's dispatches since.
+    pub in_flight: u32,
+    /// `Load::cost_of(weight)`.
+    pub cost: u32,
+}
+
+impl Load {
+    /// In-flight counts above this rank as this many (so the rank fits 32
+    /// bits for any weight).
+    pub const IN_FLIGHT_CAP: u32 = 0xffff;
+
+    /// The cost of one request to a worker of `weight` (0 counts as 1):
+    /// 65,535 / weight, so weights up to 65,535 keep a cost of at least 1.
+    pub const fn cost_of(weight: u16) -> u32 {
+        0xffff / if weight == 0 { 1 } else { weight as u32 }
+    }
+
+    pub const fn new(in_flight: u32, weight: u16) -> Load {
+        Load {
+            in_flight,
+            cost: Load::cost_of(weight),
+        }
+    }
+
+    /// What least-loaded and p2c rank by: in-flight requests per unit of
+    /// weight (scaled by 65,535), lower is better.
+    #[inline(always)]
+    pub fn rank(&self) -> u32 {
+        let in_flight = if self.in_flight > Load::IN_FLIGHT_CAP {
+            Load::IN_FLIGHT_CAP
+        } else {
+            self.in_flight
+        };
+        in_flight.wrapping_mul(self.cost)
+    }
+}
+
 /// Value of `WORKFLOWS`, keyed by workflow id: the function of each step.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -446,6 +495,7 @@ mod pod {
     unsafe impl aya::Pod for super::Worker {}
     unsafe impl aya::Pod for super::Workflow {}
     unsafe impl aya::Pod for super::Traffic {}
+    unsafe impl aya::Pod for super::Load {}
 }
 
 #[cfg(test)]
@@ -465,12 +515,27 @@ mod tests {
         assert_eq!(size_of::<Worker>(), 32);
         assert_eq!(size_of::<Workflow>(), 36);
         assert_eq!(size_of::<Traffic>(), 16);
+        assert_eq!(size_of::<Load>(), 8);
         assert_eq!(size_of::<TableChunk>(), 32);
         let round8 = |n: usize| n.div_ceil(8) * 8;
         assert!(round8(size_of::<Endpoint>()) + round8(4) <= 64);
         assert!(round8(4) + round8(size_of::<Workflow>()) <= 64);
         assert!(round8(4) + round8(size_of::<Function>()) <= 64);
         assert!(round8(4) + round8(size_of::<Settings>()) <= 64);
+    }
+
+    /// Weighted least-loaded: load relative to weight.
+    #[test]
+    fn a_load_ranks_relative_to_its_weight() {
+        // Weight 2 carrying 4 ranks with weight 1 carrying 2.
+        assert_eq!(Load::new(4, 2).rank(), Load::new(2, 1).rank() - 2);
+        assert!(Load::new(3, 2).rank() < Load::new(2, 1).rank());
+        assert!(Load::new(5, 2).rank() > Load::new(2, 1).rank());
+        assert_eq!(Load::cost_of(0), Load::cost_of(1));
+        assert_eq!(Load::cost_of(u16::MAX), 1);
+        // Capped: the largest rank still fits and orders above the rest.
+        assert_eq!(Load::new(u32::MAX, 1).rank(), 0xffff * 0xffff);
+        assert!(Load::new(70_000, 1).rank() >= Load::new(65_535, 1).rank());
     }
 
     #[test]

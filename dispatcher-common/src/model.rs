@@ -37,7 +37,8 @@ pub trait View {
     fn ring_slot(&self, f: &Function, position: u32) -> Option<u8>;
     /// Slot at `position` (wrapped) of the function's live Maglev table.
     fn maglev_slot(&self, f: &Function, position: u32) -> Option<u8>;
-    fn load(&self, worker_index: u32) -> Option<u64>;
+    /// The worker's `Load::rank` (load relative to weight).
+    fn load(&self, worker_index: u32) -> Option<u32>;
     fn settings(&self) -> Option<Settings>;
     /// The round-robin turn the data plane takes next for the function.
     fn turn(&self, function_index: u32) -> u32;
@@ -346,7 +347,7 @@ fn by_policy(
         return Err(Counter::PassNoWorker);
     }
     let ring = |p: u32| view.ring_slot(f, p).map(u32::from);
-    let load = |slot: u32| view.load(f.worker_index(slot)).unwrap_or(u64::MAX);
+    let load = |slot: u32| view.load(f.worker_index(slot)).unwrap_or(u32::MAX);
     let slot = match f.policy {
         policy::HASH => view.maglev_slot(f, affinity_hash(key, src)).map(u32::from),
         policy::P2C => match (ring(random), ring(random >> 8)) {

@@ -15,8 +15,8 @@ use aya_ebpf::{
 };
 use dispatcher_common::{
     maps::{
-        Endpoint, Function, Geometry, ServiceSlot, Settings, TableChunk, Traffic, Worker, Workflow,
-        TABLE_CHUNK,
+        Endpoint, Function, Geometry, Load, ServiceSlot, Settings, TableChunk, Traffic, Worker,
+        Workflow, TABLE_CHUNK,
     },
     stats::Counter,
 };
@@ -46,12 +46,13 @@ pub static FUNCTIONS: HashMap<u32, Function> = HashMap::with_max_entries(HOST.fu
 #[map]
 pub static WORKERS: Array<Worker> = Array::with_max_entries(HOST.worker_slots(), 0);
 
-/// Estimated in-flight requests per worker slot: user space writes the
-/// reported value; the data plane adds 1 per request it sends there under
+/// Estimated in-flight requests per worker slot and the worker's cost per
+/// request (`Load`): user space writes the reported value and the cost of
+/// its weight; the data plane adds 1 per request it sends there under
 /// least-loaded and p2c, so bursts between reports spread out (the host
 /// variant only: see `Variant::charge`).
 #[map]
-pub static LOADS: Array<u64> = Array::with_max_entries(HOST.worker_slots(), 0);
+pub static LOADS: Array<Load> = Array::with_max_entries(HOST.worker_slots(), 0);
 
 /// Rings: per function and generation, `ring_size` worker slots in smooth
 /// weighted round-robin order. Written by user space (the idle generation,

@@ -32,12 +32,12 @@ fn maglev_slot<V: Variant>(function: &Function, position: u32) -> Option<u32> {
     Some(V::table_slot(MAGLEV.get(chunk)?, offset) as u32)
 }
 
+/// A worker's load relative to its weight (`Load::rank`).
 #[inline(always)]
-fn load(function: &Function, slot: u32) -> u64 {
+fn load(function: &Function, slot: u32) -> u32 {
     LOADS
         .get(function.worker_index(slot))
-        .copied()
-        .unwrap_or(u64::MAX)
+        .map_or(u32::MAX, |l| l.rank())
 }
 
 /// Counts a request sent to `slot` into its load estimate, for the
@@ -46,7 +46,8 @@ fn load(function: &Function, slot: u32) -> u64 {
 pub fn charge<V: Variant>(function: &Function, slot: u32) {
     if function.policy == policy::LEAST_LOADED || function.policy == policy::P2C {
         if let Some(p) = LOADS.get_ptr_mut(function.worker_index(slot)) {
-            V::charge(p);
+            // SAFETY: a map value, valid and aligned.
+            V::charge(unsafe { core::ptr::addr_of_mut!((*p).in_flight) });
         }
     }
 }
@@ -91,8 +92,8 @@ pub fn by_policy<V: Variant>(function: &Function, key: u64, pkt: &Packet) -> Res
     slot.ok_or(Counter::PassNoWorker)
 }
 
-/// The least loaded of the (up to four) candidates user space ranked;
-/// the first on a tie.
+/// The least loaded, relative to weight, of the (up to four) candidates
+/// user space ranked; the first on a tie.
 #[inline(always)]
 fn least_loaded(function: &Function) -> Option<u32> {
     let count = function.ll_count as usize;

@@ -33,8 +33,9 @@ pub trait Variant {
     fn traffic(function_index: u32, worker_index: u32, bytes: u64);
     /// The next round-robin turn of a function.
     fn next_turn(function_index: u32) -> u32;
-    /// Counts a request sent to a worker into its load estimate (LOADS).
-    fn charge(load: *mut u64);
+    /// Counts a request sent to a worker into its in-flight estimate
+    /// (`Load::in_flight` in LOADS).
+    fn charge(in_flight: *mut u32);
     /// Word `index` (< 8) of eight u32 in a map value.
     fn word_of_eight(words: &[u32; 8], index: usize) -> u32;
     /// Byte `offset` (< 32) of a selection table chunk.
@@ -123,8 +124,9 @@ impl Variant for Host {
     }
 
     #[inline(always)]
-    fn charge(load: *mut u64) {
-        xadd(load, 1);
+    fn charge(in_flight: *mut u32) {
+        // SAFETY: a field of a map value, valid and aligned for u32.
+        unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(in_flight, 1) };
     }
 
     #[inline(always)]
@@ -187,7 +189,7 @@ impl Variant for Hw {
     /// No charging: least-loaded and p2c read LOADS, and a word cannot be
     /// both read and added to. Loads move only with the workers' reports.
     #[inline(always)]
-    fn charge(_load: *mut u64) {}
+    fn charge(_in_flight: *mut u32) {}
 
     /// All eight words read (volatile: at their constant offsets, as the
     /// NFP needs), the one wanted picked by value, without branches.

@@ -16,7 +16,11 @@ pub fn data_plane(config: &str) -> Loaded {
 }
 
 /// `data_plane`, with maps sized by `geometry` (a NIC's, say).
+///
+/// Also keeps the calling thread on the CPU it runs on (see
+/// `stay_on_this_cpu`), so a test's round-robin turns are one CPU's.
 pub fn data_plane_with(config: &str, geometry: Geometry) -> Loaded {
+    stay_on_this_cpu();
     let mut dp = Loaded::with_geometry(geometry).expect("load the data plane (are you root?)");
     dp.maps
         .set_settings(IFACE_MAC, IFACE_MAC, egress::TX)
@@ -61,5 +65,20 @@ pub fn assert_counted(
             "{case}: counter {} went from {b} to {a}",
             c.name()
         );
+    }
+}
+
+/// Keeps this thread on the CPU it runs on. BPF_PROG_TEST_RUN runs the
+/// program on the calling thread's CPU, and the host variant takes
+/// round-robin turns per CPU (RR_TURNS): a test that expects one exact
+/// walk round the ring, or compares with the model's turn, must not
+/// migrate between runs.
+pub fn stay_on_this_cpu() {
+    // SAFETY: plain syscalls on this thread's own affinity.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }

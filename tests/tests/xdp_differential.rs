@@ -21,7 +21,7 @@ use dispatcher_common::{
 use proptest::{prelude::*, strategy::ValueTree};
 use tests::{
     packets::{CLIENT_MAC, IFACE_MAC},
-    xdp::{run, XDP_DROP, XDP_PASS, XDP_TX},
+    xdp::{run, stay_on_this_cpu, XDP_DROP, XDP_PASS, XDP_TX},
 };
 
 const CONFIG: &str = r#"
@@ -322,19 +322,6 @@ fn counters(dp: &Loaded, hw: bool) -> Vec<u64> {
         dp.maps.counters_host()
     };
     c.unwrap().into_iter().map(|(_, n)| n).collect()
-}
-
-/// Keeps this thread on the CPU it runs on, so that the per-CPU turn the
-/// model reads is the one the kernel takes (BPF_PROG_TEST_RUN runs the
-/// program on the calling thread's CPU).
-fn stay_on_this_cpu() {
-    // SAFETY: plain syscalls on this thread's own affinity.
-    unsafe {
-        let cpu = libc::sched_getcpu();
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu as usize, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
 }
 
 /// Runs one frame through one variant and the model; panics on a mismatch.

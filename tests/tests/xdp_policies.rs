@@ -233,6 +233,56 @@ fn least_loaded_sends_to_the_least_loaded_and_counts_what_it_sent() {
     );
 }
 
+/// Least-loaded ranks load relative to weight: a worker of weight 2 may
+/// carry twice the requests of one of weight 1.
+#[test]
+fn least_loaded_weighs_load_by_weight() {
+    let mut dp = tests::xdp::data_plane(
+        r#"
+        [service]
+        addresses = ["10.0.0.1"]
+
+        [[functions]]
+        id = 30
+        policy = "least-loaded"
+        workers = [
+          { addr = "10.0.0.10:9000", mac = "02:00:00:00:00:10", weight = 2 },
+          { addr = "10.0.0.11:9000", mac = "02:00:00:00:00:11" },
+        ]
+    "#,
+    );
+    // A (weight 2) carries 3, B (weight 1) carries 2: relative to weight,
+    // A is the less loaded (1.5 against 2), raw counts say B.
+    control::set_load(&mut dp.maps, 30, 0, 3).unwrap();
+    control::set_load(&mut dp.maps, 30, 1, 2).unwrap();
+    let go =
+        |dp: &Loaded, i: u64| dispatch(dp, &frame(CLIENT, &FaasHdr::new(kind::REQUEST, 30, i))).0;
+    assert_eq!(go(&dp, 1), addr("10.0.0.10:9000"), "A: 3/2 < 2/1");
+    // A now carries 4 (4/2 = 2/1): a tie, which goes to the better ranked;
+    // after that A at 5/2 > 2: B.
+    go(&dp, 2);
+    assert_eq!(go(&dp, 3), addr("10.0.0.11:9000"), "A: 5/2 > B: 2/1");
+    // Over many requests from equal loads, A takes about two in three.
+    control::set_load(&mut dp.maps, 30, 0, 0).unwrap();
+    control::set_load(&mut dp.maps, 30, 1, 0).unwrap();
+    let counts = count_by_worker((0..90).map(|i| go(&dp, i)));
+    let a = counts[&addr("10.0.0.10:9000")];
+    assert!(
+        (58..=62).contains(&a),
+        "weight 2 of 3 takes 60 of 90: {counts:?}"
+    );
+    // The offload variant ranks the same way (it does not count its own
+    // dispatches: the loads move with reports only).
+    control::set_load(&mut dp.maps, 30, 0, 3).unwrap();
+    control::set_load(&mut dp.maps, 30, 1, 2).unwrap();
+    let (verdict, out) = run(
+        dp.named(HW_PROGRAM),
+        &frame(CLIENT, &FaasHdr::new(kind::REQUEST, 30, 1)),
+    );
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(destination_and_header(&out).0, addr("10.0.0.10:9000"));
+}
+
 #[test]
 fn p2c_avoids_the_loaded_worker() {
     let mut dp = data_plane();

@@ -120,7 +120,7 @@ pub fn workers(maps: &Maps, function: Option<u32>) -> Result<Vec<WorkerInfo>> {
                     .join(":"),
                 weight: w.weight,
                 state: WorkerState::of(w.state),
-                load: maps.loads.get(&i, 0)?,
+                load: maps.loads.get(&i, 0)?.in_flight as u64,
                 packets: traffic.packets,
                 bytes: traffic.bytes,
             });

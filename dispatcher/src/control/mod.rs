@@ -16,8 +16,8 @@ use std::net::SocketAddr;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use dispatcher_common::maps::{
-    egress, policy, worker_state, Endpoint, Function, Geometry, ServiceSlot, TableChunk, Worker,
-    Workflow, LL_CANDIDATES, MAX_WORKERS_PER_FUNCTION, MAX_WORKFLOW_STEPS, TABLE_CHUNK,
+    egress, policy, worker_state, Endpoint, Function, Geometry, Load, ServiceSlot, TableChunk,
+    Worker, Workflow, LL_CANDIDATES, MAX_WORKERS_PER_FUNCTION, MAX_WORKFLOW_STEPS, TABLE_CHUNK,
 };
 
 use crate::{
@@ -280,11 +280,24 @@ fn write_function(
             changed.push(*w);
         }
     }
-    map_batch::write(
-        &mut maps.loads,
-        &fresh_slots,
-        &vec![0u64; fresh_slots.len()],
-    )?;
+    // A fresh slot starts with no load; a worker whose weight changed
+    // keeps its load at its new cost per request.
+    let mut load_keys = fresh_slots.clone();
+    let mut loads: Vec<Load> = placed
+        .iter()
+        .filter(|(slot, _)| fresh_slots.contains(&(g.worker_base(index) + *slot as u32)))
+        .map(|(_, w)| Load::new(0, w.weight))
+        .collect();
+    for (slot, w) in &placed {
+        let i = g.worker_base(index) + *slot as u32;
+        let previous = current.iter().find(|(s, _)| s == slot).map(|(_, w)| *w);
+        if !fresh_slots.contains(&i) && previous.is_some_and(|p| p.weight != w.weight) {
+            let in_flight = maps.loads.get(&i, 0).map_or(0, |l| l.in_flight);
+            load_keys.push(i);
+            loads.push(Load::new(in_flight, w.weight));
+        }
+    }
+    map_batch::write(&mut maps.loads, &load_keys, &loads)?;
     map_batch::write(&mut maps.workers, &changed_keys, &changed)?;
 
     // 3. Tables of the idle generation.
@@ -362,8 +375,8 @@ fn write_function(
     Ok(())
 }
 
-/// The loads of the given slots of function `f` (one batched read of the
-/// range they span).
+/// The load ranks (`Load::rank`: relative to weight) of the given slots of
+/// function `f` (one batched read of the range they span).
 fn up_loads(
     maps: &Maps,
     f: &Function,
@@ -375,7 +388,7 @@ fn up_loads(
     let start = slots.clone().min().unwrap_or(0) as u32;
     let loads = map_batch::read_range(&maps.loads, f.worker_index(start), end - start)?;
     Ok(slots
-        .map(|slot| (slot, loads[(slot as u32 - start) as usize]))
+        .map(|slot| (slot, loads[(slot as u32 - start) as usize].rank() as u64))
         .collect())
 }
 
@@ -414,8 +427,21 @@ pub fn set_load(maps: &mut Maps, id: u32, slot: u8, load: u64) -> Result<()> {
         .functions
         .get(&id, 0)
         .with_context(|| format!("no function {id}"))?;
-    maps.loads.set(f.worker_index(slot as u32), load, 0)?;
+    write_load(
+        maps,
+        f.worker_index(slot as u32),
+        load.min(u32::MAX as u64) as u32,
+    )?;
     refresh_least_loaded(maps, id)
+}
+
+/// Writes a worker's reported in-flight requests into LOADS at its cost
+/// per request (from its weight in WORKERS).
+pub fn write_load(maps: &mut Maps, worker_index: u32, in_flight: u32) -> Result<()> {
+    let weight = maps.workers.get(&worker_index, 0)?.weight;
+    maps.loads
+        .set(worker_index, Load::new(in_flight, weight), 0)?;
+    Ok(())
 }
 
 /// Re-ranks the least-loaded candidates of function `id` from LOADS.

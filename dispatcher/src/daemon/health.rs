@@ -144,8 +144,7 @@ impl Health {
             let Ok(f) = maps.functions.get(&function, 0) else {
                 continue;
             };
-            maps.loads
-                .set(f.worker_index(slot as u32), hb.in_flight as u64, 0)?;
+            control::write_load(maps, f.worker_index(slot as u32), hb.in_flight)?;
             if state == worker_state::DOWN {
                 control::set_worker_state(maps, function, hb.worker, worker_state::UP)?;
                 self.counters.marked_up += 1;

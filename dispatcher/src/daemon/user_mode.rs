@@ -29,7 +29,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use dispatcher_common::{
     maps::{
-        policy, worker_state, Endpoint, Function, Geometry, Settings, Worker, Workflow,
+        policy, worker_state, Endpoint, Function, Geometry, Load, Settings, Worker, Workflow,
         LL_CANDIDATES, MAX_WORKFLOW_STEPS,
     },
     model::View,
@@ -190,8 +190,10 @@ impl View for Tables {
             .get((position & f.maglev_mask as u32) as usize)
             .copied()
     }
-    fn load(&self, worker_index: u32) -> Option<u64> {
-        self.loads.get(&worker_index).map(Cell::get)
+    fn load(&self, worker_index: u32) -> Option<u32> {
+        let weight = self.workers.get(&worker_index)?.weight;
+        let in_flight = self.loads.get(&worker_index)?.get();
+        Some(Load::new(in_flight.min(u32::MAX as u64) as u32, weight).rank())
     }
     fn settings(&self) -> Option<Settings> {
         Some(Settings::default())

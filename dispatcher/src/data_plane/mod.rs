@@ -20,8 +20,8 @@ use aya::{
 };
 use dispatcher_common::{
     maps::{
-        names, Endpoint, Function, Geometry, ServiceSlot, Settings, TableChunk, Traffic, Worker,
-        Workflow,
+        names, Endpoint, Function, Geometry, Load, ServiceSlot, Settings, TableChunk, Traffic,
+        Worker, Workflow,
     },
     stats::Counter,
 };
@@ -98,7 +98,7 @@ map_set! {
     settings: Array<MapData, Settings> = SETTINGS,
     functions: HashMap<MapData, u32, Function> = FUNCTIONS,
     workers: Array<MapData, Worker> = WORKERS,
-    loads: Array<MapData, u64> = LOADS,
+    loads: Array<MapData, Load> = LOADS,
     ring: Array<MapData, TableChunk> = RING,
     maglev: Array<MapData, TableChunk> = MAGLEV,
     rr_cursors: Array<MapData, u64> = RR_CURSORS,
@@ -664,7 +664,7 @@ impl<F: Fn(u32) -> u32> dispatcher_common::model::View for WithTurns<'_, F> {
     fn maglev_slot(&self, f: &Function, position: u32) -> Option<u8> {
         self.maps.maglev_slot(f, position)
     }
-    fn load(&self, index: u32) -> Option<u64> {
+    fn load(&self, index: u32) -> Option<u32> {
         self.maps.load(index)
     }
     fn settings(&self) -> Option<Settings> {
@@ -708,8 +708,8 @@ impl dispatcher_common::model::View for Maps {
         let (chunk, offset) = f.maglev_position(position);
         Some(self.maglev.get(&chunk, 0).ok()?[offset])
     }
-    fn load(&self, worker_index: u32) -> Option<u64> {
-        self.loads.get(&worker_index, 0).ok()
+    fn load(&self, worker_index: u32) -> Option<u32> {
+        self.loads.get(&worker_index, 0).ok().map(|l| l.rank())
     }
     fn settings(&self) -> Option<Settings> {
         self.settings.get(&0, 0).ok()

@@ -79,7 +79,7 @@ fn main() {
         let bytes = hb.encode(KEY.as_bytes());
         let start = Instant::now();
         health.on_datagram(&mut dp.maps, &bytes, from).unwrap();
-        while dp.maps.loads.get(&slot_index, 0).unwrap() != i as u64 {}
+        while dp.maps.loads.get(&slot_index, 0).unwrap().in_flight != i {}
         hist.record(start.elapsed().as_micros().max(1) as u64)
             .unwrap();
     }
