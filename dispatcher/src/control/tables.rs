@@ -75,33 +75,33 @@ fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
 /// just the same (an odd skip is coprime with a power of two).
 pub fn maglev(members: &[Member], size: u32) -> Vec<u8> {
     debug_assert!(size.is_power_of_two());
-    let m = size as u64;
     let mut table = vec![u8::MAX; size as usize];
     if members.is_empty() {
         table.fill(0);
         return table;
     }
-    let perms: Vec<(u64, u64)> = members
+    // Positions wrap by a mask (the length is a power of two): a 64-bit
+    // modulo per probe was most of a rebuild's time.
+    let mask = size as u64 - 1;
+    let mut perms: Vec<(u64, u64, u64)> = members
         .iter()
         .map(|w| {
-            let offset = fnv1a(0x5eed_0001, w.name.as_bytes()) % m;
-            let skip = (fnv1a(0x5eed_0002, w.name.as_bytes()) % m) | 1;
-            (offset, skip)
+            let offset = fnv1a(0x5eed_0001, w.name.as_bytes()) & mask;
+            let skip = (fnv1a(0x5eed_0002, w.name.as_bytes()) & mask) | 1;
+            // (next position, skip, claims per round)
+            (offset, skip, w.weight.max(1) as u64)
         })
         .collect();
-    let mut next = vec![0u64; members.len()];
     let mut filled = 0u64;
+    let m = size as u64;
     'fill: loop {
-        for (i, member) in members.iter().enumerate() {
-            for _ in 0..member.weight.max(1) {
-                let (offset, skip) = perms[i];
-                let mut pos = (offset + next[i] * skip) % m;
-                while table[pos as usize] != u8::MAX {
-                    next[i] += 1;
-                    pos = (offset + next[i] * skip) % m;
+        for (i, (pos, skip, claims)) in perms.iter_mut().enumerate() {
+            for _ in 0..*claims {
+                while table[*pos as usize] != u8::MAX {
+                    *pos = (*pos + *skip) & mask;
                 }
-                table[pos as usize] = member.slot;
-                next[i] += 1;
+                table[*pos as usize] = members[i].slot;
+                *pos = (*pos + *skip) & mask;
                 filled += 1;
                 if filled == m {
                     break 'fill;
