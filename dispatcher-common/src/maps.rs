@@ -34,13 +34,19 @@ pub mod names {
 
 /// Up to this many service address:port pairs (VIPs) per interface.
 pub const MAX_SERVICES: u32 = 64;
-/// Up to this many functions per interface (the issue asks for 1,024).
-pub const MAX_FUNCTIONS: u32 = 1024;
-/// Up to this many workers per function: a slot index fits a byte.
-pub const MAX_WORKERS_PER_FUNCTION: u32 = 64;
+/// The most functions a geometry may hold (the host's default is 1,024).
+pub const MAX_FUNCTIONS: u32 = 65_536;
+/// The most workers per function a geometry may hold (the host's default
+/// is 64): a slot index fits a byte.
+pub const MAX_WORKERS_PER_FUNCTION: u32 = 256;
 const _: () = assert!(MAX_WORKERS_PER_FUNCTION <= 256, "slots are bytes");
-/// Up to this many workflows, of up to MAX_WORKFLOW_STEPS steps.
-pub const MAX_WORKFLOWS: u32 = 1024;
+/// The most workflows a geometry may hold, of up to MAX_WORKFLOW_STEPS
+/// steps each (the host's default is 1,024).
+pub const MAX_WORKFLOWS: u32 = 65_536;
+/// The longest ring and Maglev table a geometry may have (their masks are
+/// 16-bit).
+pub const MAX_RING_SIZE: u32 = 1024;
+pub const MAX_MAGLEV_SIZE: u32 = 65_536;
 pub const MAX_WORKFLOW_STEPS: usize = 8;
 
 /// Selection tables are arrays of chunks of this many slot bytes (a map
@@ -72,12 +78,14 @@ pub struct Geometry {
     pub service_slots: u32,
     /// Function rows (FUNCTIONS entries, RR_CURSORS, RR_TURNS, FUNCTION_STATS).
     pub functions: u32,
-    /// Worker slots per function (a power of two, at most 64).
+    /// Worker slots per function (a power of two, at most 256).
     pub workers_per_function: u32,
-    /// Ring length (a power of two, a multiple of TABLE_CHUNK, at most 256).
+    /// Ring length (a power of two, a multiple of TABLE_CHUNK, at most
+    /// 1,024, at least `workers_per_function`).
     pub ring_size: u32,
     /// Maglev table length (a power of two, a multiple of TABLE_CHUNK,
-    /// at most 16,384; see tables.rs for why not a prime).
+    /// at most 65,536, at least `workers_per_function`; see tables.rs for
+    /// why not a prime).
     pub maglev_size: u32,
     /// WORKFLOWS entries.
     pub workflows: u32,
@@ -89,11 +97,11 @@ impl Geometry {
     /// VIP, which makes a placement failure vanishingly rare.
     pub const HOST: Geometry = Geometry {
         service_slots: 1024,
-        functions: MAX_FUNCTIONS,
-        workers_per_function: MAX_WORKERS_PER_FUNCTION,
+        functions: 1024,
+        workers_per_function: 64,
         ring_size: 256,
         maglev_size: 16384,
-        workflows: MAX_WORKFLOWS,
+        workflows: 1024,
     };
 
     /// The largest geometry whose every map holds at most `entries`
@@ -124,20 +132,24 @@ impl Geometry {
     /// Why this geometry cannot be used, if it cannot (a SETTINGS entry of
     /// zeros, or sizes the tables' masks cannot address).
     pub fn problem(&self) -> Option<&'static str> {
-        let h = Geometry::HOST;
         let pow2_within = |n: u32, most: u32| n.is_power_of_two() && n <= most;
-        if !pow2_within(self.service_slots, h.service_slots) {
+        if !pow2_within(self.service_slots, Geometry::HOST.service_slots) {
             Some("service slots must be a power of two up to 1024")
-        } else if self.functions == 0 || self.functions > h.functions {
-            Some("functions must be 1 to 1024")
-        } else if !pow2_within(self.workers_per_function, h.workers_per_function) {
-            Some("workers per function must be a power of two up to 64")
-        } else if !pow2_within(self.ring_size, h.ring_size) || self.ring_size < TABLE_CHUNK {
-            Some("the ring size must be a power of two from 32 to 256")
-        } else if !pow2_within(self.maglev_size, h.maglev_size) || self.maglev_size < TABLE_CHUNK {
-            Some("the Maglev size must be a power of two from 32 to 16384")
-        } else if self.workflows > h.workflows {
-            Some("workflows must be at most 1024")
+        } else if self.functions == 0 || self.functions > MAX_FUNCTIONS {
+            Some("functions must be 1 to 65536")
+        } else if !pow2_within(self.workers_per_function, MAX_WORKERS_PER_FUNCTION) {
+            Some("workers per function must be a power of two up to 256")
+        } else if !pow2_within(self.ring_size, MAX_RING_SIZE) || self.ring_size < TABLE_CHUNK {
+            Some("the ring size must be a power of two from 32 to 1024")
+        } else if !pow2_within(self.maglev_size, MAX_MAGLEV_SIZE) || self.maglev_size < TABLE_CHUNK
+        {
+            Some("the Maglev size must be a power of two from 32 to 65536")
+        } else if self.ring_size < self.workers_per_function
+            || self.maglev_size < self.workers_per_function
+        {
+            Some("the ring and the Maglev table need at least one slot per worker: make them at least the workers per function")
+        } else if self.workflows == 0 || self.workflows > MAX_WORKFLOWS {
+            Some("workflows must be 1 to 65536")
         } else {
             None
         }
@@ -359,16 +371,17 @@ pub struct Function {
     /// Which half (0 or 1) of RING and MAGLEV the bases point into (for
     /// user space: the data plane follows the bases).
     pub generation: u8,
-    /// Up workers in the live tables; 0: none up.
-    pub up_count: u8,
     /// Valid entries of `ll_slots`.
     pub ll_count: u8,
+    pub _pad: u8,
+    /// Up workers in the live tables; 0: none up (up to 256).
+    pub up_count: u16,
+    /// One past the highest occupied worker slot (up to 256). For user
+    /// space, which reads WORKERS only up to here; the data plane never
+    /// reads it.
+    pub slot_end: u16,
     /// Least-loaded candidates (worker slots), least loaded first.
     pub ll_slots: [u8; LL_CANDIDATES],
-    /// One past the highest occupied worker slot. For user space, which
-    /// reads WORKERS only up to here; the data plane never reads it.
-    pub slot_end: u8,
-    pub _pad: [u8; 3],
 }
 
 impl Function {
@@ -551,6 +564,49 @@ mod tests {
             "Maglev wants M >> N"
         );
         assert_eq!(h.map_entries(names::MAGLEV), Some(1024 * 2 * 512));
+        // The largest an operator may choose is valid too.
+        let most = Geometry {
+            functions: MAX_FUNCTIONS,
+            workers_per_function: MAX_WORKERS_PER_FUNCTION,
+            ring_size: MAX_RING_SIZE,
+            maglev_size: MAX_MAGLEV_SIZE,
+            workflows: MAX_WORKFLOWS,
+            ..h
+        };
+        assert_eq!(most.problem(), None);
+        // Bases stay within u32 at that size.
+        assert!(most.worker_slots() as u64 == 65_536 * 256);
+        assert!(most.maglev_base(MAX_FUNCTIONS - 1, 1) < u32::MAX);
+        for bad in [
+            Geometry { functions: 0, ..h },
+            Geometry {
+                functions: MAX_FUNCTIONS + 1,
+                ..h
+            },
+            Geometry {
+                workers_per_function: 48,
+                ..h
+            },
+            Geometry {
+                workers_per_function: 512,
+                ..h
+            },
+            Geometry {
+                ring_size: 2048,
+                ..h
+            },
+            Geometry {
+                maglev_size: 1000,
+                ..h
+            },
+            Geometry {
+                ring_size: 32,
+                workers_per_function: 64,
+                ..h
+            },
+        ] {
+            assert!(bad.problem().is_some(), "{bad:?}");
+        }
     }
 
     /// Every map of a fitting geometry holds at most the device's entries,

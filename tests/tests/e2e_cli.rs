@@ -290,3 +290,102 @@ fn sighup_moves_the_service_port_addresses_and_egress() {
         sent()
     );
 }
+
+/// The map geometry is the operator's choice in host mode: 65,536
+/// functions of up to 8 workers with 1,024-entry Maglev tables, shown with
+/// its memory by `maps dump geometry`, enforced by the CLI, and refused
+/// with the flag named when it cannot be used.
+#[test]
+fn the_operator_chooses_the_map_geometry() {
+    let bed = Bed::new("geometry", 2);
+    let (w1, w2) = (&bed.workers[0], &bed.workers[1]);
+    let conf = bed.write_config(&[(1, &[w1, w2])], "");
+
+    // Geometries that cannot be used are refused before anything loads.
+    let bad = bed.run_refused(&conf, &["--max-workers-per-function", "48"]);
+    assert!(
+        bad.contains("workers per function must be a power of two up to 256")
+            && bad.contains("--max-workers-per-function 48"),
+        "{bad}"
+    );
+    let bad = bed.run_refused(&conf, &["--max-workers-per-function", "1"]);
+    assert!(
+        bad.contains(
+            "functions.workers of function 1: the config has 2, the data plane's maps hold 1"
+        ),
+        "{bad}"
+    );
+
+    let _workers = [bed.serve(w1, "echo", &[]), bed.serve(w2, "echo", &[])];
+    let geometry = [
+        "--max-functions",
+        "65536",
+        "--max-workers-per-function",
+        "8",
+        "--ring-size",
+        "64",
+        "--maglev-size",
+        "1024",
+    ];
+    let _dispatcher = bed.start("dispatcher", &conf, &geometry);
+    let dump: serde_json::Value =
+        serde_json::from_str(&bed.cli_ok(&["maps", "dump", "geometry", "--json"])).unwrap();
+    let g = &dump["geometry"][0];
+    assert_eq!(g["functions"], 65536, "{dump}");
+    assert_eq!(g["workers_per_function"], 8, "{dump}");
+    assert_eq!(g["maglev_size"], 1024, "{dump}");
+    // MAGLEV: 65,536 functions x 2 generations x 1,024 slot bytes.
+    assert_eq!(
+        g["memory_bytes_by_map"]["MAGLEV"],
+        65536u64 * 2 * 1024,
+        "{dump}"
+    );
+    assert!(g["memory_bytes"].as_u64().unwrap() > 128 << 20, "{dump}");
+    let text = bed.cli_ok(&["maps", "dump", "geometry"]);
+    assert!(text.contains("MAGLEV") && text.contains("MiB"), "{text}");
+
+    // It dispatches; a function at a high index works like the first.
+    assert_eq!(bed.answers_by_worker(1, 4).len(), 2);
+    bed.cli_ok(&["functions", "add", "60000", "--policy", "hash"]);
+    bed.cli_ok(&[
+        "workers",
+        "add",
+        "--function",
+        "60000",
+        "--addr",
+        &w1.worker_addr().to_string(),
+        "--mac",
+        &w1.mac_string(),
+    ]);
+    assert_eq!(
+        bed.answers_by_worker(60000, 3),
+        HashMap::from([(w1.worker_addr(), 3)])
+    );
+    // The geometry's limit holds: a ninth worker is refused, by name.
+    for k in 0..7 {
+        bed.cli_ok(&[
+            "workers",
+            "add",
+            "--function",
+            "60000",
+            "--addr",
+            &format!("10.99.9.{}:9000", k + 1),
+            "--mac",
+            "02:00:00:00:09:09",
+        ]);
+    }
+    let ninth = bed.cli(&[
+        "workers",
+        "add",
+        "--function",
+        "60000",
+        "--addr",
+        "10.99.9.100:9000",
+        "--mac",
+        "02:00:00:00:09:09",
+    ]);
+    assert!(
+        !ninth.ok && ninth.stderr.contains("has 8 workers already"),
+        "{ninth:?}"
+    );
+}

@@ -58,8 +58,22 @@ pub fn run(action: Action, bpffs: &Path) -> Result<ExitCode> {
             .to_string();
         if !target.json {
             println!("== {name}");
-            let rows: Vec<Value> = value.as_array().cloned().unwrap_or_default();
+            let mut rows: Vec<Value> = value.as_array().cloned().unwrap_or_default();
+            // The geometry's memory by map, as lines of their own.
+            let by_map = rows
+                .first_mut()
+                .and_then(|r| r.as_object_mut()?.remove("memory_bytes_by_map"));
             print!("{}", inspect::table(&rows));
+            if let Some(Value::Object(by_map)) = by_map {
+                let mut by_map: Vec<(String, u64)> = by_map
+                    .into_iter()
+                    .map(|(k, v)| (k, v.as_u64().unwrap_or(0)))
+                    .collect();
+                by_map.sort_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
+                for (map, bytes) in by_map {
+                    println!("  {map:<18} {:>10.1} MiB", bytes as f64 / (1 << 20) as f64);
+                }
+            }
         }
         doc.insert(name, value);
     }

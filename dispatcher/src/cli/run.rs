@@ -11,6 +11,7 @@ use dispatcher::{
     daemon::{self, RunOptions},
     data_plane::{offload::Device, Mode},
 };
+use dispatcher_common::maps::Geometry;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -48,6 +49,8 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     hw_map_entries: Option<u32>,
     #[command(flatten)]
+    geometry: GeometryArgs,
+    #[command(flatten)]
     etcd: super::EtcdArgs,
     /// Cluster mode: this dispatcher's name among the cluster's
     /// (default: HOSTNAME-IFACE).
@@ -57,6 +60,69 @@ pub struct Args {
     /// (workers stop sending it load reports after that).
     #[arg(long, default_value_t = 5, requires = "etcd")]
     lease_ttl: i64,
+}
+
+/// How big the maps are in host memory (skb and drv modes): chosen when the
+/// data plane is loaded, shown by `dispatcher maps dump geometry` with the
+/// memory each map takes. An adopted data plane keeps the geometry it was
+/// loaded with.
+#[derive(clap::Args, Debug, Default)]
+#[command(next_help_heading = "Map geometry (host modes)")]
+struct GeometryArgs {
+    /// Function rows in the maps, 1 to 65,536 [default: 1,024].
+    #[arg(long, value_name = "N")]
+    max_functions: Option<u32>,
+    /// Worker slots per function: a power of two up to 256 [default: 64].
+    #[arg(long, value_name = "N")]
+    max_workers_per_function: Option<u32>,
+    /// Round-robin ring length per function: a power of two from 32 to
+    /// 1,024, at least the workers per function [default: 256].
+    #[arg(long, value_name = "N")]
+    ring_size: Option<u32>,
+    /// Maglev table length per function (consistent hash): a power of two
+    /// from 32 to 65,536, at least the workers per function; 100 or more
+    /// times the workers keeps the shares even [default: 16,384].
+    #[arg(long, value_name = "N")]
+    maglev_size: Option<u32>,
+    /// Workflows, 1 to 65,536 [default: 1,024].
+    #[arg(long, value_name = "N")]
+    max_workflows: Option<u32>,
+}
+
+impl GeometryArgs {
+    fn any(&self) -> bool {
+        self.max_functions.is_some()
+            || self.max_workers_per_function.is_some()
+            || self.ring_size.is_some()
+            || self.maglev_size.is_some()
+            || self.max_workflows.is_some()
+    }
+
+    /// The default host geometry with the flags given, validated.
+    fn geometry(&self) -> Result<Geometry> {
+        let h = Geometry::HOST;
+        let g = Geometry {
+            functions: self.max_functions.unwrap_or(h.functions),
+            workers_per_function: self
+                .max_workers_per_function
+                .unwrap_or(h.workers_per_function),
+            ring_size: self.ring_size.unwrap_or(h.ring_size),
+            maglev_size: self.maglev_size.unwrap_or(h.maglev_size),
+            workflows: self.max_workflows.unwrap_or(h.workflows),
+            ..h
+        };
+        match g.problem() {
+            None => Ok(g),
+            Some(problem) => bail!(
+                "map geometry: {problem} (--max-functions {}, --max-workers-per-function {}, --ring-size {}, --maglev-size {}, --max-workflows {})",
+                g.functions,
+                g.workers_per_function,
+                g.ring_size,
+                g.maglev_size,
+                g.workflows
+            ),
+        }
+    }
 }
 
 pub fn run(args: Args, bpffs: &Path) -> Result<ExitCode> {
@@ -71,6 +137,10 @@ pub fn run(args: Args, bpffs: &Path) -> Result<ExitCode> {
     if args.hw_map_entries.is_some() && mode != Some(Mode::Hw) {
         bail!("--hw-map-entries sizes maps on the NIC: it goes with --mode hw");
     }
+    if args.geometry.any() && matches!(mode, Some(Mode::Hw | Mode::User)) {
+        bail!("the map geometry flags size maps in host memory (skb and drv modes): --mode hw sizes them with --hw-map-entries, --mode user has none");
+    }
+    let host = args.geometry.geometry()?;
     if args.veth_peer_xdp && mode != Some(Mode::Drv) {
         bail!("--veth-peer-xdp vouches for a veth's peer in drv mode: it goes with --mode drv");
     }
@@ -86,6 +156,7 @@ pub fn run(args: Args, bpffs: &Path) -> Result<ExitCode> {
         keep_attached: args.keep_attached,
         device: Device {
             max_entries: args.hw_map_entries,
+            host,
         },
         cluster: args
             .etcd

@@ -17,7 +17,7 @@ pub struct FunctionInfo {
     /// None for a policy byte this build does not know.
     pub policy: Option<Policy>,
     pub workers: usize,
-    pub up: u8,
+    pub up: u16,
     pub generation: u8,
     pub packets: u64,
     pub bytes: u64,
@@ -65,9 +65,34 @@ impl WorkerState {
     }
 }
 
-/// The table sizes the data plane's maps were created with.
+/// The table sizes the data plane's maps were created with, and the memory
+/// each map takes (estimated from the kernel's own sizes: arrays hold
+/// `entries x value` bytes, per CPU for per-CPU maps; preallocated hash
+/// maps about `entries x (key + value + 48)`).
 pub fn geometry(maps: &Maps) -> Result<serde_json::Value> {
     let g = maps.geometry()?;
+    let cpus =
+        aya::util::nr_cpus().map_err(|(_, e)| anyhow::anyhow!("cannot count the CPUs: {e}"))?;
+    let mut memory = serde_json::Map::new();
+    let mut total = 0u64;
+    for name in crate::data_plane::MAP_NAMES {
+        let Some(info) = maps.map_data(name).and_then(|d| d.info().ok()) else {
+            continue;
+        };
+        let round8 = |n: u32| n.div_ceil(8) as u64 * 8;
+        let entries = info.max_entries() as u64;
+        let bytes = match info.map_type() {
+            Ok(aya::maps::MapType::PerCpuArray) => {
+                entries * round8(info.value_size()) * cpus as u64
+            }
+            Ok(aya::maps::MapType::Hash) => {
+                entries * (round8(info.key_size()) + round8(info.value_size()) + 48)
+            }
+            _ => entries * round8(info.value_size()),
+        };
+        total += bytes;
+        memory.insert(name.to_string(), bytes.into());
+    }
     Ok(serde_json::json!({
         "functions": g.functions,
         "workers_per_function": g.workers_per_function,
@@ -75,6 +100,8 @@ pub fn geometry(maps: &Maps) -> Result<serde_json::Value> {
         "maglev_size": g.maglev_size,
         "service_slots": g.service_slots,
         "workflows": g.workflows,
+        "memory_bytes": total,
+        "memory_bytes_by_map": memory,
     }))
 }
 

@@ -100,7 +100,8 @@ pub fn fits(g: &Geometry, config: &Config) -> Result<()> {
     let sized = |what: &str, have: usize, most: u32| {
         if have > most as usize {
             bail!(
-                "{what}: the config has {have}, the data plane's maps hold {most} (sized at load, e.g. by --hw-map-entries): \
+                "{what}: the config has {have}, the data plane's maps hold {most} (sized at load: \
+                 `dispatcher run --max-functions`, `--max-workers-per-function`, `--max-workflows`, or --hw-map-entries on a NIC): \
                  remove some, or load with larger maps"
             )
         }
@@ -253,9 +254,10 @@ fn write_function(
     }
     let occupied: Vec<u8> = current.iter().map(|(s, _)| *s).collect();
     for w in fresh {
-        let slot = (0..most as u8)
+        let slot = (0..most)
+            .map(|s| s as u8)
             .find(|s| !taken[*s as usize] && !occupied.contains(s))
-            .or_else(|| (0..most as u8).find(|s| !taken[*s as usize]))
+            .or_else(|| (0..most).map(|s| s as u8).find(|s| !taken[*s as usize]))
             .expect("at most workers_per_function workers");
         taken[slot as usize] = true;
         placed.push((slot, w));
@@ -328,11 +330,11 @@ fn write_function(
         maglev_mask: (g.maglev_size - 1) as u16,
         policy,
         generation,
-        up_count: members.len() as u8,
+        up_count: members.len() as u16,
         slot_end: placed
             .iter()
             .chain(&current)
-            .map(|(slot, _)| slot + 1)
+            .map(|(slot, _)| *slot as u16 + 1)
             .max()
             .unwrap_or(0),
         ..Default::default()

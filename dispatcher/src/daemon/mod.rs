@@ -133,9 +133,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 )?
             }
         };
+        // Refused before anything is loaded or the device touched.
         if mode == Mode::Hw {
-            // Refused before the device is touched.
             control::fits(&opts.device.geometry()?, &config)?;
+        } else {
+            control::fits(&opts.device.host, &config)?;
         }
         Attached::attach(&opts.iface, mode, &pin_dir, opts.device, |maps| {
             control::configure_interface(maps, iface_mac, &config.egress)?;

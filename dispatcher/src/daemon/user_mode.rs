@@ -119,10 +119,10 @@ impl Tables {
                     ring_mask: (g.ring_size - 1) as u16,
                     maglev_mask: (g.maglev_size - 1) as u16,
                     policy,
-                    up_count: members.len() as u8,
+                    up_count: members.len() as u16,
                     ll_count: ll_count as u8,
                     ll_slots,
-                    slot_end: f.workers.len() as u8,
+                    slot_end: f.workers.len() as u16,
                     ..Default::default()
                 },
             );

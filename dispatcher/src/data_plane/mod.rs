@@ -479,7 +479,8 @@ impl Attached {
         if mode == Mode::Hw {
             return Self::attach_staged_hw(iface, staging, device, configure);
         }
-        let geometry = Geometry::HOST;
+        let geometry = device.host;
+        info!(?geometry, "sizing the maps");
         let mut ebpf = load(&[PROGRAM], &geometry)?;
         let mut maps = Maps::take(&mut ebpf, Some(staging))?;
         maps.set_geometry(geometry)?;

@@ -28,19 +28,32 @@ pub struct Bound {
     pub maps: Vec<(String, Map)>,
 }
 
-/// What the device can hold, as the operator tells it.
-#[derive(Clone, Copy, Debug, Default)]
+/// What the maps may hold, as the operator tells it: on the host (skb and
+/// drv modes) and on a NIC (hw mode).
+#[derive(Clone, Copy, Debug)]
 pub struct Device {
     /// Entries each map on the device may have (a NIC's map memory is
     /// small; netdevsim takes at most 2 per map). None: the host's sizes.
     pub max_entries: Option<u32>,
+    /// The geometry in host memory (`dispatcher run --max-functions` and
+    /// the other geometry flags; `Geometry::HOST` by default).
+    pub host: Geometry,
+}
+
+impl Default for Device {
+    fn default() -> Device {
+        Device {
+            max_entries: None,
+            host: Geometry::HOST,
+        }
+    }
 }
 
 impl Device {
     /// The table sizes that fit the device (see `Geometry::fitting`).
     pub fn geometry(&self) -> Result<Geometry> {
         match self.max_entries {
-            None => Ok(Geometry::HOST),
+            None => Ok(self.host),
             Some(n) => Geometry::fitting(n).ok_or_else(|| {
                 anyhow!("--hw-map-entries {n} is too small: a function's ring needs two entries per map (its two generations); give 2 or more")
             }),
