@@ -49,7 +49,17 @@ pub fn configure_interface(
 
 /// Writes a whole config: services, functions with their workers, workflows.
 pub fn apply(maps: &mut Maps, config: &Config) -> Result<()> {
-    fits(&maps.geometry()?, config)?;
+    let g = maps.geometry()?;
+    fits(&g, config)?;
+    // New functions take free rows from one scan of FUNCTIONS, not one
+    // scan each (65,536 functions: minutes instead of a second).
+    *maps.rows_in_use.borrow_mut() = Some(RowsInUse::scan(maps, &g)?);
+    let applied = apply_in_bulk(maps, config);
+    *maps.rows_in_use.borrow_mut() = None;
+    applied
+}
+
+fn apply_in_bulk(maps: &mut Maps, config: &Config) -> Result<()> {
     for addr in &config.service.addresses {
         add_service(maps, endpoint(*addr, config.service.port))
             .with_context(|| format!("cannot add service {addr} port {}", config.service.port))?;
@@ -156,23 +166,52 @@ fn spaced_turns(ring_size: u32) -> Result<aya::maps::PerCpuValues<u32>> {
     Ok(aya::maps::PerCpuValues::try_from(turns)?)
 }
 
-fn free_index(maps: &Maps, g: &Geometry) -> Result<u32> {
-    let mut used = vec![false; g.functions as usize];
-    for entry in maps.functions.iter() {
-        let (_, f) = entry?;
-        if let Some(u) = used.get_mut(f.index as usize) {
-            *u = true;
+/// Which function rows (dense indices) FUNCTIONS uses.
+pub struct RowsInUse {
+    used: Vec<bool>,
+    /// No row below this is free.
+    lowest_free: usize,
+}
+
+impl RowsInUse {
+    fn scan(maps: &Maps, g: &Geometry) -> Result<RowsInUse> {
+        let mut used = vec![false; g.functions as usize];
+        for entry in maps.functions.iter() {
+            let (_, f) = entry?;
+            if let Some(u) = used.get_mut(f.index as usize) {
+                *u = true;
+            }
         }
-    }
-    used.iter()
-        .position(|u| !u)
-        .map(|i| i as u32)
-        .ok_or_else(|| {
-            anyhow!(
-                "all {} function rows of the data plane are in use: remove a function first",
-                g.functions
-            )
+        Ok(RowsInUse {
+            used,
+            lowest_free: 0,
         })
+    }
+
+    /// The lowest free row, now taken.
+    fn take(&mut self) -> Option<u32> {
+        let i = self.lowest_free + self.used[self.lowest_free..].iter().position(|u| !u)?;
+        self.used[i] = true;
+        self.lowest_free = i + 1;
+        Some(i as u32)
+    }
+}
+
+/// A free function row: from the bulk change's scan when one runs (see
+/// `apply`), else from a scan of FUNCTIONS.
+fn free_index(maps: &Maps, g: &Geometry) -> Result<u32> {
+    let mut bulk = maps.rows_in_use.borrow_mut();
+    let taken = match bulk.as_mut() {
+        Some(rows) => rows.take(),
+        None => RowsInUse::scan(maps, g)?.take(),
+    };
+    taken.ok_or_else(|| {
+        anyhow!(
+            "all {} function rows of the data plane are in use: remove a function first \
+             (or load it with more: `dispatcher run --max-functions`)",
+            g.functions
+        )
+    })
 }
 
 fn add_registration(maps: &mut Maps, e: Endpoint) -> Result<()> {
@@ -617,7 +656,7 @@ pub fn remove_workflow(maps: &mut Maps, id: u32) -> Result<()> {
 pub fn reconcile(maps: &mut Maps, config: &Config) -> Result<()> {
     apply(maps, config)?;
     // The ids a map holds that `keep` does not.
-    let stale = |held: Vec<u32>, keep: Vec<u32>| -> Vec<u32> {
+    let stale = |held: Vec<u32>, keep: std::collections::HashSet<u32>| -> Vec<u32> {
         held.into_iter().filter(|id| !keep.contains(id)).collect()
     };
     let held = maps.workflows.keys().filter_map(|k| k.ok()).collect();

@@ -67,6 +67,10 @@ macro_rules! map_set {
             $($(#[$doc])* pub $field: $handle,)*
             /// SETTINGS' geometry, read once: it never changes after the load.
             geometry: std::cell::OnceCell<Geometry>,
+            /// Function rows in use while a bulk change runs (control's
+            /// `apply`): found once instead of by a scan of FUNCTIONS per
+            /// new function. None outside one.
+            pub(crate) rows_in_use: std::cell::RefCell<Option<crate::control::RowsInUse>>,
         }
 
         /// Every map the daemon pins and the CLI reads.
@@ -78,6 +82,7 @@ macro_rules! map_set {
                 Ok(Maps {
                     $($field: <$handle>::try_from(get(names::$name)?)?,)*
                     geometry: std::cell::OnceCell::new(),
+                    rows_in_use: std::cell::RefCell::new(None),
                 })
             }
 

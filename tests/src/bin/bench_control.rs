@@ -10,6 +10,12 @@
 //!    `control::remove_worker` alternately on a loaded (not attached) data
 //!    plane, each a one-step change (idle-generation tables, then the
 //!    FUNCTIONS flip).
+//! 3. At a platform's size: a data plane loaded with an operator's
+//!    geometry of 65,536 functions (16 workers each, 64-slot rings,
+//!    2,048-slot Maglev tables): the time to load it, to apply a config of
+//!    65,536 functions, to reload that config with one function changed
+//!    (`control::reconcile`, what SIGHUP runs), the consistent-hash change
+//!    rate there, and the memory its maps take.
 
 use std::time::Instant;
 
@@ -20,7 +26,7 @@ use dispatcher::{
     data_plane::Loaded,
     heartbeat::{self, Heartbeat},
 };
-use dispatcher_common::maps::egress;
+use dispatcher_common::maps::{egress, Geometry};
 use hdrhistogram::Histogram;
 
 const KEY: &str = "bench-key-0123456789";
@@ -132,5 +138,109 @@ fn main() {
     println!(
         "worker add/remove, consistent hash (Maglev): 5 rounds of 400 changes: median {:.0} changes/s (min {:.0}, max {:.0})",
         rates[2], rates[0], rates[4]
+    );
+
+    platform_size();
+}
+
+/// Section 3: load, apply, reload and change at 65,536 functions.
+fn platform_size() {
+    let geometry = Geometry {
+        functions: 65_536,
+        workers_per_function: 16,
+        ring_size: 64,
+        maglev_size: 2048,
+        ..Geometry::HOST
+    };
+    let start = Instant::now();
+    let mut dp = Loaded::with_geometry(geometry).expect("load the data plane (run as root)");
+    dp.maps
+        .set_settings([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 1], egress::TX)
+        .unwrap();
+    let loaded = start.elapsed();
+    let config_text = |changed: bool| {
+        let mut text = String::from("[service]\naddresses = [\"10.0.0.1\"]\n");
+        for id in 1..=geometry.functions {
+            let policy = ["round-robin", "least-loaded", "p2c", "hash"][id as usize % 4];
+            let last = if changed && id == 1 { 5 } else { 4 };
+            let workers: Vec<String> = (1..=last)
+                .map(|k| format!("{{ addr = \"10.2.0.{k}:9000\", mac = \"02:00:00:00:00:01\" }}"))
+                .collect();
+            text += &format!(
+                "[[functions]]\nid = {id}\npolicy = \"{policy}\"\nworkers = [{}]\n",
+                workers.join(", ")
+            );
+        }
+        Config::parse(&text).unwrap()
+    };
+    let (config, changed) = (config_text(false), config_text(true));
+    let start = Instant::now();
+    control::apply(&mut dp.maps, &config).unwrap();
+    let applied = start.elapsed();
+    let start = Instant::now();
+    control::reconcile(&mut dp.maps, &changed).unwrap();
+    let reloaded = start.elapsed();
+    // Consistent-hash changes on a function of 16 workers at this size.
+    let extra = WorkerConfig {
+        addr: "10.2.1.200:9000".parse().unwrap(),
+        mac: Some([2, 0, 0, 0, 0, 2].into()),
+        weight: 1,
+    }
+    .to_map(4)
+    .unwrap();
+    for k in 5..=16 {
+        let w = WorkerConfig {
+            addr: format!("10.2.0.{k}:9000").parse().unwrap(),
+            mac: Some([2, 0, 0, 0, 0, 2].into()),
+            weight: 1,
+        }
+        .to_map(4)
+        .unwrap();
+        if k < 16 {
+            control::add_worker(&mut dp.maps, 4, w).unwrap();
+        }
+    }
+    let removed: std::net::SocketAddr = "10.2.1.200:9000".parse().unwrap();
+    let mut rates: Vec<f64> = (0..5)
+        .map(|_| {
+            let start = Instant::now();
+            for i in 0..2_000 {
+                if i % 2 == 0 {
+                    control::add_worker(&mut dp.maps, 4, extra).unwrap();
+                } else {
+                    control::remove_worker(&mut dp.maps, 4, removed).unwrap();
+                }
+            }
+            2_000.0 / start.elapsed().as_secs_f64()
+        })
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    let memory = dispatcher::control::inspect::geometry(&dp.maps).unwrap();
+    let mib = |b: &serde_json::Value| b.as_u64().unwrap_or(0) as f64 / (1 << 20) as f64;
+    println!(
+        "\n# at a platform's size: --max-functions 65536 --max-workers-per-function 16 --ring-size 64 --maglev-size 2048"
+    );
+    println!("load the data plane (create its maps): {:.2} s", loaded.as_secs_f64());
+    println!(
+        "apply 65,536 functions of 4 workers (a quarter each round-robin, least-loaded, p2c, hash): {:.1} s ({:.0} functions/s)",
+        applied.as_secs_f64(),
+        65_536.0 / applied.as_secs_f64()
+    );
+    println!(
+        "reload that config with one function changed (control::reconcile, as SIGHUP): {:.2} s",
+        reloaded.as_secs_f64()
+    );
+    println!(
+        "worker add/remove, consistent hash (Maglev 2,048 slots, 15-16 workers): 5 rounds of 2000 changes: median {:.0} changes/s (min {:.0}, max {:.0}) (target: 25,000/s)",
+        rates[2], rates[0], rates[4]
+    );
+    println!(
+        "memory of the maps: {:.0} MiB (MAGLEV {:.0}, REGISTERED {:.0}, WORKERS {:.0}, WORKER_STATS {:.0}, RING {:.0})",
+        mib(&memory["memory_bytes"]),
+        mib(&memory["memory_bytes_by_map"]["MAGLEV"]),
+        mib(&memory["memory_bytes_by_map"]["REGISTERED"]),
+        mib(&memory["memory_bytes_by_map"]["WORKERS"]),
+        mib(&memory["memory_bytes_by_map"]["WORKER_STATS"]),
+        mib(&memory["memory_bytes_by_map"]["RING"]),
     );
 }

@@ -19,7 +19,7 @@ use dispatcher::{
     data_plane::{Loaded, PASS_PROGRAM, PROGRAM, YARDSTICK_FLOOR, YARDSTICK_ONE_LOOKUP},
 };
 use dispatcher_common::{
-    maps::egress,
+    maps::{egress, Geometry},
     protocol::{kind, FaasHdr},
     stats::Counter,
 };
@@ -71,6 +71,22 @@ fn config(policy: Policy, functions: usize, workers: usize, v6: bool) -> Config 
         neighbours: Default::default(),
         metrics: None,
     }
+}
+
+/// A data plane of `geometry` with `functions` functions of `workers`
+/// workers each, function `id` with policy `POLICIES[(id - 1) % 4]`, so
+/// the last four are one of each.
+fn setup_mixed(geometry: Geometry, functions: usize, workers: usize) -> Loaded {
+    let mut config = config(Policy::RoundRobin, functions, workers, false);
+    for f in &mut config.functions {
+        f.policy = POLICIES[(f.id as usize - 1) % 4].1;
+    }
+    let mut dp = Loaded::with_geometry(geometry).expect("load the data plane (run as root)");
+    dp.maps
+        .set_settings(IFACE_MAC, IFACE_MAC, egress::TX)
+        .unwrap();
+    control::apply(&mut dp.maps, &config).unwrap();
+    dp
 }
 
 fn setup(policy: Policy, functions: usize, workers: usize, v6: bool) -> Loaded {
@@ -257,39 +273,55 @@ fn main() {
     if quick {
         return;
     }
-    // Scaling: functions (4 workers each) and workers (1 function).
+    // Scaling: functions (4 workers each) and workers (1 function). The
+    // 65,536-function point needs an operator's geometry (`dispatcher run
+    // --max-functions 65536 ...`): one data plane, loaded once, its
+    // functions' policies mixed. (Workers stop at 64: each worker address
+    // is also a service address here, and 256 of them do not fit the
+    // two-choice SERVICES table.)
+    let platform = Geometry {
+        functions: 65_536,
+        workers_per_function: 16,
+        ring_size: 64,
+        maglev_size: 2048,
+        ..Geometry::HOST
+    };
+    let many_functions = setup_mixed(platform, 65_536, 4);
     for (what, points) in [
-        ("functions (4 workers each)", [1usize, 16, 256, 1024]),
-        ("workers (1 function)", [1usize, 4, 16, 64]),
+        ("functions (4 workers each)", &[1usize, 16, 256, 1024, 65_536][..]),
+        ("workers (1 function)", &[1usize, 4, 16, 64][..]),
     ] {
         println!(
             "## IPv4 cost by number of {what}: median (min) ns; max/min of medians / of minima"
         );
         print!("| policy |");
-        for p in points {
+        for p in points.iter() {
             print!(" {p} |");
         }
         println!(" growth |");
         println!("|---|{}---:|", "---:|".repeat(points.len()));
-        for (name, policy) in POLICIES {
-            let planes: Vec<(Loaded, Vec<u8>)> = points
+        for (k, (name, policy)) in POLICIES.iter().enumerate() {
+            let by_functions = what.starts_with("functions");
+            let planes: Vec<(Option<Loaded>, Vec<u8>)> = points
                 .iter()
-                .map(|&n| {
-                    let (functions, workers) = if what.starts_with("functions") {
-                        (n, 4)
-                    } else {
-                        (1, n)
-                    };
-                    (
-                        setup(policy, functions, workers, false),
-                        request_frame(functions as u32, false),
-                    )
+                .map(|&n| match (by_functions, n) {
+                    // The mixed plane's last function of this policy.
+                    (true, 65_536) => (None, request_frame(65_536 - 3 + k as u32, false)),
+                    (true, n) => (
+                        Some(setup(*policy, n, 4, false)),
+                        request_frame(n as u32, false),
+                    ),
+                    (false, n) => (
+                        Some(setup(*policy, 1, n, false)),
+                        request_frame(1, false),
+                    ),
                 })
                 .collect();
+            let plane = |i: usize| -> &Loaded { planes[i].0.as_ref().unwrap_or(&many_functions) };
             let mut samples = vec![Vec::new(); points.len()];
             for _ in 0..ROUNDS {
-                for (i, (dp, frame)) in planes.iter().enumerate() {
-                    samples[i].push(measure(dp, PROGRAM, frame, true));
+                for (i, sample) in samples.iter_mut().enumerate() {
+                    sample.push(measure(plane(i), PROGRAM, &planes[i].1, true));
                 }
             }
             let stats: Vec<(f64, f64, f64)> = samples.into_iter().map(median_and_range).collect();
