@@ -3,7 +3,6 @@
 //! the tables (the ring, the Maglev table, the least-loaded candidates)
 //! so the data plane never scans workers.
 
-use aya_ebpf::helpers::bpf_get_prandom_u32;
 use dispatcher_common::{
     hash,
     maps::{policy, Endpoint, Function, LL_CANDIDATES, RESTEER_TRIES},
@@ -72,8 +71,7 @@ pub fn by_policy<V: Variant>(function: &Function, key: u64, pkt: &Packet) -> Res
     let slot = match function.policy {
         policy::HASH => maglev_slot::<V>(function, affinity_hash(key, pkt)),
         policy::P2C => {
-            // SAFETY: a helper without preconditions.
-            let r = unsafe { bpf_get_prandom_u32() };
+            let r = V::sample(function.index);
             match (
                 ring_slot::<V>(function, r),
                 ring_slot::<V>(function, r >> 8),

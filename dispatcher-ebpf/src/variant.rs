@@ -12,8 +12,9 @@
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
-use aya_ebpf::bindings::xdp_action;
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_get_prandom_u32};
 use dispatcher_common::{
+    hash,
     maps::{egress, Settings, TableChunk, Traffic},
     stats::Counter,
 };
@@ -33,6 +34,8 @@ pub trait Variant {
     fn traffic(function_index: u32, worker_index: u32, bytes: u64);
     /// The next round-robin turn of a function.
     fn next_turn(function_index: u32) -> u32;
+    /// 32 random-looking bits for p2c's two samples.
+    fn sample(function_index: u32) -> u32;
     /// Counts a request sent to a worker into its in-flight estimate
     /// (`Load::in_flight` in LOADS).
     fn charge(in_flight: *mut u32);
@@ -123,6 +126,16 @@ impl Variant for Host {
         }
     }
 
+    /// This CPU's next turn, mixed (murmur3's finalizer): consecutive
+    /// turns give unrelated samples, and no helper is called
+    /// (`bpf_get_prandom_u32` is a call, which retpolines and Safe RET make
+    /// costly). Predictable to one who knows the turn, which p2c does not
+    /// mind: it spreads load, it keeps no secret.
+    #[inline(always)]
+    fn sample(function_index: u32) -> u32 {
+        hash::fmix32(Self::next_turn(function_index) ^ 0x9e37_79b9)
+    }
+
     #[inline(always)]
     fn charge(in_flight: *mut u32) {
         // SAFETY: a field of a map value, valid and aligned for u32.
@@ -184,6 +197,13 @@ impl Variant for Hw {
         let turn = RR_CURSORS.get(function_index).copied().unwrap_or(0);
         let _ = RR_CURSORS.set(function_index, turn.wrapping_add(1), 0);
         turn as u32
+    }
+
+    /// The NFP's random helper: a turn there costs a map update.
+    #[inline(always)]
+    fn sample(_function_index: u32) -> u32 {
+        // SAFETY: a helper without preconditions.
+        unsafe { bpf_get_prandom_u32() }
     }
 
     /// No charging: least-loaded and p2c read LOADS, and a word cannot be

@@ -220,7 +220,10 @@ fn platform_size() {
     println!(
         "\n# at a platform's size: --max-functions 65536 --max-workers-per-function 16 --ring-size 64 --maglev-size 2048"
     );
-    println!("load the data plane (create its maps): {:.2} s", loaded.as_secs_f64());
+    println!(
+        "load the data plane (create its maps): {:.2} s",
+        loaded.as_secs_f64()
+    );
     println!(
         "apply 65,536 functions of 4 workers (a quarter each round-robin, least-loaded, p2c, hash): {:.1} s ({:.0} functions/s)",
         applied.as_secs_f64(),

@@ -288,7 +288,10 @@ fn main() {
     };
     let many_functions = setup_mixed(platform, 65_536, 4);
     for (what, points) in [
-        ("functions (4 workers each)", &[1usize, 16, 256, 1024, 65_536][..]),
+        (
+            "functions (4 workers each)",
+            &[1usize, 16, 256, 1024, 65_536][..],
+        ),
         ("workers (1 function)", &[1usize, 4, 16, 64][..]),
     ] {
         println!(
@@ -311,10 +314,7 @@ fn main() {
                         Some(setup(*policy, n, 4, false)),
                         request_frame(n as u32, false),
                     ),
-                    (false, n) => (
-                        Some(setup(*policy, 1, n, false)),
-                        request_frame(1, false),
-                    ),
+                    (false, n) => (Some(setup(*policy, 1, n, false)), request_frame(1, false)),
                 })
                 .collect();
             let plane = |i: usize| -> &Loaded { planes[i].0.as_ref().unwrap_or(&many_functions) };
