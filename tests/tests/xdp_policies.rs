@@ -773,3 +773,54 @@ fn source_of(frame: &[u8]) -> SocketAddr {
     };
     SocketAddr::new(ip, udp.source_port)
 }
+
+/// 256 workers per function (an operator's geometry: `dispatcher run
+/// --max-workers-per-function 256 --ring-size 1024 --maglev-size 32768`):
+/// round-robin walks all of them, slot 255 included, and the hash policy
+/// spreads keys over them.
+#[test]
+fn a_function_of_256_workers() {
+    let geometry = Geometry {
+        functions: 4,
+        workers_per_function: 256,
+        ring_size: 1024,
+        maglev_size: 32768,
+        ..Geometry::HOST
+    };
+    let workers: Vec<String> = (0..256)
+        .map(|k| {
+            format!(
+                "{{ addr = \"10.7.{}.{}:9000\", mac = \"02:00:00:00:00:10\" }}",
+                k / 200,
+                k % 200 + 1
+            )
+        })
+        .collect();
+    let config = format!(
+        "[service]\naddresses = [\"10.0.0.1\"]\n\
+         [[functions]]\nid = 1\nworkers = [{w}]\n\
+         [[functions]]\nid = 2\npolicy = \"hash\"\nworkers = [{w}]\n",
+        w = workers.join(", ")
+    );
+    let dp = tests::xdp::data_plane_with(&config, geometry);
+    let f = dp.maps.functions.get(&1, 0).unwrap();
+    assert_eq!((f.up_count, f.slot_end), (256, 256));
+    // 1,024 requests walk the ring once: four each.
+    let counts = count_by_worker(
+        (0..1024u64).map(|i| dispatch(&dp, &frame(CLIENT, &FaasHdr::new(kind::REQUEST, 1, i))).0),
+    );
+    assert_eq!(counts.len(), 256, "every worker took turns");
+    assert!(counts.values().all(|n| *n == 4), "{counts:?}");
+    assert_eq!(counts[&addr("10.7.1.56:9000")], 4, "slot 255 too");
+    // Keys spread over the workers by the 32,768-slot Maglev table.
+    let spread = count_by_worker((0..2048u64).map(|key| {
+        let mut hdr = FaasHdr::new(kind::REQUEST, 2, key);
+        hdr.key = (key + 1).to_be_bytes();
+        dispatch(&dp, &frame(CLIENT, &hdr)).0
+    }));
+    assert!(
+        spread.len() > 240,
+        "{} workers of 256 got keys",
+        spread.len()
+    );
+}
