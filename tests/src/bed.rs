@@ -403,5 +403,6 @@ pub fn invoke(
         function,
         payload,
     ];
-    tb.exec(client, &dispatcher_bin(), &args).into()
+    // From one CPU: round-robin turns are per CPU (see exec_on_one_cpu).
+    tb.exec_on_one_cpu(client, &dispatcher_bin(), &args).into()
 }

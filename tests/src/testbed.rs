@@ -510,7 +510,31 @@ impl Testbed {
     /// EXEC_TIMEOUT: a command that hangs (a `dispatcher run` that should
     /// have been refused, say) fails the test instead of hanging the suite.
     pub fn exec(&self, host: &Host, program: &Path, args: &[&str]) -> Output {
-        let mut child = in_namespace(&host.ns, program, args)
+        self.exec_with(host, program, args, in_namespace(&host.ns, program, args))
+    }
+
+    /// `exec`, on CPU 0 only. The data plane takes round-robin turns per
+    /// CPU, and on a veth it runs on the CPU that sent the frame: a test
+    /// that counts exact round-robin shares across several client
+    /// processes sends them all from one CPU.
+    pub fn exec_on_one_cpu(&self, host: &Host, program: &Path, args: &[&str]) -> Output {
+        use std::os::unix::process::CommandExt as _;
+        let mut cmd = in_namespace(&host.ns, program, args);
+        // SAFETY: sched_setaffinity is async-signal-safe; nothing else
+        // runs in the child between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                let mut set = nix::sched::CpuSet::new();
+                set.set(0).map_err(std::io::Error::from)?;
+                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        self.exec_with(host, program, args, cmd)
+    }
+
+    fn exec_with(&self, host: &Host, program: &Path, args: &[&str], mut cmd: Command) -> Output {
+        let mut child = cmd
             .env("DISPATCHER_BPFFS", &self.bpffs)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
