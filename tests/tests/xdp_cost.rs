@@ -106,6 +106,11 @@ fn cost(dp: &Loaded, program: &str, frame: &[u8]) -> Cost {
 fn check(c: &Cost, ceiling: &Ceiling, verdict: u32) {
     let path = ceiling.path;
     println!("{path}: {}", c.summary());
+    // XDP_COST_SOURCES=1 (with --nocapture): where each path's instructions
+    // come from, by source file.
+    if std::env::var_os("XDP_COST_SOURCES").is_some() {
+        println!("  {:?}", c.by_source);
+    }
     assert_eq!(c.verdict, verdict, "{path}: verdict");
     let over: Vec<String> = [
         ("instructions", c.instructions, ceiling.instructions),
