@@ -62,30 +62,31 @@ pub struct Args {
     lease_ttl: i64,
 }
 
+const GEOMETRY: &str = "Map geometry (host modes)";
+
 /// How big the maps are in host memory (skb and drv modes): chosen when the
 /// data plane is loaded, shown by `dispatcher maps dump geometry` with the
 /// memory each map takes. An adopted data plane keeps the geometry it was
 /// loaded with.
 #[derive(clap::Args, Debug, Default)]
-#[command(next_help_heading = "Map geometry (host modes)")]
 struct GeometryArgs {
     /// Function rows in the maps, 1 to 65,536 [default: 1,024].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help_heading = GEOMETRY)]
     max_functions: Option<u32>,
     /// Worker slots per function: a power of two up to 256 [default: 64].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help_heading = GEOMETRY)]
     max_workers_per_function: Option<u32>,
     /// Round-robin ring length per function: a power of two from 32 to
     /// 1,024, at least the workers per function [default: 256].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help_heading = GEOMETRY)]
     ring_size: Option<u32>,
     /// Maglev table length per function (consistent hash): a power of two
     /// from 32 to 65,536, at least the workers per function; 100 or more
     /// times the workers keeps the shares even [default: 16,384].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help_heading = GEOMETRY)]
     maglev_size: Option<u32>,
     /// Workflows, 1 to 65,536 [default: 1,024].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help_heading = GEOMETRY)]
     max_workflows: Option<u32>,
 }
 
