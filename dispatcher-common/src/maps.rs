@@ -70,7 +70,10 @@ pub const MAX_RESTEERS: u8 = 3;
 /// Rows: a function's worker slots are `workers_per_function` consecutive
 /// entries of WORKERS, LOADS and WORKER_STATS from `index *
 /// workers_per_function`; its ring is two generations of `ring_size`
-/// slots in RING, its Maglev table two of `maglev_size` in MAGLEV.
+/// slots in RING. Maglev tables are a pool: only functions with the hash
+/// policy hold one, `hash_functions` of them at most, each two generations
+/// of `maglev_size` slots at its *table slot* in MAGLEV (control
+/// allocates table slots; the FUNCTIONS entry's `maglev_base` says which).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Geometry {
@@ -89,6 +92,9 @@ pub struct Geometry {
     pub maglev_size: u32,
     /// WORKFLOWS entries.
     pub workflows: u32,
+    /// Maglev tables in the MAGLEV pool: how many functions may use the
+    /// hash policy at once (1 to `functions`).
+    pub hash_functions: u32,
 }
 
 impl Geometry {
@@ -102,6 +108,7 @@ impl Geometry {
         ring_size: 256,
         maglev_size: 16384,
         workflows: 1024,
+        hash_functions: 1024,
     };
 
     /// The largest geometry whose every map holds at most `entries`
@@ -126,6 +133,7 @@ impl Geometry {
             ring_size: chunks(h.ring_size) * TABLE_CHUNK,
             maglev_size: chunks(h.maglev_size) * TABLE_CHUNK,
             workflows: entries.min(h.workflows),
+            hash_functions: functions,
         })
     }
 
@@ -150,6 +158,8 @@ impl Geometry {
             Some("the ring and the Maglev table need at least one slot per worker: make them at least the workers per function")
         } else if self.workflows == 0 || self.workflows > MAX_WORKFLOWS {
             Some("workflows must be 1 to 65536")
+        } else if self.hash_functions == 0 || self.hash_functions > self.functions {
+            Some("hash functions (Maglev tables) must be 1 to the number of functions")
         } else {
             None
         }
@@ -178,9 +188,16 @@ impl Geometry {
         (index * 2 + generation as u32) * self.ring_chunks()
     }
 
-    /// MAGLEV chunk where `generation` of the function at `index` starts.
-    pub const fn maglev_base(&self, index: u32, generation: u8) -> u32 {
-        (index * 2 + generation as u32) * self.maglev_chunks()
+    /// MAGLEV chunk where `generation` of the table at table slot `table`
+    /// (0..hash_functions) starts.
+    pub const fn maglev_base(&self, table: u32, generation: u8) -> u32 {
+        (table * 2 + generation as u32) * self.maglev_chunks()
+    }
+
+    /// The table slot a Maglev table starting at `maglev_base` (of
+    /// `generation`) is in.
+    pub const fn maglev_table(&self, maglev_base: u32, generation: u8) -> u32 {
+        (maglev_base / self.maglev_chunks() - generation as u32) / 2
     }
 
     /// The entries map `name` needs, for the maps this geometry sizes.
@@ -193,7 +210,7 @@ impl Geometry {
             }
             WORKERS | LOADS | REGISTERED | WORKER_STATS | WORKER_STATS_HW => self.worker_slots(),
             RING => self.functions * 2 * self.ring_chunks(),
-            MAGLEV => self.functions * 2 * self.maglev_chunks(),
+            MAGLEV => self.hash_functions * 2 * self.maglev_chunks(),
             WORKFLOWS => self.workflows,
             _ => return None,
         })
@@ -523,7 +540,7 @@ mod tests {
     fn map_types_have_no_implicit_padding() {
         assert_eq!(size_of::<Endpoint>(), 20);
         assert_eq!(size_of::<ServiceSlot>(), 24);
-        assert_eq!(size_of::<Settings>(), 40);
+        assert_eq!(size_of::<Settings>(), 44);
         assert_eq!(size_of::<Function>(), 32);
         assert_eq!(size_of::<Worker>(), 32);
         assert_eq!(size_of::<Workflow>(), 36);
@@ -571,12 +588,15 @@ mod tests {
             ring_size: MAX_RING_SIZE,
             maglev_size: MAX_MAGLEV_SIZE,
             workflows: MAX_WORKFLOWS,
+            hash_functions: MAX_FUNCTIONS,
             ..h
         };
         assert_eq!(most.problem(), None);
         // Bases stay within u32 at that size.
         assert!(most.worker_slots() as u64 == 65_536 * 256);
         assert!(most.maglev_base(MAX_FUNCTIONS - 1, 1) < u32::MAX);
+        assert_eq!(h.maglev_table(h.maglev_base(7, 1), 1), 7);
+        assert_eq!(h.maglev_table(h.maglev_base(7, 0), 0), 7);
         for bad in [
             Geometry { functions: 0, ..h },
             Geometry {

@@ -785,6 +785,7 @@ fn a_function_of_256_workers() {
         workers_per_function: 256,
         ring_size: 1024,
         maglev_size: 32768,
+        hash_functions: 4,
         ..Geometry::HOST
     };
     let workers: Vec<String> = (0..256)
@@ -823,4 +824,89 @@ fn a_function_of_256_workers() {
         "{} workers of 256 got keys",
         spread.len()
     );
+}
+
+/// Maglev tables are a pool: only functions with the hash policy hold
+/// one. With room for two, a third hash function is refused by name; a
+/// function that leaves the hash policy frees its table for another, and
+/// both keep dispatching by key.
+#[test]
+fn maglev_tables_are_a_pool_for_hash_functions() {
+    let geometry = Geometry {
+        functions: 8,
+        hash_functions: 2,
+        ..Geometry::HOST
+    };
+    let config = r#"
+        [service]
+        addresses = ["10.0.0.1"]
+
+        [[functions]]
+        id = 1
+        policy = "hash"
+        workers = [
+          { addr = "10.0.1.1:9000", mac = "02:00:00:00:01:01" },
+          { addr = "10.0.1.2:9000", mac = "02:00:00:00:01:02" },
+        ]
+
+        [[functions]]
+        id = 2
+        policy = "round-robin"
+        workers = [
+          { addr = "10.0.2.1:9000", mac = "02:00:00:00:02:01" },
+          { addr = "10.0.2.2:9000", mac = "02:00:00:00:02:02" },
+        ]
+
+        [[functions]]
+        id = 3
+        policy = "hash"
+        workers = [
+          { addr = "10.0.3.1:9000", mac = "02:00:00:00:03:01" },
+          { addr = "10.0.3.2:9000", mac = "02:00:00:00:03:02" },
+        ]
+    "#;
+    let mut dp = tests::xdp::data_plane_with(config, geometry);
+    let hash_policy = dispatcher_common::maps::policy::HASH;
+    let rr_policy = dispatcher_common::maps::policy::ROUND_ROBIN;
+    let err = control::set_function(&mut dp.maps, 2, hash_policy, &[])
+        .err()
+        .expect("a third Maglev table is refused");
+    assert!(
+        format!("{err:#}").contains("all 2 Maglev tables of the data plane are in use"),
+        "{err:#}"
+    );
+    let by_key = |dp: &Loaded, id: u32, key: u64| {
+        let mut hdr = FaasHdr::new(kind::REQUEST, id, key);
+        hdr.key = key.to_be_bytes();
+        dispatch(dp, &frame(CLIENT, &hdr)).0
+    };
+    let before: Vec<SocketAddr> = (1..50).map(|k| by_key(&dp, 3, k)).collect();
+    // Function 1 leaves the hash policy; function 2 takes its table.
+    let workers = |id: u32| {
+        let f = dp.maps.functions.get(&id, 0).unwrap();
+        control::function_workers(&dp.maps, &f)
+            .unwrap()
+            .into_iter()
+            .map(|(_, w)| w)
+            .collect::<Vec<_>>()
+    };
+    let (w1, w2) = (workers(1), workers(2));
+    control::set_function(&mut dp.maps, 1, rr_policy, &w1).unwrap();
+    control::set_function(&mut dp.maps, 2, hash_policy, &w2).unwrap();
+    let g = dp.maps.geometry().unwrap();
+    let table = |id: u32| {
+        let f = dp.maps.functions.get(&id, 0).unwrap();
+        g.maglev_table(f.maglev_base, f.generation)
+    };
+    assert_ne!(table(2), table(3), "two hash functions, two tables");
+    // Function 3's keys did not move; function 2 spreads keys by hash.
+    let after: Vec<SocketAddr> = (1..50).map(|k| by_key(&dp, 3, k)).collect();
+    assert_eq!(before, after);
+    let spread = count_by_worker((1..50).map(|k| by_key(&dp, 2, k)));
+    assert_eq!(spread.len(), 2, "{spread:?}");
+    // Round-robin needs no table.
+    let counts = count_by_worker(
+        (0..4u64).map(|i| dispatch(&dp, &frame(CLIENT, &FaasHdr::new(kind::REQUEST, 1, i))).0),
+    );
+    assert_eq!(counts.len(), 2, "{counts:?}");
 }

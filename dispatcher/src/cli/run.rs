@@ -88,6 +88,11 @@ struct GeometryArgs {
     /// Workflows, 1 to 65,536 [default: 1,024].
     #[arg(long, value_name = "N", help_heading = GEOMETRY)]
     max_workflows: Option<u32>,
+    /// Functions that may use the hash policy at once: only they hold a
+    /// Maglev table (2 x --maglev-size bytes each), 1 to --max-functions
+    /// [default: --max-functions].
+    #[arg(long, value_name = "N", help_heading = GEOMETRY)]
+    max_hash_functions: Option<u32>,
 }
 
 impl GeometryArgs {
@@ -97,13 +102,16 @@ impl GeometryArgs {
             || self.ring_size.is_some()
             || self.maglev_size.is_some()
             || self.max_workflows.is_some()
+            || self.max_hash_functions.is_some()
     }
 
     /// The default host geometry with the flags given, validated.
     fn geometry(&self) -> Result<Geometry> {
         let h = Geometry::HOST;
+        let functions = self.max_functions.unwrap_or(h.functions);
         let g = Geometry {
-            functions: self.max_functions.unwrap_or(h.functions),
+            functions,
+            hash_functions: self.max_hash_functions.unwrap_or(functions),
             workers_per_function: self
                 .max_workers_per_function
                 .unwrap_or(h.workers_per_function),
@@ -115,12 +123,13 @@ impl GeometryArgs {
         match g.problem() {
             None => Ok(g),
             Some(problem) => bail!(
-                "map geometry: {problem} (--max-functions {}, --max-workers-per-function {}, --ring-size {}, --maglev-size {}, --max-workflows {})",
+                "map geometry: {problem} (--max-functions {}, --max-workers-per-function {}, --ring-size {}, --maglev-size {}, --max-workflows {}, --max-hash-functions {})",
                 g.functions,
                 g.workers_per_function,
                 g.ring_size,
                 g.maglev_size,
-                g.workflows
+                g.workflows,
+                g.hash_functions
             ),
         }
     }

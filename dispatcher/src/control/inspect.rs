@@ -100,6 +100,7 @@ pub fn geometry(maps: &Maps) -> Result<serde_json::Value> {
         "maglev_size": g.maglev_size,
         "service_slots": g.service_slots,
         "workflows": g.workflows,
+        "hash_functions": g.hash_functions,
         "memory_bytes": total,
         "memory_bytes_by_map": memory,
     }))

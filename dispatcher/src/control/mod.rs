@@ -111,7 +111,7 @@ pub fn fits(g: &Geometry, config: &Config) -> Result<()> {
         if have > most as usize {
             bail!(
                 "{what}: the config has {have}, the data plane's maps hold {most} (sized at load: \
-                 `dispatcher run --max-functions`, `--max-workers-per-function`, `--max-workflows`, or --hw-map-entries on a NIC): \
+                 `dispatcher run --max-functions`, `--max-workers-per-function`, `--max-workflows`, `--max-hash-functions`, or --hw-map-entries on a NIC): \
                  remove some, or load with larger maps"
             )
         }
@@ -126,6 +126,15 @@ pub fn fits(g: &Geometry, config: &Config) -> Result<()> {
         )?;
     }
     sized("workflows", config.workflows.len(), g.workflows)?;
+    sized(
+        "functions with the hash policy (each holds a Maglev table)",
+        config
+            .functions
+            .iter()
+            .filter(|f| f.policy.to_map() == policy::HASH)
+            .count(),
+        g.hash_functions,
+    )?;
     sized(
         "service.addresses",
         config.service.addresses.len(),
@@ -166,29 +175,28 @@ fn spaced_turns(ring_size: u32) -> Result<aya::maps::PerCpuValues<u32>> {
     Ok(aya::maps::PerCpuValues::try_from(turns)?)
 }
 
-/// Which function rows (dense indices) FUNCTIONS uses.
-pub struct RowsInUse {
+/// Slots of a table (function rows, Maglev tables) and which are taken.
+struct Taken {
     used: Vec<bool>,
-    /// No row below this is free.
+    /// No slot below this is free.
     lowest_free: usize,
 }
 
-impl RowsInUse {
-    fn scan(maps: &Maps, g: &Geometry) -> Result<RowsInUse> {
-        let mut used = vec![false; g.functions as usize];
-        for entry in maps.functions.iter() {
-            let (_, f) = entry?;
-            if let Some(u) = used.get_mut(f.index as usize) {
-                *u = true;
-            }
-        }
-        Ok(RowsInUse {
-            used,
+impl Taken {
+    fn new(slots: u32) -> Taken {
+        Taken {
+            used: vec![false; slots as usize],
             lowest_free: 0,
-        })
+        }
     }
 
-    /// The lowest free row, now taken.
+    fn mark(&mut self, slot: u32) {
+        if let Some(u) = self.used.get_mut(slot as usize) {
+            *u = true;
+        }
+    }
+
+    /// The lowest free slot, now taken.
     fn take(&mut self) -> Option<u32> {
         let i = self.lowest_free + self.used[self.lowest_free..].iter().position(|u| !u)?;
         self.used[i] = true;
@@ -197,15 +205,59 @@ impl RowsInUse {
     }
 }
 
+/// Which function rows (dense indices) and which Maglev tables of the pool
+/// FUNCTIONS uses: found by one scan of it. The maps are the only record
+/// (the CLI, the daemon and a restarted daemon share them).
+pub struct RowsInUse {
+    rows: Taken,
+    tables: Taken,
+}
+
+impl RowsInUse {
+    fn scan(maps: &Maps, g: &Geometry) -> Result<RowsInUse> {
+        let mut rows = Taken::new(g.functions);
+        let mut tables = Taken::new(g.hash_functions);
+        for entry in maps.functions.iter() {
+            let (_, f) = entry?;
+            rows.mark(f.index);
+            if f.policy == policy::HASH {
+                tables.mark(g.maglev_table(f.maglev_base, f.generation));
+            }
+        }
+        Ok(RowsInUse { rows, tables })
+    }
+}
+
+/// Takes a free slot with `take`: from the bulk change's scan when one
+/// runs (see `apply`), else from a scan of FUNCTIONS.
+fn take_free(
+    maps: &Maps,
+    g: &Geometry,
+    take: impl Fn(&mut RowsInUse) -> Option<u32>,
+) -> Result<Option<u32>> {
+    let mut bulk = maps.rows_in_use.borrow_mut();
+    Ok(match bulk.as_mut() {
+        Some(in_use) => take(in_use),
+        None => take(&mut RowsInUse::scan(maps, g)?),
+    })
+}
+
+/// A free Maglev table of the pool, for a function taking the hash policy.
+fn free_table(maps: &Maps, g: &Geometry) -> Result<u32> {
+    take_free(maps, g, |u| u.tables.take())?.ok_or_else(|| {
+        anyhow!(
+            "all {} Maglev tables of the data plane are in use (one per function with the hash policy): \
+             give another function a different policy first, or load the data plane with more \
+             (`dispatcher run --max-hash-functions`)",
+            g.hash_functions
+        )
+    })
+}
+
 /// A free function row: from the bulk change's scan when one runs (see
 /// `apply`), else from a scan of FUNCTIONS.
 fn free_index(maps: &Maps, g: &Geometry) -> Result<u32> {
-    let mut bulk = maps.rows_in_use.borrow_mut();
-    let taken = match bulk.as_mut() {
-        Some(rows) => rows.take(),
-        None => RowsInUse::scan(maps, g)?.take(),
-    };
-    taken.ok_or_else(|| {
+    take_free(maps, g, |u| u.rows.take())?.ok_or_else(|| {
         anyhow!(
             "all {} function rows of the data plane are in use: remove a function first \
              (or load it with more: `dispatcher run --max-functions`)",
@@ -259,6 +311,15 @@ fn write_function(
             workers.len()
         );
     }
+    // A function with the hash policy keeps its Maglev table of the pool,
+    // or takes a free one; other policies hold none.
+    let table = match &current {
+        _ if policy != policy::HASH => None,
+        Some((f, _)) if f.policy == policy::HASH => {
+            Some(g.maglev_table(f.maglev_base, f.generation))
+        }
+        _ => Some(free_table(maps, &g)?),
+    };
     let (index, generation, current) = match current {
         Some((f, slots)) => (f.index, 1 - f.generation, slots),
         None => {
@@ -364,7 +425,7 @@ fn write_function(
         index,
         worker_base: g.worker_base(index),
         ring_base: g.ring_base(index, generation),
-        maglev_base: g.maglev_base(index, generation),
+        maglev_base: table.map_or(0, |t| g.maglev_base(t, generation)),
         ring_mask: (g.ring_size - 1) as u16,
         maglev_mask: (g.maglev_size - 1) as u16,
         policy,

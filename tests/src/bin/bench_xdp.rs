@@ -286,6 +286,7 @@ fn main() {
         workers_per_function: 16,
         ring_size: 64,
         maglev_size: 2048,
+        hash_functions: 16_384,
         ..Geometry::HOST
     };
     let many_functions = setup_mixed(platform, 65_536, 4);
