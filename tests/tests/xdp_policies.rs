@@ -869,8 +869,7 @@ fn maglev_tables_are_a_pool_for_hash_functions() {
     let hash_policy = dispatcher_common::maps::policy::HASH;
     let rr_policy = dispatcher_common::maps::policy::ROUND_ROBIN;
     let err = control::set_function(&mut dp.maps, 2, hash_policy, &[])
-        .err()
-        .expect("a third Maglev table is refused");
+        .expect_err("a third Maglev table is refused");
     assert!(
         format!("{err:#}").contains("all 2 Maglev tables of the data plane are in use"),
         "{err:#}"
