@@ -14,6 +14,8 @@ pub mod names {
     pub const SERVICES: &str = "SERVICES";
     pub const SETTINGS: &str = "SETTINGS";
     pub const FUNCTIONS: &str = "FUNCTIONS";
+    pub const FUNCTION_SLOTS: &str = "FUNCTION_SLOTS";
+    pub const FUNCTION_ROWS: &str = "FUNCTION_ROWS";
     pub const WORKERS: &str = "WORKERS";
     pub const LOADS: &str = "LOADS";
     pub const RING: &str = "RING";
@@ -178,6 +180,17 @@ impl Geometry {
         self.maglev_size / TABLE_CHUNK
     }
 
+    /// FUNCTION_SLOTS entries: the function rows rounded up to a power of
+    /// two, so that ids 1..=functions each have a slot of their own.
+    pub const fn function_slots(&self) -> u32 {
+        self.functions.next_power_of_two()
+    }
+
+    /// FUNCTION_ROWS index of copy `row` (0 or 1) of the function at `index`.
+    pub const fn function_row(&self, index: u32, row: u8) -> u32 {
+        index * 2 + row as u32
+    }
+
     /// WORKERS index of slot 0 of the function at `index`.
     pub const fn worker_base(&self, index: u32) -> u32 {
         index * self.workers_per_function
@@ -209,6 +222,8 @@ impl Geometry {
                 self.functions
             }
             WORKERS | LOADS | REGISTERED | WORKER_STATS | WORKER_STATS_HW => self.worker_slots(),
+            FUNCTION_SLOTS => self.function_slots(),
+            FUNCTION_ROWS => self.functions * 2,
             RING => self.functions * 2 * self.ring_chunks(),
             MAGLEV => self.hash_functions * 2 * self.maglev_chunks(),
             WORKFLOWS => self.workflows,
@@ -361,6 +376,9 @@ pub struct Settings {
     pub _pad2: [u8; 2],
     /// The sizes the maps were created with.
     pub geometry: Geometry,
+    /// `Geometry::function_slots() - 1`, computed by the loader: the data
+    /// plane masks a function id with it to find its FUNCTION_SLOTS entry.
+    pub function_slot_mask: u32,
 }
 
 /// Value of `FUNCTIONS`, keyed by the function id (host order u32).
@@ -390,7 +408,9 @@ pub struct Function {
     pub generation: u8,
     /// Valid entries of `ll_slots`.
     pub ll_count: u8,
-    pub _pad: u8,
+    /// Which of the function's two FUNCTION_ROWS this copy was written to
+    /// (user space alternates them: see [`FunctionSlot`]).
+    pub row: u8,
     /// Up workers in the live tables; 0: none up (up to 256).
     pub up_count: u16,
     /// One past the highest occupied worker slot (up to 256). For user
@@ -399,6 +419,60 @@ pub struct Function {
     pub slot_end: u16,
     /// Least-loaded candidates (worker slots), least loaded first.
     pub ll_slots: [u8; LL_CANDIDATES],
+    /// The function's id (the FUNCTIONS key): in FUNCTION_ROWS, what the
+    /// data plane checks a row against.
+    pub id: u32,
+}
+
+/// Value of `FUNCTION_SLOTS` at `id & Settings::function_slot_mask`: the
+/// host variant's direct table of functions, two array lookups instead of
+/// FUNCTIONS' hash lookup (a helper call, the dearest step of a dispatch
+/// on a machine with retpolines: docs/benchmarks/bench-xdp.md). Dense ids
+/// (1..N, as platforms hand them out) each get a slot of their own; an id
+/// whose slot another id holds is served from FUNCTIONS, as is every
+/// function in the offload variant.
+///
+/// A FUNCTIONS entry is replaced atomically; an array entry is copied in
+/// place, so a reader could see half of an old and half of a new value.
+/// Hence the indirection: user space writes a function's new value into
+/// the row it did not write last (`Function::row`), then points the slot
+/// at it. A slot is 8 bytes whose two halves the data plane checks: the
+/// id against the request's, and the row's own `id` again, so a slot read
+/// mid-write (or a row since reused by another function) sends the
+/// request to FUNCTIONS instead, never to another function's workers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FunctionSlot {
+    pub id: u32,
+    /// FUNCTION_ROWS index plus one (`Geometry::function_row`); 0: the
+    /// slot is empty (as the loader creates it), and the index it gives,
+    /// `u32::MAX`, is out of range for every id, even 0.
+    pub row_plus_one: u32,
+}
+
+impl FunctionSlot {
+    pub const EMPTY: FunctionSlot = FunctionSlot {
+        id: 0,
+        row_plus_one: 0,
+    };
+
+    /// The slot of function `id` whose value is at FUNCTION_ROWS `row`.
+    pub const fn at(id: u32, row: u32) -> FunctionSlot {
+        FunctionSlot {
+            id,
+            row_plus_one: row + 1,
+        }
+    }
+
+    pub const fn is_empty(&self) -> bool {
+        self.row_plus_one == 0
+    }
+
+    /// The FUNCTION_ROWS index (`u32::MAX` for an empty slot).
+    #[inline(always)]
+    pub const fn row(&self) -> u32 {
+        self.row_plus_one.wrapping_sub(1)
+    }
 }
 
 impl Function {
@@ -522,6 +596,7 @@ mod pod {
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::Geometry {}
     unsafe impl aya::Pod for super::Function {}
+    unsafe impl aya::Pod for super::FunctionSlot {}
     unsafe impl aya::Pod for super::Worker {}
     unsafe impl aya::Pod for super::Workflow {}
     unsafe impl aya::Pod for super::Traffic {}
@@ -540,8 +615,9 @@ mod tests {
     fn map_types_have_no_implicit_padding() {
         assert_eq!(size_of::<Endpoint>(), 20);
         assert_eq!(size_of::<ServiceSlot>(), 24);
-        assert_eq!(size_of::<Settings>(), 44);
-        assert_eq!(size_of::<Function>(), 32);
+        assert_eq!(size_of::<Settings>(), 48);
+        assert_eq!(size_of::<Function>(), 36);
+        assert_eq!(size_of::<FunctionSlot>(), 8);
         assert_eq!(size_of::<Worker>(), 32);
         assert_eq!(size_of::<Workflow>(), 36);
         assert_eq!(size_of::<Traffic>(), 16);

@@ -26,7 +26,7 @@ mod yardsticks;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use aya_log_ebpf::warn;
 use dispatcher_common::{
-    maps::{Function, MAX_RESTEERS, MAX_WORKFLOW_STEPS},
+    maps::{Function, Settings, MAX_RESTEERS, MAX_WORKFLOW_STEPS},
     protocol::{self, flags, kind, FaasHdr, HeaderEdit},
     stats::Counter,
 };
@@ -120,17 +120,56 @@ fn dispatch_parsed<V: Variant>(ctx: &XdpContext, pkt: &Packet) -> Result<(Counte
     // key), each time from the packet: carried in a variable across these
     // arms, LLVM materialised it on the stack for every REQUEST too.
     let decision = match hdr.kind {
-        kind::REQUEST => request(hdr)?,
+        kind::REQUEST => {
+            let id = hdr.function_id();
+            match maps::function(settings, id, V::DIRECT_FUNCTIONS) {
+                // The common case, on a path of its own in the host
+                // variant: with the edit a constant, the rewrite compiles
+                // to just the address, port and MAC writes.
+                Some(function) if V::STRAIGHT_REQUESTS => {
+                    return send::<V>(
+                        pkt,
+                        hdr_ptr,
+                        settings,
+                        Decision {
+                            function,
+                            edit: HeaderEdit::None,
+                            counter: Counter::DispatchedRequest,
+                        },
+                    );
+                }
+                Some(function) => Decision {
+                    function,
+                    edit: HeaderEdit::None,
+                    counter: Counter::DispatchedRequest,
+                },
+                None => start_workflow::<V>(settings, id)?,
+            }
+        }
         kind::STEP => {
             registered(pkt)?;
-            step::<V>(hdr)?
+            step::<V>(settings, hdr)?
         }
         kind::BUSY => {
             registered(pkt)?;
-            busy(hdr)?
+            busy::<V>(settings, hdr)?
         }
         _ => return Err(Counter::PassNotRequest),
     };
+    send::<V>(pkt, hdr_ptr, settings, decision)
+}
+
+/// Picks the worker for a decision, rewrites the packet toward it, counts
+/// and transmits.
+#[inline(always)]
+fn send<V: Variant>(
+    pkt: &Packet,
+    hdr_ptr: *mut FaasHdr,
+    settings: &Settings,
+    decision: Decision,
+) -> Result<(Counter, u32), Counter> {
+    // SAFETY: `faas_header` bounds-checked all 48 bytes against data_end.
+    let hdr = unsafe { &*hdr_ptr };
     let function = decision.function;
     let slot = match decision.edit {
         HeaderEdit::Resteer { .. } => select::other_than::<V>(function, &pkt.source())?,
@@ -160,17 +199,10 @@ fn registered(pkt: &Packet) -> Result<(), Counter> {
     }
 }
 
-/// A REQUEST names a function, or a workflow (whose step 0 it starts).
+/// A REQUEST whose id is no function's names a workflow: it starts its
+/// step 0.
 #[inline(always)]
-fn request(hdr: &FaasHdr) -> Result<Decision, Counter> {
-    let id = hdr.function_id();
-    if let Some(function) = maps::function(id) {
-        return Ok(Decision {
-            function,
-            edit: HeaderEdit::None,
-            counter: Counter::DispatchedRequest,
-        });
-    }
+fn start_workflow<V: Variant>(settings: &Settings, id: u32) -> Result<Decision, Counter> {
     let workflow = maps::workflow(id).ok_or(Counter::PassUnknownFunction)?;
     let steps = workflow.step_count;
     if steps == 0 || steps as usize > MAX_WORKFLOW_STEPS {
@@ -178,7 +210,8 @@ fn request(hdr: &FaasHdr) -> Result<Decision, Counter> {
     }
     let function_id = workflow.functions[0];
     Ok(Decision {
-        function: maps::function(function_id).ok_or(Counter::PassUnknownFunction)?,
+        function: maps::function(settings, function_id, V::DIRECT_FUNCTIONS)
+            .ok_or(Counter::PassUnknownFunction)?,
         edit: HeaderEdit::StartWorkflow {
             workflow_id: id,
             function_id,
@@ -190,7 +223,7 @@ fn request(hdr: &FaasHdr) -> Result<Decision, Counter> {
 
 /// A STEP invokes step `step` of `workflow_id`.
 #[inline(always)]
-fn step<V: Variant>(hdr: &FaasHdr) -> Result<Decision, Counter> {
+fn step<V: Variant>(settings: &Settings, hdr: &FaasHdr) -> Result<Decision, Counter> {
     let workflow = maps::workflow(hdr.workflow_id()).ok_or(Counter::PassBadStep)?;
     let step = hdr.step as usize;
     if step >= MAX_WORKFLOW_STEPS || step as u32 >= workflow.step_count {
@@ -198,7 +231,8 @@ fn step<V: Variant>(hdr: &FaasHdr) -> Result<Decision, Counter> {
     }
     let function_id = V::word_of_eight(&workflow.functions, step);
     Ok(Decision {
-        function: maps::function(function_id).ok_or(Counter::PassUnknownFunction)?,
+        function: maps::function(settings, function_id, V::DIRECT_FUNCTIONS)
+            .ok_or(Counter::PassUnknownFunction)?,
         edit: HeaderEdit::Step {
             function_id,
             last: step as u32 + 1 == workflow.step_count,
@@ -210,14 +244,15 @@ fn step<V: Variant>(hdr: &FaasHdr) -> Result<Decision, Counter> {
 /// A BUSY goes to another worker of the same function, at most
 /// MAX_RESTEERS times.
 #[inline(always)]
-fn busy(hdr: &FaasHdr) -> Result<Decision, Counter> {
+fn busy<V: Variant>(settings: &Settings, hdr: &FaasHdr) -> Result<Decision, Counter> {
     let resteers = hdr.resteers();
     if resteers >= MAX_RESTEERS {
         return Err(Counter::PassBusyExhausted);
     }
     let kind = hdr.busy_answered_kind();
     Ok(Decision {
-        function: maps::function(hdr.function_id()).ok_or(Counter::PassUnknownFunction)?,
+        function: maps::function(settings, hdr.function_id(), V::DIRECT_FUNCTIONS)
+            .ok_or(Counter::PassUnknownFunction)?,
         edit: HeaderEdit::Resteer {
             kind,
             resteers: resteers + 1,

@@ -15,8 +15,8 @@ use aya_ebpf::{
 };
 use dispatcher_common::{
     maps::{
-        Endpoint, Function, Geometry, Load, ServiceSlot, Settings, TableChunk, Traffic, Worker,
-        Workflow, TABLE_CHUNK,
+        Endpoint, Function, FunctionSlot, Geometry, Load, ServiceSlot, Settings, TableChunk,
+        Traffic, Worker, Workflow, TABLE_CHUNK,
     },
     stats::Counter,
 };
@@ -40,6 +40,18 @@ pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 /// policy, up count, least-loaded candidates. Replaced whole by user space; read per request.
 #[map]
 pub static FUNCTIONS: HashMap<u32, Function> = HashMap::with_max_entries(HOST.functions, 0);
+
+/// The host variant's direct table of functions: slot `id &
+/// Settings::function_slot_mask` names the FUNCTION_ROWS entry holding the
+/// function's current value (see `FunctionSlot` for why two maps and
+/// how a reader never sees half a value). Written by user space beside
+/// FUNCTIONS; read per request, two array lookups in place of a hash
+/// lookup.
+#[map]
+pub static FUNCTION_SLOTS: Array<FunctionSlot> =
+    Array::with_max_entries(HOST.functions.next_power_of_two(), 0);
+#[map]
+pub static FUNCTION_ROWS: Array<Function> = Array::with_max_entries(HOST.functions * 2, 0);
 
 /// Workers at `Function::worker_index(slot)`: address, MAC, port.
 /// Written by user space; read per dispatch.
@@ -143,8 +155,35 @@ pub fn is_registered(key: &Endpoint) -> bool {
     unsafe { REGISTERED.get(key) }.is_some()
 }
 
+/// Function `function_id`: through its direct slot when `direct` (the host
+/// variant) and the slot holds it, else from FUNCTIONS.
 #[inline(always)]
-pub fn function(function_id: u32) -> Option<&'static Function> {
+pub fn function(settings: &Settings, function_id: u32, direct: bool) -> Option<&'static Function> {
+    // One pointer, set on either path and returned once: two returns of
+    // `Some` made LLVM spill an undefined register, which the verifier
+    // rejects.
+    let mut found: *const Function = core::ptr::null();
+    if direct {
+        if let Some(slot) = FUNCTION_SLOTS.get(function_id & settings.function_slot_mask) {
+            if slot.id == function_id {
+                if let Some(f) = FUNCTION_ROWS.get(slot.row()) {
+                    if f.id == function_id {
+                        found = f;
+                    }
+                }
+            }
+        }
+    }
+    if found.is_null() {
+        found = function_by_hash(function_id).map_or(core::ptr::null(), |f| f as *const Function);
+    }
+    // SAFETY: null or a map value (see above).
+    unsafe { found.as_ref() }
+}
+
+/// Function `function_id` from FUNCTIONS: one hash lookup.
+#[inline(always)]
+pub fn function_by_hash(function_id: u32) -> Option<&'static Function> {
     unsafe { FUNCTIONS.get(&function_id) }
 }
 

@@ -27,6 +27,14 @@ use crate::maps::{
 pub trait Variant {
     /// Whether this variant logs alarms through aya-log (the NFP cannot).
     const LOGS: bool;
+    /// Whether this variant finds functions through FUNCTION_SLOTS before
+    /// FUNCTIONS (`maps::function`): the host, where a hash lookup is a
+    /// helper call; the NFP looks hash maps up in hardware.
+    const DIRECT_FUNCTIONS: bool;
+    /// Whether a plain REQUEST takes a dispatch path of its own (a second
+    /// copy of selection and rewrite, specialised: the host; the NFP's
+    /// instruction budget has no room for it).
+    const STRAIGHT_REQUESTS: bool;
     /// One more packet for `counter`; returns this CPU's count so far where
     /// the variant can tell (0 where it cannot).
     fn count(counter: Counter) -> u64;
@@ -83,6 +91,8 @@ pub struct Host;
 
 impl Variant for Host {
     const LOGS: bool = true;
+    const DIRECT_FUNCTIONS: bool = true;
+    const STRAIGHT_REQUESTS: bool = true;
 
     #[inline(always)]
     fn count(counter: Counter) -> u64 {
@@ -170,6 +180,8 @@ pub struct Hw;
 
 impl Variant for Hw {
     const LOGS: bool = false;
+    const DIRECT_FUNCTIONS: bool = false;
+    const STRAIGHT_REQUESTS: bool = false;
 
     #[inline(always)]
     fn count(counter: Counter) -> u64 {

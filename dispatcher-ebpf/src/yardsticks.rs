@@ -80,7 +80,7 @@ fn one_lookup(ctx: &XdpContext) -> Option<u32> {
     }
     let udp = unsafe { &mut *ptr_at::<UdpHdr>(ctx, l4)? };
     let hdr = unsafe { &*ptr_at::<FaasHdr>(ctx, l4 + UdpHdr::LEN)? };
-    maps::function(hdr.function_id())?;
+    maps::function_by_hash(hdr.function_id())?;
 
     let mut patch = Patch::new(u16::from_be_bytes(udp.check)).bytes(&udp.dst, &WORKER_PORT);
     udp.dst = WORKER_PORT;

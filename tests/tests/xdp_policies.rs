@@ -909,3 +909,100 @@ fn maglev_tables_are_a_pool_for_hash_functions() {
     );
     assert_eq!(counts.len(), 2, "{counts:?}");
 }
+
+/// The host variant finds a function through its FUNCTION_SLOTS slot (id &
+/// mask) and falls back to FUNCTIONS when another id holds that slot. With
+/// four slots, ids 1, 5 and 9 share slot 1: the first written holds it,
+/// the others are found by hash; every one reaches its own worker, before
+/// and after changes, in both variants; a removed function is not found
+/// through a slot it left (its row is still there), and a new id takes the
+/// freed slot.
+#[test]
+fn ids_that_share_a_direct_slot_each_reach_their_own_function() {
+    let geometry = Geometry {
+        functions: 4,
+        hash_functions: 4,
+        ..Geometry::HOST
+    };
+    let function = |id: u32, worker: u8| {
+        format!(
+            "[[functions]]\nid = {id}\nworkers = [{{ addr = \"10.0.5.{worker}:9000\", mac = \"02:00:00:00:05:{worker:02x}\" }}]\n"
+        )
+    };
+    let config = format!(
+        "[service]\naddresses = [\"10.0.0.1\"]\n{}{}{}",
+        function(1, 1),
+        function(5, 5),
+        function(9, 9)
+    );
+    let mut dp = tests::xdp::data_plane_with(&config, geometry);
+    let slot = |dp: &Loaded, s: u32| dp.maps.function_slots.get(&s, 0).unwrap();
+    assert_eq!(slot(&dp, 1).id, 1, "the first id written holds the slot");
+    let reaches = |dp: &Loaded, id: u32, worker: &str| {
+        for program in [PROGRAM, HW_PROGRAM] {
+            let (verdict, out) = run(
+                dp.named(program),
+                &frame(CLIENT, &FaasHdr::new(kind::REQUEST, id, 1)),
+            );
+            assert_eq!(verdict, XDP_TX, "function {id} ({program}): not dispatched");
+            assert_eq!(
+                destination_and_header(&out).0,
+                addr(worker),
+                "function {id} ({program})"
+            );
+        }
+    };
+    let unknown = |dp: &Loaded, id: u32| {
+        let before = dp.maps.counters().unwrap();
+        let (verdict, _) = run(
+            dp.named(PROGRAM),
+            &frame(CLIENT, &FaasHdr::new(kind::REQUEST, id, 1)),
+        );
+        assert_eq!(verdict, XDP_PASS, "function {id} should be unknown");
+        assert_counted(
+            &before,
+            &dp.maps.counters().unwrap(),
+            Counter::PassUnknownFunction,
+            &format!("function {id}"),
+        );
+    };
+    reaches(&dp, 1, "10.0.5.1:9000");
+    reaches(&dp, 5, "10.0.5.5:9000");
+    reaches(&dp, 9, "10.0.5.9:9000");
+    // Slot 0 is empty and slot 2 too: ids 0, 4 and 2 are nobody's.
+    for id in [0, 4, 2] {
+        unknown(&dp, id);
+    }
+
+    // New workers for the slot's holder (a row flip) and for a hashed id.
+    let worker = |id: u32, w: u8| {
+        dispatcher::config::WorkerConfig {
+            addr: addr(&format!("10.0.6.{w}:9000")),
+            mac: Some([2, 0, 0, 0, 6, w].into()),
+            weight: 1,
+        }
+        .to_map(id)
+        .unwrap()
+    };
+    let rr = dispatcher_common::maps::policy::ROUND_ROBIN;
+    for round in 0..3u8 {
+        control::set_function(&mut dp.maps, 1, rr, &[worker(1, 10 + round)]).unwrap();
+        control::set_function(&mut dp.maps, 5, rr, &[worker(5, 50 + round)]).unwrap();
+        reaches(&dp, 1, &format!("10.0.6.{}:9000", 10 + round));
+        reaches(&dp, 5, &format!("10.0.6.{}:9000", 50 + round));
+        reaches(&dp, 9, "10.0.5.9:9000");
+    }
+
+    // The holder goes: its slot is emptied, the others are still found.
+    control::remove_function(&mut dp.maps, 1).unwrap();
+    assert!(slot(&dp, 1).is_empty());
+    unknown(&dp, 1);
+    reaches(&dp, 5, "10.0.6.52:9000");
+    reaches(&dp, 9, "10.0.5.9:9000");
+    // A new id of the same slot takes it (and the row 1 left).
+    control::set_function(&mut dp.maps, 13, rr, &[worker(13, 130)]).unwrap();
+    assert_eq!(slot(&dp, 1).id, 13);
+    reaches(&dp, 13, "10.0.6.130:9000");
+    reaches(&dp, 5, "10.0.6.52:9000");
+    unknown(&dp, 1);
+}

@@ -16,8 +16,9 @@ use std::net::SocketAddr;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use dispatcher_common::maps::{
-    egress, policy, worker_state, Endpoint, Function, Geometry, Load, ServiceSlot, TableChunk,
-    Worker, Workflow, LL_CANDIDATES, MAX_WORKERS_PER_FUNCTION, MAX_WORKFLOW_STEPS, TABLE_CHUNK,
+    egress, policy, worker_state, Endpoint, Function, FunctionSlot, Geometry, Load, ServiceSlot,
+    TableChunk, Worker, Workflow, LL_CANDIDATES, MAX_WORKERS_PER_FUNCTION, MAX_WORKFLOW_STEPS,
+    TABLE_CHUNK,
 };
 
 use crate::{
@@ -320,6 +321,7 @@ fn write_function(
         }
         _ => Some(free_table(maps, &g)?),
     };
+    let previous_row = current.as_ref().map(|(f, _)| f.row);
     let (index, generation, current) = match current {
         Some((f, slots)) => (f.index, 1 - f.generation, slots),
         None => {
@@ -455,7 +457,7 @@ fn write_function(
     rank(&mut entry, &loads);
 
     // 4. The flip.
-    maps.functions.insert(id, entry, 0)?;
+    publish(maps, &g, id, entry, previous_row)?;
 
     // 5. Slots that left the set.
     let left: Vec<&(u8, Worker)> = current
@@ -569,8 +571,34 @@ pub fn rank_least_loaded(maps: &mut Maps, id: u32, up_slots: &[u8]) -> Result<()
         .get(&id, 0)
         .with_context(|| format!("no function {id}"))?;
     let loads = up_loads(maps, &f, up_slots.iter().copied())?;
+    let previous_row = f.row;
     rank(&mut f, &loads);
-    maps.functions.insert(id, f, 0)?;
+    publish(maps, &maps.geometry()?, id, f, Some(previous_row))
+}
+
+/// Makes `entry` the value of function `id`: in the direct table, the row
+/// the function did not use last (`previous_row`), then the slot pointing
+/// at it, when the slot is free or the function's own (see
+/// `FunctionSlot`); then FUNCTIONS, where every function is. An id whose
+/// slot another id holds is found through FUNCTIONS alone.
+fn publish(
+    maps: &mut Maps,
+    g: &Geometry,
+    id: u32,
+    mut entry: Function,
+    previous_row: Option<u8>,
+) -> Result<()> {
+    entry.id = id;
+    entry.row = previous_row.map_or(0, |r| 1 - r);
+    let slot = id & (g.function_slots() - 1);
+    let holder = maps.function_slots.get(&slot, 0)?;
+    if holder.is_empty() || holder.id == id {
+        let row = g.function_row(entry.index, entry.row);
+        maps.function_rows.set(row, entry, 0)?;
+        maps.function_slots
+            .set(slot, FunctionSlot::at(id, row), 0)?;
+    }
+    maps.functions.insert(id, entry, 0)?;
     Ok(())
 }
 
@@ -581,6 +609,10 @@ pub fn remove_function(maps: &mut Maps, id: u32) -> Result<()> {
         .functions
         .get(&id, 0)
         .with_context(|| format!("no function {id}"))?;
+    let slot = id & (maps.geometry()?.function_slots() - 1);
+    if maps.function_slots.get(&slot, 0)?.id == id {
+        maps.function_slots.set(slot, FunctionSlot::EMPTY, 0)?;
+    }
     maps.functions.remove(&id)?;
     for (slot, w) in function_workers(maps, &f)? {
         maps.workers

@@ -20,8 +20,8 @@ use aya::{
 };
 use dispatcher_common::{
     maps::{
-        names, Endpoint, Function, Geometry, Load, ServiceSlot, Settings, TableChunk, Traffic,
-        Worker, Workflow,
+        names, Endpoint, Function, FunctionSlot, Geometry, Load, ServiceSlot, Settings, TableChunk,
+        Traffic, Worker, Workflow,
     },
     stats::Counter,
 };
@@ -102,6 +102,9 @@ map_set! {
     services: Array<MapData, ServiceSlot> = SERVICES,
     settings: Array<MapData, Settings> = SETTINGS,
     functions: HashMap<MapData, u32, Function> = FUNCTIONS,
+    /// The host variant's direct table of functions (`FunctionSlot`).
+    function_slots: Array<MapData, FunctionSlot> = FUNCTION_SLOTS,
+    function_rows: Array<MapData, Function> = FUNCTION_ROWS,
     workers: Array<MapData, Worker> = WORKERS,
     loads: Array<MapData, Load> = LOADS,
     ring: Array<MapData, TableChunk> = RING,
@@ -185,6 +188,7 @@ impl Maps {
     fn set_geometry(&mut self, geometry: Geometry) -> Result<()> {
         let settings = Settings {
             geometry,
+            function_slot_mask: geometry.function_slots() - 1,
             ..self.settings.get(&0, 0)?
         };
         self.settings.set(0, settings, 0)?;
