@@ -74,10 +74,15 @@ pub static RING: Array<TableChunk> =
     Array::with_max_entries(HOST.functions * 2 * HOST.ring_size / TABLE_CHUNK, 0);
 
 /// Maglev lookup tables: per function and generation, `maglev_size` worker
-/// slots. Written like RING; read by the hash policy (32 MiB on the host).
+/// slots. Written like RING, but through a mapping of the map's values
+/// (mmap-able: a 512-chunk batched update cost more than the table's
+/// computation; dispatcher/src/data_plane/mapped.rs); read by the hash
+/// policy (32 MiB on the host). Bound to a NIC it is created without flags.
 #[map]
-pub static MAGLEV: Array<TableChunk> =
-    Array::with_max_entries(HOST.functions * 2 * HOST.maglev_size / TABLE_CHUNK, 0);
+pub static MAGLEV: Array<TableChunk> = Array::with_max_entries(
+    HOST.functions * 2 * HOST.maglev_size / TABLE_CHUNK,
+    aya_ebpf::bindings::BPF_F_MMAPABLE,
+);
 
 /// Round-robin turn counter per function index, for the offload variant:
 /// read and updated by the data plane (the NFP has no fetch-add and no

@@ -171,6 +171,9 @@ fn round_robin_in_the_offload_variant_takes_the_same_turns() {
 #[test]
 fn hash_policy_follows_the_maglev_table_user_space_computed() {
     let dp = data_plane();
+    // The table below was written through the mapping of MAGLEV's values
+    // (not by batched updates), and the data plane reads what was copied.
+    assert!(dp.maps.tables_mapped(), "the host's MAGLEV is mmap-able");
     let workers: Vec<String> = (1..=5).map(|i| format!("10.0.1.{i}:9000")).collect();
     let members: Vec<Member> = workers
         .iter()

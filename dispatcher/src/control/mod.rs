@@ -443,12 +443,14 @@ fn write_function(
     };
     write_table(
         &mut maps.ring,
+        None,
         &tables::ring(&members, g.ring_size),
         entry.ring_base,
     )?;
     if policy == policy::HASH {
         write_table(
             &mut maps.maglev,
+            maps.maglev_mapped.as_mut(),
             &tables::maglev(&members, g.maglev_size),
             entry.maglev_base,
         )?;
@@ -504,13 +506,22 @@ fn rank(f: &mut Function, loads: &[(u8, u64)]) {
     f.ll_count = ranked.len() as u8;
 }
 
-/// Writes a whole selection table into its chunks from chunk `first` (one
-/// batched call).
+/// Writes a whole selection table into its chunks from chunk `first`:
+/// through `mapped` where the map is mapped into this process (a copy;
+/// the data plane reads this generation only after the FUNCTIONS flip,
+/// which is a system call and so orders the copy before it), else in one
+/// batched call.
 fn write_table(
     map: &mut aya::maps::Array<aya::maps::MapData, TableChunk>,
+    mapped: Option<&mut data_plane::mapped::Mapping>,
     table: &[u8],
     first: u32,
 ) -> Result<()> {
+    if let Some(mapped) = mapped {
+        let mut bytes = table.to_vec();
+        bytes.resize(table.len().next_multiple_of(TABLE_CHUNK as usize), 0);
+        return mapped.write(first as usize * TABLE_CHUNK as usize, &bytes);
+    }
     let chunks: Vec<TableChunk> = table
         .chunks(TABLE_CHUNK as usize)
         .map(|c| {

@@ -4,6 +4,7 @@
 pub mod bpffs;
 mod error;
 pub mod map_batch;
+pub mod mapped;
 pub mod offload;
 pub mod privileges;
 
@@ -71,6 +72,9 @@ macro_rules! map_set {
             /// `apply`): found once instead of by a scan of FUNCTIONS per
             /// new function. None outside one.
             pub(crate) rows_in_use: std::cell::RefCell<Option<crate::control::RowsInUse>>,
+            /// MAGLEV's values mapped into this process, where the map is
+            /// mmap-able (the host's): control writes tables there.
+            pub(crate) maglev_mapped: Option<mapped::Mapping>,
         }
 
         /// Every map the daemon pins and the CLI reads.
@@ -79,11 +83,20 @@ macro_rules! map_set {
         impl Maps {
             /// Builds the handles from a function that yields each map by name.
             fn build(mut get: impl FnMut(&str) -> Result<Map>) -> Result<Maps> {
-                Ok(Maps {
+                let mut maps = Maps {
                     $($field: <$handle>::try_from(get(names::$name)?)?,)*
                     geometry: std::cell::OnceCell::new(),
                     rows_in_use: std::cell::RefCell::new(None),
-                })
+                    maglev_mapped: None,
+                };
+                maps.maglev_mapped = mapped::Mapping::of(IterableMap::map(&maps.maglev));
+                Ok(maps)
+            }
+
+            /// Whether control writes MAGLEV through a mapping of its values
+            /// (the host's mmap-able map) rather than by batched updates.
+            pub fn tables_mapped(&self) -> bool {
+                self.maglev_mapped.is_some()
             }
 
             /// The kernel map named `name`, for tools that read maps raw

@@ -102,7 +102,7 @@ fn main() {
     );
 
     // 2. Add/remove throughput: five rounds, median and spread; then the
-    // same on a consistent-hash function, whose Maglev table (16,381
+    // same on a consistent-hash function, whose Maglev table (16,384
     // entries) is rebuilt and rewritten on every change.
     let extra = WorkerConfig {
         addr: "10.1.0.200:9000".parse().unwrap(),

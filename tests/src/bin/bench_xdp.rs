@@ -90,7 +90,17 @@ fn setup_mixed(geometry: Geometry, functions: usize, workers: usize) -> Loaded {
 }
 
 fn setup(policy: Policy, functions: usize, workers: usize, v6: bool) -> Loaded {
-    let mut dp = Loaded::new().expect("load the data plane (run as root)");
+    setup_with(Geometry::HOST, policy, functions, workers, v6)
+}
+
+fn setup_with(
+    geometry: Geometry,
+    policy: Policy,
+    functions: usize,
+    workers: usize,
+    v6: bool,
+) -> Loaded {
+    let mut dp = Loaded::with_geometry(geometry).expect("load the data plane (run as root)");
     dp.maps
         .set_settings(IFACE_MAC, IFACE_MAC, egress::TX)
         .unwrap();
@@ -278,9 +288,10 @@ fn main() {
     // Scaling: functions (4 workers each) and workers (1 function). The
     // 65,536-function point needs an operator's geometry (`dispatcher run
     // --max-functions 65536 ...`): one data plane, loaded once, its
-    // functions' policies mixed. (Workers stop at 64: each worker address
-    // is also a service address here, and 256 of them do not fit the
-    // two-choice SERVICES table.)
+    // functions' policies mixed. The worker points use a geometry of 256
+    // workers per function (`--max-workers-per-function 256`) whose
+    // SERVICES table has room for 256 addresses: each worker address is
+    // also a service address here, so a rewritten frame dispatches again.
     let platform = Geometry {
         functions: 65_536,
         workers_per_function: 16,
@@ -290,12 +301,21 @@ fn main() {
         ..Geometry::HOST
     };
     let many_functions = setup_mixed(platform, 65_536, 4);
+    let wide = Geometry {
+        service_slots: 8192,
+        functions: 4,
+        workers_per_function: 256,
+        ring_size: 1024,
+        maglev_size: 32_768,
+        hash_functions: 4,
+        ..Geometry::HOST
+    };
     for (what, points) in [
         (
             "functions (4 workers each)",
             &[1usize, 16, 256, 1024, 65_536][..],
         ),
-        ("workers (1 function)", &[1usize, 4, 16, 64][..]),
+        ("workers (1 function)", &[1usize, 4, 16, 64, 256][..]),
     ] {
         println!(
             "## IPv4 cost by number of {what}: median (min) ns; max/min of medians / of minima"
@@ -317,7 +337,10 @@ fn main() {
                         Some(setup(*policy, n, 4, false)),
                         request_frame(n as u32, false),
                     ),
-                    (false, n) => (Some(setup(*policy, 1, n, false)), request_frame(1, false)),
+                    (false, n) => (
+                        Some(setup_with(wide, *policy, 1, n, false)),
+                        request_frame(1, false),
+                    ),
                 })
                 .collect();
             let plane = |i: usize| -> &Loaded { planes[i].0.as_ref().unwrap_or(&many_functions) };
