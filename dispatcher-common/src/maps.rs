@@ -436,10 +436,16 @@ pub struct Function {
 /// place, so a reader could see half of an old and half of a new value.
 /// Hence the indirection: user space writes a function's new value into
 /// the row it did not write last (`Function::row`), then points the slot
-/// at it. A slot is 8 bytes whose two halves the data plane checks: the
-/// id against the request's, and the row's own `id` again, so a slot read
-/// mid-write (or a row since reused by another function) sends the
-/// request to FUNCTIONS instead, never to another function's workers.
+/// at it. The data plane checks the slot's id against the request's and
+/// the row's own `id` again, so a slot read mid-write (or a row since
+/// reused by another function) sends the request to FUNCTIONS instead,
+/// never to another function's workers. Each field is a 4-byte word,
+/// which a reader sees old or new, never half of each.
+///
+/// `hashed` counts the ids of this slot that live in FUNCTIONS alone, so
+/// that a slot that does not hold the request's id and counts none
+/// answers "no such function" at once (an unknown id, a workflow id)
+/// without the hash lookup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FunctionSlot {
@@ -448,20 +454,39 @@ pub struct FunctionSlot {
     /// slot is empty (as the loader creates it), and the index it gives,
     /// `u32::MAX`, is out of range for every id, even 0.
     pub row_plus_one: u32,
+    /// Functions of this slot found through FUNCTIONS only.
+    pub hashed: u32,
 }
 
 impl FunctionSlot {
     pub const EMPTY: FunctionSlot = FunctionSlot {
         id: 0,
         row_plus_one: 0,
+        hashed: 0,
     };
 
-    /// The slot of function `id` whose value is at FUNCTION_ROWS `row`.
-    pub const fn at(id: u32, row: u32) -> FunctionSlot {
+    /// This slot held by function `id`, whose value is at FUNCTION_ROWS
+    /// `row` (the count of hashed ids kept).
+    pub const fn held(self, id: u32, row: u32) -> FunctionSlot {
         FunctionSlot {
             id,
             row_plus_one: row + 1,
+            hashed: self.hashed,
         }
+    }
+
+    /// This slot held by nobody (the count of hashed ids kept).
+    pub const fn vacated(self) -> FunctionSlot {
+        FunctionSlot {
+            id: 0,
+            row_plus_one: 0,
+            hashed: self.hashed,
+        }
+    }
+
+    /// Whether function `id` is this slot's.
+    pub const fn holds(&self, id: u32) -> bool {
+        !self.is_empty() && self.id == id
     }
 
     pub const fn is_empty(&self) -> bool {
@@ -617,7 +642,7 @@ mod tests {
         assert_eq!(size_of::<ServiceSlot>(), 24);
         assert_eq!(size_of::<Settings>(), 48);
         assert_eq!(size_of::<Function>(), 36);
-        assert_eq!(size_of::<FunctionSlot>(), 8);
+        assert_eq!(size_of::<FunctionSlot>(), 12);
         assert_eq!(size_of::<Worker>(), 32);
         assert_eq!(size_of::<Workflow>(), 36);
         assert_eq!(size_of::<Traffic>(), 16);

@@ -168,6 +168,7 @@ pub fn function(settings: &Settings, function_id: u32, direct: bool) -> Option<&
     // `Some` made LLVM spill an undefined register, which the verifier
     // rejects.
     let mut found: *const Function = core::ptr::null();
+    let mut ask_functions = true;
     if direct {
         if let Some(slot) = FUNCTION_SLOTS.get(function_id & settings.function_slot_mask) {
             if slot.id == function_id {
@@ -177,9 +178,12 @@ pub fn function(settings: &Settings, function_id: u32, direct: bool) -> Option<&
                     }
                 }
             }
+            // Not this slot's, and no id of this slot lives in FUNCTIONS
+            // alone: there is no such function (no hash lookup).
+            ask_functions = slot.hashed != 0 || slot.id == function_id;
         }
     }
-    if found.is_null() {
+    if found.is_null() && ask_functions {
         found = function_by_hash(function_id).map_or(core::ptr::null(), |f| f as *const Function);
     }
     // SAFETY: null or a map value (see above).

@@ -941,6 +941,7 @@ fn ids_that_share_a_direct_slot_each_reach_their_own_function() {
     let mut dp = tests::xdp::data_plane_with(&config, geometry);
     let slot = |dp: &Loaded, s: u32| dp.maps.function_slots.get(&s, 0).unwrap();
     assert_eq!(slot(&dp, 1).id, 1, "the first id written holds the slot");
+    assert_eq!(slot(&dp, 1).hashed, 2, "5 and 9 live in FUNCTIONS alone");
     let reaches = |dp: &Loaded, id: u32, worker: &str| {
         for program in [PROGRAM, HW_PROGRAM] {
             let (verdict, out) = run(
@@ -1005,7 +1006,22 @@ fn ids_that_share_a_direct_slot_each_reach_their_own_function() {
     // A new id of the same slot takes it (and the row 1 left).
     control::set_function(&mut dp.maps, 13, rr, &[worker(13, 130)]).unwrap();
     assert_eq!(slot(&dp, 1).id, 13);
+    assert_eq!(slot(&dp, 1).hashed, 2);
     reaches(&dp, 13, "10.0.6.130:9000");
     reaches(&dp, 5, "10.0.6.52:9000");
     unknown(&dp, 1);
+    // 13 goes too; 5's next change moves it into the free slot.
+    control::remove_function(&mut dp.maps, 13).unwrap();
+    control::set_function(&mut dp.maps, 5, rr, &[worker(5, 60)]).unwrap();
+    assert_eq!((slot(&dp, 1).id, slot(&dp, 1).hashed), (5, 1));
+    reaches(&dp, 5, "10.0.6.60:9000");
+    reaches(&dp, 9, "10.0.5.9:9000");
+    // 9 leaves FUNCTIONS: no id of slot 1 is hashed any more, and an id
+    // the slot does not hold is answered unknown without asking FUNCTIONS.
+    control::remove_function(&mut dp.maps, 9).unwrap();
+    assert_eq!((slot(&dp, 1).id, slot(&dp, 1).hashed), (5, 0));
+    for id in [9, 13, 1] {
+        unknown(&dp, id);
+    }
+    reaches(&dp, 5, "10.0.6.60:9000");
 }

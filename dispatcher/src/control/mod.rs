@@ -588,10 +588,12 @@ pub fn rank_least_loaded(maps: &mut Maps, id: u32, up_slots: &[u8]) -> Result<()
 }
 
 /// Makes `entry` the value of function `id`: in the direct table, the row
-/// the function did not use last (`previous_row`), then the slot pointing
-/// at it, when the slot is free or the function's own (see
-/// `FunctionSlot`); then FUNCTIONS, where every function is. An id whose
-/// slot another id holds is found through FUNCTIONS alone.
+/// the function did not use last (`previous_row`; None: a new function),
+/// then the slot pointing at it, when the slot is free or the function's
+/// own (see `FunctionSlot`); then FUNCTIONS, where every function is. An
+/// id whose slot another id holds is found through FUNCTIONS alone and
+/// counted in the slot's `hashed`; it takes the slot at its first change
+/// after the holder left.
 fn publish(
     maps: &mut Maps,
     g: &Geometry,
@@ -601,13 +603,27 @@ fn publish(
 ) -> Result<()> {
     entry.id = id;
     entry.row = previous_row.map_or(0, |r| 1 - r);
-    let slot = id & (g.function_slots() - 1);
-    let holder = maps.function_slots.get(&slot, 0)?;
-    if holder.is_empty() || holder.id == id {
+    let index = id & (g.function_slots() - 1);
+    let slot = maps.function_slots.get(&index, 0)?;
+    let new_slot = if slot.holds(id) || slot.is_empty() {
         let row = g.function_row(entry.index, entry.row);
         maps.function_rows.set(row, entry, 0)?;
-        maps.function_slots
-            .set(slot, FunctionSlot::at(id, row), 0)?;
+        let mut held = slot.held(id, row);
+        if slot.is_empty() && previous_row.is_some() {
+            // It was found through FUNCTIONS alone until now.
+            held.hashed = held.hashed.saturating_sub(1);
+        }
+        held
+    } else if previous_row.is_none() {
+        FunctionSlot {
+            hashed: slot.hashed + 1,
+            ..slot
+        }
+    } else {
+        slot
+    };
+    if new_slot != slot {
+        maps.function_slots.set(index, new_slot, 0)?;
     }
     maps.functions.insert(id, entry, 0)?;
     Ok(())
@@ -620,10 +636,17 @@ pub fn remove_function(maps: &mut Maps, id: u32) -> Result<()> {
         .functions
         .get(&id, 0)
         .with_context(|| format!("no function {id}"))?;
-    let slot = id & (maps.geometry()?.function_slots() - 1);
-    if maps.function_slots.get(&slot, 0)?.id == id {
-        maps.function_slots.set(slot, FunctionSlot::EMPTY, 0)?;
-    }
+    let index = id & (maps.geometry()?.function_slots() - 1);
+    let slot = maps.function_slots.get(&index, 0)?;
+    let left = if slot.holds(id) {
+        slot.vacated()
+    } else {
+        FunctionSlot {
+            hashed: slot.hashed.saturating_sub(1),
+            ..slot
+        }
+    };
+    maps.function_slots.set(index, left, 0)?;
     maps.functions.remove(&id)?;
     for (slot, w) in function_workers(maps, &f)? {
         maps.workers
