@@ -8,6 +8,10 @@
 //! - `yardstick_one_lookup`: a minimal dispatcher: the same parse plus the
 //!   FaaS header, one hash lookup of the function id, then a rewrite toward
 //!   a fixed worker with incremental checksums.
+//! - `yardstick_one_array_lookup`: the same, finding the function as the
+//!   host's dispatcher does (SETTINGS, then the direct table: array
+//!   lookups, no call), so the dispatcher can also be measured against a
+//!   one-lookup rewrite that pays no helper call.
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use dispatcher_common::{checksum::Patch, protocol::FaasHdr};
@@ -34,7 +38,12 @@ pub fn yardstick_floor(ctx: XdpContext) -> u32 {
 
 #[xdp]
 pub fn yardstick_one_lookup(ctx: XdpContext) -> u32 {
-    one_lookup(&ctx).unwrap_or(xdp_action::XDP_PASS)
+    one_lookup(&ctx, false).unwrap_or(xdp_action::XDP_PASS)
+}
+
+#[xdp]
+pub fn yardstick_one_array_lookup(ctx: XdpContext) -> u32 {
+    one_lookup(&ctx, true).unwrap_or(xdp_action::XDP_PASS)
 }
 
 #[inline(always)]
@@ -69,7 +78,7 @@ fn floor(ctx: &XdpContext) -> Option<u32> {
 }
 
 #[inline(always)]
-fn one_lookup(ctx: &XdpContext) -> Option<u32> {
+fn one_lookup(ctx: &XdpContext, direct: bool) -> Option<u32> {
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
     // SAFETY (every deref): pointers from `ptr_at` lie within the frame.
     let eth = unsafe { &mut *eth };
@@ -80,7 +89,12 @@ fn one_lookup(ctx: &XdpContext) -> Option<u32> {
     }
     let udp = unsafe { &mut *ptr_at::<UdpHdr>(ctx, l4)? };
     let hdr = unsafe { &*ptr_at::<FaasHdr>(ctx, l4 + UdpHdr::LEN)? };
-    maps::function_by_hash(hdr.function_id())?;
+    if direct {
+        let settings = maps::settings().ok()?;
+        maps::function(settings, hdr.function_id(), true)?;
+    } else {
+        maps::function_by_hash(hdr.function_id())?;
+    }
 
     let mut patch = Patch::new(u16::from_be_bytes(udp.check)).bytes(&udp.dst, &WORKER_PORT);
     udp.dst = WORKER_PORT;

@@ -318,18 +318,21 @@ fn per_cpu_traffic(map: &PerCpuArray<MapData, Traffic>, index: u32) -> Result<Tr
 }
 
 /// XDP programs in the object.
-pub const PROGRAMS: [&str; 5] = [
+pub const PROGRAMS: [&str; 6] = [
     PROGRAM,
     HW_PROGRAM,
     PASS_PROGRAM,
     YARDSTICK_FLOOR,
     YARDSTICK_ONE_LOOKUP,
+    YARDSTICK_ONE_ARRAY_LOOKUP,
 ];
 /// The variant that obeys the NFP's offload rules (same behaviour).
 pub const HW_PROGRAM: &str = "dispatch_hw";
-/// Benchmark yardsticks: a minimal L3 forwarder and a one-lookup dispatcher.
+/// Benchmark yardsticks: a minimal L3 forwarder and a one-lookup dispatcher
+/// (its function found by a hash lookup, or through the direct table).
 pub const YARDSTICK_FLOOR: &str = "yardstick_floor";
 pub const YARDSTICK_ONE_LOOKUP: &str = "yardstick_one_lookup";
+pub const YARDSTICK_ONE_ARRAY_LOOKUP: &str = "yardstick_one_array_lookup";
 
 /// Loads the object, its maps sized by `geometry`, and the named programs
 /// into the kernel (verifying them) without attaching anything.

@@ -16,7 +16,10 @@ use aya::programs::{TestRun, TestRunOptions};
 use dispatcher::{
     config::{Config, FunctionConfig, Policy, Service, WorkerConfig},
     control,
-    data_plane::{Loaded, PASS_PROGRAM, PROGRAM, YARDSTICK_FLOOR, YARDSTICK_ONE_LOOKUP},
+    data_plane::{
+        Loaded, PASS_PROGRAM, PROGRAM, YARDSTICK_FLOOR, YARDSTICK_ONE_ARRAY_LOOKUP,
+        YARDSTICK_ONE_LOOKUP,
+    },
 };
 use dispatcher_common::{
     maps::{egress, Geometry},
@@ -216,12 +219,16 @@ fn main() {
             .collect();
         let frame = request_frame(1, v6);
         let yard = &planes[0].1;
-        let mut samples: Vec<(String, Vec<f64>)> =
-            ["XDP_PASS", "floor (L3 forwarder)", "one-lookup dispatcher"]
-                .iter()
-                .map(|s| (s.to_string(), Vec::new()))
-                .chain(POLICIES.iter().map(|(n, _)| (n.to_string(), Vec::new())))
-                .collect();
+        let mut samples: Vec<(String, Vec<f64>)> = [
+            "XDP_PASS",
+            "floor (L3 forwarder)",
+            "one-lookup dispatcher",
+            "one-lookup dispatcher (direct table)",
+        ]
+        .iter()
+        .map(|s| (s.to_string(), Vec::new()))
+        .chain(POLICIES.iter().map(|(n, _)| (n.to_string(), Vec::new())))
+        .collect();
         for _ in 0..ROUNDS {
             samples[0]
                 .1
@@ -232,8 +239,11 @@ fn main() {
             samples[2]
                 .1
                 .push(measure(yard, YARDSTICK_ONE_LOOKUP, &frame, false));
+            samples[3]
+                .1
+                .push(measure(yard, YARDSTICK_ONE_ARRAY_LOOKUP, &frame, false));
             for (i, (_, dp)) in planes.iter().enumerate() {
-                samples[3 + i].1.push(measure(dp, PROGRAM, &frame, true));
+                samples[4 + i].1.push(measure(dp, PROGRAM, &frame, true));
             }
         }
         // What each program executed for this frame: counts that do not
@@ -242,6 +252,7 @@ fn main() {
             cost(yard, PASS_PROGRAM, &frame),
             cost(yard, YARDSTICK_FLOOR, &frame),
             cost(yard, YARDSTICK_ONE_LOOKUP, &frame),
+            cost(yard, YARDSTICK_ONE_ARRAY_LOOKUP, &frame),
         ];
         costs.extend(planes.iter().map(|(_, dp)| cost(dp, PROGRAM, &frame)));
         let stats: Vec<(String, (f64, f64, f64))> = samples
@@ -251,17 +262,19 @@ fn main() {
         let floor = stats[1].1 .0;
         let one = stats[2].1 .0;
         let one_min = stats[2].1 .1;
+        let direct = stats[3].1 .0;
         println!("## {family}: 1 function, 4 workers");
         println!(
-            "| program | ns/packet | range | x floor | x one-lookup | x one-lookup (minima) | instructions | calls | hash lookups | array lookups | atomics |"
+            "| program | ns/packet | range | x floor | x one-lookup | x one-lookup (minima) | x one-lookup (direct table) | instructions | calls | hash lookups | array lookups | atomics |"
         );
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for ((name, (m, lo, hi)), c) in stats.iter().zip(&costs) {
             println!(
-                "| {name} | {m:.1} | {lo:.1}-{hi:.1} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} |",
+                "| {name} | {m:.1} | {lo:.1}-{hi:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} |",
                 m / floor,
                 m / one,
                 lo / one_min,
+                m / direct,
                 c.instructions,
                 c.calls() + c.bpf_calls,
                 c.hash_lookups,
