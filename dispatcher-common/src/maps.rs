@@ -459,12 +459,6 @@ pub struct FunctionSlot {
 }
 
 impl FunctionSlot {
-    pub const EMPTY: FunctionSlot = FunctionSlot {
-        id: 0,
-        row_plus_one: 0,
-        hashed: 0,
-    };
-
     /// This slot held by function `id`, whose value is at FUNCTION_ROWS
     /// `row` (the count of hashed ids kept).
     pub const fn held(self, id: u32, row: u32) -> FunctionSlot {

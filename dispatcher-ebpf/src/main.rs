@@ -123,26 +123,20 @@ fn dispatch_parsed<V: Variant>(ctx: &XdpContext, pkt: &Packet) -> Result<(Counte
         kind::REQUEST => {
             let id = hdr.function_id();
             match maps::function(settings, id, V::DIRECT_FUNCTIONS) {
-                // The common case, on a path of its own in the host
-                // variant: with the edit a constant, the rewrite compiles
-                // to just the address, port and MAC writes.
-                Some(function) if V::STRAIGHT_REQUESTS => {
-                    return send::<V>(
-                        pkt,
-                        hdr_ptr,
-                        settings,
-                        Decision {
-                            function,
-                            edit: HeaderEdit::None,
-                            counter: Counter::DispatchedRequest,
-                        },
-                    );
+                Some(function) => {
+                    let decision = Decision {
+                        function,
+                        edit: HeaderEdit::None,
+                        counter: Counter::DispatchedRequest,
+                    };
+                    // The common case, on a path of its own in the host
+                    // variant: with the edit a constant, the rewrite
+                    // compiles to just the address, port and MAC writes.
+                    if V::STRAIGHT_REQUESTS {
+                        return send::<V>(pkt, hdr_ptr, settings, decision);
+                    }
+                    decision
                 }
-                Some(function) => Decision {
-                    function,
-                    edit: HeaderEdit::None,
-                    counter: Counter::DispatchedRequest,
-                },
                 None => start_workflow::<V>(settings, id)?,
             }
         }

@@ -518,9 +518,9 @@ fn write_table(
     first: u32,
 ) -> Result<()> {
     if let Some(mapped) = mapped {
-        let mut bytes = table.to_vec();
-        bytes.resize(table.len().next_multiple_of(TABLE_CHUNK as usize), 0);
-        return mapped.write(first as usize * TABLE_CHUNK as usize, &bytes);
+        // Whole chunks: table lengths are multiples of TABLE_CHUNK
+        // (`Geometry::problem`).
+        return mapped.write(first as usize * TABLE_CHUNK as usize, table);
     }
     let chunks: Vec<TableChunk> = table
         .chunks(TABLE_CHUNK as usize)

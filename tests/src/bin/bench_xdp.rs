@@ -76,6 +76,16 @@ fn config(policy: Policy, functions: usize, workers: usize, v6: bool) -> Config 
     }
 }
 
+/// A data plane of `geometry` with `config` applied.
+fn loaded(geometry: Geometry, config: &Config) -> Loaded {
+    let mut dp = Loaded::with_geometry(geometry).expect("load the data plane (run as root)");
+    dp.maps
+        .set_settings(IFACE_MAC, IFACE_MAC, egress::TX)
+        .unwrap();
+    control::apply(&mut dp.maps, config).unwrap();
+    dp
+}
+
 /// A data plane of `geometry` with `functions` functions of `workers`
 /// workers each, function `id` with policy `POLICIES[(id - 1) % 4]`, so
 /// the last four are one of each.
@@ -84,12 +94,7 @@ fn setup_mixed(geometry: Geometry, functions: usize, workers: usize) -> Loaded {
     for f in &mut config.functions {
         f.policy = POLICIES[(f.id as usize - 1) % 4].1;
     }
-    let mut dp = Loaded::with_geometry(geometry).expect("load the data plane (run as root)");
-    dp.maps
-        .set_settings(IFACE_MAC, IFACE_MAC, egress::TX)
-        .unwrap();
-    control::apply(&mut dp.maps, &config).unwrap();
-    dp
+    loaded(geometry, &config)
 }
 
 fn setup(policy: Policy, functions: usize, workers: usize, v6: bool) -> Loaded {
@@ -103,12 +108,7 @@ fn setup_with(
     workers: usize,
     v6: bool,
 ) -> Loaded {
-    let mut dp = Loaded::with_geometry(geometry).expect("load the data plane (run as root)");
-    dp.maps
-        .set_settings(IFACE_MAC, IFACE_MAC, egress::TX)
-        .unwrap();
-    control::apply(&mut dp.maps, &config(policy, functions, workers, v6)).unwrap();
-    dp
+    loaded(geometry, &config(policy, functions, workers, v6))
 }
 
 fn request_frame(function_id: u32, v6: bool) -> Vec<u8> {
