@@ -1,8 +1,9 @@
 //! Array maps created with BPF_F_MMAPABLE, written through a shared
 //! mapping of their values: a selection table of 16,384 slots is 512
-//! chunks, and one batched `bpf(2)` update of 512 entries cost about 290
-//! us here (the kernel's per-element work), where copying the same 16 KiB
-//! into the mapping is a memcpy. Readers of the data plane see no
+//! chunks, and one batched `bpf(2)` update of 512 entries is per-element
+//! work in the kernel: writing through the mapping instead took a change
+//! at that size from 374 to 181 us here (docs/benchmarks/bench-control.md),
+//! the copy of 16 KiB being a memcpy. Readers of the data plane see no
 //! difference: it is the same array.
 //!
 //! Only the host's maps carry the flag: maps bound to a NIC are created
