@@ -49,6 +49,12 @@ pub const MAX_WORKFLOWS: u32 = 65_536;
 /// 16-bit).
 pub const MAX_RING_SIZE: u32 = 1024;
 pub const MAX_MAGLEV_SIZE: u32 = 65_536;
+/// The shortest Maglev table a function has; longer ones grow by 4x
+/// (`Geometry::maglev_size_for`).
+pub const MIN_MAGLEV_TABLE: u32 = 256;
+/// The largest MAGLEV pool, in chunks: every function of the largest
+/// geometry holding two generations of the longest table.
+pub const MAX_MAGLEV_POOL_CHUNKS: u32 = MAX_FUNCTIONS * 2 * (MAX_MAGLEV_SIZE / TABLE_CHUNK);
 pub const MAX_WORKFLOW_STEPS: usize = 8;
 
 /// Selection tables are arrays of chunks of this many slot bytes (a map
@@ -72,10 +78,12 @@ pub const MAX_RESTEERS: u8 = 3;
 /// Rows: a function's worker slots are `workers_per_function` consecutive
 /// entries of WORKERS, LOADS and WORKER_STATS from `index *
 /// workers_per_function`; its ring is two generations of `ring_size`
-/// slots in RING. Maglev tables are a pool: only functions with the hash
-/// policy hold one, `hash_functions` of them at most, each two generations
-/// of `maglev_size` slots at its *table slot* in MAGLEV (control
-/// allocates table slots; the FUNCTIONS entry's `maglev_base` says which).
+/// slots in RING. MAGLEV is a pool of `maglev_pool_chunks` chunks: only
+/// functions with the hash policy hold a table there, sized by their
+/// worker count (`maglev_size_for`, at most `maglev_size`), two
+/// generations side by side in one *extent* that control allocates
+/// (dispatcher/src/control/maglev_pool.rs); the FUNCTIONS entry's
+/// `maglev_base` and `maglev_mask` say where and how long.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Geometry {
@@ -88,21 +96,25 @@ pub struct Geometry {
     /// Ring length (a power of two, a multiple of TABLE_CHUNK, at most
     /// 1,024, at least `workers_per_function`).
     pub ring_size: u32,
-    /// Maglev table length (a power of two, a multiple of TABLE_CHUNK,
-    /// at most 65,536, at least `workers_per_function`; see tables.rs for
-    /// why not a prime).
+    /// The longest Maglev table a function may have (a power of two, a
+    /// multiple of TABLE_CHUNK, at most 65,536, at least
+    /// `workers_per_function`; see tables.rs for why not a prime). Each
+    /// function's own is `maglev_size_for` its workers.
     pub maglev_size: u32,
     /// WORKFLOWS entries.
     pub workflows: u32,
-    /// Maglev tables in the MAGLEV pool: how many functions may use the
-    /// hash policy at once (1 to `functions`).
-    pub hash_functions: u32,
+    /// MAGLEV entries: the pool the hash functions' tables are allocated
+    /// from (at least two chunks of the smallest table, at most
+    /// MAX_MAGLEV_POOL_CHUNKS).
+    pub maglev_pool_chunks: u32,
 }
 
 impl Geometry {
-    /// Host memory: 1,024 functions of up to 64 workers, 256-slot rings and
-    /// 16,384-slot Maglev tables (MAGLEV is 32 MiB), 16 SERVICES slots per
-    /// VIP, which makes a placement failure vanishingly rare.
+    /// Host memory: 1,024 functions of up to 64 workers, 256-slot rings,
+    /// Maglev tables of up to 16,384 slots in a pool where every function
+    /// can hold the 16,384-slot table of 64 workers (MAGLEV is 32 MiB), 16
+    /// SERVICES slots per VIP, which makes a placement failure vanishingly
+    /// rare.
     pub const HOST: Geometry = Geometry {
         service_slots: 1024,
         functions: 1024,
@@ -110,7 +122,7 @@ impl Geometry {
         ring_size: 256,
         maglev_size: 16384,
         workflows: 1024,
-        hash_functions: 1024,
+        maglev_pool_chunks: 1024 * 2 * 16384 / TABLE_CHUNK,
     };
 
     /// The largest geometry whose every map holds at most `entries`
@@ -128,15 +140,48 @@ impl Geometry {
         let chunks = |most_slots: u32| {
             prev_power_of_two((entries / (2 * functions)).min(most_slots / TABLE_CHUNK))
         };
-        Some(Geometry {
+        let g = Geometry {
             service_slots: prev_power_of_two(entries.min(h.service_slots)),
             functions,
             workers_per_function: per_function(h.workers_per_function),
             ring_size: chunks(h.ring_size) * TABLE_CHUNK,
             maglev_size: chunks(h.maglev_size) * TABLE_CHUNK,
             workflows: entries.min(h.workflows),
-            hash_functions: functions,
+            maglev_pool_chunks: 0,
+        };
+        Some(Geometry {
+            maglev_pool_chunks: g.full_maglev_pool(),
+            ..g
         })
+    }
+
+    /// The length of the Maglev table of a function of `workers` workers:
+    /// the first of 256, 1,024, 4,096, 16,384, 65,536 slots that is at
+    /// least 4 x workers², at most `maglev_size`. Maglev moves more than
+    /// the ideal 1/N of the keys when one of N workers comes or goes, and
+    /// the excess grows with N²/M (control/tables.rs measures it): at
+    /// M >= 4N² it stays under 1.75x the ideal. Each worker holds an even
+    /// share of the entries (M/N >= 4N, at least 32). A pure function of
+    /// the worker count, so that every dispatcher of a cluster builds the
+    /// same table; a function changes size (and remaps its keys) only when
+    /// its worker count crosses 8, 16, 32, 64 or 128.
+    pub const fn maglev_size_for(&self, workers: u32) -> u32 {
+        let want = 4 * (workers as u64) * (workers as u64);
+        let mut size = MIN_MAGLEV_TABLE;
+        while (size as u64) < want && size < MAX_MAGLEV_SIZE {
+            size *= 4;
+        }
+        if size > self.maglev_size {
+            self.maglev_size
+        } else {
+            size
+        }
+    }
+
+    /// The pool in which every function can hold the table of a full
+    /// worker set: the default `maglev_pool_chunks`.
+    pub const fn full_maglev_pool(&self) -> u32 {
+        self.functions * 2 * (self.maglev_size_for(self.workers_per_function) / TABLE_CHUNK)
     }
 
     /// Why this geometry cannot be used, if it cannot (a SETTINGS entry of
@@ -160,8 +205,10 @@ impl Geometry {
             Some("the ring and the Maglev table need at least one slot per worker: make them at least the workers per function")
         } else if self.workflows == 0 || self.workflows > MAX_WORKFLOWS {
             Some("workflows must be 1 to 65536")
-        } else if self.hash_functions == 0 || self.hash_functions > self.functions {
-            Some("hash functions (Maglev tables) must be 1 to the number of functions")
+        } else if self.maglev_pool_chunks < 2 * (self.maglev_size_for(1) / TABLE_CHUNK)
+            || self.maglev_pool_chunks > MAX_MAGLEV_POOL_CHUNKS
+        {
+            Some("the Maglev pool must hold at least one smallest table (two generations of 256 slots, or of the Maglev size when smaller) and at most 65,536 x 2 x 65,536 slots")
         } else {
             None
         }
@@ -174,10 +221,6 @@ impl Geometry {
 
     pub const fn ring_chunks(&self) -> u32 {
         self.ring_size / TABLE_CHUNK
-    }
-
-    pub const fn maglev_chunks(&self) -> u32 {
-        self.maglev_size / TABLE_CHUNK
     }
 
     /// FUNCTION_SLOTS entries: the function rows rounded up to a power of
@@ -201,18 +244,6 @@ impl Geometry {
         (index * 2 + generation as u32) * self.ring_chunks()
     }
 
-    /// MAGLEV chunk where `generation` of the table at table slot `table`
-    /// (0..hash_functions) starts.
-    pub const fn maglev_base(&self, table: u32, generation: u8) -> u32 {
-        (table * 2 + generation as u32) * self.maglev_chunks()
-    }
-
-    /// The table slot a Maglev table starting at `maglev_base` (of
-    /// `generation`) is in.
-    pub const fn maglev_table(&self, maglev_base: u32, generation: u8) -> u32 {
-        (maglev_base / self.maglev_chunks() - generation as u32) / 2
-    }
-
     /// The entries map `name` needs, for the maps this geometry sizes.
     pub fn map_entries(&self, name: &str) -> Option<u32> {
         use names::*;
@@ -225,7 +256,7 @@ impl Geometry {
             FUNCTION_SLOTS => self.function_slots(),
             FUNCTION_ROWS => self.functions * 2,
             RING => self.functions * 2 * self.ring_chunks(),
-            MAGLEV => self.hash_functions * 2 * self.maglev_chunks(),
+            MAGLEV => self.maglev_pool_chunks,
             WORKFLOWS => self.workflows,
             _ => return None,
         })
@@ -508,6 +539,22 @@ impl Function {
         (self.ring_base + p / TABLE_CHUNK, (p % TABLE_CHUNK) as usize)
     }
 
+    /// Slots in this function's Maglev table (its length as `maglev_mask`
+    /// says).
+    pub const fn maglev_size(&self) -> u32 {
+        self.maglev_mask as u32 + 1
+    }
+
+    /// The MAGLEV extent holding both generations of this function's
+    /// table: (first chunk, chunks), aligned to its length.
+    pub const fn maglev_extent(&self) -> (u32, u32) {
+        let chunks = self.maglev_size() / TABLE_CHUNK;
+        (
+            self.maglev_base - self.generation as u32 * chunks,
+            2 * chunks,
+        )
+    }
+
     /// MAGLEV chunk and offset of Maglev `position` (any u32: it wraps).
     #[inline(always)]
     pub const fn maglev_position(&self, position: u32) -> (u32, usize) {
@@ -671,10 +718,7 @@ mod tests {
             h.ring_size >= 4 * h.workers_per_function,
             "weights need room in the ring"
         );
-        assert!(
-            h.maglev_size > 100 * h.workers_per_function,
-            "Maglev wants M >> N"
-        );
+        assert_eq!(h.maglev_pool_chunks, h.full_maglev_pool());
         assert_eq!(h.map_entries(names::MAGLEV), Some(1024 * 2 * 512));
         // The largest an operator may choose is valid too.
         let most = Geometry {
@@ -683,15 +727,13 @@ mod tests {
             ring_size: MAX_RING_SIZE,
             maglev_size: MAX_MAGLEV_SIZE,
             workflows: MAX_WORKFLOWS,
-            hash_functions: MAX_FUNCTIONS,
+            maglev_pool_chunks: MAX_MAGLEV_POOL_CHUNKS,
             ..h
         };
         assert_eq!(most.problem(), None);
         // Bases stay within u32 at that size.
         assert!(most.worker_slots() as u64 == 65_536 * 256);
-        assert!(most.maglev_base(MAX_FUNCTIONS - 1, 1) < u32::MAX);
-        assert_eq!(h.maglev_table(h.maglev_base(7, 1), 1), 7);
-        assert_eq!(h.maglev_table(h.maglev_base(7, 0), 0), 7);
+        assert_eq!(most.full_maglev_pool(), MAX_MAGLEV_POOL_CHUNKS);
         for bad in [
             Geometry { functions: 0, ..h },
             Geometry {
@@ -712,6 +754,14 @@ mod tests {
             },
             Geometry {
                 maglev_size: 1000,
+                ..h
+            },
+            Geometry {
+                maglev_pool_chunks: 8,
+                ..h
+            },
+            Geometry {
+                maglev_pool_chunks: u32::MAX,
                 ..h
             },
             Geometry {
@@ -761,17 +811,46 @@ mod tests {
     }
 
     #[test]
+    fn maglev_tables_grow_with_the_workers_in_steps_of_four() {
+        let h = Geometry::HOST;
+        let sizes = [0, 1, 8, 9, 16, 17, 32, 33, 64, 65, 256].map(|n| h.maglev_size_for(n));
+        assert_eq!(
+            sizes,
+            [256, 256, 256, 1024, 1024, 4096, 4096, 16384, 16384, 16384, 16384]
+        );
+        let widest = Geometry {
+            maglev_size: MAX_MAGLEV_SIZE,
+            ..h
+        };
+        for n in 1..=128 {
+            let m = widest.maglev_size_for(n);
+            assert!(m.is_power_of_two() && m >= 4 * n * n, "{n}: {m}");
+        }
+        assert_eq!(widest.maglev_size_for(256), MAX_MAGLEV_SIZE);
+        // Never beyond the geometry's longest table (a NIC's one chunk).
+        let nic = Geometry::fitting(2).unwrap();
+        assert_eq!(nic.maglev_size_for(2), 32);
+        let capped = Geometry {
+            maglev_size: 2048,
+            ..h
+        };
+        assert_eq!(capped.maglev_size_for(32), 2048);
+    }
+
+    #[test]
     fn positions_wrap_within_the_live_table() {
         let g = Geometry::HOST;
         let f = Function {
             index: 3,
             worker_base: g.worker_base(3),
             ring_base: g.ring_base(3, 1),
-            maglev_base: g.maglev_base(3, 1),
+            maglev_base: 7 * 512,
             ring_mask: (g.ring_size - 1) as u16,
             maglev_mask: (g.maglev_size - 1) as u16,
+            generation: 1,
             ..Default::default()
         };
+        assert_eq!(f.maglev_extent(), (6 * 512, 2 * 512));
         assert_eq!(f.worker_index(5), 3 * 64 + 5);
         assert_eq!(f.ring_position(0), (7 * 8, 0));
         assert_eq!(f.ring_position(256 + 33), (7 * 8 + 1, 1));

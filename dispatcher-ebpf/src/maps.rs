@@ -79,10 +79,8 @@ pub static RING: Array<TableChunk> =
 /// computation; dispatcher/src/data_plane/mapped.rs); read by the hash
 /// policy (32 MiB on the host). Bound to a NIC it is created without flags.
 #[map]
-pub static MAGLEV: Array<TableChunk> = Array::with_max_entries(
-    HOST.functions * 2 * HOST.maglev_size / TABLE_CHUNK,
-    aya_ebpf::bindings::BPF_F_MMAPABLE,
-);
+pub static MAGLEV: Array<TableChunk> =
+    Array::with_max_entries(HOST.maglev_pool_chunks, aya_ebpf::bindings::BPF_F_MMAPABLE);
 
 /// Round-robin turn counter per function index, for the offload variant:
 /// read and updated by the data plane (the NFP has no fetch-add and no

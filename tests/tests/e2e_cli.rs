@@ -292,7 +292,7 @@ fn sighup_moves_the_service_port_addresses_and_egress() {
 }
 
 /// The map geometry is the operator's choice in host mode: 65,536
-/// functions of up to 8 workers with 1,024-entry Maglev tables, shown with
+/// functions of up to 8 workers with a 1 MiB Maglev pool, shown with
 /// its memory by `maps dump geometry`, enforced by the CLI, and refused
 /// with the flag named when it cannot be used.
 #[test]
@@ -306,6 +306,11 @@ fn the_operator_chooses_the_map_geometry() {
     assert!(
         bad.contains("workers per function must be a power of two up to 256")
             && bad.contains("--max-workers-per-function 48"),
+        "{bad}"
+    );
+    let bad = bed.run_refused(&conf, &["--maglev-pool", "1000"]);
+    assert!(
+        bad.contains("--maglev-pool 1000 is not a multiple of 32"),
         "{bad}"
     );
     let bad = bed.run_refused(&conf, &["--max-workers-per-function", "1"]);
@@ -326,6 +331,8 @@ fn the_operator_chooses_the_map_geometry() {
         "64",
         "--maglev-size",
         "1024",
+        "--maglev-pool",
+        "1048576",
     ];
     let _dispatcher = bed.start("dispatcher", &conf, &geometry);
     let dump: serde_json::Value =
@@ -334,13 +341,11 @@ fn the_operator_chooses_the_map_geometry() {
     assert_eq!(g["functions"], 65536, "{dump}");
     assert_eq!(g["workers_per_function"], 8, "{dump}");
     assert_eq!(g["maglev_size"], 1024, "{dump}");
-    // MAGLEV: 65,536 functions x 2 generations x 1,024 slot bytes.
-    assert_eq!(
-        g["memory_bytes_by_map"]["MAGLEV"],
-        65536u64 * 2 * 1024,
-        "{dump}"
-    );
-    assert!(g["memory_bytes"].as_u64().unwrap() > 128 << 20, "{dump}");
+    // MAGLEV: the pool, whatever the function count (1 MiB: 2,048
+    // functions of 8 workers, 256-slot tables, two generations each).
+    assert_eq!(g["maglev_pool_slots"], 1 << 20, "{dump}");
+    assert_eq!(g["memory_bytes_by_map"]["MAGLEV"], 1 << 20, "{dump}");
+    assert!(g["memory_bytes"].as_u64().unwrap() > 100 << 20, "{dump}");
     let text = bed.cli_ok(&["maps", "dump", "geometry"]);
     assert!(text.contains("MAGLEV") && text.contains("MiB"), "{text}");
 

@@ -184,13 +184,16 @@ fn hash_policy_follows_the_maglev_table_user_space_computed() {
             name: name.clone(),
         })
         .collect();
-    let table = tables::maglev(&members, Geometry::HOST.maglev_size);
+    // Five workers: a 256-slot table (at least 4 x 5²).
+    let size = Geometry::HOST.maglev_size_for(5);
+    assert_eq!(dp.maps.functions.get(&11, 0).unwrap().maglev_size(), 256);
+    let table = tables::maglev(&members, size);
     let mut seen = HashMap::new();
     for key in 1..=500u64 {
         let mut hdr = FaasHdr::new(kind::REQUEST, 11, key);
         hdr.key = (key * 7919).to_be_bytes();
         let (to, _) = dispatch(&dp, &frame(CLIENT, &hdr));
-        let slot = table[(hash::key_hash(key * 7919) & (Geometry::HOST.maglev_size - 1)) as usize];
+        let slot = table[(hash::key_hash(key * 7919) & (size - 1)) as usize];
         assert_eq!(to, addr(&workers[slot as usize]), "key {key}");
         // The same key always lands on the same worker.
         assert_eq!(dispatch(&dp, &frame("10.0.0.99:1234", &hdr)).0, to);
@@ -778,7 +781,7 @@ fn source_of(frame: &[u8]) -> SocketAddr {
 }
 
 /// 256 workers per function (an operator's geometry: `dispatcher run
-/// --max-workers-per-function 256 --ring-size 1024 --maglev-size 32768`):
+/// --max-workers-per-function 256 --ring-size 1024`):
 /// round-robin walks all of them, slot 255 included, and the hash policy
 /// spreads keys over them.
 #[test]
@@ -787,8 +790,6 @@ fn a_function_of_256_workers() {
         functions: 4,
         workers_per_function: 256,
         ring_size: 1024,
-        maglev_size: 32768,
-        hash_functions: 4,
         ..Geometry::HOST
     };
     let workers: Vec<String> = (0..256)
@@ -816,7 +817,8 @@ fn a_function_of_256_workers() {
     assert_eq!(counts.len(), 256, "every worker took turns");
     assert!(counts.values().all(|n| *n == 4), "{counts:?}");
     assert_eq!(counts[&addr("10.7.1.56:9000")], 4, "slot 255 too");
-    // Keys spread over the workers by the 32,768-slot Maglev table.
+    // Keys spread over the workers by a 16,384-slot Maglev table.
+    assert_eq!(dp.maps.functions.get(&2, 0).unwrap().maglev_size(), 16384);
     let spread = count_by_worker((0..2048u64).map(|key| {
         let mut hdr = FaasHdr::new(kind::REQUEST, 2, key);
         hdr.key = (key + 1).to_be_bytes();
@@ -829,15 +831,16 @@ fn a_function_of_256_workers() {
     );
 }
 
-/// Maglev tables are a pool: only functions with the hash policy hold
-/// one. With room for two, a third hash function is refused by name; a
-/// function that leaves the hash policy frees its table for another, and
-/// both keep dispatching by key.
+/// Maglev tables come from a pool: only functions with the hash policy
+/// hold one, sized by their workers. With room for two of the smallest
+/// tables (256 slots, two generations), a third hash function is refused
+/// by name; a function that leaves the hash policy frees its table for
+/// another, and both keep dispatching by key.
 #[test]
 fn maglev_tables_are_a_pool_for_hash_functions() {
     let geometry = Geometry {
         functions: 8,
-        hash_functions: 2,
+        maglev_pool_chunks: 2 * (2 * 256 / 32),
         ..Geometry::HOST
     };
     let config = r#"
@@ -874,33 +877,17 @@ fn maglev_tables_are_a_pool_for_hash_functions() {
     let err = control::set_function(&mut dp.maps, 2, hash_policy, &[])
         .expect_err("a third Maglev table is refused");
     assert!(
-        format!("{err:#}").contains("all 2 Maglev tables of the data plane are in use"),
+        format!("{err:#}")
+            .contains("the Maglev pool (1024 slots) has no room for its 256-slot table"),
         "{err:#}"
     );
-    let by_key = |dp: &Loaded, id: u32, key: u64| {
-        let mut hdr = FaasHdr::new(kind::REQUEST, id, key);
-        hdr.key = key.to_be_bytes();
-        dispatch(dp, &frame(CLIENT, &hdr)).0
-    };
     let before: Vec<SocketAddr> = (1..50).map(|k| by_key(&dp, 3, k)).collect();
     // Function 1 leaves the hash policy; function 2 takes its table.
-    let workers = |id: u32| {
-        let f = dp.maps.functions.get(&id, 0).unwrap();
-        control::function_workers(&dp.maps, &f)
-            .unwrap()
-            .into_iter()
-            .map(|(_, w)| w)
-            .collect::<Vec<_>>()
-    };
-    let (w1, w2) = (workers(1), workers(2));
+    let (w1, w2) = (workers_of(&dp, 1), workers_of(&dp, 2));
     control::set_function(&mut dp.maps, 1, rr_policy, &w1).unwrap();
     control::set_function(&mut dp.maps, 2, hash_policy, &w2).unwrap();
-    let g = dp.maps.geometry().unwrap();
-    let table = |id: u32| {
-        let f = dp.maps.functions.get(&id, 0).unwrap();
-        g.maglev_table(f.maglev_base, f.generation)
-    };
-    assert_ne!(table(2), table(3), "two hash functions, two tables");
+    let extent = |id: u32| dp.maps.functions.get(&id, 0).unwrap().maglev_extent();
+    assert_ne!(extent(2), extent(3), "two hash functions, two tables");
     // Function 3's keys did not move; function 2 spreads keys by hash.
     let after: Vec<SocketAddr> = (1..50).map(|k| by_key(&dp, 3, k)).collect();
     assert_eq!(before, after);
@@ -911,6 +898,97 @@ fn maglev_tables_are_a_pool_for_hash_functions() {
         (0..4u64).map(|i| dispatch(&dp, &frame(CLIENT, &FaasHdr::new(kind::REQUEST, 1, i))).0),
     );
     assert_eq!(counts.len(), 2, "{counts:?}");
+}
+
+fn by_key(dp: &Loaded, id: u32, key: u64) -> SocketAddr {
+    let mut hdr = FaasHdr::new(kind::REQUEST, id, key);
+    hdr.key = key.to_be_bytes();
+    dispatch(dp, &frame(CLIENT, &hdr)).0
+}
+
+fn workers_of(dp: &Loaded, id: u32) -> Vec<dispatcher_common::maps::Worker> {
+    let f = dp.maps.functions.get(&id, 0).unwrap();
+    control::function_workers(&dp.maps, &f)
+        .unwrap()
+        .into_iter()
+        .map(|(_, w)| w)
+        .collect()
+}
+
+/// `n` workers of function `id`, 10.0.9.1:9000 on.
+fn numbered_workers(id: u32, n: usize) -> Vec<dispatcher_common::maps::Worker> {
+    let list: Vec<String> = (1..=n)
+        .map(|k| format!("{{ addr = \"10.0.9.{k}:9000\", mac = \"02:00:00:00:09:{k:02x}\" }}"))
+        .collect();
+    let config = format!(
+        "[service]\naddresses = [\"10.0.0.1\"]\n[[functions]]\nid = {id}\nworkers = [{}]\n",
+        list.join(", ")
+    );
+    Config::parse(&config).unwrap().functions[0]
+        .workers
+        .iter()
+        .map(|w| w.to_map(id).unwrap())
+        .collect()
+}
+
+/// A function's Maglev table follows its worker count: 2 workers hold a
+/// 256-slot table, 9 a 1,024-slot one (a new extent of the pool; the old
+/// one goes back), and where the pool has no room for a larger table the
+/// function keeps the one it has and still reaches every worker. The data
+/// plane reads each table at its own length: every key goes where the
+/// table user space computed says.
+#[test]
+fn a_functions_maglev_table_is_sized_by_its_workers() {
+    let geometry = Geometry {
+        functions: 4,
+        // A 1,024-slot table and a 256-slot one, two generations each.
+        maglev_pool_chunks: 2 * 1024 / 32 + 2 * 256 / 32,
+        ..Geometry::HOST
+    };
+    let mut dp = tests::xdp::data_plane_with("[service]\naddresses = [\"10.0.0.1\"]\n", geometry);
+    let hash_policy = dispatcher_common::maps::policy::HASH;
+    let follows_its_table = |dp: &Loaded, n: usize| {
+        let f = dp.maps.functions.get(&1, 0).unwrap();
+        let members: Vec<Member> = control::function_workers(&dp.maps, &f)
+            .unwrap()
+            .into_iter()
+            .map(|(slot, w)| Member {
+                slot,
+                weight: 1,
+                name: dispatcher::endpoints::worker_socket_addr(&w).to_string(),
+            })
+            .collect();
+        assert_eq!(members.len(), n);
+        let table = tables::maglev(&members, f.maglev_size());
+        let mut seen = HashMap::new();
+        for key in 1..=400u64 {
+            let slot = table[(hash::key_hash(key) & f.maglev_mask as u32) as usize];
+            let to = by_key(dp, 1, key);
+            assert_eq!(to, addr(&format!("10.0.9.{}:9000", slot + 1)), "key {key}");
+            *seen.entry(to).or_insert(0) += 1;
+        }
+        assert_eq!(seen.len(), n, "{seen:?}");
+        f.maglev_size()
+    };
+    control::set_function(&mut dp.maps, 1, hash_policy, &numbered_workers(1, 2)).unwrap();
+    assert_eq!(follows_its_table(&dp, 2), 256);
+    let small = dp.maps.functions.get(&1, 0).unwrap().maglev_extent();
+    control::set_function(&mut dp.maps, 1, hash_policy, &numbered_workers(1, 9)).unwrap();
+    assert_eq!(follows_its_table(&dp, 9), 1024);
+    assert_ne!(dp.maps.functions.get(&1, 0).unwrap().maglev_extent(), small);
+    // The small extent went back: another function can hold it.
+    control::set_function(&mut dp.maps, 2, hash_policy, &numbered_workers(2, 1)).unwrap();
+    assert_eq!(dp.maps.functions.get(&2, 0).unwrap().maglev_extent(), small);
+    // 17 workers want 4,096 slots; the pool has none: it keeps 1,024.
+    control::set_function(&mut dp.maps, 1, hash_policy, &numbered_workers(1, 17)).unwrap();
+    assert_eq!(follows_its_table(&dp, 17), 1024);
+    // Back to 3 workers: 256 slots would do, but the pool's 256-slot room
+    // is function 2's, so it keeps 1,024 again; once 2 leaves, 1 shrinks.
+    control::set_function(&mut dp.maps, 1, hash_policy, &numbered_workers(1, 3)).unwrap();
+    assert_eq!(follows_its_table(&dp, 3), 1024);
+    control::remove_function(&mut dp.maps, 2).unwrap();
+    control::set_function(&mut dp.maps, 1, hash_policy, &numbered_workers(1, 4)).unwrap();
+    assert_eq!(follows_its_table(&dp, 4), 256);
 }
 
 /// The host variant finds a function through its FUNCTION_SLOTS slot (id &
@@ -924,7 +1002,6 @@ fn maglev_tables_are_a_pool_for_hash_functions() {
 fn ids_that_share_a_direct_slot_each_reach_their_own_function() {
     let geometry = Geometry {
         functions: 4,
-        hash_functions: 4,
         ..Geometry::HOST
     };
     let function = |id: u32, worker: u8| {

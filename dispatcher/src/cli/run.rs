@@ -11,7 +11,7 @@ use dispatcher::{
     daemon::{self, RunOptions},
     data_plane::{offload::Device, Mode},
 };
-use dispatcher_common::maps::Geometry;
+use dispatcher_common::maps::{Geometry, TABLE_CHUNK};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -80,19 +80,21 @@ struct GeometryArgs {
     /// 1,024, at least the workers per function [default: 256].
     #[arg(long, value_name = "N", help_heading = GEOMETRY)]
     ring_size: Option<u32>,
-    /// Maglev table length per function (consistent hash): a power of two
-    /// from 32 to 65,536, at least the workers per function; 100 or more
-    /// times the workers keeps the shares even [default: 16,384].
+    /// The longest Maglev table a function may have (consistent hash): a
+    /// power of two from 32 to 65,536, at least the workers per function.
+    /// Each function's table is sized by its workers (64 or more slots
+    /// each: 256, 1,024, 4,096, 16,384 slots) up to this [default: 16,384].
     #[arg(long, value_name = "N", help_heading = GEOMETRY)]
     maglev_size: Option<u32>,
     /// Workflows, 1 to 65,536 [default: 1,024].
     #[arg(long, value_name = "N", help_heading = GEOMETRY)]
     max_workflows: Option<u32>,
-    /// Functions that may use the hash policy at once: only they hold a
-    /// Maglev table (2 x --maglev-size bytes each), 1 to --max-functions
-    /// [default: --max-functions].
-    #[arg(long, value_name = "N", help_heading = GEOMETRY)]
-    max_hash_functions: Option<u32>,
+    /// Slots (bytes) of the pool the hash functions' Maglev tables come
+    /// from, two generations each: a multiple of 32, at least 512
+    /// [default: room for every function to hold the table of a full
+    /// worker set, 8 MiB with the defaults].
+    #[arg(long, value_name = "SLOTS", help_heading = GEOMETRY)]
+    maglev_pool: Option<u64>,
 }
 
 impl GeometryArgs {
@@ -102,16 +104,14 @@ impl GeometryArgs {
             || self.ring_size.is_some()
             || self.maglev_size.is_some()
             || self.max_workflows.is_some()
-            || self.max_hash_functions.is_some()
+            || self.maglev_pool.is_some()
     }
 
     /// The default host geometry with the flags given, validated.
     fn geometry(&self) -> Result<Geometry> {
         let h = Geometry::HOST;
-        let functions = self.max_functions.unwrap_or(h.functions);
-        let g = Geometry {
-            functions,
-            hash_functions: self.max_hash_functions.unwrap_or(functions),
+        let mut g = Geometry {
+            functions: self.max_functions.unwrap_or(h.functions),
             workers_per_function: self
                 .max_workers_per_function
                 .unwrap_or(h.workers_per_function),
@@ -120,16 +120,23 @@ impl GeometryArgs {
             workflows: self.max_workflows.unwrap_or(h.workflows),
             ..h
         };
+        g.maglev_pool_chunks = match self.maglev_pool {
+            None => g.full_maglev_pool(),
+            Some(slots) if slots % TABLE_CHUNK as u64 != 0 => {
+                bail!("map geometry: --maglev-pool {slots} is not a multiple of 32 (the pool is in chunks of 32 slots)")
+            }
+            Some(slots) => u32::try_from(slots / TABLE_CHUNK as u64).unwrap_or(u32::MAX),
+        };
         match g.problem() {
             None => Ok(g),
             Some(problem) => bail!(
-                "map geometry: {problem} (--max-functions {}, --max-workers-per-function {}, --ring-size {}, --maglev-size {}, --max-workflows {}, --max-hash-functions {})",
+                "map geometry: {problem} (--max-functions {}, --max-workers-per-function {}, --ring-size {}, --maglev-size {}, --max-workflows {}, --maglev-pool {})",
                 g.functions,
                 g.workers_per_function,
                 g.ring_size,
                 g.maglev_size,
                 g.workflows,
-                g.hash_functions
+                g.maglev_pool_chunks as u64 * TABLE_CHUNK as u64
             ),
         }
     }

@@ -5,7 +5,7 @@
 use std::{fmt::Write as _, net::SocketAddr};
 
 use anyhow::Result;
-use dispatcher_common::maps::{worker_state, Function, MAX_WORKFLOW_STEPS};
+use dispatcher_common::maps::{worker_state, Function, MAX_WORKFLOW_STEPS, TABLE_CHUNK};
 use serde::{Deserialize, Serialize};
 
 use crate::{config::Policy, control, data_plane::Maps};
@@ -100,7 +100,7 @@ pub fn geometry(maps: &Maps) -> Result<serde_json::Value> {
         "maglev_size": g.maglev_size,
         "service_slots": g.service_slots,
         "workflows": g.workflows,
-        "hash_functions": g.hash_functions,
+        "maglev_pool_slots": g.maglev_pool_chunks as u64 * TABLE_CHUNK as u64,
         "memory_bytes": total,
         "memory_bytes_by_map": memory,
     }))

@@ -9,6 +9,7 @@
 //! sees the old set or the new one, never a mix.
 
 pub mod inspect;
+pub mod maglev_pool;
 pub mod stats;
 pub mod tables;
 
@@ -23,7 +24,7 @@ use dispatcher_common::maps::{
 
 use crate::{
     config::{self, Config},
-    control::tables::Member,
+    control::{maglev_pool::MaglevPool, tables::Member},
     data_plane::{self, interface_mac, map_batch, Maps},
     endpoints::endpoint,
 };
@@ -112,7 +113,7 @@ pub fn fits(g: &Geometry, config: &Config) -> Result<()> {
         if have > most as usize {
             bail!(
                 "{what}: the config has {have}, the data plane's maps hold {most} (sized at load: \
-                 `dispatcher run --max-functions`, `--max-workers-per-function`, `--max-workflows`, `--max-hash-functions`, or --hw-map-entries on a NIC): \
+                 `dispatcher run --max-functions`, `--max-workers-per-function`, `--max-workflows`, or --hw-map-entries on a NIC): \
                  remove some, or load with larger maps"
             )
         }
@@ -127,15 +128,21 @@ pub fn fits(g: &Geometry, config: &Config) -> Result<()> {
         )?;
     }
     sized("workflows", config.workflows.len(), g.workflows)?;
-    sized(
-        "functions with the hash policy (each holds a Maglev table)",
-        config
-            .functions
-            .iter()
-            .filter(|f| f.policy.to_map() == policy::HASH)
-            .count(),
-        g.hash_functions,
-    )?;
+    let maglev_chunks: u64 = config
+        .functions
+        .iter()
+        .filter(|f| f.policy.to_map() == policy::HASH)
+        .map(|f| 2 * (g.maglev_size_for(f.workers.len() as u32) / TABLE_CHUNK) as u64)
+        .sum();
+    if maglev_chunks > g.maglev_pool_chunks as u64 {
+        bail!(
+            "functions with the hash policy: their Maglev tables (two generations each, sized \
+             by their workers) take {} slots, the data plane's pool holds {}: give some \
+             another policy, or load with a larger pool (`dispatcher run --maglev-pool`)",
+            maglev_chunks * TABLE_CHUNK as u64,
+            g.maglev_pool_chunks as u64 * TABLE_CHUNK as u64
+        );
+    }
     sized(
         "service.addresses",
         config.service.addresses.len(),
@@ -206,25 +213,26 @@ impl Taken {
     }
 }
 
-/// Which function rows (dense indices) and which Maglev tables of the pool
-/// FUNCTIONS uses: found by one scan of it. The maps are the only record
-/// (the CLI, the daemon and a restarted daemon share them).
+/// Which function rows (dense indices) and which extents of the Maglev
+/// pool FUNCTIONS uses: found by one scan of it. The maps are the only
+/// record (the CLI, the daemon and a restarted daemon share them).
 pub struct RowsInUse {
     rows: Taken,
-    tables: Taken,
+    tables: MaglevPool,
 }
 
 impl RowsInUse {
     fn scan(maps: &Maps, g: &Geometry) -> Result<RowsInUse> {
         let mut rows = Taken::new(g.functions);
-        let mut tables = Taken::new(g.hash_functions);
+        let mut extents = Vec::new();
         for entry in maps.functions.iter() {
             let (_, f) = entry?;
             rows.mark(f.index);
             if f.policy == policy::HASH {
-                tables.mark(g.maglev_table(f.maglev_base, f.generation));
+                extents.push(f.maglev_extent());
             }
         }
+        let tables = MaglevPool::new(g.maglev_pool_chunks, extents);
         Ok(RowsInUse { rows, tables })
     }
 }
@@ -243,16 +251,28 @@ fn take_free(
     })
 }
 
-/// A free Maglev table of the pool, for a function taking the hash policy.
-fn free_table(maps: &Maps, g: &Geometry) -> Result<u32> {
-    take_free(maps, g, |u| u.tables.take())?.ok_or_else(|| {
-        anyhow!(
-            "all {} Maglev tables of the data plane are in use (one per function with the hash policy): \
-             give another function a different policy first, or load the data plane with more \
-             (`dispatcher run --max-hash-functions`)",
-            g.hash_functions
-        )
-    })
+/// A free extent of the Maglev pool for two generations of a `size`-slot
+/// table (its first chunk), if the pool has one.
+fn free_table(maps: &Maps, g: &Geometry, size: u32) -> Result<Option<u32>> {
+    take_free(maps, g, |u| u.tables.take(2 * size / TABLE_CHUNK))
+}
+
+/// Returns a function's extent to the bulk change's pool when one runs
+/// (else the next scan finds it free: no FUNCTIONS entry names it).
+fn release_table(maps: &Maps, (start, chunks): (u32, u32)) {
+    if let Some(in_use) = maps.rows_in_use.borrow_mut().as_mut() {
+        in_use.tables.give_back(start, chunks);
+    }
+}
+
+fn pool_full(g: &Geometry, id: u32, size: u32) -> anyhow::Error {
+    anyhow!(
+        "function {id}: the Maglev pool ({} slots) has no room for its {size}-slot table \
+         (two generations): give another function with the hash policy a different policy \
+         or fewer workers, or load the data plane with a larger pool \
+         (`dispatcher run --maglev-pool`)",
+        g.maglev_pool_chunks as u64 * TABLE_CHUNK as u64
+    )
 }
 
 /// A free function row: from the bulk change's scan when one runs (see
@@ -312,14 +332,35 @@ fn write_function(
             workers.len()
         );
     }
-    // A function with the hash policy keeps its Maglev table of the pool,
-    // or takes a free one; other policies hold none.
-    let table = match &current {
-        _ if policy != policy::HASH => None,
-        Some((f, _)) if f.policy == policy::HASH => {
-            Some(g.maglev_table(f.maglev_base, f.generation))
+    // A function with the hash policy holds an extent of the Maglev pool
+    // sized by its workers: it keeps the one it has while the size stays,
+    // else takes a new one (the old goes back after the flip). Should the
+    // pool have no room for a larger table, it keeps the smaller: its
+    // shares grow less even, but a worker is never refused for it.
+    let held = match &current {
+        Some((f, _)) if f.policy == policy::HASH => Some(f.maglev_extent()),
+        _ => None,
+    };
+    let table: Option<(u32, u32)> = if policy != policy::HASH {
+        None
+    } else {
+        let size = g.maglev_size_for(workers.len() as u32);
+        match held {
+            Some((start, chunks)) if chunks == 2 * size / TABLE_CHUNK => Some((start, size)),
+            _ => match (free_table(maps, &g, size)?, held) {
+                (Some(start), _) => Some((start, size)),
+                (None, Some((start, chunks))) => {
+                    tracing::warn!(
+                        "function {id}: the Maglev pool has no room for a {size}-slot table; \
+                         it keeps its {}-slot one (load the data plane with a larger \
+                         `--maglev-pool`)",
+                        chunks / 2 * TABLE_CHUNK
+                    );
+                    Some((start, chunks / 2 * TABLE_CHUNK))
+                }
+                (None, None) => return Err(pool_full(&g, id, size)),
+            },
         }
-        _ => Some(free_table(maps, &g)?),
     };
     let previous_row = current.as_ref().map(|(f, _)| f.row);
     let (index, generation, current) = match current {
@@ -427,9 +468,11 @@ fn write_function(
         index,
         worker_base: g.worker_base(index),
         ring_base: g.ring_base(index, generation),
-        maglev_base: table.map_or(0, |t| g.maglev_base(t, generation)),
+        maglev_base: table.map_or(0, |(start, size)| {
+            start + generation as u32 * (size / TABLE_CHUNK)
+        }),
         ring_mask: (g.ring_size - 1) as u16,
-        maglev_mask: (g.maglev_size - 1) as u16,
+        maglev_mask: table.map_or(0, |(_, size)| (size - 1) as u16),
         policy,
         generation,
         up_count: members.len() as u16,
@@ -451,15 +494,19 @@ fn write_function(
         write_table(
             &mut maps.maglev,
             maps.maglev_mapped.as_mut(),
-            &tables::maglev(&members, g.maglev_size),
+            &tables::maglev(&members, entry.maglev_size()),
             entry.maglev_base,
         )?;
     }
     let loads = up_loads(maps, &entry, up.iter().map(|(slot, _)| *slot))?;
     rank(&mut entry, &loads);
 
-    // 4. The flip.
+    // 4. The flip; then the extent the function no longer uses is free.
     publish(maps, &g, id, entry, previous_row)?;
+    let kept = table.map(|(start, size)| (start, 2 * size / TABLE_CHUNK));
+    if let Some(extent) = held.filter(|h| Some(*h) != kept) {
+        release_table(maps, extent);
+    }
 
     // 5. Slots that left the set.
     let left: Vec<&(u8, Worker)> = current
@@ -648,6 +695,9 @@ pub fn remove_function(maps: &mut Maps, id: u32) -> Result<()> {
     };
     maps.function_slots.set(index, left, 0)?;
     maps.functions.remove(&id)?;
+    if f.policy == policy::HASH {
+        release_table(maps, f.maglev_extent());
+    }
     for (slot, w) in function_workers(maps, &f)? {
         maps.workers
             .set(f.worker_index(slot as u32), Worker::default(), 0)?;

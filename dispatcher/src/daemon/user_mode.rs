@@ -117,7 +117,7 @@ impl Tables {
                     index,
                     worker_base: g.worker_base(index),
                     ring_mask: (g.ring_size - 1) as u16,
-                    maglev_mask: (g.maglev_size - 1) as u16,
+                    maglev_mask: (g.maglev_size_for(f.workers.len() as u32) - 1) as u16,
                     policy,
                     up_count: members.len() as u16,
                     ll_count: ll_count as u8,
@@ -128,7 +128,7 @@ impl Tables {
             );
             t.rings.push(tables::ring(&members, g.ring_size));
             t.maglevs.push(if policy == policy::HASH {
-                tables::maglev(&members, g.maglev_size)
+                tables::maglev(&members, g.maglev_size_for(f.workers.len() as u32))
             } else {
                 Vec::new()
             });

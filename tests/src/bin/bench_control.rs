@@ -11,8 +11,9 @@
 //!    plane, each a one-step change (idle-generation tables, then the
 //!    FUNCTIONS flip).
 //! 3. At a platform's size: a data plane loaded with an operator's
-//!    geometry of 65,536 functions (16 workers each, 64-slot rings,
-//!    2,048-slot Maglev tables for the 16,384 with the hash policy): the time to load it, to apply a config of
+//!    geometry of 65,536 functions (16 workers each, 64-slot rings, a
+//!    32 MiB Maglev pool for the 16,384 with the hash policy): the time to
+//!    load it, to apply a config of
 //!    65,536 functions, to reload that config with one function changed
 //!    (`control::reconcile`, what SIGHUP runs), the consistent-hash change
 //!    rate there, and the memory its maps take.
@@ -26,7 +27,7 @@ use dispatcher::{
     data_plane::Loaded,
     heartbeat::{self, Heartbeat},
 };
-use dispatcher_common::maps::{egress, Geometry};
+use dispatcher_common::maps::{egress, policy, Geometry, TABLE_CHUNK};
 use hdrhistogram::Histogram;
 
 const KEY: &str = "bench-key-0123456789";
@@ -102,8 +103,8 @@ fn main() {
     );
 
     // 2. Add/remove throughput: five rounds, median and spread; then the
-    // same on a consistent-hash function, whose Maglev table (16,384
-    // entries) is rebuilt and rewritten on every change.
+    // same on a consistent-hash function, whose Maglev table (sized by its
+    // workers) is rebuilt and rewritten on every change.
     let extra = WorkerConfig {
         addr: "10.1.0.200:9000".parse().unwrap(),
         mac: Some([2, 0, 0, 0, 0, 2].into()),
@@ -132,13 +133,39 @@ fn main() {
         "worker add/remove, least-loaded: 5 rounds of 4000 changes: median {:.0} changes/s (min {:.0}, max {:.0}) (target: 25,000/s)",
         rates[2], rates[0], rates[4]
     );
-    control::add_function(&mut dp.maps, 1, dispatcher_common::maps::policy::HASH).unwrap();
-    let mut rates: Vec<f64> = (0..5).map(|_| round(&mut dp.maps, &[1], 400)).collect();
-    rates.sort_by(f64::total_cmp);
-    println!(
-        "worker add/remove, consistent hash (Maglev): 5 rounds of 400 changes: median {:.0} changes/s (min {:.0}, max {:.0})",
-        rates[2], rates[0], rates[4]
-    );
+    // Function 1 takes the hash policy with `n` workers; changes take it
+    // to n + 1 and back. At 15 and 63 its table keeps its size (1,024 and
+    // 4,096 slots); at 16 every change crosses a size (1,024 <-> 4,096
+    // slots: a new extent of the pool each time, and all keys remap).
+    for (n, what) in [
+        (15, "15-16 workers, 1,024 slots"),
+        (63, "63-64 workers, 4,096 slots"),
+        (
+            16,
+            "16-17 workers: every change resizes 1,024 <-> 4,096 slots",
+        ),
+    ] {
+        let workers: Vec<_> = (1..=n)
+            .map(|k| {
+                WorkerConfig {
+                    addr: format!("10.1.{}.{}:9000", k / 200, k % 200 + 1)
+                        .parse()
+                        .unwrap(),
+                    mac: Some([2, 0, 0, 0, 0, 2].into()),
+                    weight: 1,
+                }
+                .to_map(1)
+                .unwrap()
+            })
+            .collect();
+        control::set_function(&mut dp.maps, 1, policy::HASH, &workers).unwrap();
+        let mut rates: Vec<f64> = (0..5).map(|_| round(&mut dp.maps, &[1], 2_000)).collect();
+        rates.sort_by(f64::total_cmp);
+        println!(
+            "worker add/remove, consistent hash (Maglev, {what}): 5 rounds of 2000 changes: median {:.0} changes/s (min {:.0}, max {:.0}) (target: 25,000/s)",
+            rates[2], rates[0], rates[4]
+        );
+    }
 
     platform_size();
 }
@@ -149,10 +176,9 @@ fn platform_size() {
         functions: 65_536,
         workers_per_function: 16,
         ring_size: 64,
-        maglev_size: 2048,
-        // A quarter of the functions use the hash policy: Maglev tables
-        // for them only.
-        hash_functions: 16_384,
+        // A quarter of the functions use the hash policy: a pool with room
+        // for each of them to hold a 16-worker (1,024-slot) table.
+        maglev_pool_chunks: 16_384 * 2 * 1024 / TABLE_CHUNK,
         ..Geometry::HOST
     };
     let start = Instant::now();
@@ -221,7 +247,7 @@ fn platform_size() {
     let memory = dispatcher::control::inspect::geometry(&dp.maps).unwrap();
     let mib = |b: &serde_json::Value| b.as_u64().unwrap_or(0) as f64 / (1 << 20) as f64;
     println!(
-        "\n# at a platform's size: --max-functions 65536 --max-workers-per-function 16 --ring-size 64 --maglev-size 2048 --max-hash-functions 16384"
+        "\n# at a platform's size: --max-functions 65536 --max-workers-per-function 16 --ring-size 64 --maglev-pool 33554432"
     );
     println!(
         "load the data plane (create its maps): {:.2} s",
@@ -237,7 +263,7 @@ fn platform_size() {
         reloaded.as_secs_f64()
     );
     println!(
-        "worker add/remove, consistent hash (Maglev 2,048 slots, 15-16 workers): 5 rounds of 2000 changes: median {:.0} changes/s (min {:.0}, max {:.0}) (target: 25,000/s)",
+        "worker add/remove, consistent hash (Maglev, 15-16 workers, 1,024 slots): 5 rounds of 2000 changes: median {:.0} changes/s (min {:.0}, max {:.0}) (target: 25,000/s)",
         rates[2], rates[0], rates[4]
     );
     println!(

@@ -309,8 +309,7 @@ fn main() {
         functions: 65_536,
         workers_per_function: 16,
         ring_size: 64,
-        maglev_size: 2048,
-        hash_functions: 16_384,
+        maglev_pool_chunks: 16_384 * 2 * 1024 / dispatcher_common::maps::TABLE_CHUNK,
         ..Geometry::HOST
     };
     let many_functions = setup_mixed(platform, 65_536, 4);
@@ -319,8 +318,6 @@ fn main() {
         functions: 4,
         workers_per_function: 256,
         ring_size: 1024,
-        maglev_size: 32_768,
-        hash_functions: 4,
         ..Geometry::HOST
     };
     for (what, points) in [
