@@ -135,11 +135,12 @@ fn main() {
     );
     // Function 1 takes the hash policy with `n` workers; changes take it
     // to n + 1 and back. At 15 and 63 its table keeps its size (1,024 and
-    // 4,096 slots); at 16 every change crosses a size (1,024 <-> 4,096
-    // slots: a new extent of the pool each time, and all keys remap).
+    // 16,384 slots: Geometry::maglev_size_for); at 16 every change crosses
+    // a size (1,024 <-> 4,096 slots: a new extent of the pool each time,
+    // and all keys remap).
     for (n, what) in [
         (15, "15-16 workers, 1,024 slots"),
-        (63, "63-64 workers, 4,096 slots"),
+        (63, "63-64 workers, 16,384 slots"),
         (
             16,
             "16-17 workers: every change resizes 1,024 <-> 4,096 slots",
