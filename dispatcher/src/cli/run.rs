@@ -82,8 +82,9 @@ struct GeometryArgs {
     ring_size: Option<u32>,
     /// The longest Maglev table a function may have (consistent hash): a
     /// power of two from 32 to 65,536, at least the workers per function.
-    /// Each function's table is sized by its workers (64 or more slots
-    /// each: 256, 1,024, 4,096, 16,384 slots) up to this [default: 16,384].
+    /// Each function's table is sized by its workers (at least 4 x
+    /// workers² slots: 256, 1,024, 4,096, 16,384, 65,536) up to this
+    /// [default: 16,384].
     #[arg(long, value_name = "N", help_heading = GEOMETRY)]
     maglev_size: Option<u32>,
     /// Workflows, 1 to 65,536 [default: 1,024].
@@ -92,7 +93,7 @@ struct GeometryArgs {
     /// Slots (bytes) of the pool the hash functions' Maglev tables come
     /// from, two generations each: a multiple of 32, at least 512
     /// [default: room for every function to hold the table of a full
-    /// worker set, 8 MiB with the defaults].
+    /// worker set, 32 MiB with the defaults].
     #[arg(long, value_name = "SLOTS", help_heading = GEOMETRY)]
     maglev_pool: Option<u64>,
 }
