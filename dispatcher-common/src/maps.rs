@@ -54,7 +54,13 @@ pub const MAX_MAGLEV_SIZE: u32 = 65_536;
 pub const MIN_MAGLEV_TABLE: u32 = 256;
 /// The largest MAGLEV pool, in chunks: every function of the largest
 /// geometry holding two generations of the longest table.
-pub const MAX_MAGLEV_POOL_CHUNKS: u32 = MAX_FUNCTIONS * 2 * (MAX_MAGLEV_SIZE / TABLE_CHUNK);
+pub const MAX_MAGLEV_POOL_CHUNKS: u32 = MAX_FUNCTIONS * maglev_extent_chunks(MAX_MAGLEV_SIZE);
+
+/// Chunks of the MAGLEV extent that holds both generations of a
+/// `size`-slot Maglev table.
+pub const fn maglev_extent_chunks(size: u32) -> u32 {
+    2 * size / TABLE_CHUNK
+}
 pub const MAX_WORKFLOW_STEPS: usize = 8;
 
 /// Selection tables are arrays of chunks of this many slot bytes (a map
@@ -181,7 +187,7 @@ impl Geometry {
     /// The pool in which every function can hold the table of a full
     /// worker set: the default `maglev_pool_chunks`.
     pub const fn full_maglev_pool(&self) -> u32 {
-        self.functions * 2 * (self.maglev_size_for(self.workers_per_function) / TABLE_CHUNK)
+        self.functions * maglev_extent_chunks(self.maglev_size_for(self.workers_per_function))
     }
 
     /// Why this geometry cannot be used, if it cannot (a SETTINGS entry of
@@ -205,7 +211,7 @@ impl Geometry {
             Some("the ring and the Maglev table need at least one slot per worker: make them at least the workers per function")
         } else if self.workflows == 0 || self.workflows > MAX_WORKFLOWS {
             Some("workflows must be 1 to 65536")
-        } else if self.maglev_pool_chunks < 2 * (self.maglev_size_for(1) / TABLE_CHUNK)
+        } else if self.maglev_pool_chunks < maglev_extent_chunks(self.maglev_size_for(1))
             || self.maglev_pool_chunks > MAX_MAGLEV_POOL_CHUNKS
         {
             Some("the Maglev pool must hold at least one smallest table (two generations of 256 slots, or of the Maglev size when smaller) and at most 65,536 x 2 x 65,536 slots")
@@ -548,10 +554,10 @@ impl Function {
     /// The MAGLEV extent holding both generations of this function's
     /// table: (first chunk, chunks), aligned to its length.
     pub const fn maglev_extent(&self) -> (u32, u32) {
-        let chunks = self.maglev_size() / TABLE_CHUNK;
+        let chunks = maglev_extent_chunks(self.maglev_size());
         (
-            self.maglev_base - self.generation as u32 * chunks,
-            2 * chunks,
+            self.maglev_base - self.generation as u32 * (chunks / 2),
+            chunks,
         )
     }
 

@@ -991,6 +991,51 @@ fn a_functions_maglev_table_is_sized_by_its_workers() {
     assert_eq!(follows_its_table(&dp, 4), 256);
 }
 
+/// A whole config applied at once (`control::apply`, one scan of the pool
+/// for all its functions) hands a grown function's old extent back to the
+/// pool it allocates from: here the only room for function 3's table.
+#[test]
+fn a_bulk_apply_reuses_the_extent_a_grown_function_left() {
+    let geometry = Geometry {
+        functions: 4,
+        // One 1,024-slot table and two 256-slot ones, two generations each.
+        maglev_pool_chunks: 2 * 1024 / 32 + 2 * (2 * 256 / 32),
+        ..Geometry::HOST
+    };
+    let config = |workers_of_1: usize, with_3: bool| {
+        let list = |id: u32, n: usize| -> String {
+            (1..=n)
+                .map(|k| {
+                    format!("{{ addr = \"10.0.{id}.{k}:9000\", mac = \"02:00:00:00:09:01\" }}")
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut text = format!(
+            "[service]\naddresses = [\"10.0.0.1\"]\n\
+             [[functions]]\nid = 1\npolicy = \"hash\"\nworkers = [{}]\n\
+             [[functions]]\nid = 2\npolicy = \"hash\"\nworkers = [{}]\n",
+            list(1, workers_of_1),
+            list(2, 2)
+        );
+        if with_3 {
+            text += &format!(
+                "[[functions]]\nid = 3\npolicy = \"hash\"\nworkers = [{}]\n",
+                list(3, 2)
+            );
+        }
+        Config::parse(&text).unwrap()
+    };
+    let mut dp = tests::xdp::data_plane_with("[service]\naddresses = [\"10.0.0.1\"]\n", geometry);
+    control::apply(&mut dp.maps, &config(2, false)).unwrap();
+    let small = dp.maps.functions.get(&1, 0).unwrap().maglev_extent();
+    control::apply(&mut dp.maps, &config(9, true)).unwrap();
+    let size = |id: u32| dp.maps.functions.get(&id, 0).unwrap().maglev_size();
+    assert_eq!((size(1), size(2), size(3)), (1024, 256, 256));
+    assert_eq!(dp.maps.functions.get(&3, 0).unwrap().maglev_extent(), small);
+    assert_eq!(count_by_worker((1..60).map(|k| by_key(&dp, 3, k))).len(), 2);
+}
+
 /// The host variant finds a function through its FUNCTION_SLOTS slot (id &
 /// mask) and falls back to FUNCTIONS when another id holds that slot. With
 /// four slots, ids 1, 5 and 9 share slot 1: the first written holds it,

@@ -27,6 +27,7 @@ impl MaglevPool {
     pub fn new(len: u32, used: impl IntoIterator<Item = (u32, u32)>) -> MaglevPool {
         let mut used: Vec<(u32, u32)> = used.into_iter().collect();
         used.sort_unstable();
+        // Orders 0 to 32: every length a u32 pool can have.
         let mut pool = MaglevPool {
             free: vec![BTreeSet::new(); 33],
         };
@@ -50,20 +51,19 @@ impl MaglevPool {
         let end = start as u64 + (1u64 << order);
         // Extents are disjoint and sorted, so the last one starting
         // before the block's end has the greatest end of those.
-        let before_end = used.partition_point(|&(s, _)| (s as u64) < end);
-        let overlaps = before_end > 0 && {
-            let (s, l) = used[before_end - 1];
-            s as u64 + l as u64 > start as u64
-        };
-        if !overlaps {
-            self.free[order as usize].insert(start);
-        } else if order > 0 && {
-            let (s, l) = used[before_end - 1];
-            (s, l as u64) != (start, 1u64 << order)
-        } {
-            let half = 1u32 << (order - 1);
-            self.add_free(start, order - 1, used);
-            self.add_free(start + half, order - 1, used);
+        let last = used[..used.partition_point(|&(s, _)| (s as u64) < end)].last();
+        match last {
+            Some(&(s, l)) if s as u64 + l as u64 > start as u64 => {
+                // Overlapped: used whole, or split around what is used.
+                if (s, l as u64) != (start, 1u64 << order) && order > 0 {
+                    let half = 1u32 << (order - 1);
+                    self.add_free(start, order - 1, used);
+                    self.add_free(start + half, order - 1, used);
+                }
+            }
+            _ => {
+                self.free[order as usize].insert(start);
+            }
         }
     }
 

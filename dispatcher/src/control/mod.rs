@@ -17,9 +17,9 @@ use std::net::SocketAddr;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use dispatcher_common::maps::{
-    egress, policy, worker_state, Endpoint, Function, FunctionSlot, Geometry, Load, ServiceSlot,
-    TableChunk, Worker, Workflow, LL_CANDIDATES, MAX_WORKERS_PER_FUNCTION, MAX_WORKFLOW_STEPS,
-    TABLE_CHUNK,
+    egress, maglev_extent_chunks, policy, worker_state, Endpoint, Function, FunctionSlot, Geometry,
+    Load, ServiceSlot, TableChunk, Worker, Workflow, LL_CANDIDATES, MAX_WORKERS_PER_FUNCTION,
+    MAX_WORKFLOW_STEPS, TABLE_CHUNK,
 };
 
 use crate::{
@@ -132,7 +132,7 @@ pub fn fits(g: &Geometry, config: &Config) -> Result<()> {
         .functions
         .iter()
         .filter(|f| f.policy.to_map() == policy::HASH)
-        .map(|f| 2 * (g.maglev_size_for(f.workers.len() as u32) / TABLE_CHUNK) as u64)
+        .map(|f| maglev_extent_chunks(g.maglev_size_for(f.workers.len() as u32)) as u64)
         .sum();
     if maglev_chunks > g.maglev_pool_chunks as u64 {
         bail!(
@@ -251,10 +251,10 @@ fn take_free(
     })
 }
 
-/// A free extent of the Maglev pool for two generations of a `size`-slot
-/// table (its first chunk), if the pool has one.
-fn free_table(maps: &Maps, g: &Geometry, size: u32) -> Result<Option<u32>> {
-    take_free(maps, g, |u| u.tables.take(2 * size / TABLE_CHUNK))
+/// A free extent of the Maglev pool, `chunks` long (its first chunk), if
+/// the pool has one.
+fn free_table(maps: &Maps, g: &Geometry, chunks: u32) -> Result<Option<u32>> {
+    take_free(maps, g, |u| u.tables.take(chunks))
 }
 
 /// Returns a function's extent to the bulk change's pool when one runs
@@ -265,7 +265,8 @@ fn release_table(maps: &Maps, (start, chunks): (u32, u32)) {
     }
 }
 
-fn pool_full(g: &Geometry, id: u32, size: u32) -> anyhow::Error {
+fn pool_full(g: &Geometry, id: u32, chunks: u32) -> anyhow::Error {
+    let size = chunks / 2 * TABLE_CHUNK;
     anyhow!(
         "function {id}: the Maglev pool ({} slots) has no room for its {size}-slot table \
          (two generations): give another function with the hash policy a different policy \
@@ -341,24 +342,26 @@ fn write_function(
         Some((f, _)) if f.policy == policy::HASH => Some(f.maglev_extent()),
         _ => None,
     };
+    // (Extents: first chunk, chunks.)
     let table: Option<(u32, u32)> = if policy != policy::HASH {
         None
     } else {
         let size = g.maglev_size_for(workers.len() as u32);
+        let wanted = maglev_extent_chunks(size);
         match held {
-            Some((start, chunks)) if chunks == 2 * size / TABLE_CHUNK => Some((start, size)),
-            _ => match (free_table(maps, &g, size)?, held) {
-                (Some(start), _) => Some((start, size)),
-                (None, Some((start, chunks))) => {
+            Some(extent) if extent.1 == wanted => Some(extent),
+            _ => match (free_table(maps, &g, wanted)?, held) {
+                (Some(start), _) => Some((start, wanted)),
+                (None, Some(extent)) => {
                     tracing::warn!(
                         "function {id}: the Maglev pool has no room for a {size}-slot table; \
                          it keeps its {}-slot one (load the data plane with a larger \
                          `--maglev-pool`)",
-                        chunks / 2 * TABLE_CHUNK
+                        extent.1 / 2 * TABLE_CHUNK
                     );
-                    Some((start, chunks / 2 * TABLE_CHUNK))
+                    Some(extent)
                 }
-                (None, None) => return Err(pool_full(&g, id, size)),
+                (None, None) => return Err(pool_full(&g, id, wanted)),
             },
         }
     };
@@ -468,11 +471,12 @@ fn write_function(
         index,
         worker_base: g.worker_base(index),
         ring_base: g.ring_base(index, generation),
-        maglev_base: table.map_or(0, |(start, size)| {
-            start + generation as u32 * (size / TABLE_CHUNK)
+        // Generation 0 in the extent's first half, 1 in its second.
+        maglev_base: table.map_or(0, |(start, chunks)| {
+            start + generation as u32 * (chunks / 2)
         }),
         ring_mask: (g.ring_size - 1) as u16,
-        maglev_mask: table.map_or(0, |(_, size)| (size - 1) as u16),
+        maglev_mask: table.map_or(0, |(_, chunks)| (chunks / 2 * TABLE_CHUNK - 1) as u16),
         policy,
         generation,
         up_count: members.len() as u16,
@@ -503,8 +507,7 @@ fn write_function(
 
     // 4. The flip; then the extent the function no longer uses is free.
     publish(maps, &g, id, entry, previous_row)?;
-    let kept = table.map(|(start, size)| (start, 2 * size / TABLE_CHUNK));
-    if let Some(extent) = held.filter(|h| Some(*h) != kept) {
+    if let Some(extent) = held.filter(|h| Some(*h) != table) {
         release_table(maps, extent);
     }
 
