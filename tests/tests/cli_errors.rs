@@ -276,3 +276,59 @@ fn serve_errors_name_the_problem_and_the_fix() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `--log-format json`: every line on stderr is one JSON object with the
+/// timestamp, level and message a log pipeline indexes, the fields beside
+/// them, and a fatal error is such a line too.
+#[test]
+fn log_format_json_writes_one_json_object_per_line() {
+    use std::io::{BufRead, BufReader};
+    let mut worker = Command::new(dispatcher_bin())
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--functions",
+            "echo",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run dispatcher serve");
+    let mut line = String::new();
+    BufReader::new(worker.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _ = worker.kill();
+    let _ = worker.wait();
+    let record: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert_eq!(record["level"], "INFO", "{line}");
+    assert_eq!(record["message"], "worker serving", "{line}");
+    assert!(record["timestamp"].is_string(), "{line}");
+    assert!(
+        record["listen"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{line}"
+    );
+
+    let out = run(&[
+        "--log-format",
+        "json",
+        "run",
+        "--iface",
+        "nosuch0",
+        "--vip",
+        "10.0.0.1",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    let record: serde_json::Value =
+        serde_json::from_str(last).unwrap_or_else(|e| panic!("not JSON ({e}): {stderr}"));
+    assert_eq!(record["level"], "ERROR", "{stderr}");
+    assert!(
+        record["message"].as_str().unwrap().contains("nosuch0"),
+        "{stderr}"
+    );
+}

@@ -38,8 +38,19 @@ pub struct Cli {
     /// (DIR/dispatcher/IF/); mounted if missing.
     #[arg(long, global = true, env = "DISPATCHER_BPFFS", default_value = bpffs::DEFAULT_BPFFS)]
     bpffs: PathBuf,
+    /// How log lines are written to stderr: text, or one JSON object per
+    /// line (timestamp, level, target, message, fields).
+    #[arg(long, global = true, value_enum, env = "DISPATCHER_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--log-format`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
