@@ -8,6 +8,7 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -20,6 +21,7 @@ use tracing::{debug, info, warn};
 use crate::{
     config::HealthConfig,
     control,
+    daemon::metrics::Telemetry,
     data_plane::Maps,
     heartbeat::{self, Heartbeat, Refused},
 };
@@ -86,13 +88,14 @@ impl Health {
         Ok(())
     }
 
-    /// Handles one datagram from `from`.
+    /// Handles one datagram from `from`; the worker whose heartbeat it
+    /// accepted, if it did.
     pub fn on_datagram(
         &mut self,
         maps: &mut Maps,
         datagram: &[u8],
         from: SocketAddr,
-    ) -> Result<()> {
+    ) -> Result<Option<SocketAddr>> {
         if !self
             .config
             .networks
@@ -100,24 +103,24 @@ impl Health {
             .any(|n| n.contains(&from.ip().to_canonical()))
         {
             self.counters.dropped_network += 1;
-            return Ok(());
+            return Ok(None);
         }
         let hb = match Heartbeat::decode(datagram, self.config.key.as_bytes(), heartbeat::now_ns())
         {
             Ok(hb) => hb,
             Err(Refused::Malformed) => {
                 self.counters.dropped_malformed += 1;
-                return Ok(());
+                return Ok(None);
             }
             Err(Refused::Auth) => {
                 self.counters.dropped_auth += 1;
                 warn!(%from, "heartbeat with a bad MAC dropped (wrong key?)");
-                return Ok(());
+                return Ok(None);
             }
             Err(Refused::Stale) => {
                 self.counters.dropped_stale_or_replayed += 1;
                 warn!(%from, "heartbeat dropped: sent too far from this clock (stale, or the clocks disagree)");
-                return Ok(());
+                return Ok(None);
             }
         };
         if self
@@ -127,7 +130,7 @@ impl Health {
         {
             self.counters.dropped_stale_or_replayed += 1;
             warn!(%from, worker = %hb.worker, "heartbeat dropped: not later than the last one accepted (a replay)");
-            return Ok(());
+            return Ok(None);
         }
         if !self.index.by_worker.contains_key(&hb.worker) {
             self.rebuild_index(maps)?;
@@ -135,7 +138,7 @@ impl Health {
         let Some(slots) = self.index.by_worker.get(&hb.worker).cloned() else {
             self.counters.unknown_worker += 1;
             debug!(worker = %hb.worker, "heartbeat from a worker no function has");
-            return Ok(());
+            return Ok(None);
         };
         self.seen.insert(hb.worker, (Instant::now(), hb.sent_ns));
         self.counters.accepted += 1;
@@ -157,7 +160,7 @@ impl Health {
         if changed {
             self.rebuild_index(maps)?;
         }
-        Ok(())
+        Ok(Some(hb.worker))
     }
 
     /// Marks down every up worker silent for longer than `down_after`
@@ -214,7 +217,7 @@ impl Drop for Running {
 
 /// Binds the health address (failing here, with the reason, if it cannot)
 /// and runs the listener and the sweeps on a task of their own.
-pub async fn start(config: HealthConfig, maps: Maps) -> Result<Running> {
+pub async fn start(config: HealthConfig, maps: Maps, telemetry: Arc<Telemetry>) -> Result<Running> {
     let socket = UdpSocket::bind(config.listen).await.with_context(|| {
         format!(
             "health.listen: cannot bind {} (in use, or not an address of this host?)",
@@ -222,7 +225,8 @@ pub async fn start(config: HealthConfig, maps: Maps) -> Result<Running> {
         )
     })?;
     info!(listen = %config.listen, down_after_ms = config.down_after_ms, "health: listening for worker heartbeats");
-    let task = tokio::spawn(serve(socket, config.clone(), maps));
+    telemetry.heartbeat(&Counters::default(), None);
+    let task = tokio::spawn(serve(socket, config.clone(), maps, telemetry));
     Ok(Running {
         config,
         task: Some(task),
@@ -230,7 +234,7 @@ pub async fn start(config: HealthConfig, maps: Maps) -> Result<Running> {
 }
 
 /// Listens for heartbeats and sweeps for silent workers until aborted.
-async fn serve(socket: UdpSocket, config: HealthConfig, mut maps: Maps) {
+async fn serve(socket: UdpSocket, config: HealthConfig, mut maps: Maps, telemetry: Arc<Telemetry>) {
     let mut sweep =
         tokio::time::interval(Duration::from_millis((config.down_after_ms / 4).max(20)));
     let mut health = Health::new(config);
@@ -240,9 +244,11 @@ async fn serve(socket: UdpSocket, config: HealthConfig, mut maps: Maps) {
             r = socket.recv_from(&mut buf) => match r {
                 Ok((n, from)) => {
                     let from = SocketAddr::new(from.ip().to_canonical(), from.port());
-                    if let Err(e) = health.on_datagram(&mut maps, &buf[..n], from) {
+                    let accepted = health.on_datagram(&mut maps, &buf[..n], from).unwrap_or_else(|e| {
                         warn!("health: {e:#}");
-                    }
+                        None
+                    });
+                    telemetry.heartbeat(&health.counters, accepted);
                 }
                 Err(e) => warn!("health: receive failed: {e}"),
             },
@@ -250,6 +256,7 @@ async fn serve(socket: UdpSocket, config: HealthConfig, mut maps: Maps) {
                 if let Err(e) = health.sweep(&mut maps) {
                     warn!("health: {e:#}");
                 }
+                telemetry.heartbeat(&health.counters, None);
             }
         }
     }

@@ -7,6 +7,7 @@ pub mod membership;
 pub mod metrics;
 pub mod neighbours;
 pub mod slow_path;
+pub mod systemd;
 pub mod user_mode;
 pub mod veth;
 
@@ -161,9 +162,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         functions = config.functions.len(),
         "dispatching; SIGINT or SIGTERM detaches"
     );
+    // What the slow path and the health listener count, for /metrics.
+    let telemetry = std::sync::Arc::new(crate::daemon::metrics::Telemetry::default());
     if let Some(m) = &config.metrics {
         let status = cluster.as_ref().map(|c| c.status.clone());
-        crate::daemon::metrics::spawn(m.listen, pin_dir.clone(), status)?;
+        crate::daemon::metrics::spawn(m.listen, pin_dir.clone(), telemetry.clone(), status)?;
     }
     // Not fatal: the data plane dispatches whether or not its log is read.
     // The offloaded program has none (the NFP cannot log).
@@ -175,13 +178,18 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             warn!("{e:#}");
         }
     }
+    systemd::ready(&format!(
+        "dispatching {} function(s) on {}",
+        config.functions.len(),
+        opts.iface
+    ));
     let mut refresh =
         tokio::time::interval(Duration::from_millis(config.neighbours.refresh_ms.max(100)));
     let mut port = config.service.port;
-    let service = slow_path::run(port, &pin_dir);
+    let service = slow_path::run(port, &pin_dir, &telemetry);
     tokio::pin!(service);
     let mut health_task = match config.health.clone() {
-        Some(h) => Some(health::start(h, attached.maps_handle()?).await?),
+        Some(h) => Some(health::start(h, attached.maps_handle()?, telemetry.clone()).await?),
         None => None,
     };
     loop {
@@ -194,13 +202,16 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 learned = c.applier.learned();
             }
             _ = hup.recv() => {
-                if let Some(new) = reload(&opts, &mut maps, iface_mac, cluster.as_mut()).await {
+                systemd::reloading();
+                let reloaded = reload(&opts, &mut maps, iface_mac, cluster.as_mut()).await;
+                systemd::ready(if reloaded.is_some() { "dispatching; configuration reloaded" } else { "dispatching; the last reload was refused (see the log), the running configuration serves" });
+                if let Some(new) = reloaded {
                     learned = new.learned;
                     if new.port != port {
                         // The old socket closes as its future is dropped.
                         info!(old = port, new = new.port, "SIGHUP: the service port changed; the slow path moves to it");
                         port = new.port;
-                        service.set(slow_path::run(port, &pin_dir));
+                        service.set(slow_path::run(port, &pin_dir, &telemetry));
                     }
                     if health_task.as_ref().map(|h| &h.config) != new.health.as_ref() {
                         // Stop the old listener, and wait until its socket is
@@ -210,7 +221,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                         }
                         if let Some(h) = new.health {
                             match attached.maps_handle() {
-                                Ok(maps) => match health::start(h, maps).await {
+                                Ok(maps) => match health::start(h, maps, telemetry.clone()).await {
                                     Ok(running) => health_task = Some(running),
                                     Err(e) => warn!("SIGHUP: health not restarted: {e:#}"),
                                 },
@@ -232,6 +243,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             }
         }
     }
+    systemd::stopping();
     if opts.keep_attached {
         info!(pins = %pin_dir.display(), "exiting; the data plane stays attached (--keep-attached)");
         return Ok(());
@@ -258,16 +270,22 @@ async fn run_user(
     };
     tokio::pin!(serving);
     tokio::pin!(shutdown);
+    systemd::ready("dispatching from user space (--mode user)");
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             r = &mut serving => return r?.map(|_| ()),
-            _ = hup.recv() => match effective_config(&opts) {
-                Ok(config) => *control.next.lock().expect("not poisoned") = Some(config),
-                Err(e) => warn!("SIGHUP: configuration not reloaded, the running one stays: {e:#}"),
-            },
+            _ = hup.recv() => {
+                systemd::reloading();
+                match effective_config(&opts) {
+                    Ok(config) => *control.next.lock().expect("not poisoned") = Some(config),
+                    Err(e) => warn!("SIGHUP: configuration not reloaded, the running one stays: {e:#}"),
+                }
+                systemd::ready("dispatching from user space (--mode user)");
+            }
         }
     }
+    systemd::stopping();
     control
         .stop
         .store(true, std::sync::atomic::Ordering::Relaxed);

@@ -27,6 +27,7 @@ use tokio::net::UdpSocket;
 use tracing::{debug, info, warn};
 
 use crate::{
+    daemon::metrics::Telemetry,
     data_plane::{Maps, WithTurns},
     endpoints::{endpoint, worker_socket_addr},
     wire::{Message, ParseError},
@@ -160,7 +161,7 @@ pub fn answer(view: &impl View, datagram: &[u8], source: SocketAddr, random: u32
 }
 
 /// Serves the service port on every address until cancelled.
-pub async fn run(port: u16, pin_dir: &Path) -> Result<()> {
+pub async fn run(port: u16, pin_dir: &Path, telemetry: &Telemetry) -> Result<()> {
     let maps = Maps::from_pins(pin_dir)?;
     // One dual-stack socket: IPv4 sources arrive IPv4-mapped.
     let socket = UdpSocket::bind(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port))
@@ -187,6 +188,9 @@ pub async fn run(port: u16, pin_dir: &Path) -> Result<()> {
         };
         match answer(&view, &buf[..n], from, random) {
             Answer::Send { message: m, to, .. } | Answer::Dispatch { message: m, to, .. } => {
+                if let Some((code, _)) = m.error_parts() {
+                    telemetry.error_sent(code, m.hdr.function_id());
+                }
                 debug!(%from, %to, kind = m.hdr.kind, "slow path");
                 if let Err(e) = socket.send_to(&m.to_bytes(), to).await {
                     warn!(%to, "slow path cannot send: {e}");
