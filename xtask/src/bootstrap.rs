@@ -170,6 +170,13 @@ pub fn ensure_system_tools() -> Result<()> {
         ("/usr/bin/python3", "python3"),
         // Debian 12's Python is 3.11; its venv module comes apart.
         ("/usr/lib/python3.11/ensurepip", "python3-venv"),
+        // A real Prometheus scrapes the daemon (e2e_prometheus), through
+        // curl inside the testbed's namespace; promtool lints the page.
+        ("prometheus", "prometheus"),
+        ("promtool", "prometheus"),
+        ("curl", "curl"),
+        // The package test: systemd-analyze verifies the unit.
+        ("systemd-analyze", "systemd"),
     ])
 }
 
