@@ -335,6 +335,16 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// The example the Debian package installs as
+    /// /etc/dispatcher/example.toml is a config the daemon takes.
+    #[test]
+    fn the_packaged_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/example.toml");
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.functions.len(), 2);
+        assert!(config.health.is_some() && config.metrics.is_some());
+    }
+
     const GOOD: &str = r#"
         [service]
         addresses = ["10.0.0.1", "fd00::1"]

@@ -19,7 +19,8 @@
 //! - at the bottom: [`config`] (the TOML file), [`cluster`] (cluster
 //!   mode's key layout in etcd and the membership it holds), [`wire`] (the FaaS header
 //!   on sockets), [`heartbeat`] (the worker control protocol),
-//!   [`endpoints`] (socket addresses <-> map entries), [`udp_batch`].
+//!   [`endpoints`] (socket addresses <-> map entries), [`udp_batch`],
+//!   [`systemd`] (readiness and reloads told to the service manager).
 
 pub mod cluster;
 pub mod config;
@@ -29,6 +30,7 @@ pub mod data_plane;
 pub mod endpoints;
 pub mod heartbeat;
 pub mod offload_check;
+pub mod systemd;
 pub mod udp_batch;
 pub mod wire;
 pub mod workload;

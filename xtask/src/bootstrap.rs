@@ -19,6 +19,8 @@ use crate::cmd::{self, output, step};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const NIGHTLY: &str = "nightly";
+/// cargo-deb builds the Debian package (`cargo xtask package`).
+const CARGO_DEB_VERSION: &str = "3.8.0";
 
 pub fn ensure_toolchain() -> Result<()> {
     let sysroot = nightly_sysroot()?;
@@ -26,6 +28,29 @@ pub fn ensure_toolchain() -> Result<()> {
     ensure_bpf_linker(&sysroot)?;
     // etcd-client's build compiles etcd's gRPC protocol with protoc.
     ensure_packages(&[("protoc", "protobuf-compiler")])
+}
+
+/// cargo-deb, the pinned version, installed with `cargo install` if missing
+/// (about 3 minutes the first time).
+pub fn ensure_cargo_deb() -> Result<()> {
+    let cargo_deb = cargo_bin_dir().join("cargo-deb");
+    let version = output(cargo_deb.to_str().unwrap_or("cargo-deb"), &["--version"]);
+    if version.is_some_and(|v| v.contains(CARGO_DEB_VERSION)) {
+        return Ok(());
+    }
+    step(&format!(
+        "bootstrap: installing cargo-deb {CARGO_DEB_VERSION} (builds the Debian package)"
+    ));
+    cmd::cargo(&[
+        "install",
+        "cargo-deb",
+        "--locked",
+        "--version",
+        CARGO_DEB_VERSION,
+    ])
+    .context(
+        "bootstrap: cargo-deb failed to install: run `cargo install cargo-deb --locked` and retry",
+    )
 }
 
 /// `$CARGO_HOME/bin` (default `~/.cargo/bin`): where `cargo install` puts
@@ -175,8 +200,10 @@ pub fn ensure_system_tools() -> Result<()> {
         ("prometheus", "prometheus"),
         ("promtool", "prometheus"),
         ("curl", "curl"),
-        // The package test: systemd-analyze verifies the unit.
+        // The package test: systemd-analyze verifies the units (and the
+        // man pages their Documentation= names).
         ("systemd-analyze", "systemd"),
+        ("man", "man-db"),
     ])
 }
 

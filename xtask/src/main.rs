@@ -4,10 +4,12 @@
 //!   nightly, bpf-linker built against the nightly's own LLVM);
 //! - `build`: bootstrap, then build the `dispatcher` binary (the XDP object
 //!   is built by its build.rs and embedded);
-//! - `test`: everything above, the system tools the testbeds use, then
-//!   every test (needs root);
+//! - `test`: everything above, the system tools the testbeds use, the
+//!   Debian package (its test installs it), then every test (needs root);
 //! - `run`: with `--iface`, `dispatcher run ARGS`; without, a demo on a
-//!   namespace testbed.
+//!   namespace testbed;
+//! - `package`: the Debian package (cargo-deb), with the systemd units,
+//!   example config, man pages and completions.
 
 mod bootstrap;
 mod cmd;
@@ -15,7 +17,7 @@ mod offload_vm;
 
 use std::{ffi::OsString, path::PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -60,6 +62,11 @@ enum Task {
     /// in hw mode, CLI reads, detach, and the device's refusals. Downloads
     /// a pinned Debian kernel (~220 MB, cached) the first time.
     OffloadTest,
+    /// Build the Debian package: the release binary, the systemd units
+    /// (dispatcher@IFACE, dispatcher-worker@NAME), an example config, man
+    /// pages, shell completions, the Grafana dashboard and alert rules;
+    /// writes target/package/dispatcher_VERSION_ARCH.deb.
+    Package,
     /// `dispatcher run ARGS` with the privileges it needs; with no --iface,
     /// a demo on a namespace testbed (`--cluster`: three dispatchers
     /// behind ECMP sharing a membership in etcd).
@@ -88,6 +95,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::BenchHosting => bench_hosting(),
         Task::Bench => bench(),
         Task::OffloadTest => offload_vm::run(&workspace_root()).1,
+        Task::Package => package().map(|deb| println!("{}", deb.display())),
     }
 }
 
@@ -109,6 +117,67 @@ fn build() -> Result<()> {
     cmd::cargo(&["build", "--package", "dispatcher"])
 }
 
+/// Builds the Debian package; its path.
+fn package() -> Result<PathBuf> {
+    bootstrap::ensure_toolchain()?;
+    bootstrap::ensure_cargo_deb()?;
+    let root = workspace_root();
+    cmd::step("building the release binary");
+    cmd::cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "dispatcher",
+        "--bin",
+        "dispatcher",
+    ])?;
+    // Man pages and completions come from the binary's own clap
+    // definitions, so they list exactly the flags it takes
+    // (packaging/generated/, not in git).
+    let generated = root.join("packaging/generated");
+    let _ = std::fs::remove_dir_all(&generated);
+    std::fs::create_dir_all(generated.join("completions"))?;
+    let release = root.join("target/release/dispatcher");
+    let man = generated.join("man");
+    cmd::run(
+        release.to_str().unwrap(),
+        &[OsString::from("manpages"), man.into_os_string()],
+        &[],
+    )?;
+    for (shell, file) in [
+        ("bash", "dispatcher.bash"),
+        ("zsh", "_dispatcher"),
+        ("fish", "dispatcher.fish"),
+    ] {
+        let script = std::process::Command::new(&release)
+            .args(["completions", shell])
+            .output()
+            .context("dispatcher completions")?;
+        if !script.status.success() {
+            bail!(
+                "dispatcher completions {shell} failed: {}",
+                String::from_utf8_lossy(&script.stderr)
+            );
+        }
+        std::fs::write(generated.join("completions").join(file), script.stdout)?;
+    }
+    let out = root.join("target/package");
+    let _ = std::fs::remove_dir_all(&out);
+    cmd::step("building the Debian package (cargo-deb)");
+    cmd::cargo(&[
+        "deb",
+        "--package",
+        "dispatcher",
+        "--no-build",
+        "--output",
+        out.to_str().unwrap(),
+    ])?;
+    std::fs::read_dir(&out)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .ok_or_else(|| anyhow::anyhow!("cargo deb wrote no .deb into {}", out.display()))
+}
+
 fn require_root(task: &str) -> Result<()> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
@@ -121,13 +190,18 @@ fn test(args: Vec<OsString>) -> Result<()> {
     require_root("test")?;
     build()?;
     bootstrap::ensure_system_tools()?;
+    // tests/tests/package.rs installs it with dpkg.
+    let deb = package()?;
     cmd::step("running every test");
     let filtered = !args.is_empty();
     let mut cargo_args: Vec<OsString> = vec!["test".into()];
     cargo_args.extend(args);
     let (mut counts, result) = cmd::cargo_test(
         &cargo_args,
-        &[("DISPATCHER_BIN", dispatcher_bin().into_os_string())],
+        &[
+            ("DISPATCHER_BIN", dispatcher_bin().into_os_string()),
+            ("DISPATCHER_DEB", deb.into_os_string()),
+        ],
     );
     // The netdevsim VM test runs with the full suite (a filter selects
     // cargo tests only).

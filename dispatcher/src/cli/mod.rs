@@ -3,8 +3,10 @@
 //! and renders what it returns.
 
 mod cluster;
+mod completions;
 mod functions;
 mod invoke;
+mod manpages;
 mod maps;
 mod offload;
 mod pktgen;
@@ -101,6 +103,11 @@ enum Command {
         #[command(subcommand)]
         action: cluster::Action,
     },
+    /// Print the shell completion script for bash, zsh, fish, ...
+    Completions(completions::Args),
+    /// Write the man pages into a directory (for packaging).
+    #[command(hide = true)]
+    Manpages(manpages::Args),
 }
 
 /// Runs the command the line names.
@@ -119,6 +126,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Pktgen(args) => pktgen::run(args),
         Command::Invoke(args) => invoke::run(args),
         Command::Cluster { action } => cluster::run(action),
+        Command::Completions(args) => completions::run(args),
+        Command::Manpages(args) => manpages::run(args),
     }
 }
 

@@ -199,6 +199,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
+            dispatcher::systemd::stopping();
         };
         let serving = worker::serve(
             args.listen,

@@ -7,7 +7,6 @@ pub mod membership;
 pub mod metrics;
 pub mod neighbours;
 pub mod slow_path;
-pub mod systemd;
 pub mod user_mode;
 pub mod veth;
 
@@ -178,7 +177,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             warn!("{e:#}");
         }
     }
-    systemd::ready(&format!(
+    crate::systemd::ready(&format!(
         "dispatching {} function(s) on {}",
         config.functions.len(),
         opts.iface
@@ -202,9 +201,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 learned = c.applier.learned();
             }
             _ = hup.recv() => {
-                systemd::reloading();
+                crate::systemd::reloading();
                 let reloaded = reload(&opts, &mut maps, iface_mac, cluster.as_mut()).await;
-                systemd::ready(if reloaded.is_some() { "dispatching; configuration reloaded" } else { "dispatching; the last reload was refused (see the log), the running configuration serves" });
+                crate::systemd::ready(if reloaded.is_some() { "dispatching; configuration reloaded" } else { "dispatching; the last reload was refused (see the log), the running configuration serves" });
                 if let Some(new) = reloaded {
                     learned = new.learned;
                     if new.port != port {
@@ -243,7 +242,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             }
         }
     }
-    systemd::stopping();
+    crate::systemd::stopping();
     if opts.keep_attached {
         info!(pins = %pin_dir.display(), "exiting; the data plane stays attached (--keep-attached)");
         return Ok(());
@@ -270,22 +269,22 @@ async fn run_user(
     };
     tokio::pin!(serving);
     tokio::pin!(shutdown);
-    systemd::ready("dispatching from user space (--mode user)");
+    crate::systemd::ready("dispatching from user space (--mode user)");
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             r = &mut serving => return r?.map(|_| ()),
             _ = hup.recv() => {
-                systemd::reloading();
+                crate::systemd::reloading();
                 match effective_config(&opts) {
                     Ok(config) => *control.next.lock().expect("not poisoned") = Some(config),
                     Err(e) => warn!("SIGHUP: configuration not reloaded, the running one stays: {e:#}"),
                 }
-                systemd::ready("dispatching from user space (--mode user)");
+                crate::systemd::ready("dispatching from user space (--mode user)");
             }
         }
     }
-    systemd::stopping();
+    crate::systemd::stopping();
     control
         .stop
         .store(true, std::sync::atomic::Ordering::Relaxed);

@@ -322,6 +322,7 @@ pub async fn serve(
         .await
         .unwrap_or_else(|_| Err(anyhow::anyhow!("the worker's answer thread ended")))?;
     info!(%listen, "worker serving");
+    crate::systemd::ready(&format!("serving on {listen}"));
     done_rx
         .await
         .unwrap_or_else(|_| Err(anyhow::anyhow!("the worker's answer thread ended")))

@@ -1,8 +1,9 @@
-//! What the daemon tells its service manager (systemd's `Type=notify`,
-//! packaging/dispatcher.service): ready only once the data plane is
-//! attached and configured, reloading while a SIGHUP is applied, stopping
-//! as it detaches. Outside systemd (no NOTIFY_SOCKET) each call does
-//! nothing.
+//! What the daemon and the worker tell their service manager (systemd's
+//! `Type=notify`, packaging/systemd/): the daemon is ready only once the
+//! data plane is attached and configured, reloading while a SIGHUP is
+//! applied, stopping as it detaches; the worker is ready once it listens
+//! with its functions started, stopping as it drains. Outside systemd (no
+//! NOTIFY_SOCKET) each call does nothing.
 
 use sd_notify::NotifyState;
 use tracing::warn;
@@ -15,8 +16,8 @@ fn notify(states: &[NotifyState]) {
     }
 }
 
-/// The data plane dispatches: `systemctl start` returns, units ordered
-/// after this one start.
+/// Serving (the daemon: the data plane dispatches): `systemctl start`
+/// returns, units ordered after this one start.
 pub fn ready(status: &str) {
     notify(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
@@ -32,7 +33,7 @@ pub fn reloading() {
     notify(&states);
 }
 
-/// The daemon is shutting down.
+/// Shutting down (the worker: draining its requests in flight).
 pub fn stopping() {
     notify(&[NotifyState::Stopping]);
 }
