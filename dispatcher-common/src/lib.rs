@@ -19,3 +19,4 @@ pub mod model;
 pub mod net;
 pub mod protocol;
 pub mod stats;
+pub mod trace;

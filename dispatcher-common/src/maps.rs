@@ -32,6 +32,10 @@ pub mod names {
     pub const STATS_HW: &str = "STATS_HW";
     pub const FUNCTION_STATS_HW: &str = "FUNCTION_STATS_HW";
     pub const WORKER_STATS_HW: &str = "WORKER_STATS_HW";
+    /// `dispatcher trace`: the sampled decisions, and those lost.
+    pub const TRACE: &str = "TRACE";
+    pub const TRACE_CONTROL: &str = "TRACE_CONTROL";
+    pub const TRACE_LOST: &str = "TRACE_LOST";
 }
 
 /// Up to this many service address:port pairs (VIPs) per interface.
@@ -416,6 +420,11 @@ pub struct Settings {
     /// `Geometry::function_slots() - 1`, computed by the loader: the data
     /// plane masks a function id with it to find its FUNCTION_SLOTS entry.
     pub function_slot_mask: u32,
+    /// `dispatcher trace`: describe one FaaS packet in this many (0: off,
+    /// nobody traces). Here because the host variant reads SETTINGS for
+    /// every packet anyway; the rest of the trace's control is in
+    /// TRACE_CONTROL, read only for sampled packets (trace.rs).
+    pub trace_sample: u32,
 }
 
 /// Value of `FUNCTIONS`, keyed by the function id (host order u32).
@@ -673,6 +682,8 @@ mod pod {
     unsafe impl aya::Pod for super::Workflow {}
     unsafe impl aya::Pod for super::Traffic {}
     unsafe impl aya::Pod for super::Load {}
+    unsafe impl aya::Pod for crate::trace::TraceControl {}
+    unsafe impl aya::Pod for crate::trace::TraceEvent {}
 }
 
 #[cfg(test)]

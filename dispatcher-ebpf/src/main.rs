@@ -3,7 +3,8 @@
 //! One pass over each frame, in the order `try_dispatch` reads: parse
 //! (Ethernet, VLANs, IP, UDP) -> for a service address? -> FaaS header ->
 //! decide what to run (a function, a workflow step, a re-steer) -> choose a
-//! worker by the function's policy -> rewrite toward it -> count -> transmit.
+//! worker by the function's policy -> rewrite toward it -> count -> transmit
+//! (and, while `dispatcher trace` watches, describe a sample: `trace.rs`).
 //! Anything that is not dispatched leaves through `Err(counter)`: it is
 //! counted under its reason and passed to the host stack untouched (or, for
 //! STEP/BUSY from strangers, dropped).
@@ -15,11 +16,13 @@
 #![no_main]
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
+#![feature(stmt_expr_attributes)]
 
 mod maps;
 mod parse;
 mod rewrite;
 mod select;
+mod trace;
 mod variant;
 mod yardsticks;
 
@@ -36,13 +39,16 @@ use crate::{
     variant::{Host, Hw, Variant},
 };
 
+// Inlined into the entry point the macro wraps it in: no BPF-to-BPF call.
 #[xdp]
+#[inline(always)]
 pub fn dispatch(ctx: XdpContext) -> u32 {
     run::<Host>(&ctx)
 }
 
 /// The offloadable variant: XDP_TX only, counters by XADD.
 #[xdp]
+#[inline(always)]
 pub fn dispatch_hw(ctx: XdpContext) -> u32 {
     run::<Hw>(&ctx)
 }
@@ -93,7 +99,13 @@ struct Decision {
 
 #[inline(always)]
 fn try_dispatch<V: Variant>(ctx: &XdpContext) -> Result<(Counter, u32), Counter> {
-    Packet::parse(ctx, |pkt| dispatch_parsed::<V>(ctx, pkt))
+    // Inlined, closure and all: the dispatch path makes no BPF-to-BPF call
+    // (tests/tests/xdp_cost.rs counts them).
+    Packet::parse(
+        ctx,
+        #[inline(always)]
+        |pkt| dispatch_parsed::<V>(ctx, pkt),
+    )
 }
 
 #[inline(always)]
@@ -114,6 +126,31 @@ fn dispatch_parsed<V: Variant>(ctx: &XdpContext, pkt: &Packet) -> Result<(Counte
     if hdr.version != protocol::VERSION {
         return Err(Counter::PassBadVersion);
     }
+    // While someone runs `dispatcher trace`, one packet in N is drawn and
+    // its decision described (trace.rs); one decision path either way.
+    let drawn = if V::TRACES && settings.trace_sample != 0 {
+        trace::draw(settings, pkt, hdr)
+    } else {
+        None
+    };
+    let result = decide::<V>(pkt, hdr_ptr, settings);
+    if let Some(record) = drawn {
+        // SAFETY: as above (rewritten in place, still within the frame).
+        let hdr = unsafe { &*hdr_ptr };
+        trace::finish(record, pkt, hdr, settings, V::DIRECT_FUNCTIONS, &result);
+    }
+    result
+}
+
+/// What a FaaS packet of this version runs, and where it goes.
+#[inline(always)]
+fn decide<V: Variant>(
+    pkt: &Packet,
+    hdr_ptr: *mut FaasHdr,
+    settings: &Settings,
+) -> Result<(Counter, u32), Counter> {
+    // SAFETY: `faas_header` bounds-checked all 48 bytes against data_end.
+    let hdr = unsafe { &*hdr_ptr };
 
     // The source endpoint is built only where a path needs it (checking a
     // STEP's or BUSY's sender, re-steering away from it, hashing without a

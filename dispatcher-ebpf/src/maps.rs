@@ -208,3 +208,9 @@ pub fn worker(index: u32) -> Option<&'static Worker> {
 pub fn settings() -> Result<&'static Settings, Counter> {
     SETTINGS.get(0).ok_or(Counter::PassNotConfigured)
 }
+
+/// SETTINGS' value, to write (the trace's lapse: `trace.rs`).
+#[inline(always)]
+pub fn settings_mut() -> Option<*mut Settings> {
+    SETTINGS.get_ptr_mut(0)
+}

@@ -27,6 +27,9 @@ use crate::maps::{
 pub trait Variant {
     /// Whether this variant logs alarms through aya-log (the NFP cannot).
     const LOGS: bool;
+    /// Whether this variant samples decisions for `dispatcher trace` (the
+    /// NFP has no ring buffers).
+    const TRACES: bool;
     /// Whether this variant finds functions through FUNCTION_SLOTS before
     /// FUNCTIONS (`maps::function`): the host, where a hash lookup is a
     /// helper call; the NFP looks hash maps up in hardware.
@@ -91,6 +94,7 @@ pub struct Host;
 
 impl Variant for Host {
     const LOGS: bool = true;
+    const TRACES: bool = true;
     const DIRECT_FUNCTIONS: bool = true;
     const STRAIGHT_REQUESTS: bool = true;
 
@@ -180,6 +184,7 @@ pub struct Hw;
 
 impl Variant for Hw {
     const LOGS: bool = false;
+    const TRACES: bool = false;
     const DIRECT_FUNCTIONS: bool = false;
     const STRAIGHT_REQUESTS: bool = false;
 

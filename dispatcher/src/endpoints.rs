@@ -25,6 +25,12 @@ pub fn of_socket(addr: SocketAddr) -> Endpoint {
     endpoint(addr.ip(), addr.port())
 }
 
+/// The socket address of a map `Endpoint` (IPv4-mapped back to IPv4).
+pub fn socket_addr(e: &Endpoint) -> SocketAddr {
+    let ip = Ipv6Addr::from(e.addr).to_canonical();
+    SocketAddr::new(ip, u16::from_be_bytes(e.port))
+}
+
 /// Where a worker entry of the maps serves.
 pub fn worker_socket_addr(w: &Worker) -> SocketAddr {
     let ip: IpAddr = if w.family == family::IPV4 {
@@ -38,6 +44,14 @@ pub fn worker_socket_addr(w: &Worker) -> SocketAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_convert_back() {
+        for a in ["10.0.0.9:9000", "[fd00::9]:7770"] {
+            let a: SocketAddr = a.parse().unwrap();
+            assert_eq!(socket_addr(&of_socket(a)), a);
+        }
+    }
 
     #[test]
     fn worker_addresses_convert_back() {

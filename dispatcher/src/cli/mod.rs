@@ -14,6 +14,7 @@ mod reload;
 mod run;
 mod serve;
 mod stats;
+mod trace;
 mod workers;
 mod workflows;
 
@@ -80,6 +81,9 @@ enum Command {
     /// Apply a config file to a running data plane: only the difference
     /// changes (the daemon does the same with its own config on SIGHUP).
     Reload(reload::Args),
+    /// Live view of the data plane's decisions, sampled in the kernel:
+    /// time, source, function, workflow step, policy, worker, outcome.
+    Trace(trace::Args),
     /// Typed dump of the pinned maps of a running data plane.
     Maps {
         #[command(subcommand)]
@@ -121,6 +125,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Workflows { action } => workflows::run(action, bpffs),
         Command::Reload(args) => reload::run(args, bpffs),
         Command::Maps { action } => maps::run(action, bpffs),
+        Command::Trace(args) => trace::run(args, bpffs),
         Command::Offload { action } => offload::run(action),
         Command::Serve(args) => serve::run(*args),
         Command::Pktgen(args) => pktgen::run(args),

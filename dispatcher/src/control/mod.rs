@@ -12,6 +12,7 @@ pub mod inspect;
 pub mod maglev_pool;
 pub mod stats;
 pub mod tables;
+pub mod trace;
 
 use std::net::SocketAddr;
 

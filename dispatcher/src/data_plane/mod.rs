@@ -103,12 +103,62 @@ macro_rules! map_set {
             /// (the test suite's interpreter).
             pub fn map_data(&self, name: &str) -> Option<&MapData> {
                 $(if name == names::$name {
-                    return Some(IterableMap::map(&self.$field));
+                    return Some(AsMapData::map_data(&self.$field));
                 })*
                 None
             }
         }
     };
+}
+
+/// The kernel map under a typed handle (for `Maps::map_data`).
+trait AsMapData {
+    fn map_data(&self) -> &MapData;
+}
+
+impl<V: aya::Pod> AsMapData for Array<MapData, V> {
+    fn map_data(&self) -> &MapData {
+        IterableMap::map(self)
+    }
+}
+
+impl<V: aya::Pod> AsMapData for PerCpuArray<MapData, V> {
+    fn map_data(&self) -> &MapData {
+        IterableMap::map(self)
+    }
+}
+
+impl<K: aya::Pod, V: aya::Pod> AsMapData for HashMap<MapData, K, V> {
+    fn map_data(&self) -> &MapData {
+        IterableMap::map(self)
+    }
+}
+
+impl AsMapData for DevMap<MapData> {
+    fn map_data(&self) -> &MapData {
+        IterableMap::map(self)
+    }
+}
+
+/// TRACE, held only to be pinned and adopted with the rest: `dispatcher
+/// trace` opens it from its pin as an `aya::maps::RingBuf` to read it
+/// (control/trace.rs).
+pub struct TraceRing(MapData);
+
+impl TryFrom<Map> for TraceRing {
+    type Error = anyhow::Error;
+    fn try_from(map: Map) -> Result<TraceRing> {
+        match map {
+            Map::RingBuf(data) => Ok(TraceRing(data)),
+            _ => bail!("the object's TRACE map is not a ring buffer: rebuild the dispatcher"),
+        }
+    }
+}
+
+impl AsMapData for TraceRing {
+    fn map_data(&self) -> &MapData {
+        &self.0
+    }
 }
 
 map_set! {
@@ -134,6 +184,10 @@ map_set! {
     stats_hw: Array<MapData, u64> = STATS_HW,
     function_stats_hw: Array<MapData, Traffic> = FUNCTION_STATS_HW,
     worker_stats_hw: Array<MapData, Traffic> = WORKER_STATS_HW,
+    /// `dispatcher trace`'s sampled decisions (host variant).
+    trace: TraceRing = TRACE,
+    trace_control: Array<MapData, dispatcher_common::trace::TraceControl> = TRACE_CONTROL,
+    trace_lost: PerCpuArray<MapData, u64> = TRACE_LOST,
 }
 
 impl Maps {
