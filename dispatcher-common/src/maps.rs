@@ -35,6 +35,7 @@ pub mod names {
     /// `dispatcher trace`: the sampled decisions, and those lost.
     pub const TRACE: &str = "TRACE";
     pub const TRACE_CONTROL: &str = "TRACE_CONTROL";
+    pub const TRACE_COUNTDOWN: &str = "TRACE_COUNTDOWN";
     pub const TRACE_LOST: &str = "TRACE_LOST";
 }
 
@@ -420,8 +421,8 @@ pub struct Settings {
     /// `Geometry::function_slots() - 1`, computed by the loader: the data
     /// plane masks a function id with it to find its FUNCTION_SLOTS entry.
     pub function_slot_mask: u32,
-    /// `dispatcher trace`: describe one FaaS packet in this many (0: off,
-    /// nobody traces). Here because the host variant reads SETTINGS for
+    /// `dispatcher trace`: describe every this-many-th FaaS packet of each
+    /// CPU (0: off, nobody traces). Here because the host variant reads SETTINGS for
     /// every packet anyway; the rest of the trace's control is in
     /// TRACE_CONTROL, read only for sampled packets (trace.rs).
     pub trace_sample: u32,

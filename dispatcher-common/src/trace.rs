@@ -3,8 +3,9 @@
 //!
 //! The tracer writes `Settings::trace_sample` (SETTINGS, which the program
 //! reads for every packet anyway): while it is 0 nobody watches and a
-//! packet pays one comparison. Otherwise one FaaS packet in `trace_sample`
-//! (a random draw) is decided as usual and then described in a
+//! packet pays one comparison. Otherwise every `trace_sample`-th FaaS
+//! packet on each CPU (a countdown) is decided as usual and then described
+//! in a
 //! [`TraceEvent`], if it passes the [`TraceControl`] in TRACE_CONTROL (a
 //! function filter, and a lease). The tracer renews `deadline_ns` every
 //! second; a sampled packet past it switches sampling off, so a tracer that
@@ -13,10 +14,11 @@
 
 use crate::maps::Endpoint;
 
-/// Bytes of the TRACE ring buffer (a power of two of pages): about 3,600
-/// events, a second of 1-in-1 tracing at several thousand requests/s
-/// before events are lost (counted in TRACE_LOST).
-pub const TRACE_RING_BYTES: u32 = 256 * 1024;
+/// Bytes of the TRACE ring buffer (a power of two of pages): about 14,500
+/// records, which `dispatcher trace` drains every 10 ms: room for about
+/// a million traced packets a second before records are lost (counted in
+/// TRACE_LOST).
+pub const TRACE_RING_BYTES: u32 = 1024 * 1024;
 
 /// TRACE_CONTROL's one value, written by `dispatcher trace`.
 #[repr(C)]

@@ -350,9 +350,12 @@ impl<'t> Run<'t> {
         let name = match id {
             1 => "map_lookup_elem",
             2 => "map_update_elem",
+            5 => "ktime_get_ns",
             7 => "get_prandom_u32",
             51 => "redirect_map",
             131 => "ringbuf_reserve",
+            132 => "ringbuf_submit",
+            133 => "ringbuf_discard",
             other => bail!("helper {other} is not interpreted"),
         };
         *self.cost.helpers.entry(name).or_default() += 1;
@@ -377,10 +380,26 @@ impl<'t> Run<'t> {
             }
             // Writes stay here: the interpreter changes no map.
             2 => 0,
+            // Early in the clock: any lease set holds.
+            5 => 1,
             7 => 0x1234_5678,
             51 => 4, // XDP_REDIRECT
-            // No room in the log's ring buffer: the log line is skipped.
+            // `dispatcher trace`'s ring buffer has room (a scratch region
+            // the record is written to); the log's has none, so a log line
+            // is skipped.
+            131 if self.map(self.regs[1])?.name == dispatcher_common::maps::names::TRACE => {
+                self.values += 1;
+                let base = VALUE_BASE + VALUE_STRIDE * self.values;
+                let len = self.regs[2] as usize;
+                self.regions.push(Region {
+                    base,
+                    bytes: vec![0; len],
+                });
+                base
+            }
             131 => 0,
+            // Submitted or discarded: nothing is kept.
+            132 | 133 => 0,
             _ => unreachable!(),
         })
     }

@@ -315,3 +315,67 @@ fn the_interpreter_follows_the_path() {
     assert_eq!(unknown.hash_lookups, 1, "{unknown:?}");
     assert!(unknown.array_lookups < known.array_lookups, "{unknown:?}");
 }
+
+/// `dispatcher trace` on: a packet not drawn pays a countdown (an inlined
+/// array lookup, no call); a drawn one its record (the clock, reserve and
+/// submit, the control entry, the function's policy). Off, the dispatch
+/// path is the one above.
+#[test]
+fn tracing_costs_a_countdown_and_a_drawn_packet_its_record() {
+    let mut dp = tests::xdp::data_plane(CONFIG);
+    let f = frame("10.0.0.2:40000", "10.0.0.1:7770", &request(1, 0));
+    let trace = |dp: &mut Loaded, sample: u32, left: u32| {
+        let settings = dispatcher_common::maps::Settings {
+            trace_sample: sample,
+            ..dp.maps.settings.get(&0, 0).unwrap()
+        };
+        dp.maps.settings.set(0, settings, 0).unwrap();
+        let control = dispatcher_common::trace::TraceControl {
+            deadline_ns: u64::MAX,
+            ..Default::default()
+        };
+        dp.maps.trace_control.set(0, control, 0).unwrap();
+        let cpus = aya::util::nr_cpus().unwrap();
+        dp.maps
+            .trace_countdown
+            .set(
+                0,
+                aya::maps::PerCpuValues::try_from(vec![left; cpus]).unwrap(),
+                0,
+            )
+            .unwrap();
+    };
+    let off = cost(&dp, PROGRAM, &f);
+    // Five packets to go before the next traced one.
+    trace(&mut dp, 7, 5);
+    let not_drawn = cost(&dp, PROGRAM, &f);
+    check(
+        &not_drawn,
+        &Ceiling {
+            path: "IPv4 round-robin, tracing on, not drawn",
+            instructions: off.instructions + 25,
+            calls: 0,
+            hash_lookups: 0,
+            array_lookups: off.array_lookups + 1,
+            atomics: 0,
+        },
+        XDP_TX,
+    );
+    trace(&mut dp, 7, 1);
+    let drawn = cost(&dp, PROGRAM, &f);
+    check(
+        &drawn,
+        &Ceiling {
+            path: "IPv4 round-robin, traced",
+            instructions: off.instructions + 275,
+            calls: 3,
+            hash_lookups: 0,
+            array_lookups: off.array_lookups + 5,
+            atomics: 0,
+        },
+        XDP_TX,
+    );
+    for helper in ["ktime_get_ns", "ringbuf_reserve", "ringbuf_submit"] {
+        assert_eq!(drawn.helpers.get(helper), Some(&1), "{helper}: {drawn:?}");
+    }
+}

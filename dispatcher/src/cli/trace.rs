@@ -24,9 +24,9 @@ pub struct Args {
     /// the id a request named).
     #[arg(long, value_name = "ID")]
     function: Option<u32>,
-    /// Trace one FaaS packet in N, drawn at random in the kernel: N or 1/N.
-    /// Each traced packet costs a ring buffer record; the rest one random
-    /// draw.
+    /// Trace one FaaS packet in N (every N-th on each CPU, counted in the
+    /// kernel): N or 1/N. A traced packet costs a ring buffer record; the
+    /// others a countdown.
     #[arg(long, value_name = "N", default_value = "1", value_parser = parse_sample)]
     sample: u32,
     /// One JSON object per decision (JSON Lines) instead of text.

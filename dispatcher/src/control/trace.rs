@@ -9,7 +9,6 @@
 
 use std::{
     net::SocketAddr,
-    os::fd::AsFd,
     path::Path,
     time::{Duration, Instant, SystemTime},
 };
@@ -29,11 +28,13 @@ use crate::endpoints::socket_addr;
 /// How long a trace outlives its last renewal.
 pub const LEASE: Duration = Duration::from_secs(3);
 const RENEW_EVERY: Duration = Duration::from_secs(1);
+/// How often the ring buffer is drained while it is empty.
+const POLL_EVERY: Duration = Duration::from_millis(10);
 
 /// What to trace.
 #[derive(Clone, Copy, Debug)]
 pub struct Options {
-    /// Describe one FaaS packet in this many (at least 1).
+    /// Describe every this-many-th FaaS packet of each CPU (at least 1).
     pub sample: u32,
     /// Only packets for this function (the function run, or the id named).
     pub function: Option<u32>,
@@ -146,15 +147,12 @@ impl Tracer {
         if self.renewed.elapsed() >= RENEW_EVERY {
             self.renew()?;
         }
+        // The kernel submits without waking a reader (a wakeup per record
+        // is costly): drain every few milliseconds.
+        let until = Instant::now() + timeout;
         let mut out = self.drain();
-        if out.is_empty() {
-            let fd = self.ring.as_fd();
-            let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
-            let ms = timeout.as_millis().min(u16::MAX as u128) as u16;
-            match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
-                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => return Err(e).context("cannot wait for the TRACE ring buffer"),
-            }
+        while out.is_empty() && Instant::now() < until {
+            std::thread::sleep(POLL_EVERY);
             out = self.drain();
         }
         Ok(out)

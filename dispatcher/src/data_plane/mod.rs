@@ -187,6 +187,7 @@ map_set! {
     /// `dispatcher trace`'s sampled decisions (host variant).
     trace: TraceRing = TRACE,
     trace_control: Array<MapData, dispatcher_common::trace::TraceControl> = TRACE_CONTROL,
+    trace_countdown: PerCpuArray<MapData, u32> = TRACE_COUNTDOWN,
     trace_lost: PerCpuArray<MapData, u64> = TRACE_LOST,
 }
 
