@@ -143,6 +143,14 @@ if cli workers rm --function 1 --addr 10.0.1.1:9000 && cli workers list --functi
 else
     fail cli_removes_a_worker_on_offloaded_maps
 fi
+# `dispatcher trace` is refused: the offloaded program has no ring buffer.
+begin trace_is_refused_on_the_offloaded_program
+if ! timeout $WAIT_LIMIT dispatcher trace --duration 1 > /tmp/out 2>&1 \
+    && grep -q "offloaded to the NIC (--mode hw), whose program cannot trace" /tmp/out; then
+    ok trace_is_refused_on_the_offloaded_program
+else
+    fail trace_is_refused_on_the_offloaded_program
+fi
 
 # 4. SIGTERM detaches and removes the pins: of a program proven attached.
 begin sigterm_detaches

@@ -78,6 +78,9 @@ impl Tracer {
         if options.sample == 0 {
             bail!("--sample: trace one packet in N, N at least 1");
         }
+        if crate::data_plane::attached_program(pin_dir)? == crate::data_plane::HW_PROGRAM {
+            bail!("this data plane is offloaded to the NIC (--mode hw), whose program cannot trace (the NFP has no ring buffers): run in drv or skb mode to trace");
+        }
         let settings: Array<MapData, Settings> = open(pin_dir, names::SETTINGS)?.try_into()?;
         let control: Array<MapData, TraceControl> =
             open(pin_dir, names::TRACE_CONTROL)?.try_into()?;

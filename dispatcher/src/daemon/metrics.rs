@@ -63,14 +63,21 @@ impl Telemetry {
             .or_default() += 1;
     }
 
-    /// The health listener's counters after a datagram, and the worker
-    /// whose heartbeat it accepted, if it did.
+    /// The health listener's counters after a datagram (and the worker
+    /// whose heartbeat it accepted, if it did) or after a sweep (None).
     pub fn heartbeat(&self, counters: &health::Counters, accepted_from: Option<SocketAddr>) {
         let mut h = self.heartbeats.lock().expect("not poisoned");
         h.on = true;
         h.counters = counters.clone();
-        if let Some(worker) = accepted_from {
-            h.last_accepted.insert(worker, Instant::now());
+        match accepted_from {
+            Some(worker) => {
+                h.last_accepted.insert(worker, Instant::now());
+            }
+            // A sweep: forget workers silent for an hour (gone, in a
+            // cluster whose workers come and go), or the table only grows.
+            None => h
+                .last_accepted
+                .retain(|_, t| t.elapsed() < std::time::Duration::from_secs(3600)),
         }
     }
 }
@@ -106,30 +113,41 @@ struct Snapshot {
 
 impl Snapshot {
     fn read(maps: &Maps, telemetry: &Telemetry, cluster: Option<&Status>) -> Result<Snapshot> {
+        // The maps first, without holding the health listener's lock.
+        let counters = maps.counters()?;
+        let functions = inspect::functions(maps)?;
         let workers = inspect::workers(maps, None)?;
+        let workflows = inspect::workflows(maps)?.len();
+        let geometry = maps.geometry()?;
+        let errors_sent = telemetry
+            .errors_sent
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        // Ages only for workers still in the maps: a removed worker's age
+        // would grow forever and page someone.
+        let placed: std::collections::HashSet<SocketAddr> =
+            workers.iter().map(|w| w.addr).collect();
         let heartbeats = telemetry.heartbeats.lock().expect("not poisoned");
+        let heartbeat_counters = heartbeats.on.then(|| heartbeats.counters.clone());
+        let heartbeat_age = heartbeats
+            .last_accepted
+            .iter()
+            .filter(|(w, _)| placed.contains(*w))
+            .map(|(w, t)| (*w, t.elapsed().as_secs_f64()))
+            .collect();
+        drop(heartbeats);
         Ok(Snapshot {
-            counters: maps.counters()?,
-            functions: inspect::functions(maps)?,
-            workflows: inspect::workflows(maps)?.len(),
-            geometry: maps.geometry()?,
-            errors_sent: telemetry
-                .errors_sent
-                .lock()
-                .expect("not poisoned")
-                .iter()
-                .map(|(k, v)| (*k, *v))
-                .collect(),
-            heartbeat_counters: heartbeats.on.then(|| heartbeats.counters.clone()),
-            // Only for workers still in the maps: a removed worker's age
-            // would grow forever and page someone.
-            heartbeat_age: heartbeats
-                .last_accepted
-                .iter()
-                .filter(|(w, _)| workers.iter().any(|x| x.addr == **w))
-                .map(|(w, t)| (*w, t.elapsed().as_secs_f64()))
-                .collect(),
+            counters,
+            functions,
             workers,
+            workflows,
+            geometry,
+            errors_sent,
+            heartbeat_counters,
+            heartbeat_age,
             cluster: cluster.map(|s| {
                 (
                     s.connected.load(Ordering::Relaxed),

@@ -443,6 +443,25 @@ impl Loaded {
 
 /// Name of the pinned XDP link, beside the maps.
 pub const LINK_PIN: &str = "link";
+
+/// The name of the program the data plane pinned at `pin_dir` runs
+/// (`PROGRAM`, or `HW_PROGRAM` when offloaded), from its pinned link.
+pub fn attached_program(pin_dir: &Path) -> Result<String> {
+    let link = FdLink::from(
+        PinnedLink::from_pin(pin_dir.join(LINK_PIN)).context("cannot open the pinned link")?,
+    );
+    let id = link
+        .info()
+        .context("cannot read the link's info")?
+        .program_id();
+    for info in aya::programs::loaded_programs() {
+        let info = info.context("cannot list the loaded programs")?;
+        if info.id() == id {
+            return Ok(info.name_as_str().unwrap_or_default().to_string());
+        }
+    }
+    bail!("the data plane's program {id} is not loaded")
+}
 /// Name of the pinned offload program (hw mode only: aya opens it from
 /// there to attach it).
 pub const PROGRAM_PIN: &str = "program";
