@@ -699,7 +699,9 @@ mod tests {
     fn map_types_have_no_implicit_padding() {
         assert_eq!(size_of::<Endpoint>(), 20);
         assert_eq!(size_of::<ServiceSlot>(), 24);
-        assert_eq!(size_of::<Settings>(), 48);
+        assert_eq!(size_of::<Settings>(), 52);
+        assert_eq!(size_of::<crate::trace::TraceControl>(), 16);
+        assert_eq!(size_of::<crate::trace::TraceEvent>(), 72);
         assert_eq!(size_of::<Function>(), 36);
         assert_eq!(size_of::<FunctionSlot>(), 12);
         assert_eq!(size_of::<Worker>(), 32);
