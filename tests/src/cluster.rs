@@ -521,8 +521,9 @@ impl ClusterBed {
             .tb
             .exec(&self.dispatchers[i], Path::new("bash"), &["-c", scrape]);
         let text = String::from_utf8_lossy(&out.stdout);
+        // A metric without labels: `NAME VALUE`.
         text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}{{}} ")))
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
             .and_then(|v| v.trim().parse().ok())
     }
 

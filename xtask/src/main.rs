@@ -194,7 +194,9 @@ fn test(args: Vec<OsString>) -> Result<()> {
     let deb = package()?;
     cmd::step("running every test");
     let filtered = !args.is_empty();
-    let mut cargo_args: Vec<OsString> = vec!["test".into()];
+    // Every test binary runs even after one fails: a run reports all of
+    // what is broken, not the first of it.
+    let mut cargo_args: Vec<OsString> = vec!["test".into(), "--no-fail-fast".into()];
     cargo_args.extend(args);
     let (mut counts, result) = cmd::cargo_test(
         &cargo_args,
