@@ -82,3 +82,25 @@ pub fn stay_on_this_cpu() {
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }
+
+/// Sets a loaded data plane's trace sampling as `dispatcher trace --sample
+/// N` would (0: off), with a lease that outlasts the run; with `countdown`,
+/// every CPU's TRACE_COUNTDOWN too (packets to go before the next traced
+/// one).
+pub fn set_trace(dp: &mut Loaded, sample: u32, countdown: Option<u32>) {
+    let settings = dispatcher_common::maps::Settings {
+        trace_sample: sample,
+        ..dp.maps.settings.get(&0, 0).unwrap()
+    };
+    dp.maps.settings.set(0, settings, 0).unwrap();
+    let control = dispatcher_common::trace::TraceControl {
+        deadline_ns: u64::MAX,
+        ..Default::default()
+    };
+    dp.maps.trace_control.set(0, control, 0).unwrap();
+    if let Some(left) = countdown {
+        let cpus = aya::util::nr_cpus().unwrap();
+        let left = aya::maps::PerCpuValues::try_from(vec![left; cpus]).unwrap();
+        dp.maps.trace_countdown.set(0, left, 0).unwrap();
+    }
+}

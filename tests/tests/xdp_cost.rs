@@ -324,30 +324,9 @@ fn the_interpreter_follows_the_path() {
 fn tracing_costs_a_countdown_and_a_drawn_packet_its_record() {
     let mut dp = tests::xdp::data_plane(CONFIG);
     let f = frame("10.0.0.2:40000", "10.0.0.1:7770", &request(1, 0));
-    let trace = |dp: &mut Loaded, sample: u32, left: u32| {
-        let settings = dispatcher_common::maps::Settings {
-            trace_sample: sample,
-            ..dp.maps.settings.get(&0, 0).unwrap()
-        };
-        dp.maps.settings.set(0, settings, 0).unwrap();
-        let control = dispatcher_common::trace::TraceControl {
-            deadline_ns: u64::MAX,
-            ..Default::default()
-        };
-        dp.maps.trace_control.set(0, control, 0).unwrap();
-        let cpus = aya::util::nr_cpus().unwrap();
-        dp.maps
-            .trace_countdown
-            .set(
-                0,
-                aya::maps::PerCpuValues::try_from(vec![left; cpus]).unwrap(),
-                0,
-            )
-            .unwrap();
-    };
     let off = cost(&dp, PROGRAM, &f);
     // Five packets to go before the next traced one.
-    trace(&mut dp, 7, 5);
+    tests::xdp::set_trace(&mut dp, 7, Some(5));
     let not_drawn = cost(&dp, PROGRAM, &f);
     check(
         &not_drawn,
@@ -361,7 +340,7 @@ fn tracing_costs_a_countdown_and_a_drawn_packet_its_record() {
         },
         XDP_TX,
     );
-    trace(&mut dp, 7, 1);
+    tests::xdp::set_trace(&mut dp, 7, Some(1));
     let drawn = cost(&dp, PROGRAM, &f);
     check(
         &drawn,

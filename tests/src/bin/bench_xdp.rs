@@ -29,6 +29,7 @@ use dispatcher_common::{
 use tests::{
     bpf_trace::{Cost, Tracer},
     packets::{faas_payload, udp_frame, CLIENT_MAC, IFACE_MAC},
+    xdp::set_trace,
 };
 
 const REPEAT: u32 = 200_000;
@@ -380,21 +381,6 @@ fn main() {
     }
 }
 
-/// Sets a data plane's trace sampling as `dispatcher trace --sample N`
-/// would (0: off), with a lease that outlasts the run.
-fn set_trace(dp: &mut Loaded, sample: u32) {
-    let settings = dispatcher_common::maps::Settings {
-        trace_sample: sample,
-        ..dp.maps.settings.get(&0, 0).unwrap()
-    };
-    dp.maps.settings.set(0, settings, 0).unwrap();
-    let control = dispatcher_common::trace::TraceControl {
-        deadline_ns: u64::MAX,
-        ..Default::default()
-    };
-    dp.maps.trace_control.set(0, control, 0).unwrap();
-}
-
 /// `dispatcher trace`'s cost: IPv4 round-robin with nobody tracing, with a
 /// tracer sampling 1 in 64, and with every packet traced while a reader
 /// thread drains the ring buffer (as `dispatcher trace` does, but without
@@ -408,7 +394,7 @@ fn tracing_cost() {
     .into_iter()
     .map(|(name, sample)| {
         let mut dp = setup(Policy::RoundRobin, 1, 4, false);
-        set_trace(&mut dp, sample);
+        set_trace(&mut dp, sample, None);
         (name, dp)
     })
     .collect();
@@ -454,9 +440,8 @@ fn tracing_cost() {
         let (m, lo, hi) = median_and_range(samples[i].clone());
         // Counted for a packet that is not drawn where 1 in N is (the
         // countdown at 2), for a drawn one where every packet is.
-        let cpus = aya::util::nr_cpus().unwrap();
-        let left = aya::maps::PerCpuValues::try_from(vec![2u32; cpus]).unwrap();
-        dp.maps.trace_countdown.set(0, left, 0).unwrap();
+        let sample = dp.maps.settings.get(&0, 0).unwrap().trace_sample;
+        set_trace(dp, sample, Some(2));
         let c = cost(dp, PROGRAM, &frame);
         println!(
             "| {name} | {m:.1} | {lo:.1}-{hi:.1} | {:.2} | {} | {} | {} |",
@@ -472,6 +457,6 @@ fn tracing_cost() {
         "\nEvery-packet tracing: {traced} records, {read} read by the reader thread, {lost} lost to a full ring buffer (counted in TRACE_LOST). The counts (instructions, calls, array lookups) are the interpreter's for one packet: not drawn in the 1/64 row, drawn (its record written) in the every-packet row.\n"
     );
     for (_, dp) in &mut planes {
-        set_trace(dp, 0);
+        set_trace(dp, 0, None);
     }
 }
