@@ -100,7 +100,7 @@ fn prometheus_scrapes_the_dispatcher_and_the_shipped_rules_and_dashboard_work() 
         "100",
     ];
     let _workers = [bed.serve(w1, "echo", &hb), bed.serve(w2, "echo", &hb)];
-    let _dispatcher = bed.start("dispatcher", &conf, &[]);
+    let dispatcher = bed.start("dispatcher", &conf, &[]);
     bed.wait_for_tcp_port(&bed.dsp, 9110, Duration::from_secs(10));
     bed.cli_ok(&[
         "workers",
@@ -257,4 +257,35 @@ fn prometheus_scrapes_the_dispatcher_and_the_shipped_rules_and_dashboard_work() 
             }
         }
     }
+
+    // A SIGHUP that changes [health] restarts its listener: its counters
+    // go on from where they were (a counter that fell back would read as
+    // a reset to Prometheus).
+    let accepted = || -> f64 {
+        get(&bed, "http://127.0.0.1:9110/metrics", None)
+            .lines()
+            .find_map(|l| l.strip_prefix("dispatcher_heartbeats_total{result=\"accepted\"} "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("accepted heartbeats on the page")
+    };
+    let before = accepted();
+    assert!(before > 0.0);
+    let text = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(
+        &conf,
+        text.replace("down_after_ms = 1000", "down_after_ms = 1500"),
+    )
+    .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(dispatcher.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    dispatcher.wait_for_log("SIGHUP: configuration reloaded", 1, Duration::from_secs(10));
+    thread::sleep(Duration::from_millis(300));
+    let after = accepted();
+    assert!(
+        after >= before,
+        "accepted heartbeats fell from {before} to {after} over a reload"
+    );
 }

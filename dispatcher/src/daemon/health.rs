@@ -225,7 +225,8 @@ pub async fn start(config: HealthConfig, maps: Maps, telemetry: Arc<Telemetry>) 
         )
     })?;
     info!(listen = %config.listen, down_after_ms = config.down_after_ms, "health: listening for worker heartbeats");
-    telemetry.heartbeat(&Counters::default(), None);
+    let counters = telemetry.heartbeat_counters();
+    telemetry.heartbeat(&counters, None);
     let task = tokio::spawn(serve(socket, config.clone(), maps, telemetry));
     Ok(Running {
         config,
@@ -238,6 +239,7 @@ async fn serve(socket: UdpSocket, config: HealthConfig, mut maps: Maps, telemetr
     let mut sweep =
         tokio::time::interval(Duration::from_millis((config.down_after_ms / 4).max(20)));
     let mut health = Health::new(config);
+    health.counters = telemetry.heartbeat_counters();
     let mut buf = [0u8; 512];
     loop {
         tokio::select! {

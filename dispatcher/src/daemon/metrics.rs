@@ -80,6 +80,17 @@ impl Telemetry {
                 .retain(|_, t| t.elapsed() < std::time::Duration::from_secs(3600)),
         }
     }
+
+    /// The health listener's counters as last reported: where a listener
+    /// restarted by a SIGHUP starts counting, so the counters stay
+    /// monotonic for Prometheus.
+    pub fn heartbeat_counters(&self) -> health::Counters {
+        self.heartbeats
+            .lock()
+            .expect("not poisoned")
+            .counters
+            .clone()
+    }
 }
 
 /// The name operators read for an ERROR code (PROTOCOL.md).
