@@ -54,17 +54,21 @@ pub static FUNCTION_SLOTS: Array<FunctionSlot> =
 pub static FUNCTION_ROWS: Array<Function> = Array::with_max_entries(HOST.functions * 2, 0);
 
 /// Workers at `Function::worker_index(slot)`: address, MAC, port.
-/// Written by user space; read per dispatch.
+/// Written by user space; read per dispatch. Mmap-able so that user space
+/// reads a function's slots as memory (dispatcher/src/data_plane/mapped.rs).
 #[map]
-pub static WORKERS: Array<Worker> = Array::with_max_entries(HOST.worker_slots(), 0);
+pub static WORKERS: Array<Worker> =
+    Array::with_max_entries(HOST.worker_slots(), aya_ebpf::bindings::BPF_F_MMAPABLE);
 
 /// Estimated in-flight requests per worker slot and the worker's cost per
 /// request (`Load`): user space writes the reported value and the cost of
 /// its weight; the data plane adds 1 per request it sends there under
 /// least-loaded and p2c, so bursts between reports spread out (the host
 /// variant only: see `Variant::charge`).
+/// Mmap-able, like WORKERS, for user space to read.
 #[map]
-pub static LOADS: Array<Load> = Array::with_max_entries(HOST.worker_slots(), 0);
+pub static LOADS: Array<Load> =
+    Array::with_max_entries(HOST.worker_slots(), aya_ebpf::bindings::BPF_F_MMAPABLE);
 
 /// Rings: per function and generation, `ring_size` worker slots in smooth
 /// weighted round-robin order. Written by user space (the idle generation,

@@ -163,7 +163,7 @@ pub fn function_workers(maps: &Maps, f: &Function) -> Result<Vec<(u8, Worker)>> 
     if end == 0 {
         return Ok(Vec::new());
     }
-    let all = map_batch::read_range(&maps.workers, f.worker_index(0), end)?;
+    let all = maps.read_workers(f.worker_index(0), end)?;
     Ok(all
         .into_iter()
         .enumerate()
@@ -380,74 +380,73 @@ fn write_function(
     // 1. Slots: a worker keeps its slot; a new one takes the lowest free
     // one, preferring slots no worker held just now (so a packet still on
     // its way to the old table never meets a stranger in its slot).
-    // (A linear search: at most 64 slots, cheaper than hashing them.)
-    let slot_of = |e: Endpoint| {
-        current
-            .iter()
-            .find(|(_, w)| worker_endpoint(w) == e)
-            .map(|(s, _)| *s)
+    // (Indexed by slot, and the current endpoints sorted once: a change of
+    // a 64-worker function compared endpoints 4,096 times before.)
+    let mut previous_by_slot: Vec<Option<Worker>> = vec![None; most as usize];
+    let mut slot_by_endpoint: Vec<(Endpoint, u8)> = Vec::with_capacity(current.len());
+    for (slot, w) in &current {
+        previous_by_slot[*slot as usize] = Some(*w);
+        slot_by_endpoint.push((worker_endpoint(w), *slot));
+    }
+    slot_by_endpoint.sort_unstable();
+    let slot_of = |e: &Endpoint| {
+        slot_by_endpoint
+            .binary_search_by(|(x, _)| x.cmp(e))
+            .ok()
+            .map(|i| slot_by_endpoint[i].1)
     };
     let mut taken = vec![false; most as usize];
-    let mut placed: Vec<(u8, Worker)> = Vec::with_capacity(workers.len());
+    let mut placed: Vec<(u8, Worker, Endpoint)> = Vec::with_capacity(workers.len());
     let mut fresh = Vec::new();
     for w in workers {
-        match slot_of(worker_endpoint(w)) {
+        let e = worker_endpoint(w);
+        match slot_of(&e) {
             Some(slot) if !taken[slot as usize] => {
                 taken[slot as usize] = true;
-                placed.push((slot, *w));
+                placed.push((slot, *w, e));
             }
-            _ => fresh.push(*w),
+            _ => fresh.push((*w, e)),
         }
     }
-    let occupied: Vec<u8> = current.iter().map(|(s, _)| *s).collect();
-    for w in fresh {
+    for (w, e) in fresh {
         let slot = (0..most)
             .map(|s| s as u8)
-            .find(|s| !taken[*s as usize] && !occupied.contains(s))
+            .find(|s| !taken[*s as usize] && previous_by_slot[*s as usize].is_none())
             .or_else(|| (0..most).map(|s| s as u8).find(|s| !taken[*s as usize]))
             .expect("at most workers_per_function workers");
         taken[slot as usize] = true;
-        placed.push((slot, w));
+        placed.push((slot, w, e));
     }
 
     // 2. Worker entries that changed; load counters and registrations for
-    // slots that changed hands (or are new).
+    // slots that changed hands (or are new). A fresh slot starts with no
+    // load; a worker whose weight changed keeps its load at its new cost
+    // per request.
     let (mut changed_keys, mut changed) = (Vec::new(), Vec::new());
-    let mut fresh_slots = Vec::new();
-    for (slot, w) in &placed {
+    let (mut load_keys, mut loads) = (Vec::new(), Vec::new());
+    for (slot, w, e) in &placed {
         let i = g.worker_base(index) + *slot as u32;
-        let previous = current.iter().find(|(s, _)| s == slot).map(|(_, w)| *w);
-        if previous.map(|p| worker_endpoint(&p)) != Some(worker_endpoint(w)) {
-            fresh_slots.push(i);
-            add_registration(maps, worker_endpoint(w))?;
+        let previous = previous_by_slot[*slot as usize];
+        if previous.map(|p| worker_endpoint(&p)) != Some(*e) {
+            add_registration(maps, *e)?;
             if let Some(old) = previous {
                 drop_registration(maps, worker_endpoint(&old))?;
             }
+            load_keys.push(i);
+            loads.push(Load::new(0, w.weight));
+        } else if previous.is_some_and(|p| p.weight != w.weight) {
+            let in_flight = maps.loads.get(&i, 0).map_or(0, |l| l.in_flight);
+            load_keys.push(i);
+            loads.push(Load::new(in_flight, w.weight));
         }
         if previous != Some(*w) {
             changed_keys.push(i);
             changed.push(*w);
         }
     }
-    // A fresh slot starts with no load; a worker whose weight changed
-    // keeps its load at its new cost per request.
-    let mut load_keys = fresh_slots.clone();
-    let mut loads: Vec<Load> = placed
-        .iter()
-        .filter(|(slot, _)| fresh_slots.contains(&(g.worker_base(index) + *slot as u32)))
-        .map(|(_, w)| Load::new(0, w.weight))
-        .collect();
-    for (slot, w) in &placed {
-        let i = g.worker_base(index) + *slot as u32;
-        let previous = current.iter().find(|(s, _)| s == slot).map(|(_, w)| *w);
-        if !fresh_slots.contains(&i) && previous.is_some_and(|p| p.weight != w.weight) {
-            let in_flight = maps.loads.get(&i, 0).map_or(0, |l| l.in_flight);
-            load_keys.push(i);
-            loads.push(Load::new(in_flight, w.weight));
-        }
-    }
     map_batch::write(&mut maps.loads, &load_keys, &loads)?;
     map_batch::write(&mut maps.workers, &changed_keys, &changed)?;
+    let placed: Vec<(u8, Worker)> = placed.into_iter().map(|(s, w, _)| (s, w)).collect();
 
     // 3. Tables of the idle generation.
     let mut up: Vec<&(u8, Worker)> = placed
@@ -457,14 +456,14 @@ fn write_function(
     up.sort_by_key(|(s, _)| *s);
     let members: Vec<Member> = up
         .iter()
-        // Only Maglev reads names (formatting them is a fair share of a change's time).
+        // Only the hash table reads keys.
         .map(|(slot, w)| Member {
             slot: *slot,
             weight: w.weight.max(1),
-            name: if policy == policy::HASH {
-                crate::endpoints::worker_socket_addr(w).to_string()
+            key: if policy == policy::HASH {
+                Member::key_of(crate::endpoints::worker_socket_addr(w))
             } else {
-                String::new()
+                0
             },
         })
         .collect();
@@ -496,12 +495,14 @@ fn write_function(
         entry.ring_base,
     )?;
     if policy == policy::HASH {
-        write_table(
-            &mut maps.maglev,
-            maps.maglev_mapped.as_mut(),
-            &tables::maglev(&members, entry.maglev_size()),
-            entry.maglev_base,
-        )?;
+        tables::HashTables::with_table(id, &members, entry.maglev_size(), |table| {
+            write_table(
+                &mut maps.maglev,
+                maps.maglev_mapped.as_mut(),
+                table,
+                entry.maglev_base,
+            )
+        })?;
     }
     let loads = up_loads(maps, &entry, up.iter().map(|(slot, _)| *slot))?;
     rank(&mut entry, &loads);
@@ -515,7 +516,7 @@ fn write_function(
     // 5. Slots that left the set.
     let left: Vec<&(u8, Worker)> = current
         .iter()
-        .filter(|(slot, _)| !placed.iter().any(|(s, _)| s == slot))
+        .filter(|(slot, _)| !taken[*slot as usize])
         .collect();
     let keys: Vec<u32> = left
         .iter()
@@ -543,7 +544,7 @@ fn up_loads(
         return Ok(Vec::new());
     };
     let start = slots.clone().min().unwrap_or(0) as u32;
-    let loads = map_batch::read_range(&maps.loads, f.worker_index(start), end - start)?;
+    let loads = maps.read_loads(f.worker_index(start), end - start)?;
     Ok(slots
         .map(|slot| (slot, loads[(slot as u32 - start) as usize].rank() as u64))
         .collect())
@@ -701,6 +702,7 @@ pub fn remove_function(maps: &mut Maps, id: u32) -> Result<()> {
     maps.functions.remove(&id)?;
     if f.policy == policy::HASH {
         release_table(maps, f.maglev_extent());
+        tables::HashTables::forget(id);
     }
     for (slot, w) in function_workers(maps, &f)? {
         maps.workers

@@ -5,7 +5,7 @@
 //! The decisions are the reference model's (`dispatcher_common::model`, the
 //! code the kernel program is tested against), over tables held in memory
 //! and built by the same functions the control plane uses for the maps
-//! (`tables::ring`, `tables::maglev`). Datagrams arrive on the service port
+//! (`tables::ring`, `tables::hash_table`). Datagrams arrive on the service port
 //! and leave toward the chosen worker in recvmmsg/sendmmsg batches, with
 //! `reply_*` set, so the worker answers the client directly, as it does
 //! behind the XDP program.
@@ -101,7 +101,7 @@ impl Tables {
                     members.push(Member {
                         slot: slot as u8,
                         weight: w.weight.max(1),
-                        name: crate::endpoints::worker_socket_addr(&w).to_string(),
+                        key: Member::key_of(crate::endpoints::worker_socket_addr(&w)),
                     });
                 }
             }
@@ -128,7 +128,7 @@ impl Tables {
             );
             t.rings.push(tables::ring(&members, g.ring_size));
             t.maglevs.push(if policy == policy::HASH {
-                tables::maglev(&members, g.maglev_size_for(f.workers.len() as u32))
+                tables::hash_table(&members, g.maglev_size_for(f.workers.len() as u32))
             } else {
                 Vec::new()
             });

@@ -6,6 +6,11 @@
 //! the copy of 16 KiB being a memcpy. Readers of the data plane see no
 //! difference: it is the same array.
 //!
+//! WORKERS and LOADS carry the flag too, to be *read* this way: a change
+//! reads its function's worker slots and loads, and a batched lookup of
+//! 64 entries is per-element work in the kernel as well (about half of a
+//! 64-worker change's time before).
+//!
 //! Only the host's maps carry the flag: maps bound to a NIC are created
 //! without flags (offload.rs), and a map without it is written by batches
 //! as before (`Mapping::of` answers None).
@@ -16,7 +21,7 @@ use std::{
 };
 
 use anyhow::{bail, Result};
-use aya::maps::MapData;
+use aya::{maps::MapData, Pod};
 use aya_obj::generated::BPF_F_MMAPABLE;
 
 /// A read-write shared mapping of an array map's values (entry `i` at
@@ -24,6 +29,7 @@ use aya_obj::generated::BPF_F_MMAPABLE;
 pub struct Mapping {
     base: NonNull<u8>,
     len: usize,
+    value_size: usize,
 }
 
 // SAFETY: the mapping is plain shared memory, not tied to a thread; every
@@ -59,7 +65,44 @@ impl Mapping {
         Some(Mapping {
             base: NonNull::new(ptr.cast())?,
             len,
+            value_size: info.value_size() as usize,
         })
+    }
+
+    /// Copies out entries `first .. first + count`.
+    pub fn read<V: Pod>(&self, first: u32, count: u32) -> Result<Vec<V>> {
+        if size_of::<V>() != self.value_size {
+            bail!(
+                "reading {}-byte values from a map of {}-byte values",
+                size_of::<V>(),
+                self.value_size
+            );
+        }
+        let (offset, bytes) = (
+            first as usize * self.value_size,
+            count as usize * self.value_size,
+        );
+        if offset.checked_add(bytes).is_none_or(|end| end > self.len) {
+            bail!(
+                "entries {first}..{} fall outside the map's {} entries",
+                first as u64 + count as u64,
+                self.len / self.value_size
+            );
+        }
+        // SAFETY: V is Pod (any bit pattern is a valid V) and as large as
+        // the map's values; the range is within the mapping (checked above);
+        // read_unaligned copies whatever a concurrent writer left, as a
+        // lookup would.
+        Ok((0..count as usize)
+            .map(|i| unsafe {
+                std::ptr::read_unaligned(
+                    self.base
+                        .as_ptr()
+                        .add(offset + i * self.value_size)
+                        .cast::<V>(),
+                )
+            })
+            .collect())
     }
 
     /// Copies `bytes` to byte `offset` of the values.

@@ -75,6 +75,10 @@ macro_rules! map_set {
             /// MAGLEV's values mapped into this process, where the map is
             /// mmap-able (the host's): control writes tables there.
             pub(crate) maglev_mapped: Option<mapped::Mapping>,
+            /// WORKERS' and LOADS' values mapped likewise: control reads
+            /// a function's slots there.
+            workers_mapped: Option<mapped::Mapping>,
+            loads_mapped: Option<mapped::Mapping>,
         }
 
         /// Every map the daemon pins and the CLI reads.
@@ -88,9 +92,30 @@ macro_rules! map_set {
                     geometry: std::cell::OnceCell::new(),
                     rows_in_use: std::cell::RefCell::new(None),
                     maglev_mapped: None,
+                    workers_mapped: None,
+                    loads_mapped: None,
                 };
                 maps.maglev_mapped = mapped::Mapping::of(IterableMap::map(&maps.maglev));
+                maps.workers_mapped = mapped::Mapping::of(IterableMap::map(&maps.workers));
+                maps.loads_mapped = mapped::Mapping::of(IterableMap::map(&maps.loads));
                 Ok(maps)
+            }
+
+            /// WORKERS entries `first .. first + count`: from the mapping
+            /// where there is one, else by a batched lookup.
+            pub fn read_workers(&self, first: u32, count: u32) -> Result<Vec<Worker>> {
+                match &self.workers_mapped {
+                    Some(m) => m.read(first, count),
+                    None => map_batch::read_range(&self.workers, first, count),
+                }
+            }
+
+            /// LOADS entries `first .. first + count`, likewise.
+            pub fn read_loads(&self, first: u32, count: u32) -> Result<Vec<Load>> {
+                match &self.loads_mapped {
+                    Some(m) => m.read(first, count),
+                    None => map_batch::read_range(&self.loads, first, count),
+                }
             }
 
             /// Whether control writes MAGLEV through a mapping of its values
