@@ -77,8 +77,9 @@ pub static LOADS: Array<Load> =
 pub static RING: Array<TableChunk> =
     Array::with_max_entries(HOST.functions * 2 * HOST.ring_size / TABLE_CHUNK, 0);
 
-/// Maglev lookup tables: per function and generation, `maglev_size` worker
-/// slots. Written like RING, but through a mapping of the map's values
+/// The hash policy's tables (rendezvous on the host, Maglev where short;
+/// the map keeps the name of the scheme it held first): per function and
+/// generation, `maglev_size_for` its workers slots. Written like RING, but through a mapping of the map's values
 /// (mmap-able: a 512-chunk batched update cost more than the table's
 /// computation; dispatcher/src/data_plane/mapped.rs); read by the hash
 /// policy (32 MiB on the host). Bound to a NIC it is created without flags.

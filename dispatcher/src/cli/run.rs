@@ -80,17 +80,18 @@ struct GeometryArgs {
     /// 1,024, at least the workers per function [default: 256].
     #[arg(long, value_name = "N", help_heading = GEOMETRY)]
     ring_size: Option<u32>,
-    /// The longest Maglev table a function may have (consistent hash): a
+    /// The longest hash table a function may have (consistent hash): a
     /// power of two from 32 to 65,536, at least the workers per function.
-    /// Each function's table is sized by its workers (at least 4 x
-    /// workers² slots: 256, 1,024, 4,096, 16,384, 65,536) up to this
+    /// Each function's table is sized by its workers (at least 256 slots
+    /// per worker: 256, 1,024, 4,096, 16,384, 65,536) up to this; a table
+    /// capped shorter is a Maglev table instead of a rendezvous one
     /// [default: 16,384].
     #[arg(long, value_name = "N", help_heading = GEOMETRY)]
     maglev_size: Option<u32>,
     /// Workflows, 1 to 65,536 [default: 1,024].
     #[arg(long, value_name = "N", help_heading = GEOMETRY)]
     max_workflows: Option<u32>,
-    /// Slots (bytes) of the pool the hash functions' Maglev tables come
+    /// Slots (bytes) of the pool the hash functions' tables come
     /// from, two generations each: a multiple of 32, at least 512
     /// [default: room for every function to hold the table of a full
     /// worker set, 32 MiB with the defaults].
