@@ -494,7 +494,10 @@ fn write_function(
         &tables::ring(&members, g.ring_size),
         entry.ring_base,
     )?;
-    if policy == policy::HASH {
+    if policy != policy::HASH {
+        // (A function that left the hash policy needs its memo no more.)
+        tables::HashTables::forget(id);
+    } else {
         tables::HashTables::with_table(id, &members, entry.maglev_size(), |table| {
             write_table(
                 &mut maps.maglev,

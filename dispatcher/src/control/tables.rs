@@ -41,11 +41,20 @@ pub struct Member {
 impl Member {
     /// The key of the worker at `addr`: the same on every machine.
     pub fn key_of(addr: SocketAddr) -> u64 {
-        let port = addr.port().to_be_bytes();
-        match addr.ip() {
-            std::net::IpAddr::V4(ip) => fnv1a(0x5eed_0000, &[&ip.octets()[..], &port].concat()),
-            std::net::IpAddr::V6(ip) => fnv1a(0x5eed_0000, &[&ip.octets()[..], &port].concat()),
-        }
+        // The address's bytes, then the port's (big-endian).
+        let mut bytes = [0u8; 18];
+        let len = match addr.ip() {
+            std::net::IpAddr::V4(ip) => {
+                bytes[..4].copy_from_slice(&ip.octets());
+                4
+            }
+            std::net::IpAddr::V6(ip) => {
+                bytes[..16].copy_from_slice(&ip.octets());
+                16
+            }
+        };
+        bytes[len..len + 2].copy_from_slice(&addr.port().to_be_bytes());
+        fnv1a(0x5eed_0000, &bytes[..len + 2])
     }
 }
 
@@ -223,15 +232,18 @@ enum Scoring {
 /// One member as a rendezvous table scores it. A score is one u64 whose
 /// order is the entry's preference and whose low byte is the member's
 /// slot: [rank: 16 | key: 40 | slot: 8] with equal weights,
-/// [rank / weight: 48 | key: 8 | slot: 8] with weights. The key bits break
-/// ties between members that rank an entry alike, the slot the ties left
-/// (a one-in-2^40 event, or 2^8 with weights on top of equal fixed-point
-/// scores). Keeping the slot inside makes "who owns this entry" a minimum
-/// over plain integers, which the compiler vectorises.
+/// [exponential rank x 65,535 / weight: 40 | key: 16 | slot: 8] with
+/// weights. The key bits break ties between members that rank an entry
+/// alike; only two members whose keys agree in those bits as well fall
+/// back to the slot (which dispatchers assign by their own histories): a
+/// one-in-2^40 chance per pair of members with equal weights, one in
+/// 2^16 with weights, and then only at the entries both rank alike (one
+/// in the table's length). Keeping the slot inside makes "who owns this
+/// entry" a minimum over plain integers, which the compiler vectorises.
 #[derive(Clone, Copy, Debug)]
 struct Scorer {
     ranks: Ranks,
-    /// 65,536 / weight (weighted scoring).
+    /// 65,535 / weight (weighted scoring).
     per_weight: u64,
     /// The key's tie-breaking bits and the slot, in place.
     low: u64,
@@ -242,9 +254,9 @@ impl Scorer {
     fn new(m: &Member, size: u32) -> Scorer {
         Scorer {
             ranks: Ranks::new(m.key, size),
-            per_weight: 65_536 / m.weight.max(1) as u64,
+            per_weight: 65_535 / m.weight.max(1) as u64,
             low: (m.key & 0xff_ffff_ffff) << 8 | m.slot as u64,
-            low_weighted: (m.key & 0xff) << 8 | m.slot as u64,
+            low_weighted: (m.key & 0xffff) << 8 | m.slot as u64,
         }
     }
 
@@ -255,7 +267,7 @@ impl Scorer {
 
     #[inline(always)]
     fn weighted(&self, exp: &[u32], entry: u32) -> u64 {
-        (exp[self.ranks.of(entry) as usize] as u64 * self.per_weight) << 16 | self.low_weighted
+        (exp[self.ranks.of(entry) as usize] as u64 * self.per_weight) << 24 | self.low_weighted
     }
 }
 
@@ -264,9 +276,9 @@ fn slot_of(score: u64) -> u8 {
     score as u8
 }
 
-/// -ln(1 - (r + 1/2) / size) in fixed point (2^28) for every rank r: below
-/// 2^32 for the tables' lengths (at most 2^16 entries). Computed once per
-/// length.
+/// -ln(1 - (r + 1/2) / size) in fixed point (2^20) for every rank r:
+/// below 2^24 for the tables' lengths (at most 2^16 entries), strictly
+/// increasing in r. Computed once per length.
 fn exponential_ranks(size: u32) -> std::sync::Arc<[u32]> {
     static BY_SIZE: Mutex<Vec<(u32, std::sync::Arc<[u32]>)>> = Mutex::new(Vec::new());
     let mut known = BY_SIZE.lock().unwrap_or_else(|e| e.into_inner());
@@ -275,10 +287,28 @@ fn exponential_ranks(size: u32) -> std::sync::Arc<[u32]> {
     }
     let m = size as f64;
     let t: std::sync::Arc<[u32]> = (0..size)
-        .map(|r| (-(1.0 - (r as f64 + 0.5) / m).ln() * (1u64 << 28) as f64) as u32)
+        .map(|r| (-ln((m - r as f64 - 0.5) / m) * (1u64 << 20) as f64) as u32)
         .collect();
     known.push((size, t.clone()));
     t
+}
+
+/// The natural logarithm of `y` > 0 from IEEE additions, multiplications
+/// and divisions alone (exact the same on every machine, which a libm's
+/// `ln` is not promised to be): y = m x 2^e with m in [1, 2), then
+/// ln m = 2 atanh((m - 1) / (m + 1)) by its series, to double precision.
+fn ln(y: f64) -> f64 {
+    debug_assert!(y > 0.0 && y.is_finite());
+    let bits = y.to_bits();
+    let exponent = ((bits >> 52) & 0x7ff) as i64 - 1023;
+    let m = f64::from_bits((bits & ((1u64 << 52) - 1)) | (1023u64 << 52));
+    let z = (m - 1.0) / (m + 1.0);
+    let (z2, mut term, mut sum) = (z * z, z, 0.0);
+    for k in 0..30 {
+        sum += term / (2 * k + 1) as f64;
+        term *= z2;
+    }
+    exponent as f64 * std::f64::consts::LN_2 + 2.0 * sum
 }
 
 fn scoring(members: &[Member], size: u32) -> Scoring {
@@ -806,16 +836,45 @@ mod tests {
         }
     }
 
+    /// The portable logarithm agrees with the platform's to its last bits.
+    #[test]
+    fn portable_ln_is_the_logarithm() {
+        for y in [1.0, 0.5, 1e-5, 0.999_99, 3.0, 1.0 / 131_072.0, 0.75] {
+            assert!(
+                (ln(y) - y.ln()).abs() <= 1e-15 * y.ln().abs().max(1.0),
+                "{y}"
+            );
+        }
+        let t = exponential_ranks(65_536);
+        assert!(t.windows(2).all(|w| w[0] < w[1]) && *t.last().unwrap() < 1 << 24);
+    }
+
     /// A table is a function of the member set: the order members come in
-    /// (dispatchers list them by their own slots) changes nothing.
+    /// and the slots they sit in (dispatchers assign both by their own
+    /// histories) change nothing.
     #[test]
     fn tables_do_not_depend_on_member_order() {
         let mut m = members(20);
         m[3].weight = 4;
         let mut reversed = m.clone();
         reversed.reverse();
+        // Nor do the slots: the same workers in other slots (another
+        // dispatcher's history) own the same entries.
+        let mut reslotted = m.clone();
+        for (i, w) in reslotted.iter_mut().enumerate() {
+            w.slot = 19 - i as u8;
+        }
+        let key_of_slot =
+            |members: &[Member], slot: u8| members.iter().find(|w| w.slot == slot).unwrap().key;
         for size in [1024, table_size(20)] {
             assert_eq!(hash_table(&m, size), hash_table(&reversed, size), "{size}");
+            let (a, b) = (hash_table(&m, size), hash_table(&reslotted, size));
+            assert!(
+                a.iter()
+                    .zip(&b)
+                    .all(|(x, y)| key_of_slot(&m, *x) == key_of_slot(&reslotted, *y)),
+                "{size}: the slots changed who owns an entry"
+            );
         }
     }
 
