@@ -461,8 +461,9 @@ fn rescore(s: &Scorer, scoring: &Scoring, entries: &[u32], best: &mut [u64]) {
 /// The equal-weights passes, the common ones, are compiled for AVX-512 and
 /// AVX2 too and take the best copy the CPU has: the rank's 32-bit
 /// multiplies and the 64-bit minimum then go four or eight entries at a
-/// time (the table's part of a 64-worker change measured 14 us with the
-/// AVX2 copy here, 10 us with AVX-512; bench-control prints which ran).
+/// time (64-worker changes: about 30,000/s with either copy here, 14,800/s
+/// with the portable one, docs/benchmarks/bench-control.md; the benchmark
+/// prints which copy ran).
 macro_rules! with_vector_copies {
     ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
         $(#[$doc])*
