@@ -226,8 +226,13 @@ impl Ranks {
 #[derive(Clone, Debug)]
 enum Scoring {
     Equal,
-    Weighted(std::sync::Arc<[u32]>),
+    Weighted(std::sync::Arc<Exponential>),
 }
+
+/// An exponential rank per possible rank: as long as the longest table,
+/// so that a (16-bit) rank indexes it without a bounds check, which lets
+/// the weighted passes vectorise (a gather).
+type Exponential = [u32; 1 << 16];
 
 /// One member as a rendezvous table scores it. A score is one u64 whose
 /// order is the entry's preference and whose low byte is the member's
@@ -266,8 +271,9 @@ impl Scorer {
     }
 
     #[inline(always)]
-    fn weighted(&self, exp: &[u32], entry: u32) -> u64 {
-        (exp[self.ranks.of(entry) as usize] as u64 * self.per_weight) << 24 | self.low_weighted
+    fn weighted(&self, exp: &Exponential, entry: u32) -> u64 {
+        (exp[self.ranks.of(entry) as u16 as usize] as u64 * self.per_weight) << 24
+            | self.low_weighted
     }
 }
 
@@ -276,19 +282,22 @@ fn slot_of(score: u64) -> u8 {
     score as u8
 }
 
-/// -ln(1 - (r + 1/2) / size) in fixed point (2^20) for every rank r:
-/// below 2^24 for the tables' lengths (at most 2^16 entries), strictly
-/// increasing in r. Computed once per length.
-fn exponential_ranks(size: u32) -> std::sync::Arc<[u32]> {
-    static BY_SIZE: Mutex<Vec<(u32, std::sync::Arc<[u32]>)>> = Mutex::new(Vec::new());
+/// -ln(1 - (r + 1/2) / size) in fixed point (2^20) for every rank r of a
+/// `size`-entry table: below 2^24 for the tables' lengths (at most 2^16
+/// entries), strictly increasing in r (zeros beyond `size`). Computed once
+/// per length.
+fn exponential_ranks(size: u32) -> std::sync::Arc<Exponential> {
+    static BY_SIZE: Mutex<Vec<(u32, std::sync::Arc<Exponential>)>> = Mutex::new(Vec::new());
     let mut known = BY_SIZE.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, t)) = known.iter().find(|(s, _)| *s == size) {
         return t.clone();
     }
     let m = size as f64;
-    let t: std::sync::Arc<[u32]> = (0..size)
-        .map(|r| (-ln((m - r as f64 - 0.5) / m) * (1u64 << 20) as f64) as u32)
-        .collect();
+    let mut t = std::sync::Arc::new([0u32; 1 << 16]);
+    let ranks = std::sync::Arc::get_mut(&mut t).expect("just made");
+    for (r, x) in ranks.iter_mut().enumerate().take(size as usize) {
+        *x = (-ln((m - r as f64 - 0.5) / m) * (1u64 << 20) as f64) as u32;
+    }
     known.push((size, t.clone()));
     t
 }
@@ -437,12 +446,7 @@ fn sorted(members: &[Member]) -> Vec<Member> {
 fn claim(s: &Scorer, scoring: &Scoring, scores: &mut [u64], table: &mut [u8]) {
     match scoring {
         Scoring::Equal => claim_equal(s, scores, table),
-        Scoring::Weighted(exp) => {
-            for (e, (best, slot)) in scores.iter_mut().zip(table.iter_mut()).enumerate() {
-                *best = (*best).min(s.weighted(exp, e as u32));
-                *slot = slot_of(*best);
-            }
-        }
+        Scoring::Weighted(exp) => claim_weighted(s, exp, scores, table),
     }
 }
 
@@ -450,15 +454,11 @@ fn claim(s: &Scorer, scoring: &Scoring, scores: &mut [u64], table: &mut [u8]) {
 fn rescore(s: &Scorer, scoring: &Scoring, entries: &[u32], best: &mut [u64]) {
     match scoring {
         Scoring::Equal => rescore_equal(s, entries, best),
-        Scoring::Weighted(exp) => {
-            for (e, b) in entries.iter().zip(best.iter_mut()) {
-                *b = (*b).min(s.weighted(exp, *e));
-            }
-        }
+        Scoring::Weighted(exp) => rescore_weighted(s, exp, entries, best),
     }
 }
 
-/// The equal-weights passes, the common ones, are compiled for AVX-512 and
+/// The passes are compiled for AVX-512 and
 /// AVX2 too and take the best copy the CPU has: the rank's 32-bit
 /// multiplies and the 64-bit minimum then go four or eight entries at a
 /// time (64-worker changes: about 30,000/s with either copy here, 14,800/s
@@ -513,6 +513,25 @@ with_vector_copies! {
         for (e, (best, slot)) in scores.iter_mut().zip(table.iter_mut()).enumerate() {
             *best = (*best).min(s.equal(e as u32));
             *slot = slot_of(*best);
+        }
+    }
+}
+
+with_vector_copies! {
+    /// Gives `s` every entry it outscores, with weights.
+    fn claim_weighted(s: &Scorer, exp: &Exponential, scores: &mut [u64], table: &mut [u8]) {
+        for (e, (best, slot)) in scores.iter_mut().zip(table.iter_mut()).enumerate() {
+            *best = (*best).min(s.weighted(exp, e as u32));
+            *slot = slot_of(*best);
+        }
+    }
+}
+
+with_vector_copies! {
+    /// `rescore` with weights.
+    fn rescore_weighted(s: &Scorer, exp: &Exponential, entries: &[u32], best: &mut [u64]) {
+        for (e, b) in entries.iter().zip(best.iter_mut()) {
+            *b = (*b).min(s.weighted(exp, *e));
         }
     }
 }
@@ -848,6 +867,8 @@ mod tests {
         }
         let t = exponential_ranks(65_536);
         assert!(t.windows(2).all(|w| w[0] < w[1]) && *t.last().unwrap() < 1 << 24);
+        let t = exponential_ranks(1024);
+        assert!(t[..1024].windows(2).all(|w| w[0] < w[1]) && t[1024..].iter().all(|&x| x == 0));
     }
 
     /// A table is a function of the member set: the order members come in

@@ -145,12 +145,20 @@ fn main() {
         "(the hash table's passes run as {} code on this CPU)",
         dispatcher::control::tables::vector_code()
     );
-    for (n, what) in [
-        (15, "rendezvous, 15-16 workers, 4,096 slots"),
-        (63, "rendezvous, 63-64 workers, 16,384 slots"),
+    // The last row weighs one worker 2 (weighted scores: a table read per
+    // score).
+    for (n, what, weighted) in [
+        (15, "rendezvous, 15-16 workers, 4,096 slots", false),
+        (63, "rendezvous, 63-64 workers, 16,384 slots", false),
         (
             16,
             "16-17 workers: every change resizes 4,096 <-> 16,384 slots",
+            false,
+        ),
+        (
+            63,
+            "rendezvous, 63-64 workers of which one has weight 2, 16,384 slots",
+            true,
         ),
     ] {
         let workers: Vec<_> = (1..=n)
@@ -160,7 +168,7 @@ fn main() {
                         .parse()
                         .unwrap(),
                     mac: Some([2, 0, 0, 0, 0, 2].into()),
-                    weight: 1,
+                    weight: if weighted && k == 1 { 2 } else { 1 },
                 }
                 .to_map(1)
                 .unwrap()
@@ -176,7 +184,7 @@ fn main() {
             .enumerate()
             .map(|(slot, w)| Member {
                 slot: slot as u8,
-                weight: 1,
+                weight: w.weight,
                 key: Member::key_of(dispatcher::endpoints::worker_socket_addr(w)),
             })
             .collect();
