@@ -79,10 +79,11 @@ pub static RING: Array<TableChunk> =
 
 /// The hash policy's tables (rendezvous on the host, Maglev where short;
 /// the map keeps the name of the scheme it held first): per function and
-/// generation, `maglev_size_for` its workers slots. Written like RING, but through a mapping of the map's values
-/// (mmap-able: a 512-chunk batched update cost more than the table's
-/// computation; dispatcher/src/data_plane/mapped.rs); read by the hash
-/// policy (32 MiB on the host). Bound to a NIC it is created without flags.
+/// generation, `maglev_size_for` its workers slots. Written like RING, but
+/// through a mapping of the map's values (mmap-able: a 512-chunk batched
+/// update cost more than the table's computation;
+/// dispatcher/src/data_plane/mapped.rs); read by the hash policy (32 MiB
+/// on the host). Bound to a NIC it is created without flags.
 #[map]
 pub static MAGLEV: Array<TableChunk> =
     Array::with_max_entries(HOST.maglev_pool_chunks, aya_ebpf::bindings::BPF_F_MMAPABLE);

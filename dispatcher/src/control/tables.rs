@@ -113,11 +113,11 @@ fn mix(mut x: u64) -> u64 {
 
 /// Entries at or above which a table of `workers` workers is a rendezvous
 /// table: 256 per worker (below it its balance would be worse than 4.4%).
-pub const RENDEZVOUS_ENTRIES_PER_WORKER: u32 = 256;
+const RENDEZVOUS_ENTRIES_PER_WORKER: u32 = 256;
 
 /// Whether the hash table of `workers` up workers, `size` long, is built as
 /// a rendezvous table (else Maglev).
-pub fn is_rendezvous(workers: usize, size: u32) -> bool {
+fn is_rendezvous(workers: usize, size: u32) -> bool {
     size as u64 >= RENDEZVOUS_ENTRIES_PER_WORKER as u64 * workers as u64
 }
 
@@ -140,7 +140,7 @@ pub fn hash_table(members: &[Member], size: u32) -> Vec<u8> {
 /// just the same (an odd skip is coprime with a power of two). Members
 /// take their turns in the order of their keys, not of their slots, which
 /// dispatchers assign by their own histories.
-pub fn maglev(members: &[Member], size: u32) -> Vec<u8> {
+fn maglev(members: &[Member], size: u32) -> Vec<u8> {
     debug_assert!(size.is_power_of_two());
     let mut table = vec![u8::MAX; size as usize];
     if members.is_empty() {
@@ -293,11 +293,13 @@ fn exponential_ranks(size: u32) -> std::sync::Arc<Exponential> {
         return t.clone();
     }
     let m = size as f64;
-    let mut t = std::sync::Arc::new([0u32; 1 << 16]);
-    let ranks = std::sync::Arc::get_mut(&mut t).expect("just made");
+    // (Built on the heap: the array is 256 KiB, too much for a stack.)
+    let mut ranks = vec![0u32; 1 << 16];
     for (r, x) in ranks.iter_mut().enumerate().take(size as usize) {
         *x = (-ln((m - r as f64 - 0.5) / m) * (1u64 << 20) as f64) as u32;
     }
+    let ranks: Box<Exponential> = ranks.into_boxed_slice().try_into().expect("2^16 ranks");
+    let t: std::sync::Arc<Exponential> = ranks.into();
     known.push((size, t.clone()));
     t
 }
@@ -332,7 +334,7 @@ fn scoring(members: &[Member], size: u32) -> Scoring {
 /// score (its low byte the table's entry), and the members it was built
 /// for.
 #[derive(Clone, Debug)]
-pub struct Rendezvous {
+struct Rendezvous {
     scores: Vec<u64>,
     /// The scores' low bytes: the table.
     table: Vec<u8>,
@@ -342,7 +344,7 @@ pub struct Rendezvous {
 
 impl Rendezvous {
     /// Builds the table from nothing: every member scores every entry.
-    pub fn build(members: &[Member], size: u32) -> Rendezvous {
+    fn build(members: &[Member], size: u32) -> Rendezvous {
         debug_assert!(size.is_power_of_two() && size <= 1 << 16);
         let scoring = scoring(members, size);
         let mut scores = vec![u64::MAX; size as usize];
@@ -359,7 +361,7 @@ impl Rendezvous {
     }
 
     /// The table: each entry's slot.
-    pub fn table(&self) -> &[u8] {
+    fn table(&self) -> &[u8] {
         &self.table
     }
 
@@ -374,7 +376,7 @@ impl Rendezvous {
     /// new member and a score per stayer for each orphan. False (and
     /// nothing changed) when building anew is as cheap or the scoring
     /// changes.
-    pub fn change(&mut self, members: &[Member]) -> bool {
+    fn change(&mut self, members: &[Member]) -> bool {
         let size = self.size();
         let scoring = scoring(members, size);
         if std::mem::discriminant(&scoring) != std::mem::discriminant(&self.scoring) {
@@ -919,11 +921,11 @@ mod tests {
         let mut incremental = 0;
         for step in 0..300 {
             let mut wanted = current.clone();
-            match next(6) {
+            match next(7) {
                 0 | 1 => {
                     if let Some(m) = pool
                         .iter()
-                        .find(|m| !wanted.iter().any(|w| w.slot == m.slot))
+                        .find(|m| !wanted.iter().any(|w| w.slot == m.slot || w.key == m.key))
                     {
                         wanted.push(m.clone());
                     }
@@ -934,6 +936,13 @@ mod tests {
                 4 => {
                     let i = next(wanted.len() as u64) as usize;
                     wanted[i].weight = 1 + next(3) as u16;
+                }
+                5 => {
+                    // A worker moves to a slot nobody holds (40 to 59).
+                    let i = next(wanted.len() as u64) as usize;
+                    if let Some(free) = (40..60u8).find(|s| !wanted.iter().any(|w| w.slot == *s)) {
+                        wanted[i].slot = free;
+                    }
                 }
                 _ => {
                     for _ in 0..3 {

@@ -104,18 +104,12 @@ macro_rules! map_set {
             /// WORKERS entries `first .. first + count`: from the mapping
             /// where there is one, else by a batched lookup.
             pub fn read_workers(&self, first: u32, count: u32) -> Result<Vec<Worker>> {
-                match &self.workers_mapped {
-                    Some(m) => m.read(first, count),
-                    None => map_batch::read_range(&self.workers, first, count),
-                }
+                read_array(&self.workers, self.workers_mapped.as_ref(), first, count)
             }
 
             /// LOADS entries `first .. first + count`, likewise.
             pub fn read_loads(&self, first: u32, count: u32) -> Result<Vec<Load>> {
-                match &self.loads_mapped {
-                    Some(m) => m.read(first, count),
-                    None => map_batch::read_range(&self.loads, first, count),
-                }
+                read_array(&self.loads, self.loads_mapped.as_ref(), first, count)
             }
 
             /// Whether control writes MAGLEV through a mapping of its values
@@ -849,6 +843,20 @@ impl dispatcher_common::model::View for Maps {
             .ok()
             .and_then(|per_cpu| per_cpu.get(usize::try_from(cpu).ok()?).copied())
             .unwrap_or(0)
+    }
+}
+
+/// Entries `first .. first + count` of an array map: from its mapping where
+/// there is one (a memcpy), else by a batched lookup.
+fn read_array<V: aya::Pod>(
+    map: &Array<MapData, V>,
+    mapping: Option<&mapped::Mapping>,
+    first: u32,
+    count: u32,
+) -> Result<Vec<V>> {
+    match mapping {
+        Some(m) => m.read(first, count),
+        None => map_batch::read_range(map, first, count),
     }
 }
 
