@@ -398,9 +398,19 @@ fn write_function(
     let mut taken = vec![false; most as usize];
     let mut placed: Vec<(u8, Worker, Endpoint)> = Vec::with_capacity(workers.len());
     let mut fresh = Vec::new();
+    // (A change mostly lists the workers in the order the maps hold them,
+    // one added or removed: try the next current worker before searching.)
+    let mut next = 0;
     for w in workers {
         let e = worker_endpoint(w);
-        match slot_of(&e) {
+        let known = match current.get(next) {
+            Some((slot, c)) if worker_endpoint(c) == e => Some(*slot),
+            _ => slot_of(&e),
+        };
+        if let Some(slot) = known {
+            next = current.partition_point(|(s, _)| *s <= slot);
+        }
+        match known {
             Some(slot) if !taken[slot as usize] => {
                 taken[slot as usize] = true;
                 placed.push((slot, *w, e));

@@ -79,7 +79,12 @@ fn smooth_weighted(members: &[Member], size: u32) -> Vec<u8> {
     let mut out = Vec::with_capacity(size as usize);
     let total: i64 = members.iter().map(|m| m.weight as i64).sum();
     let mut current = vec![0i64; members.len()];
-    for _ in 0..size {
+    // The order repeats every `total` turns (each member has then had
+    // its weight in turns, and every counter is back at zero): compute
+    // one period and repeat it, not size x members steps (64 workers of
+    // small weights: a 1,024-slot ring was most of a change's time).
+    let period = (total as u64).min(size as u64) as usize;
+    for _ in 0..period {
         for (c, m) in current.iter_mut().zip(members) {
             *c += m.weight as i64;
         }
@@ -88,6 +93,9 @@ fn smooth_weighted(members: &[Member], size: u32) -> Vec<u8> {
             .expect("non-empty");
         current[best] -= total;
         out.push(members[best].slot);
+    }
+    while out.len() < size as usize {
+        out.push(out[out.len() - period]);
     }
     out
 }
@@ -124,7 +132,7 @@ fn is_rendezvous(workers: usize, size: u32) -> bool {
 /// The hash policy's table over `members`, `size` long (a power of two):
 /// rendezvous or Maglev by its length (module comment).
 pub fn hash_table(members: &[Member], size: u32) -> Vec<u8> {
-    if is_rendezvous(members.len(), size) {
+    if !members.is_empty() && is_rendezvous(members.len(), size) {
         Rendezvous::build(members, size).table
     } else {
         maglev(members, size)
@@ -220,74 +228,125 @@ impl Ranks {
 
 /// How members' ranks compare. With equal weights the lowest rank wins.
 /// With weights, a rank r of M is read as an exponential variable,
-/// -ln(1 - (r + 1/2) / M), divided by the weight (weighted rendezvous
-/// hashing: member m then wins an entry with probability weight_m / total),
-/// in fixed point.
+/// E = -ln(1 - (r + 1/2) / M), and the lowest E / weight wins (weighted
+/// rendezvous hashing: member m then wins an entry with probability
+/// weight_m / total), compared as ln E - ln weight so that the weight is
+/// an addition, in fixed point.
 #[derive(Clone, Debug)]
 enum Scoring {
     Equal,
-    Weighted(std::sync::Arc<Exponential>),
+    Weighted(std::sync::Arc<LogExponential>),
 }
 
-/// An exponential rank per possible rank: as long as the longest table,
-/// so that a (16-bit) rank indexes it without a bounds check, which lets
-/// the weighted passes vectorise (a gather).
-type Exponential = [u32; 1 << 16];
+/// ln E per possible rank, in fixed point (`log_exponential_ranks`): as
+/// long as the longest table, so that a (16-bit) rank indexes it without a
+/// bounds check, which lets the weighted passes vectorise.
+type LogExponential = [u32; 1 << 16];
 
-/// One member as a rendezvous table scores it. A score is one u64 whose
-/// order is the entry's preference and whose low byte is the member's
-/// slot: [rank: 16 | key: 40 | slot: 8] with equal weights,
-/// [exponential rank x 65,535 / weight: 40 | key: 16 | slot: 8] with
-/// weights. The key bits break ties between members that rank an entry
-/// alike; only two members whose keys agree in those bits as well fall
-/// back to the slot (which dispatchers assign by their own histories): a
-/// one-in-2^40 chance per pair of members with equal weights, one in
-/// 2^16 with weights, and then only at the entries both rank alike (one
-/// in the table's length). Keeping the slot inside makes "who owns this
-/// entry" a minimum over plain integers, which the compiler vectorises.
+/// Fixed-point scale of the weighted scores: 2^27 per unit of ln.
+const LN_SCALE: f64 = (1u64 << 27) as f64;
+/// Added to ln E (at least -11.8 for these lengths) and to -ln weight (at
+/// least -11.1) so that both are positive; their sum stays below 2^32.
+const LN_OFFSET: f64 = 12.0;
+
+/// One member as a rendezvous table scores it.
+///
+/// An entry's owner is the member with the lowest *exact score*, a u64
+/// that no two members share: [rank: 16 | key: 40 | slot: 8] with equal
+/// weights, [ln E minus ln weight: 24 | key: 32 | slot: 8] with weights
+/// (to 2^-19, where a member's adjacent ranks are at least 2^-15 apart).
+/// The key bits (40 bits of a hash of the key) break ties between members
+/// that score an entry alike; only two members whose keys agree in those
+/// bits as well fall back to the slot (which dispatchers assign by their
+/// own histories): one chance in 2^40 per pair of members with equal
+/// weights, 2^32 with weights, and then only at the entries both score
+/// alike.
+///
+/// The passes compare the exact score's upper half, the *fast score* (a
+/// u32: eight to a vector, where the u64 took four and AVX2 has no 64-bit
+/// minimum), and settle the rare equal fast scores by the exact ones
+/// (`settle`): members that rank an entry alike and agree in the key's
+/// top 16 bits (equal weights) or top 8 (weights).
 #[derive(Clone, Copy, Debug)]
 struct Scorer {
     ranks: Ranks,
-    /// 65,535 / weight (weighted scoring).
-    per_weight: u64,
-    /// The key's tie-breaking bits and the slot, in place.
-    low: u64,
-    low_weighted: u64,
+    slot: u8,
+    /// The exact score's bits below the fast score: key and slot.
+    low: u32,
+    /// The fast score's key bits: the top 16 of the key's 40 (equal
+    /// weights) or the top 8 (weights).
+    key_high: u32,
+    /// Weights: (LN_OFFSET - ln weight) in fixed point.
+    per_weight: u32,
 }
 
 impl Scorer {
-    fn new(m: &Member, size: u32) -> Scorer {
+    fn new(m: &Member, size: u32, scoring: &Scoring) -> Scorer {
+        // (Mixed: keys of neighbouring addresses share most of their
+        // bits, FNV-1a's last multiply spreads a byte's change little.)
+        let tie = mix(m.key ^ 0x5eed_0005) & 0xff_ffff_ffff;
+        let (key_high, low) = match scoring {
+            Scoring::Equal => (tie >> 24, (tie & 0xff_ffff) << 8),
+            Scoring::Weighted(_) => (tie >> 32, (tie >> 8 & 0xff_ffff) << 8),
+        };
+        let (key_high, low) = (key_high as u32, low as u32);
         Scorer {
             ranks: Ranks::new(m.key, size),
-            per_weight: 65_535 / m.weight.max(1) as u64,
-            low: (m.key & 0xff_ffff_ffff) << 8 | m.slot as u64,
-            low_weighted: (m.key & 0xffff) << 8 | m.slot as u64,
+            slot: m.slot,
+            low: low | m.slot as u32,
+            key_high,
+            per_weight: match scoring {
+                Scoring::Equal => 0,
+                Scoring::Weighted(_) => weight_offset(m.weight),
+            },
         }
     }
 
+    /// The fast score with equal weights: rank, then the key's top bits.
     #[inline(always)]
-    fn equal(&self, entry: u32) -> u64 {
-        (self.ranks.of(entry) as u64) << 48 | self.low
+    fn equal(&self, entry: u32) -> u32 {
+        self.ranks.of(entry) << 16 | self.key_high
     }
 
+    /// The fast score with weights: ln E - ln weight (offset), then the
+    /// key's top bits.
     #[inline(always)]
-    fn weighted(&self, exp: &Exponential, entry: u32) -> u64 {
-        (exp[self.ranks.of(entry) as u16 as usize] as u64 * self.per_weight) << 24
-            | self.low_weighted
+    fn weighted(&self, log_exp: &LogExponential, entry: u32) -> u32 {
+        (log_exp[self.ranks.of(entry) as u16 as usize] + self.per_weight) & !0xff | self.key_high
+    }
+
+    fn fast(&self, scoring: &Scoring, entry: u32) -> u32 {
+        match scoring {
+            Scoring::Equal => self.equal(entry),
+            Scoring::Weighted(log_exp) => self.weighted(log_exp, entry),
+        }
+    }
+
+    fn exact(&self, scoring: &Scoring, entry: u32) -> u64 {
+        (self.fast(scoring, entry) as u64) << 32 | self.low as u64
     }
 }
 
-/// The slot a score names.
-fn slot_of(score: u64) -> u8 {
-    score as u8
+/// (LN_OFFSET - ln weight) in fixed point. (Remembered: a change scores
+/// every member, and the series of `ln` is most of a member's setup.)
+fn weight_offset(weight: u16) -> u32 {
+    static BY_WEIGHT: Mutex<Vec<(u16, u32)>> = Mutex::new(Vec::new());
+    let mut known = BY_WEIGHT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, offset)) = known.iter().find(|(w, _)| *w == weight) {
+        return *offset;
+    }
+    let offset = ((LN_OFFSET - ln(weight.max(1) as f64)) * LN_SCALE) as u32;
+    if known.len() < 1024 {
+        known.push((weight, offset));
+    }
+    offset
 }
 
-/// -ln(1 - (r + 1/2) / size) in fixed point (2^20) for every rank r of a
-/// `size`-entry table: below 2^24 for the tables' lengths (at most 2^16
-/// entries), strictly increasing in r (zeros beyond `size`). Computed once
-/// per length.
-fn exponential_ranks(size: u32) -> std::sync::Arc<Exponential> {
-    static BY_SIZE: Mutex<Vec<(u32, std::sync::Arc<Exponential>)>> = Mutex::new(Vec::new());
+/// ln E = ln(-ln(1 - (r + 1/2) / size)), plus LN_OFFSET, in fixed point,
+/// for every rank r of a `size`-entry table: strictly increasing in r
+/// (zeros beyond `size`). Computed once per length.
+fn log_exponential_ranks(size: u32) -> std::sync::Arc<LogExponential> {
+    static BY_SIZE: Mutex<Vec<(u32, std::sync::Arc<LogExponential>)>> = Mutex::new(Vec::new());
     let mut known = BY_SIZE.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, t)) = known.iter().find(|(s, _)| *s == size) {
         return t.clone();
@@ -296,10 +355,11 @@ fn exponential_ranks(size: u32) -> std::sync::Arc<Exponential> {
     // (Built on the heap: the array is 256 KiB, too much for a stack.)
     let mut ranks = vec![0u32; 1 << 16];
     for (r, x) in ranks.iter_mut().enumerate().take(size as usize) {
-        *x = (-ln((m - r as f64 - 0.5) / m) * (1u64 << 20) as f64) as u32;
+        let exponential = -ln((m - r as f64 - 0.5) / m);
+        *x = ((ln(exponential) + LN_OFFSET) * LN_SCALE) as u32;
     }
-    let ranks: Box<Exponential> = ranks.into_boxed_slice().try_into().expect("2^16 ranks");
-    let t: std::sync::Arc<Exponential> = ranks.into();
+    let ranks: Box<LogExponential> = ranks.into_boxed_slice().try_into().expect("2^16 ranks");
+    let t: std::sync::Arc<LogExponential> = ranks.into();
     known.push((size, t.clone()));
     t
 }
@@ -326,38 +386,51 @@ fn scoring(members: &[Member], size: u32) -> Scoring {
     if members.iter().all(|m| m.weight == members[0].weight) {
         Scoring::Equal
     } else {
-        Scoring::Weighted(exponential_ranks(size))
+        Scoring::Weighted(log_exponential_ranks(size))
     }
 }
 
-/// A rendezvous table with what a change needs: each entry's winning
-/// score (its low byte the table's entry), and the members it was built
-/// for.
+/// A rendezvous table with what a change needs: each entry's winning fast
+/// score and slot, and the members it was built for.
 #[derive(Clone, Debug)]
 struct Rendezvous {
-    scores: Vec<u64>,
-    /// The scores' low bytes: the table.
+    scores: Vec<u32>,
+    /// The winners' slots: the table.
     table: Vec<u8>,
     members: Vec<Member>,
     scoring: Scoring,
+}
+
+/// Buffers the passes write into (they write out of place, `claim`), kept
+/// between changes so that a change neither allocates nor faults in a
+/// table's worth of memory.
+#[derive(Default)]
+struct Spare {
+    scores: Vec<u32>,
+    table: Vec<u8>,
 }
 
 impl Rendezvous {
     /// Builds the table from nothing: every member scores every entry.
     fn build(members: &[Member], size: u32) -> Rendezvous {
         debug_assert!(size.is_power_of_two() && size <= 1 << 16);
+        debug_assert!(!members.is_empty());
         let scoring = scoring(members, size);
-        let mut scores = vec![u64::MAX; size as usize];
-        let mut table = vec![0; size as usize];
-        for m in members {
-            claim(&Scorer::new(m, size), &scoring, &mut scores, &mut table);
-        }
-        Rendezvous {
-            scores,
-            table,
+        let scorers: Vec<Scorer> = members
+            .iter()
+            .map(|m| Scorer::new(m, size, &scoring))
+            .collect();
+        let mut r = Rendezvous {
+            scores: (0..size).map(|e| scorers[0].fast(&scoring, e)).collect(),
+            table: vec![scorers[0].slot; size as usize],
             members: sorted(members),
             scoring,
+        };
+        let mut spare = Spare::default();
+        for s in &scorers[1..] {
+            r.claim(s, &scorers, &mut spare);
         }
+        r
     }
 
     /// The table: each entry's slot.
@@ -372,119 +445,184 @@ impl Rendezvous {
     /// Turns this into the table for `members`: the entries of members
     /// that left go to their next choice among those that stayed, then each
     /// new member takes the entries it outscores. Exactly the table `build`
-    /// makes (the scores are a total order), at a pass over the table per
-    /// new member and a score per stayer for each orphan. False (and
+    /// makes (the exact scores are a total order), at a pass over the table
+    /// per new member and a score per stayer for each orphan. False (and
     /// nothing changed) when building anew is as cheap or the scoring
     /// changes.
-    fn change(&mut self, members: &[Member]) -> bool {
+    fn change(&mut self, members: &[Member], spare: &mut Spare) -> bool {
         let size = self.size();
         let scoring = scoring(members, size);
         if std::mem::discriminant(&scoring) != std::mem::discriminant(&self.scoring) {
             return false;
         }
-        let id = |m: &Member| (m.key, m.slot, m.weight);
-        // (self.members is kept in this order.)
-        let before: Vec<_> = self.members.iter().map(id).collect();
-        let mut after: Vec<_> = members.iter().map(id).collect();
-        after.sort_unstable();
-        let came: Vec<&Member> = members
+        // Who left, came and stayed: one merge of the two member lists in
+        // `sorted` order (self.members is kept in it).
+        let after = sorted(members);
+        let scorers: Vec<Scorer> = after
             .iter()
-            .filter(|m| before.binary_search(&id(m)).is_err())
+            .map(|m| Scorer::new(m, size, &scoring))
             .collect();
-        let left: Vec<u8> = self
-            .members
-            .iter()
-            .filter(|m| after.binary_search(&id(m)).is_err())
-            .map(|m| m.slot)
-            .collect();
-        let stayers: Vec<Scorer> = members
-            .iter()
-            .filter(|m| before.binary_search(&id(m)).is_ok())
-            .map(|m| Scorer::new(m, size))
-            .collect();
+        let (mut left, mut came, mut stayers) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut i, mut j) = (0, 0);
+        while i < self.members.len() || j < after.len() {
+            let order = match (self.members.get(i), after.get(j)) {
+                (Some(b), Some(a)) => order_key(b).cmp(&order_key(a)),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                _ => std::cmp::Ordering::Greater,
+            };
+            match order {
+                std::cmp::Ordering::Less => {
+                    left.push(self.members[i].slot);
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    came.push(&scorers[j]);
+                    j += 1;
+                }
+                std::cmp::Ordering::Equal => {
+                    stayers.push(&scorers[j]);
+                    (i, j) = (i + 1, j + 1);
+                }
+            }
+        }
         if stayers.is_empty() || 2 * (left.len() + came.len()) > members.len().max(2) {
             return false;
         }
         if !left.is_empty() {
-            // The orphans' next choices: each stayer scores them all (a
-            // pass per stayer over a short list, which vectorises).
-            let orphans: Vec<u32> = left
-                .iter()
-                .flat_map(|slot| memchr::memchr_iter(*slot, &self.table))
-                .map(|e| e as u32)
-                .collect();
-            let mut best = vec![u64::MAX; orphans.len()];
-            for s in &stayers {
-                rescore(s, &scoring, &orphans, &mut best);
-            }
-            for (e, score) in orphans.iter().zip(best) {
-                self.scores[*e as usize] = score;
-                self.table[*e as usize] = slot_of(score);
-            }
+            self.rehome(&left, &stayers, &scorers);
         }
-        for m in came {
-            claim(
-                &Scorer::new(m, size),
-                &scoring,
-                &mut self.scores,
-                &mut self.table,
-            );
+        for s in came {
+            self.claim(s, &scorers, spare);
         }
-        self.members = sorted(members);
+        self.members = after;
         self.scoring = scoring;
         true
+    }
+
+    /// Gives `s` every entry it outscores: one pass, a score and a minimum
+    /// per entry. `scorers`: every member's, to settle ties.
+    ///
+    /// The pass writes out of place (then swaps the buffers): the in-place
+    /// `best = best.min(score)` is compiled since LLVM 22 as a masked store
+    /// (`vpmaskmovd`), which AMD's Zen 1-3 run in microcode, several times
+    /// slower than the plain store that writing another buffer keeps
+    /// (llvm/llvm-project#213195; docs/benchmarks/bench-control.md).
+    fn claim(&mut self, s: &Scorer, scorers: &[Scorer], spare: &mut Spare) {
+        let size = self.scores.len();
+        spare.scores.resize(size, 0);
+        spare.table.resize(size, 0);
+        let ties = match &self.scoring {
+            Scoring::Equal => claim_equal(s, &self.scores, &self.table, spare),
+            Scoring::Weighted(log_exp) => {
+                claim_weighted(s, log_exp, &self.scores, &self.table, spare)
+            }
+        };
+        std::mem::swap(&mut self.scores, &mut spare.scores);
+        std::mem::swap(&mut self.table, &mut spare.table);
+        if ties > 0 {
+            let entries =
+                (0..size as u32).filter(|e| self.scores[*e as usize] == s.fast(&self.scoring, *e));
+            for e in entries {
+                let slot = &mut self.table[e as usize];
+                *slot = settle(&self.scoring, scorers, *slot, s, e);
+            }
+        }
+    }
+
+    /// Gives the entries of the slots in `left` to their next choices
+    /// among `stayers`: each stayer scores them all (a pass per stayer
+    /// over a short list, which vectorises).
+    fn rehome(&mut self, left: &[u8], stayers: &[&Scorer], scorers: &[Scorer]) {
+        let orphans: Vec<u32> = left
+            .iter()
+            .flat_map(|slot| memchr::memchr_iter(*slot, &self.table))
+            .map(|e| e as u32)
+            .collect();
+        let first = stayers[0];
+        let mut best = Spare {
+            scores: orphans
+                .iter()
+                .map(|e| first.fast(&self.scoring, *e))
+                .collect(),
+            table: vec![first.slot; orphans.len()],
+        };
+        let mut next = Spare {
+            scores: vec![0; orphans.len()],
+            table: vec![0; orphans.len()],
+        };
+        for s in &stayers[1..] {
+            let ties = match &self.scoring {
+                Scoring::Equal => rescore_equal(s, &orphans, &best, &mut next),
+                Scoring::Weighted(log_exp) => {
+                    rescore_weighted(s, log_exp, &orphans, &best, &mut next)
+                }
+            };
+            std::mem::swap(&mut best, &mut next);
+            if ties > 0 {
+                for (i, e) in orphans.iter().enumerate() {
+                    if best.scores[i] == s.fast(&self.scoring, *e) {
+                        best.table[i] = settle(&self.scoring, scorers, best.table[i], s, *e);
+                    }
+                }
+            }
+        }
+        for (i, e) in orphans.iter().enumerate() {
+            self.scores[*e as usize] = best.scores[i];
+            self.table[*e as usize] = best.table[i];
+        }
+    }
+}
+
+/// Of the member in `slot` and `s`, which have the same fast score for
+/// `entry`, the slot of the one whose exact score is lower.
+#[cold]
+fn settle(scoring: &Scoring, scorers: &[Scorer], slot: u8, s: &Scorer, entry: u32) -> u8 {
+    let holder = scorers
+        .iter()
+        .find(|h| h.slot == slot)
+        .expect("the entry's holder scores");
+    if s.exact(scoring, entry) < holder.exact(scoring, entry) {
+        s.slot
+    } else {
+        slot
     }
 }
 
 /// `members` in the order `Rendezvous::change` compares them.
 fn sorted(members: &[Member]) -> Vec<Member> {
     let mut m = members.to_vec();
-    m.sort_unstable_by_key(|m| (m.key, m.slot, m.weight));
+    m.sort_unstable_by_key(order_key);
     m
 }
 
-/// Gives `s` every entry it outscores: one pass, a score and a minimum per
-/// entry.
-fn claim(s: &Scorer, scoring: &Scoring, scores: &mut [u64], table: &mut [u8]) {
-    match scoring {
-        Scoring::Equal => claim_equal(s, scores, table),
-        Scoring::Weighted(exp) => claim_weighted(s, exp, scores, table),
-    }
+/// What tells members apart, and their order in `sorted`.
+fn order_key(m: &Member) -> (u64, u8, u16) {
+    (m.key, m.slot, m.weight)
 }
 
-/// Lowers `best[i]` to `s`'s score of entry `entries[i]`.
-fn rescore(s: &Scorer, scoring: &Scoring, entries: &[u32], best: &mut [u64]) {
-    match scoring {
-        Scoring::Equal => rescore_equal(s, entries, best),
-        Scoring::Weighted(exp) => rescore_weighted(s, exp, entries, best),
-    }
-}
-
-/// The passes are compiled for AVX-512 and
-/// AVX2 too and take the best copy the CPU has: the rank's 32-bit
-/// multiplies and the 64-bit minimum then go four or eight entries at a
-/// time (64-worker changes: about 30,000/s with either copy here, 14,800/s
-/// with the portable one, docs/benchmarks/bench-control.md; the benchmark
-/// prints which copy ran).
+/// The passes are compiled for AVX-512 and AVX2 too and take the best copy
+/// the CPU has: the ranks' 32-bit multiplies and the minima then go eight
+/// or sixteen entries at a time (docs/benchmarks/bench-control.md gives
+/// the copies' rates; the benchmark prints which copy ran).
 macro_rules! with_vector_copies {
-    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty $body:block) => {
         $(#[$doc])*
-        fn $name($($arg: $ty),*) {
+        fn $name($($arg: $ty),*) -> $ret {
             #[inline(always)]
-            fn portable($($arg: $ty),*) $body
+            fn portable($($arg: $ty),*) -> $ret $body
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2")]
-            unsafe fn avx2($($arg: $ty),*) {
+            unsafe fn avx2($($arg: $ty),*) -> $ret {
                 portable($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx512f")]
-            unsafe fn avx512($($arg: $ty),*) {
+            #[target_feature(enable = "avx512f,avx512bw")]
+            unsafe fn avx512($($arg: $ty),*) -> $ret {
                 portable($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has AVX-512F (checked just above).
+            if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw") {
+                // SAFETY: the CPU has AVX-512F and BW (checked just above).
                 return unsafe { avx512($($arg),*) };
             }
             #[cfg(target_arch = "x86_64")]
@@ -501,7 +639,7 @@ macro_rules! with_vector_copies {
 /// or "portable" (for the benchmark's record).
 pub fn vector_code() -> &'static str {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
+    if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw") {
         return "AVX-512";
     } else if std::is_x86_feature_detected!("avx2") {
         return "AVX2";
@@ -510,40 +648,79 @@ pub fn vector_code() -> &'static str {
 }
 
 with_vector_copies! {
-    /// Gives `s` every entry it outscores, equal weights.
-    fn claim_equal(s: &Scorer, scores: &mut [u64], table: &mut [u8]) {
-        for (e, (best, slot)) in scores.iter_mut().zip(table.iter_mut()).enumerate() {
-            *best = (*best).min(s.equal(e as u32));
-            *slot = slot_of(*best);
+    /// `Rendezvous::claim`'s pass with equal weights: `after` gets `s`'s
+    /// entries; returns how many entries `s` tied.
+    fn claim_equal(s: &Scorer, scores: &[u32], table: &[u8], after: &mut Spare) -> u32 {
+        let mut ties = 0;
+        let out = after.scores.iter_mut().zip(after.table.iter_mut());
+        for (e, ((was, held), (best, slot))) in scores.iter().zip(table).zip(out).enumerate() {
+            let (score, was, held) = (s.equal(e as u32), *was, *held);
+            *best = score.min(was);
+            *slot = if score < was { s.slot } else { held };
+            ties += (score == was) as u32;
         }
+        ties
     }
 }
 
 with_vector_copies! {
-    /// Gives `s` every entry it outscores, with weights.
-    fn claim_weighted(s: &Scorer, exp: &Exponential, scores: &mut [u64], table: &mut [u8]) {
-        for (e, (best, slot)) in scores.iter_mut().zip(table.iter_mut()).enumerate() {
-            *best = (*best).min(s.weighted(exp, e as u32));
-            *slot = slot_of(*best);
+    /// `claim_equal` with weights.
+    fn claim_weighted(
+        s: &Scorer,
+        log_exp: &LogExponential,
+        scores: &[u32],
+        table: &[u8],
+        after: &mut Spare
+    ) -> u32 {
+        let mut ties = 0;
+        let out = after.scores.iter_mut().zip(after.table.iter_mut());
+        for (e, ((was, held), (best, slot))) in scores.iter().zip(table).zip(out).enumerate() {
+            let (score, was, held) = (s.weighted(log_exp, e as u32), *was, *held);
+            *best = score.min(was);
+            *slot = if score < was { s.slot } else { held };
+            ties += (score == was) as u32;
         }
+        ties
     }
 }
 
 with_vector_copies! {
-    /// `rescore` with weights.
-    fn rescore_weighted(s: &Scorer, exp: &Exponential, entries: &[u32], best: &mut [u64]) {
-        for (e, b) in entries.iter().zip(best.iter_mut()) {
-            *b = (*b).min(s.weighted(exp, *e));
+    /// `Rendezvous::rehome`'s pass with equal weights: `after[i]` gets the
+    /// better of `before[i]` and `s`'s score of entry `entries[i]`;
+    /// returns the ties.
+    fn rescore_equal(s: &Scorer, entries: &[u32], before: &Spare, after: &mut Spare) -> u32 {
+        let mut ties = 0;
+        let was = before.scores.iter().zip(&before.table);
+        let out = after.scores.iter_mut().zip(after.table.iter_mut());
+        for ((e, (was, held)), (best, slot)) in entries.iter().zip(was).zip(out) {
+            let (score, was, held) = (s.equal(*e), *was, *held);
+            *best = score.min(was);
+            *slot = if score < was { s.slot } else { held };
+            ties += (score == was) as u32;
         }
+        ties
     }
 }
 
 with_vector_copies! {
-    /// `rescore` with equal weights.
-    fn rescore_equal(s: &Scorer, entries: &[u32], best: &mut [u64]) {
-        for (e, b) in entries.iter().zip(best.iter_mut()) {
-            *b = (*b).min(s.equal(*e));
+    /// `rescore_equal` with weights.
+    fn rescore_weighted(
+        s: &Scorer,
+        log_exp: &LogExponential,
+        entries: &[u32],
+        before: &Spare,
+        after: &mut Spare
+    ) -> u32 {
+        let mut ties = 0;
+        let was = before.scores.iter().zip(&before.table);
+        let out = after.scores.iter_mut().zip(after.table.iter_mut());
+        for ((e, (was, held)), (best, slot)) in entries.iter().zip(was).zip(out) {
+            let (score, was, held) = (s.weighted(log_exp, *e), *was, *held);
+            *best = score.min(was);
+            *slot = if score < was { s.slot } else { held };
+            ties += (score == was) as u32;
         }
+        ties
     }
 }
 
@@ -554,12 +731,16 @@ with_vector_copies! {
 /// table. Held to a budget; over it, the memo starts afresh.
 pub struct HashTables;
 
-/// Bytes of memo (a score and a slot per entry: 9 bytes) at most.
+/// Bytes of memo (a fast score and a slot per entry) at most.
 const HASH_TABLES_BUDGET: usize = 64 << 20;
+
+/// Memo bytes per table entry.
+const MEMO_BYTES_PER_ENTRY: usize = 5;
 
 #[derive(Default)]
 struct Memo {
     by_function: HashMap<u32, Rendezvous>,
+    spare: Spare,
     bytes: usize,
 }
 
@@ -581,20 +762,20 @@ impl HashTables {
         let memo = memo.get_or_insert_with(Memo::default);
         let next = match memo.by_function.remove(&id) {
             Some(r) => {
-                memo.bytes -= r.scores.len() * 9;
+                memo.bytes -= r.scores.len() * MEMO_BYTES_PER_ENTRY;
                 Some(r)
             }
             None => None,
         }
         .filter(|r| r.size() == size)
-        .and_then(|mut r| r.change(members).then_some(r))
+        .and_then(|mut r| r.change(members, &mut memo.spare).then_some(r))
         .unwrap_or_else(|| Rendezvous::build(members, size));
         let written = write(next.table());
-        if memo.bytes + size as usize * 9 > HASH_TABLES_BUDGET {
+        if memo.bytes + size as usize * MEMO_BYTES_PER_ENTRY > HASH_TABLES_BUDGET {
             memo.by_function.clear();
             memo.bytes = 0;
         }
-        memo.bytes += size as usize * 9;
+        memo.bytes += size as usize * MEMO_BYTES_PER_ENTRY;
         memo.by_function.insert(id, next);
         written
     }
@@ -604,7 +785,7 @@ impl HashTables {
         let mut memo = MEMO.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(memo) = memo.as_mut() {
             if let Some(r) = memo.by_function.remove(&id) {
-                memo.bytes -= r.scores.len() * 9;
+                memo.bytes -= r.scores.len() * MEMO_BYTES_PER_ENTRY;
             }
         }
     }
@@ -695,6 +876,41 @@ mod tests {
                 ring(&members(n), RING_SIZE),
                 smooth_weighted(&members(n), RING_SIZE),
                 "{n} members"
+            );
+        }
+    }
+
+    /// The ring repeats its period: the same as smooth weighted
+    /// round-robin computed turn by turn, with weights whose total divides
+    /// the ring's length, does not, and exceeds it.
+    #[test]
+    fn ring_period_is_every_turn() {
+        let every_turn = |members: &[Member], size: u32| {
+            let total: i64 = members.iter().map(|m| m.weight as i64).sum();
+            let mut current = vec![0i64; members.len()];
+            (0..size)
+                .map(|_| {
+                    for (c, m) in current.iter_mut().zip(members) {
+                        *c += m.weight as i64;
+                    }
+                    let best = (0..members.len())
+                        .max_by_key(|&i| (current[i], std::cmp::Reverse(i)))
+                        .unwrap();
+                    current[best] -= total;
+                    members[best].slot
+                })
+                .collect::<Vec<u8>>()
+        };
+        for weights in [&[1u16, 2, 5][..], &[3, 1, 1, 1], &[700, 300, 29], &[2; 64]] {
+            let mut m = members(weights.len() as u8);
+            for (w, weight) in m.iter_mut().zip(weights) {
+                w.weight = *weight;
+            }
+            m[0].weight += 1;
+            assert_eq!(
+                smooth_weighted(&m, RING_SIZE),
+                every_turn(&m, RING_SIZE),
+                "{weights:?}"
             );
         }
     }
@@ -867,11 +1083,52 @@ mod tests {
                 "{y}"
             );
         }
-        let t = exponential_ranks(65_536);
-        assert!(t.windows(2).all(|w| w[0] < w[1]) && *t.last().unwrap() < 1 << 24);
-        let t = exponential_ranks(1024);
+        let t = log_exponential_ranks(65_536);
+        assert!(t.windows(2).all(|w| w[0] < w[1]));
+        // (Room for the weights' offset, up to weight 1.)
+        assert!(*t.last().unwrap() as u64 + (LN_OFFSET * LN_SCALE) as u64 <= u32::MAX as u64);
+        let t = log_exponential_ranks(1024);
         assert!(t[..1024].windows(2).all(|w| w[0] < w[1]) && t[1024..].iter().all(|&x| x == 0));
     }
+
+    /// The tables are pinned: dispatchers of one cluster (and a daemon
+    /// restarted on a newer build) must send a key to the same worker, so
+    /// a table may change only on purpose, with a release note that mixed
+    /// versions disagree until all are upgraded. The digests were taken
+    /// from the construction as it stands (equal weights and weights,
+    /// rendezvous and Maglev lengths, IPv4 and IPv6 workers); an
+    /// optimisation that changes one changed the tables.
+    #[test]
+    fn tables_are_pinned() {
+        let digest = |table: &[u8]| fnv1a(0, table);
+        let mut weighted = members(63);
+        for (i, m) in weighted.iter_mut().enumerate() {
+            m.weight = 1 + (i % 4) as u16;
+        }
+        let v6: Vec<Member> = (0..5)
+            .map(|i| member(i, &format!("[fd00::{}]:8080", i + 1)))
+            .collect();
+        let got = [
+            digest(&hash_table(&members(64), 16_384)),
+            digest(&hash_table(&weighted, 16_384)),
+            digest(&hash_table(&members(16), 4_096)),
+            digest(&hash_table(&v6, 1_024)),
+            digest(&hash_table(&members(16), 1_024)),
+            digest(&hash_table(&weighted, 1_024)),
+        ];
+        assert_eq!(got, PINNED, "{got:#x?}");
+    }
+
+    // (Changed on purpose on 2026-12-04: ties broken by a hash of the key
+    // rather than its raw bits, weighted scores as ln E - ln weight.)
+    const PINNED: [u64; 6] = [
+        0x0d9e_832a_a06c_8e8c,
+        0x99b9_cd11_470e_1292,
+        0x9838_47ec_1d66_2737,
+        0x0139_cfc8_f462_0a81,
+        0x3071_b19a_0e7e_18c7,
+        0xd7d5_ce6b_bfcd_b67d,
+    ];
 
     /// A table is a function of the member set: the order members come in
     /// and the slots they sit in (dispatchers assign both by their own
@@ -899,6 +1156,77 @@ mod tests {
                     .all(|(x, y)| key_of_slot(&m, *x) == key_of_slot(&reslotted, *y)),
                 "{size}: the slots changed who owns an entry"
             );
+        }
+    }
+
+    /// Each entry's owner by the definition: the member with the lowest
+    /// exact score, every member scored one by one.
+    fn owners(members: &[Member], size: u32) -> Vec<u8> {
+        let scoring = scoring(members, size);
+        let scorers: Vec<Scorer> = members
+            .iter()
+            .map(|m| Scorer::new(m, size, &scoring))
+            .collect();
+        (0..size)
+            .map(|e| {
+                let best = scorers.iter().min_by_key(|s| s.exact(&scoring, e));
+                best.unwrap().slot
+            })
+            .collect()
+    }
+
+    /// Members whose fast scores tie (the passes compare those) get the
+    /// entry the exact score gives, built or changed: here twins (one key
+    /// in three slots: every entry of theirs ties, and the lowest slot
+    /// wins; ties otherwise need equal ranks and 16 or 8 equal bits of
+    /// the keys' hashes).
+    #[test]
+    fn rendezvous_settles_ties_by_the_exact_score() {
+        let size = 4_096;
+        let mut base = members(6);
+        // Slots 6 and 7 share slot 2's key.
+        let twin = |slot: u8, key: u64| Member {
+            slot,
+            weight: 1,
+            key,
+        };
+        base.push(twin(7, base[2].key));
+        base.push(twin(6, base[2].key));
+        for weighted in [false, true] {
+            let mut m = base.clone();
+            if weighted {
+                m[1].weight = 2;
+            }
+            let table = Rendezvous::build(&m, size);
+            assert_eq!(table.table(), owners(&m, size), "weighted: {weighted}");
+            let won = |slot: u8| table.table().iter().filter(|s| **s == slot).count();
+            assert!(
+                won(2) > 0 && won(6) == 0 && won(7) == 0,
+                "the lowest slot of a key takes its entries"
+            );
+            // Built without the twins and the alike, then changed to them.
+            let mut changed = Rendezvous::build(&m[..6], size);
+            assert!(changed.change(&m[..8], &mut Spare::default()));
+            assert!(changed.change(&m, &mut Spare::default()));
+            assert_eq!(changed.table(), owners(&m, size), "weighted: {weighted}");
+            // And slot 2 leaving hands them to slot 6.
+            let without: Vec<Member> = m.iter().filter(|w| w.slot != 2).cloned().collect();
+            assert!(changed.change(&without, &mut Spare::default()));
+            assert_eq!(changed.table(), owners(&without, size));
+            assert!(changed.table().contains(&6));
+        }
+    }
+
+    /// Built tables are the definition's, with equal weights and with
+    /// weights, at every length the host uses.
+    #[test]
+    fn rendezvous_tables_are_the_lowest_exact_scores() {
+        for (n, size) in [(2, 1_024), (5, 4_096), (17, 16_384), (64, 16_384)] {
+            let mut m = members(n);
+            assert_eq!(Rendezvous::build(&m, size).table(), owners(&m, size));
+            m[0].weight = 3;
+            m[n as usize - 1].weight = 200;
+            assert_eq!(Rendezvous::build(&m, size).table(), owners(&m, size));
         }
     }
 
@@ -952,7 +1280,7 @@ mod tests {
                     }
                 }
             }
-            if table.change(&wanted) {
+            if table.change(&wanted, &mut Spare::default()) {
                 incremental += 1;
             } else {
                 table = Rendezvous::build(&wanted, size);
