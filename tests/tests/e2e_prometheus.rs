@@ -60,6 +60,33 @@ fn scalar(bed: &Bed, promql: &str) -> Option<f64> {
         .and_then(|s| s["value"][1].as_str()?.parse().ok())
 }
 
+/// Waits for Prometheus's readiness endpoint: it listens before its
+/// storage is open and answers queries 503 until then (seen on a fresh
+/// machine, where opening the storage took seconds).
+fn wait_until_ready(bed: &Bed, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let args = [
+        "-sS",
+        "--fail",
+        "--max-time",
+        "5",
+        "http://127.0.0.1:9090/-/ready",
+    ];
+    loop {
+        let out = bed.exec(&bed.dsp, Path::new("curl"), &args);
+        if out.status.success() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus not ready within {timeout:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            bed.logs()
+        );
+        thread::sleep(Duration::from_millis(250));
+    }
+}
+
 /// Polls `promql` until it returns something (Prometheus scrapes and
 /// evaluates once a second), or panics after `timeout`.
 fn wait_for_series(bed: &Bed, promql: &str, timeout: Duration) -> Vec<Value> {
@@ -150,6 +177,7 @@ fn prometheus_scrapes_the_dispatcher_and_the_shipped_rules_and_dashboard_work() 
         ],
     );
     bed.wait_for_tcp_port(&bed.dsp, 9090, Duration::from_secs(30));
+    wait_until_ready(&bed, Duration::from_secs(60));
     wait_for_series(&bed, "up{job=\"dispatcher\"} == 1", Duration::from_secs(30));
 
     // Under load, Prometheus reads the rate pktgen achieved.
