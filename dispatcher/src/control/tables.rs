@@ -265,19 +265,20 @@ const LN_OFFSET: f64 = 12.0;
 /// The passes compare the exact score's upper half, the *fast score* (a
 /// u32: eight to a vector, where the u64 took four and AVX2 has no 64-bit
 /// minimum), and settle the rare equal fast scores by the exact ones
-/// (`settle`): members that rank an entry alike and agree in the key's
-/// top 16 bits (equal weights) or top 8 (weights).
+/// (`settle`): members whose ln E - ln weight agree to 2^-19 (weights)
+/// or whose ranks agree (equal weights), and whose key hashes agree in
+/// their top 8 or 16 bits.
 #[derive(Clone, Copy, Debug)]
 struct Scorer {
     ranks: Ranks,
     slot: u8,
     /// The exact score's bits below the fast score: key and slot.
     low: u32,
-    /// The fast score's key bits: the top 16 of the key's 40 (equal
+    /// The fast score's key bits: the top 16 of the key hash's 40 (equal
     /// weights) or the top 8 (weights).
     key_high: u32,
     /// Weights: (LN_OFFSET - ln weight) in fixed point.
-    per_weight: u32,
+    weight_offset: u32,
 }
 
 impl Scorer {
@@ -295,7 +296,7 @@ impl Scorer {
             slot: m.slot,
             low: low | m.slot as u32,
             key_high,
-            per_weight: match scoring {
+            weight_offset: match scoring {
                 Scoring::Equal => 0,
                 Scoring::Weighted(_) => weight_offset(m.weight),
             },
@@ -312,7 +313,7 @@ impl Scorer {
     /// key's top bits.
     #[inline(always)]
     fn weighted(&self, log_exp: &LogExponential, entry: u32) -> u32 {
-        (log_exp[self.ranks.of(entry) as u16 as usize] + self.per_weight) & !0xff | self.key_high
+        (log_exp[self.ranks.of(entry) as u16 as usize] + self.weight_offset) & !0xff | self.key_high
     }
 
     fn fast(&self, scoring: &Scoring, entry: u32) -> u32 {
